@@ -1,0 +1,208 @@
+//! `apiscope serve` settings: defaults, then the TOML file, then `APISCOPE_*` environment
+//! variables, then flags.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::Args;
+use serde::Deserialize;
+
+use crate::{Error, Result};
+
+/// Flags of `apiscope serve`; each is also an `APISCOPE_*` variable and a key of the
+/// TOML file given by `--config`.
+#[derive(Debug, Default, Args)]
+pub(crate) struct ServeArgs {
+    /// TOML configuration file (see config.example.toml).
+    #[arg(long, env = "APISCOPE_CONFIG")]
+    pub(crate) config: Option<PathBuf>,
+    /// Where Parquet files are kept [default: ./data].
+    #[arg(long, env = "APISCOPE_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// OTLP/gRPC listen address [default: 127.0.0.1:4317].
+    #[arg(long, env = "APISCOPE_OTLP_GRPC_ADDR")]
+    otlp_grpc_addr: Option<SocketAddr>,
+    /// OTLP/HTTP listen address [default: 127.0.0.1:4318].
+    #[arg(long, env = "APISCOPE_OTLP_HTTP_ADDR")]
+    otlp_http_addr: Option<SocketAddr>,
+    /// Query API listen address (`POST /api/v1/query`) [default: 127.0.0.1:7171].
+    #[arg(long, env = "APISCOPE_HTTP_ADDR")]
+    http_addr: Option<SocketAddr>,
+    /// PostgreSQL wire protocol listen address; reserved, not served yet [default: 127.0.0.1:7432].
+    #[arg(long, env = "APISCOPE_PG_ADDR")]
+    pg_addr: Option<SocketAddr>,
+    /// Attribute keys naming the client, first present wins [default: client.id,app.client_id,http.request.header.x-client-id,enduser.id,user.id].
+    #[arg(long, env = "APISCOPE_CLIENT_ID_KEYS", value_delimiter = ',')]
+    client_id_keys: Option<Vec<String>>,
+    /// How often buffered rows are written to Parquet [default: 10s].
+    #[arg(long, env = "APISCOPE_FLUSH_INTERVAL", value_parser = parse_duration)]
+    flush_interval: Option<Duration>,
+    /// Buffered rows that start a flush early [default: 200000].
+    #[arg(long, env = "APISCOPE_FLUSH_ROWS")]
+    flush_rows: Option<usize>,
+    /// Buffered rows past which ingest is refused (503 / UNAVAILABLE) until a flush [default: 2000000].
+    #[arg(long, env = "APISCOPE_MAX_BUFFER_ROWS")]
+    max_buffer_rows: Option<usize>,
+    /// Largest request body, counted after decompression [default: 20971520].
+    #[arg(long, env = "APISCOPE_MAX_BODY_BYTES")]
+    max_body_bytes: Option<usize>,
+}
+
+/// The same settings as read from the TOML file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    data_dir: Option<PathBuf>,
+    otlp_grpc_addr: Option<SocketAddr>,
+    otlp_http_addr: Option<SocketAddr>,
+    http_addr: Option<SocketAddr>,
+    pg_addr: Option<SocketAddr>,
+    client_id_keys: Option<Vec<String>>,
+    #[serde(default, deserialize_with = "de_duration")]
+    flush_interval: Option<Duration>,
+    flush_rows: Option<usize>,
+    max_buffer_rows: Option<usize>,
+    max_body_bytes: Option<usize>,
+}
+
+/// Settings in force for `apiscope serve`.
+#[derive(Debug, Clone)]
+pub(crate) struct Settings {
+    pub(crate) otlp_grpc_addr: SocketAddr,
+    pub(crate) otlp_http_addr: SocketAddr,
+    pub(crate) http_addr: SocketAddr,
+    pub(crate) pg_addr: SocketAddr,
+    pub(crate) collector: collector::Config,
+}
+
+impl ServeArgs {
+    /// Layers flags and environment (already merged by clap) over the file over defaults.
+    pub(crate) fn resolve(self) -> Result<Settings> {
+        let file = match &self.config {
+            Some(path) => read_file(path)?,
+            None => FileConfig::default(),
+        };
+        let data_dir = self
+            .data_dir
+            .or(file.data_dir)
+            .unwrap_or_else(|| PathBuf::from("./data"));
+        let mut collector = collector::Config::new(data_dir);
+        if let Some(keys) = self.client_id_keys.or(file.client_id_keys) {
+            collector.spans.client_id_keys = keys;
+        }
+        if let Some(interval) = self.flush_interval.or(file.flush_interval) {
+            collector.flush_interval = interval;
+        }
+        if let Some(rows) = self.flush_rows.or(file.flush_rows) {
+            collector.flush_rows = rows;
+        }
+        if let Some(rows) = self.max_buffer_rows.or(file.max_buffer_rows) {
+            collector.max_buffer_rows = rows;
+        }
+        if let Some(bytes) = self.max_body_bytes.or(file.max_body_bytes) {
+            collector.max_body_bytes = bytes;
+        }
+        if collector.flush_interval.is_zero() {
+            return Err(Error::Config(
+                "flush_interval must be longer than 0s".into(),
+            ));
+        }
+        Ok(Settings {
+            otlp_grpc_addr: pick(self.otlp_grpc_addr, file.otlp_grpc_addr, "127.0.0.1:4317"),
+            otlp_http_addr: pick(self.otlp_http_addr, file.otlp_http_addr, "127.0.0.1:4318"),
+            http_addr: pick(self.http_addr, file.http_addr, "127.0.0.1:7171"),
+            pg_addr: pick(self.pg_addr, file.pg_addr, "127.0.0.1:7432"),
+            collector,
+        })
+    }
+}
+
+fn pick(flag: Option<SocketAddr>, file: Option<SocketAddr>, default: &str) -> SocketAddr {
+    flag.or(file).unwrap_or_else(|| {
+        default
+            .parse()
+            .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 0)))
+    })
+}
+
+fn read_file(path: &Path) -> Result<FileConfig> {
+    let text = std::fs::read_to_string(path).map_err(|error| {
+        Error::Config(format!(
+            "cannot read config file {}: {error}",
+            path.display()
+        ))
+    })?;
+    toml::from_str(&text)
+        .map_err(|error| Error::Config(format!("config file {}: {error}", path.display())))
+}
+
+/// Durations in human form: `500ms`, `10s`, `5m`, `7d`.
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text)
+        .map_err(|error| format!("{error} (write durations like 10s, 5m, 7d)"))
+}
+
+fn de_duration<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<Duration>, D::Error> {
+    let text = String::deserialize(deserializer)?;
+    parse_duration(&text)
+        .map(Some)
+        .map_err(serde::de::Error::custom)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_override_the_file_which_overrides_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("apiscope.toml");
+        std::fs::write(
+            &path,
+            "data_dir = \"/srv/apiscope\"\nhttp_addr = \"127.0.0.1:9000\"\nflush_interval = \"2s\"\n",
+        )
+        .unwrap();
+        let args = ServeArgs {
+            config: Some(path),
+            http_addr: Some("127.0.0.1:9100".parse().unwrap()),
+            ..ServeArgs::default()
+        };
+        let settings = args.resolve().unwrap();
+        assert_eq!(settings.http_addr.port(), 9100);
+        assert_eq!(settings.collector.data_dir, PathBuf::from("/srv/apiscope"));
+        assert_eq!(settings.collector.flush_interval, Duration::from_secs(2));
+        assert_eq!(settings.otlp_grpc_addr.port(), 4317);
+        assert_eq!(settings.pg_addr.port(), 7432);
+    }
+
+    #[test]
+    fn unknown_keys_in_the_file_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("apiscope.toml");
+        std::fs::write(&path, "data_dri = \"x\"\n").unwrap();
+        let args = ServeArgs {
+            config: Some(path),
+            ..ServeArgs::default()
+        };
+        let error = args.resolve().unwrap_err().to_string();
+        assert!(error.contains("data_dri"), "{error}");
+    }
+
+    #[test]
+    fn the_example_file_parses_and_states_the_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("apiscope.toml");
+        std::fs::write(&path, include_str!("../../config.example.toml")).unwrap();
+        let from_file = ServeArgs {
+            config: Some(path),
+            ..ServeArgs::default()
+        }
+        .resolve()
+        .unwrap();
+        let defaults = ServeArgs::default().resolve().unwrap();
+        assert_eq!(format!("{from_file:?}"), format!("{defaults:?}"));
+    }
+}

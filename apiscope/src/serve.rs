@@ -1,0 +1,174 @@
+//! `apiscope serve`: binds the listeners, runs until SIGTERM or Ctrl-C, then drains.
+//!
+//! Shutdown order: stop accepting and finish in-flight requests on every listener, then
+//! flush the buffer to Parquet, then exit. What is flushed is what a restart serves.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use collector::{Buffer, Collector};
+use query::{Engine, Snapshot, Source, TimeRange};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::{ServeArgs, Settings};
+use crate::{Error, Result};
+
+/// The query side's view of the store: Parquet files plus the collector's buffer, taken
+/// under the buffer's lock so that no row is seen twice or missed.
+#[derive(Debug)]
+struct Live {
+    data_dir: PathBuf,
+    buffer: Arc<Buffer>,
+}
+
+impl Source for Live {
+    fn snapshot(
+        &self,
+        table: &'static schemas::Table,
+        range: TimeRange,
+    ) -> std::io::Result<Snapshot> {
+        let (batches, files) = self.buffer.snapshot_with(table.name, || {
+            query::list_files(&self.data_dir, table, range)
+        });
+        Ok(Snapshot {
+            files: files?,
+            batches,
+        })
+    }
+}
+
+pub(crate) async fn run(args: ServeArgs) -> Result<()> {
+    let mut settings: Settings = args.resolve()?;
+    let data_dir = &settings.collector.data_dir;
+    std::fs::create_dir_all(data_dir).map_err(|error| {
+        Error::Config(format!(
+            "cannot create data directory {}: {error}",
+            data_dir.display()
+        ))
+    })?;
+    settings.collector.data_dir = data_dir.canonicalize()?;
+
+    let collector = Arc::new(Collector::new(settings.collector.clone()));
+    let source = Arc::new(Live {
+        data_dir: settings.collector.data_dir.clone(),
+        buffer: collector.buffer(),
+    });
+    let engine = Engine::new(source)?;
+
+    let grpc = bind("OTLP/gRPC", settings.otlp_grpc_addr).await?;
+    let otlp_http = bind("OTLP/HTTP", settings.otlp_http_addr).await?;
+    let query_http = bind("the query API", settings.http_addr).await?;
+    let addr = |listener: &TcpListener| {
+        listener
+            .local_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_default()
+    };
+    tracing::info!(
+        otlp_grpc_addr = %addr(&grpc),
+        otlp_http_addr = %addr(&otlp_http),
+        http_addr = %addr(&query_http),
+        pg_addr = %settings.pg_addr,
+        data_dir = %settings.collector.data_dir.display(),
+        "apiscope ready"
+    );
+
+    let stop_accepting = CancellationToken::new();
+    let front_ends = TaskTracker::new();
+
+    let (traces, logs) = collector::otlp_grpc::services(collector.clone());
+    let stop = stop_accepting.clone();
+    front_ends.spawn(async move {
+        let served = tonic::transport::Server::builder()
+            .add_service(traces)
+            .add_service(logs)
+            .serve_with_incoming_shutdown(
+                tonic::transport::server::TcpIncoming::from(grpc),
+                stop.cancelled_owned(),
+            )
+            .await;
+        if let Err(error) = served {
+            tracing::error!(%error, "OTLP/gRPC server failed");
+        }
+    });
+
+    let otlp_routes = collector::otlp_http::router(collector.clone())
+        .route("/healthz", axum::routing::get(query::http::healthz));
+    front_ends.spawn(serve_http(
+        "OTLP/HTTP",
+        otlp_http,
+        otlp_routes,
+        stop_accepting.clone(),
+    ));
+    front_ends.spawn(serve_http(
+        "query API",
+        query_http,
+        query::http::router(engine),
+        stop_accepting.clone(),
+    ));
+    front_ends.close();
+
+    let stop_flushing = CancellationToken::new();
+    let flusher = tokio::spawn(collector.clone().run_flusher(stop_flushing.clone()));
+
+    shutdown_signal().await;
+    tracing::info!(
+        buffered_rows = collector.buffer().rows(),
+        "shutting down: draining requests"
+    );
+    stop_accepting.cancel();
+    front_ends.wait().await;
+    stop_flushing.cancel();
+    flusher
+        .await
+        .map_err(|error| Error::Server(format!("flush task failed: {error}")))?;
+    tracing::info!("apiscope stopped");
+    Ok(())
+}
+
+async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| Error::Bind { what, addr, source })
+}
+
+async fn serve_http(
+    what: &'static str,
+    listener: TcpListener,
+    app: axum::Router,
+    stop: CancellationToken,
+) {
+    let served = axum::serve(listener, app)
+        .with_graceful_shutdown(stop.cancelled_owned())
+        .await;
+    if let Err(error) = served {
+        tracing::error!(%error, server = what, "server failed");
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(error) = tokio::signal::ctrl_c().await {
+            tracing::error!(%error, "cannot listen for Ctrl-C");
+            std::future::pending::<()>().await;
+        }
+    };
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(error) => {
+                tracing::error!(%error, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = terminate => {}
+    }
+}

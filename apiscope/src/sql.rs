@@ -1,0 +1,81 @@
+//! `apiscope sql`: one query, printed as a table.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use arrow::array::RecordBatch;
+use clap::Args;
+
+use crate::{Error, Result};
+
+/// Arguments of `apiscope sql`.
+#[derive(Debug, Args)]
+pub(crate) struct SqlArgs {
+    /// The query.
+    sql: String,
+    /// Base URL of a running daemon's query API.
+    #[arg(long, env = "APISCOPE_URL", default_value = "http://127.0.0.1:7171")]
+    url: String,
+    /// Query this data directory directly instead of a running daemon (sees flushed rows only).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+}
+
+pub(crate) async fn run(args: SqlArgs) -> Result<()> {
+    let batches = match &args.data_dir {
+        Some(dir) => {
+            let dir = dir.canonicalize().map_err(|error| {
+                Error::Client(format!(
+                    "cannot open data directory {}: {error}",
+                    dir.display()
+                ))
+            })?;
+            let engine = query::Engine::new(Arc::new(query::DataDir(dir)))?;
+            engine.query(&args.sql).await?.batches
+        }
+        None => remote(&args.url, &args.sql).await?,
+    };
+    let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
+    let table = arrow::util::pretty::pretty_format_batches(&batches)
+        .map_err(|error| Error::Client(format!("cannot print the result: {error}")))?;
+    println!("{table}");
+    println!("({rows} row{})", if rows == 1 { "" } else { "s" });
+    Ok(())
+}
+
+async fn remote(url: &str, sql: &str) -> Result<Vec<RecordBatch>> {
+    let endpoint = format!("{}/api/v1/query", url.trim_end_matches('/'));
+    let response = reqwest::Client::new()
+        .post(&endpoint)
+        .header(reqwest::header::ACCEPT, query::http::ARROW_STREAM)
+        .json(&serde_json::json!({ "sql": sql }))
+        .send()
+        .await
+        .map_err(|error| {
+            Error::Client(format!(
+                "cannot reach apiscope at {url}: {error} (is `apiscope serve` running? see --url)"
+            ))
+        })?;
+    let status = response.status();
+    let body = response
+        .bytes()
+        .await
+        .map_err(|error| Error::Client(format!("reading the answer from {url}: {error}")))?;
+    if !status.is_success() {
+        let detail = serde_json::from_slice::<serde_json::Value>(&body)
+            .ok()
+            .and_then(|problem| problem["detail"].as_str().map(str::to_owned))
+            .unwrap_or_else(|| String::from_utf8_lossy(&body).into_owned());
+        return Err(Error::Client(format!(
+            "{detail} (HTTP {})",
+            status.as_u16()
+        )));
+    }
+    let reader = arrow::ipc::reader::StreamReader::try_new(std::io::Cursor::new(body), None)
+        .map_err(|error| Error::Client(format!("unreadable answer: {error}")))?;
+    let mut batches = Vec::new();
+    for batch in reader {
+        batches.push(batch.map_err(|error| Error::Client(format!("unreadable answer: {error}")))?);
+    }
+    Ok(batches)
+}

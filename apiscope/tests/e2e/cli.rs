@@ -1,0 +1,139 @@
+//! `apiscope sql` against a running daemon and a data directory; read-only SQL.
+
+use std::process::Command;
+
+use serde_json::json;
+
+use crate::daemon::{Daemon, binary, http};
+use crate::now_ns;
+use crate::otlp_json::{hex_id, post, span, traces};
+
+#[test]
+fn sql_cli_prints_tables_and_sql_is_read_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = Daemon::start(dir.path());
+    let attrs = json!([
+        {"key": "http.request.method", "value": {"stringValue": "DELETE"}},
+        {"key": "http.route", "value": {"stringValue": "/v1/sessions/{id}"}},
+    ]);
+    let spans = (0..3)
+        .map(|i| {
+            span(
+                &hex_id(7, 16),
+                &hex_id(i + 1, 8),
+                "DELETE",
+                2,
+                now_ns() - 5_000_000_000,
+                12,
+                attrs.clone(),
+            )
+        })
+        .collect();
+    let (status, _) = post(
+        &daemon,
+        "/v1/traces",
+        "application/json",
+        None,
+        serde_json::to_vec(&traces("auth", spans)).unwrap(),
+    );
+    assert_eq!(status, 200);
+    assert_eq!(daemon.wait_for_count("SELECT count(*) FROM spans", 3), 3);
+
+    let sql = "SELECT service_name, endpoint, count(*) AS calls FROM spans GROUP BY 1, 2";
+    let output = Command::new(binary())
+        .args(["sql", "--url", &daemon.query_url(), sql])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let line = stdout
+        .lines()
+        .find(|l| l.contains("DELETE /v1/sessions/{id}"))
+        .expect(&stdout);
+    let cells: Vec<&str> = line
+        .split('|')
+        .map(str::trim)
+        .filter(|c| !c.is_empty())
+        .collect();
+    assert_eq!(cells, ["auth", "DELETE /v1/sessions/{id}", "3"], "{stdout}");
+    assert!(stdout.contains("(1 row)"), "{stdout}");
+
+    // A bad query: non-zero exit and the reason on stderr.
+    let output = Command::new(binary())
+        .args([
+            "sql",
+            "--url",
+            &daemon.query_url(),
+            "SELECT nope FROM spans",
+        ])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("nope"), "{stderr}");
+
+    // Anything but a query is refused, saying why, as application/problem+json.
+    for statement in [
+        "CREATE TABLE t AS SELECT 1",
+        "INSERT INTO spans SELECT * FROM spans",
+        "CREATE EXTERNAL TABLE x STORED AS CSV LOCATION '/etc/passwd'",
+        "COPY (SELECT 1) TO '/tmp/apiscope-copy.csv'",
+        "SET datafusion.execution.batch_size = 1",
+        "DROP TABLE spans",
+    ] {
+        let response = http()
+            .post(format!("{}/api/v1/query", daemon.query_url()))
+            .json(&json!({ "sql": statement }))
+            .send()
+            .unwrap();
+        let status = response.status().as_u16();
+        let content_type = response.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        let problem: serde_json::Value = response.json().unwrap();
+        assert!(
+            (400..500).contains(&status),
+            "{statement}: {status} {problem}"
+        );
+        assert_eq!(content_type, "application/problem+json");
+        assert!(
+            problem["detail"].as_str().unwrap().contains("read-only"),
+            "{statement}: {problem}"
+        );
+    }
+    assert!(!std::path::Path::new("/tmp/apiscope-copy.csv").exists());
+    // Queries still work, and the tables are untouched.
+    assert_eq!(daemon.count("SELECT count(*) FROM spans"), 3);
+    // SHOW and EXPLAIN are allowed.
+    assert!(!daemon.rows("SHOW TABLES").is_empty());
+    assert!(!daemon.rows("EXPLAIN SELECT count(*) FROM spans").is_empty());
+    daemon.stop();
+
+    // After a clean stop, the CLI reads the data directory directly.
+    let output = Command::new(binary())
+        .args([
+            "sql",
+            "--data-dir",
+            dir.path().to_str().unwrap(),
+            "SELECT count(*) AS n FROM spans",
+        ])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.split('|').map(str::trim).any(|c| c == "3")),
+        "{stdout}"
+    );
+}

@@ -1,0 +1,201 @@
+//! Starting the real `apiscope` binary on free loopback ports, and talking to it.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// A running `apiscope serve`, killed when dropped.
+pub(crate) struct Daemon {
+    child: Option<Child>,
+    pub(crate) grpc_addr: String,
+    pub(crate) otlp_http_addr: String,
+    pub(crate) http_addr: String,
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+pub(crate) fn binary() -> &'static str {
+    env!("CARGO_BIN_EXE_apiscope")
+}
+
+impl Daemon {
+    /// Starts a daemon over `data_dir` with a short flush interval.
+    pub(crate) fn start(data_dir: &Path) -> Daemon {
+        Daemon::start_with(data_dir, &[])
+    }
+
+    /// Starts a daemon over `data_dir` with extra flags.
+    pub(crate) fn start_with(data_dir: &Path, extra: &[&str]) -> Daemon {
+        let mut child = Command::new(binary())
+            .arg("serve")
+            .arg("--data-dir")
+            .arg(data_dir)
+            .args(["--otlp-grpc-addr", "127.0.0.1:0"])
+            .args(["--otlp-http-addr", "127.0.0.1:0"])
+            .args(["--http-addr", "127.0.0.1:0"])
+            .args(["--pg-addr", "127.0.0.1:0"])
+            .args(["--flush-interval", "1s"])
+            .args(extra)
+            .env("APISCOPE_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start apiscope");
+        let stderr = child.stderr.take().unwrap();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let lines = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if line.contains("apiscope ready") {
+                    let _ = ready_tx.send(line.clone());
+                }
+                lines.lock().unwrap().push(line);
+            }
+        });
+        let ready = match ready_rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(line) => line,
+            Err(_) => {
+                let _ = child.kill();
+                panic!(
+                    "apiscope did not become ready:\n{}",
+                    log.lock().unwrap().join("\n")
+                );
+            }
+        };
+        let field = |name: &str| -> String {
+            let start = ready.find(&format!(" {name}=")).unwrap() + name.len() + 2;
+            ready[start..].split_whitespace().next().unwrap().to_owned()
+        };
+        Daemon {
+            grpc_addr: field("otlp_grpc_addr"),
+            otlp_http_addr: field("otlp_http_addr"),
+            http_addr: field("http_addr"),
+            child: Some(child),
+            log,
+        }
+    }
+
+    pub(crate) fn grpc_endpoint(&self) -> String {
+        format!("http://{}", self.grpc_addr)
+    }
+
+    pub(crate) fn otlp_http_endpoint(&self) -> String {
+        format!("http://{}", self.otlp_http_addr)
+    }
+
+    pub(crate) fn query_url(&self) -> String {
+        format!("http://{}", self.http_addr)
+    }
+
+    /// Runs `sql` over the HTTP API; returns the status and the JSON body.
+    pub(crate) fn try_query(&self, sql: &str) -> (u16, Value) {
+        let response = http()
+            .post(format!("{}/api/v1/query", self.query_url()))
+            .json(&serde_json::json!({ "sql": sql }))
+            .send()
+            .expect("query API reachable");
+        let status = response.status().as_u16();
+        let body: Value = response.json().expect("JSON answer");
+        (status, body)
+    }
+
+    /// The rows of `sql`, which must succeed.
+    pub(crate) fn rows(&self, sql: &str) -> Vec<Vec<Value>> {
+        let (status, body) = self.try_query(sql);
+        assert_eq!(status, 200, "{sql}: {body}");
+        body["rows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|row| row.as_array().unwrap().clone())
+            .collect()
+    }
+
+    /// The single number `sql` answers.
+    pub(crate) fn count(&self, sql: &str) -> i64 {
+        self.rows(sql)[0][0].as_i64().unwrap()
+    }
+
+    /// Waits (bounded) until `sql` answers `expected`; returns the last answer.
+    pub(crate) fn wait_for_count(&self, sql: &str, expected: i64) -> i64 {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let seen = self.count(sql);
+            if seen == expected || Instant::now() > deadline {
+                return seen;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// SIGTERM, then waits for a clean exit; returns the log.
+    pub(crate) fn stop(mut self) -> Vec<String> {
+        let mut child = self.child.take().unwrap();
+        let status = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(exit) = child.try_wait().unwrap() {
+                assert!(
+                    exit.success(),
+                    "apiscope exited with {exit}:\n{}",
+                    self.log().join("\n")
+                );
+                break;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!(
+                    "apiscope did not stop within 30s:\n{}",
+                    self.log().join("\n")
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        // Let the reader thread take the last lines.
+        std::thread::sleep(Duration::from_millis(100));
+        self.log()
+    }
+
+    pub(crate) fn log(&self) -> Vec<String> {
+        self.log.lock().unwrap().clone()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+pub(crate) fn http() -> reqwest::blocking::Client {
+    reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap()
+}
+
+/// The rows of `sql` as (text, number) pairs, for two-column answers.
+pub(crate) fn pairs(rows: &[Vec<Value>]) -> Vec<(String, i64)> {
+    rows.iter()
+        .map(|row| {
+            (
+                row[0].as_str().unwrap_or("<null>").to_owned(),
+                row[1].as_i64().unwrap(),
+            )
+        })
+        .collect()
+}

@@ -1,0 +1,21 @@
+//! End-to-end tests: the real `apiscope` binary on free loopback ports, fed by real
+//! OpenTelemetry exporters (Rust and Python SDKs) and hand-written OTLP/JSON, queried over
+//! its HTTP API and its CLI. Expected answers are computed here from what was sent.
+
+mod bad_input;
+mod cli;
+mod daemon;
+mod otlp_json;
+mod python_sdk;
+mod restart;
+mod rust_sdk;
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// Now, in nanoseconds since the epoch.
+pub(crate) fn now_ns() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as i64
+}

@@ -1,0 +1,90 @@
+//! A restart serves everything acknowledged before a clean shutdown; rows land in the
+//! partition of their own time, however late or early they arrive.
+
+use serde_json::json;
+
+use crate::daemon::Daemon;
+use crate::now_ns;
+use crate::otlp_json::{hex_id, post, span, traces};
+
+const HOUR_NS: i64 = 3_600_000_000_000;
+
+#[test]
+fn restart_serves_the_same_answers_and_late_rows_land_in_their_hour() {
+    let dir = tempfile::tempdir().unwrap();
+    let now = now_ns();
+    let three_days_ago = now - 72 * HOUR_NS;
+    let two_hours_ahead = now + 2 * HOUR_NS;
+    let mut spans = Vec::new();
+    for (i, start) in [now - 1_000_000_000, three_days_ago, two_hours_ahead]
+        .into_iter()
+        .enumerate()
+    {
+        for j in 0..5u64 {
+            let attrs = json!([
+                {"key": "http.request.method", "value": {"stringValue": "GET"}},
+                {"key": "http.route", "value": {"stringValue": format!("/r{i}")}},
+                {"key": "http.response.status_code", "value": {"intValue": if j == 0 { 500 } else { 200 }}},
+            ]);
+            spans.push(span(
+                &hex_id(i as u64 + 1, 16),
+                &hex_id(10 * i as u64 + j + 1, 8),
+                "GET",
+                2,
+                start,
+                10 + j as i64,
+                attrs,
+            ));
+        }
+    }
+    let body = serde_json::to_vec(&traces("restart", spans)).unwrap();
+    let summary = "SELECT endpoint, count(*) AS calls, sum(CAST(is_error AS INT)) AS errors, \
+                   sum(duration_ms) AS total_ms FROM spans GROUP BY endpoint ORDER BY endpoint";
+
+    let daemon = Daemon::start(dir.path());
+    let (status, _) = post(&daemon, "/v1/traces", "application/json", None, body);
+    assert_eq!(status, 200);
+    assert_eq!(daemon.wait_for_count("SELECT count(*) FROM spans", 15), 15);
+    let before = daemon.rows(summary);
+    let expected: Vec<_> = (0..3)
+        .map(|i| vec![json!(format!("GET /r{i}")), json!(5), json!(1), json!(60.0)])
+        .collect();
+    assert_eq!(before, expected);
+    let log = daemon.stop();
+    assert!(
+        log.iter().any(|l| l.contains("final flush done")),
+        "{}",
+        log.join("\n")
+    );
+
+    // Each row is in the folder of its own hour.
+    for start in [now - 1_000_000_000, three_days_ago, two_hours_ahead] {
+        let hour = chrono::DateTime::from_timestamp_nanos(start);
+        let folder = dir
+            .path()
+            .join("spans")
+            .join(format!("date={}", hour.format("%Y-%m-%d")))
+            .join(format!("hour={}", hour.format("%H")));
+        let files: Vec<_> = std::fs::read_dir(&folder)
+            .unwrap_or_else(|e| panic!("{}: {e}", folder.display()))
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        assert!(
+            !files.is_empty() && files.iter().all(|f| f.ends_with(".parquet")),
+            "{files:?}"
+        );
+    }
+
+    let daemon = Daemon::start(dir.path());
+    assert_eq!(daemon.rows(summary), before);
+    // A time filter selects the old hour's rows only (and prunes the others' files).
+    let old_hour = format!(
+        "SELECT count(*) FROM spans WHERE time >= to_timestamp_nanos({}) AND time < to_timestamp_nanos({})",
+        three_days_ago - HOUR_NS / 2,
+        three_days_ago + HOUR_NS / 2
+    );
+    assert_eq!(daemon.count(&old_hour), 5);
+    let future = "SELECT count(*) FROM spans WHERE time > now() + interval '1 hour'";
+    assert_eq!(daemon.count(future), 5);
+    daemon.stop();
+}

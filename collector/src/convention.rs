@@ -1,0 +1,351 @@
+//! OpenTelemetry semantic conventions: promoted attribute columns and derived columns.
+//!
+//! Current attribute names come first, then the older names many SDKs still send
+//! (`http.method`, `http.status_code`, `net.peer.name`, ...). Everything here is a pure
+//! function of the attributes so that it can be tested without any transport.
+
+use std::borrow::Cow;
+use std::fmt::Write as _;
+
+use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value::Value};
+
+/// The default attribute keys that name a client, first present wins.
+pub const DEFAULT_CLIENT_ID_KEYS: &[&str] = &[
+    "client.id",
+    "app.client_id",
+    "http.request.header.x-client-id",
+    "enduser.id",
+    "user.id",
+];
+
+/// Read access to one attribute list.
+#[derive(Clone, Copy)]
+pub(crate) struct Attrs<'a>(pub(crate) &'a [KeyValue]);
+
+impl<'a> Attrs<'a> {
+    fn value(&self, key: &str) -> Option<&'a Value> {
+        let kv = self.0.iter().find(|kv| kv.key == key)?;
+        kv.value.as_ref()?.value.as_ref()
+    }
+
+    /// The attribute as text, whatever its type; empty strings count as absent.
+    pub(crate) fn text(&self, key: &str) -> Option<Cow<'a, str>> {
+        let text = value_text(self.value(key)?);
+        (!text.is_empty()).then_some(text)
+    }
+
+    /// The first present of `keys`, as text.
+    pub(crate) fn first_text(&self, keys: &[&str]) -> Option<Cow<'a, str>> {
+        keys.iter().find_map(|key| self.text(key))
+    }
+
+    /// The attribute as an integer: int values, and strings that parse as one.
+    pub(crate) fn int(&self, key: &str) -> Option<i64> {
+        match self.value(key)? {
+            Value::IntValue(i) => Some(*i),
+            Value::StringValue(s) => s.trim().parse().ok(),
+            Value::DoubleValue(d) if d.fract() == 0.0 => Some(*d as i64),
+            _ => None,
+        }
+    }
+
+    /// The first present of `keys`, as an integer.
+    pub(crate) fn first_int(&self, keys: &[&str]) -> Option<i64> {
+        keys.iter().find_map(|key| self.int(key))
+    }
+}
+
+/// An attribute value as text: strings as they are, numbers and booleans printed, bytes in
+/// hex, arrays and key-value lists as JSON.
+pub(crate) fn value_text(value: &Value) -> Cow<'_, str> {
+    match value {
+        Value::StringValue(s) => Cow::Borrowed(s.as_str()),
+        Value::BoolValue(b) => Cow::Owned(b.to_string()),
+        Value::IntValue(i) => Cow::Owned(i.to_string()),
+        Value::DoubleValue(d) => Cow::Owned(d.to_string()),
+        Value::BytesValue(b) => Cow::Owned(hex(b)),
+        // An index into a profile's string table; meaningless without the table.
+        Value::StringValueStrindex(index) => Cow::Owned(index.to_string()),
+        Value::ArrayValue(_) | Value::KvlistValue(_) => Cow::Owned(value_json(value).to_string()),
+    }
+}
+
+fn any_json(value: &AnyValue) -> serde_json::Value {
+    value
+        .value
+        .as_ref()
+        .map_or(serde_json::Value::Null, value_json)
+}
+
+/// An attribute value as JSON, for structured values and log bodies.
+pub(crate) fn value_json(value: &Value) -> serde_json::Value {
+    use serde_json::Value as J;
+    match value {
+        Value::StringValue(s) => J::String(s.clone()),
+        Value::BoolValue(b) => J::Bool(*b),
+        Value::IntValue(i) => J::from(*i),
+        Value::DoubleValue(d) => J::from(*d),
+        Value::BytesValue(b) => J::String(hex(b)),
+        Value::StringValueStrindex(index) => J::from(*index),
+        Value::ArrayValue(array) => J::Array(array.values.iter().map(any_json).collect()),
+        Value::KvlistValue(list) => {
+            let mut object = serde_json::Map::new();
+            for kv in &list.values {
+                let value = kv.value.as_ref().map_or(J::Null, any_json);
+                object.insert(kv.key.clone(), value);
+            }
+            J::Object(object)
+        }
+    }
+}
+
+/// Lowercase hex of `bytes`.
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for byte in bytes {
+        let _ = write!(out, "{byte:02x}");
+    }
+    out
+}
+
+/// The parts of a URL we promote.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(crate) struct UrlParts<'a> {
+    pub(crate) host: Option<&'a str>,
+    pub(crate) port: Option<i64>,
+    pub(crate) path: Option<&'a str>,
+}
+
+/// Splits an absolute URL (`https://host:port/path?q`) or an origin-form target (`/path?q`).
+pub(crate) fn split_url(url: &str) -> UrlParts<'_> {
+    let mut parts = UrlParts::default();
+    let rest = match url.find("://") {
+        Some(at) => {
+            let after_scheme = &url[at + 3..];
+            let authority_end = after_scheme
+                .find(['/', '?', '#'])
+                .unwrap_or(after_scheme.len());
+            let authority = &after_scheme[..authority_end];
+            let host_port = authority.rsplit('@').next().unwrap_or(authority);
+            match host_port.rsplit_once(':') {
+                Some((host, port))
+                    if !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) =>
+                {
+                    parts.host = Some(host);
+                    parts.port = port.parse().ok();
+                }
+                _ => parts.host = Some(host_port),
+            }
+            &after_scheme[authority_end..]
+        }
+        None => url,
+    };
+    let path_end = rest.find(['?', '#']).unwrap_or(rest.len());
+    let path = &rest[..path_end];
+    if path.starts_with('/') {
+        parts.path = Some(path);
+    }
+    if parts.host == Some("") {
+        parts.host = None;
+    }
+    parts
+}
+
+/// Replaces path segments that are ids (numbers, UUIDs, long hex strings) with `{id}`.
+pub fn template_path(path: &str) -> String {
+    let mut out = String::with_capacity(path.len());
+    for (i, segment) in path.split('/').enumerate() {
+        if i > 0 {
+            out.push('/');
+        }
+        if is_id_segment(segment) {
+            out.push_str("{id}");
+        } else {
+            out.push_str(segment);
+        }
+    }
+    out
+}
+
+fn is_id_segment(segment: &str) -> bool {
+    if segment.is_empty() {
+        return false;
+    }
+    if segment.bytes().all(|b| b.is_ascii_digit()) {
+        return true;
+    }
+    if is_uuid(segment) {
+        return true;
+    }
+    // Hashes and object ids: 16 or more hex digits with at least one digit among them.
+    segment.len() >= 16
+        && segment.bytes().all(|b| b.is_ascii_hexdigit())
+        && segment.bytes().any(|b| b.is_ascii_digit())
+}
+
+fn is_uuid(segment: &str) -> bool {
+    let bytes = segment.as_bytes();
+    bytes.len() == 36
+        && bytes.iter().enumerate().all(|(i, b)| match i {
+            8 | 13 | 18 | 23 => *b == b'-',
+            _ => b.is_ascii_hexdigit(),
+        })
+}
+
+/// `vN` when the first segment of `route` is a version (`/v2/orders/{id}` gives `v2`).
+pub(crate) fn version_prefix(route: &str) -> Option<&str> {
+    let first = route.trim_start_matches('/').split('/').next()?;
+    let digits = first
+        .strip_prefix('v')
+        .or_else(|| first.strip_prefix('V'))?;
+    let is_version = !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit());
+    is_version.then_some(first)
+}
+
+/// What a client or producer span called; `None` when nothing names it.
+pub(crate) fn dependency(
+    attrs: Attrs<'_>,
+    server_address: Option<&str>,
+    server_port: Option<i64>,
+) -> Option<String> {
+    if let Some(peer) = attrs.first_text(&["peer.service", "service.peer.name"]) {
+        return Some(peer.into_owned());
+    }
+    if let Some(system) = attrs.first_text(&["db.system.name", "db.system"]) {
+        return Some(match attrs.first_text(&["db.namespace", "db.name"]) {
+            Some(namespace) => format!("{system}/{namespace}"),
+            None => system.into_owned(),
+        });
+    }
+    if let Some(service) = attrs.text("rpc.service") {
+        return Some(service.into_owned());
+    }
+    if let Some(method) = attrs.text("rpc.method")
+        && let Some((service, _)) = method.rsplit_once('/')
+        && !service.is_empty()
+    {
+        return Some(service.to_owned());
+    }
+    if let Some(system) = attrs.text("messaging.system") {
+        let destination =
+            attrs.first_text(&["messaging.destination.name", "messaging.destination"]);
+        return Some(match destination {
+            Some(destination) => format!("{system}/{destination}"),
+            None => system.into_owned(),
+        });
+    }
+    let address = server_address?;
+    Some(match server_port {
+        Some(port) => format!("{address}:{port}"),
+        None => address.to_owned(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use opentelemetry_proto::tonic::common::v1::AnyValue;
+
+    fn kv(key: &str, value: Value) -> KeyValue {
+        KeyValue {
+            key: key.into(),
+            value: Some(AnyValue { value: Some(value) }),
+            ..Default::default()
+        }
+    }
+
+    fn s(key: &str, value: &str) -> KeyValue {
+        kv(key, Value::StringValue(value.into()))
+    }
+
+    #[test]
+    fn templates_ids() {
+        assert_eq!(template_path("/users/42/orders"), "/users/{id}/orders");
+        assert_eq!(
+            template_path("/o/123e4567-e89b-12d3-a456-426614174000"),
+            "/o/{id}"
+        );
+        assert_eq!(
+            template_path("/blobs/9f86d081884c7d659a2feaa0c55ad015"),
+            "/blobs/{id}"
+        );
+        assert_eq!(template_path("/v2/items"), "/v2/items");
+        assert_eq!(template_path("/deadbeef"), "/deadbeef");
+        assert_eq!(template_path("/"), "/");
+    }
+
+    #[test]
+    fn splits_urls() {
+        let parts = split_url("https://api.example.com:8443/v1/users/7?x=1");
+        assert_eq!(parts.host, Some("api.example.com"));
+        assert_eq!(parts.port, Some(8443));
+        assert_eq!(parts.path, Some("/v1/users/7"));
+        let parts = split_url("/search?q=a");
+        assert_eq!((parts.host, parts.path), (None, Some("/search")));
+        let parts = split_url("http://inventory");
+        assert_eq!(
+            (parts.host, parts.port, parts.path),
+            (Some("inventory"), None, None)
+        );
+    }
+
+    #[test]
+    fn versions() {
+        assert_eq!(version_prefix("/v2/orders/{id}"), Some("v2"));
+        assert_eq!(version_prefix("/vendors"), None);
+        assert_eq!(version_prefix("/api/v1"), None);
+    }
+
+    #[test]
+    fn dependencies_in_order_of_precedence() {
+        let db = [s("db.system", "postgresql"), s("db.name", "shop")];
+        assert_eq!(
+            dependency(Attrs(&db), None, None).as_deref(),
+            Some("postgresql/shop")
+        );
+        let redis = [s("db.system.name", "redis"), s("server.address", "cache")];
+        assert_eq!(
+            dependency(Attrs(&redis), Some("cache"), None).as_deref(),
+            Some("redis")
+        );
+        let peer = [s("peer.service", "billing"), s("db.system", "mysql")];
+        assert_eq!(
+            dependency(Attrs(&peer), None, None).as_deref(),
+            Some("billing")
+        );
+        let rpc = [s("rpc.method", "shop.Inventory/Reserve")];
+        assert_eq!(
+            dependency(Attrs(&rpc), None, None).as_deref(),
+            Some("shop.Inventory")
+        );
+        let kafka = [
+            s("messaging.system", "kafka"),
+            s("messaging.destination.name", "orders"),
+        ];
+        assert_eq!(
+            dependency(Attrs(&kafka), None, None).as_deref(),
+            Some("kafka/orders")
+        );
+        assert_eq!(
+            dependency(Attrs(&[]), Some("inventory.internal"), Some(8443)).as_deref(),
+            Some("inventory.internal:8443")
+        );
+        assert_eq!(dependency(Attrs(&[]), None, Some(80)), None);
+    }
+
+    #[test]
+    fn values_as_text() {
+        let attrs = [
+            kv("n", Value::IntValue(404)),
+            kv("s", Value::StringValue("503".into())),
+            kv("b", Value::BoolValue(true)),
+            s("empty", ""),
+        ];
+        let attrs = Attrs(&attrs);
+        assert_eq!(attrs.int("n"), Some(404));
+        assert_eq!(attrs.int("s"), Some(503));
+        assert_eq!(attrs.text("b").as_deref(), Some("true"));
+        assert_eq!(attrs.text("empty"), None);
+        assert_eq!(attrs.first_text(&["missing", "n"]).as_deref(), Some("404"));
+    }
+}

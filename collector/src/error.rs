@@ -1,0 +1,80 @@
+//! The collector's errors, each mapped once to its HTTP status and gRPC code.
+
+use std::time::Duration;
+
+/// Errors of the ingest path.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The payload cannot be decoded: malformed protobuf or JSON, a bad gzip stream.
+    #[error("{0}")]
+    InvalidInput(String),
+    /// A content type other than OTLP's protobuf or JSON.
+    #[error("unsupported content type {0:?}: send application/x-protobuf or application/json")]
+    UnsupportedMediaType(String),
+    /// A content encoding other than gzip or identity.
+    #[error("unsupported content encoding {0:?}: send gzip or no encoding")]
+    UnsupportedEncoding(String),
+    /// The body, after decompression, is over the configured limit.
+    #[error("request body is larger than the limit of {limit} bytes (counted after decompression)")]
+    TooLarge {
+        /// The limit in bytes.
+        limit: usize,
+    },
+    /// The in-memory buffer is full: the client should retry after a flush.
+    #[error("the ingest buffer is full ({rows} rows waiting to be written); retry later")]
+    Overloaded {
+        /// Rows waiting in the buffer.
+        rows: usize,
+    },
+    /// The daemon is shutting down and takes no more data.
+    #[error("apiscope is shutting down; retry against a running instance")]
+    ShuttingDown,
+    /// Writing Parquet or renaming files failed.
+    #[error("storage error: {0}")]
+    Storage(String),
+}
+
+/// `Result` with the collector's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// How long clients are told to wait before retrying a refused request.
+pub const RETRY_AFTER: Duration = Duration::from_secs(1);
+
+impl Error {
+    /// The HTTP status answering this error.
+    pub fn http_status(&self) -> u16 {
+        match self {
+            Error::InvalidInput(_) => 400,
+            Error::UnsupportedMediaType(_) => 415,
+            Error::UnsupportedEncoding(_) => 415,
+            Error::TooLarge { .. } => 413,
+            Error::Overloaded { .. } => 503,
+            Error::ShuttingDown => 503,
+            Error::Storage(_) => 503,
+        }
+    }
+
+    /// The gRPC code answering this error.
+    pub fn grpc_code(&self) -> tonic::Code {
+        match self {
+            Error::InvalidInput(_) => tonic::Code::InvalidArgument,
+            Error::UnsupportedMediaType(_) => tonic::Code::InvalidArgument,
+            Error::UnsupportedEncoding(_) => tonic::Code::Unimplemented,
+            Error::TooLarge { .. } => tonic::Code::ResourceExhausted,
+            Error::Overloaded { .. } => tonic::Code::Unavailable,
+            Error::ShuttingDown => tonic::Code::Unavailable,
+            Error::Storage(_) => tonic::Code::Unavailable,
+        }
+    }
+
+    /// When the client should retry, for errors that are worth retrying.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Error::Overloaded { .. } | Error::ShuttingDown | Error::Storage(_) => Some(RETRY_AFTER),
+            Error::InvalidInput(_)
+            | Error::UnsupportedMediaType(_)
+            | Error::UnsupportedEncoding(_)
+            | Error::TooLarge { .. } => None,
+        }
+    }
+}

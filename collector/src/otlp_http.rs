@@ -1,0 +1,174 @@
+//! OTLP/HTTP receiver: `POST /v1/traces` and `POST /v1/logs`, protobuf or JSON, optionally
+//! gzip-compressed.
+//!
+//! Responses follow the OTLP/HTTP specification: the export response (with partial success
+//! when items were refused) in the request's encoding, or a `google.rpc.Status` naming the
+//! problem with a 4xx status, or 503 with `Retry-After` when the client should retry.
+
+use std::io::Read;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use flate2::read::GzDecoder;
+use prost::Message;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::signal::{Logs, Signal, Traces};
+use crate::{Collector, Error, Result};
+
+/// The OTLP/HTTP routes, served on the OTLP HTTP port.
+pub fn router(collector: Arc<Collector>) -> Router {
+    Router::new()
+        .route("/v1/traces", post(export::<Traces>))
+        .route("/v1/logs", post(export::<Logs>))
+        .with_state(collector)
+}
+
+/// Reads, decodes and ingests one export request, and encodes the answer.
+async fn export<S: Signal>(
+    State(collector): State<Arc<Collector>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let format = match Format::of(&headers) {
+        Ok(format) => format,
+        Err(error) => return error_response(Format::Protobuf, &error),
+    };
+    let limit = collector.config().max_body_bytes;
+    let body = match axum::body::to_bytes(body, limit).await {
+        Ok(body) => body,
+        Err(_) => return error_response(format, &Error::TooLarge { limit }),
+    };
+    let encoding = headers.get(header::CONTENT_ENCODING).cloned();
+    // Decompressing, decoding and converting to Arrow are CPU work: keep them off the
+    // runtime's I/O threads.
+    let handled = tokio::task::spawn_blocking(move || {
+        let payload = decompress(encoding.as_ref(), body, limit)?;
+        let request: S::Request = format.decode(&payload)?;
+        S::export(&collector, request)
+    })
+    .await;
+    match handled {
+        Ok(Ok(response)) => format.respond(StatusCode::OK, &response),
+        Ok(Err(error)) => error_response(format, &error),
+        Err(join_error) => error_response(
+            format,
+            &Error::Storage(format!("ingest task failed: {join_error}")),
+        ),
+    }
+}
+
+/// The two OTLP/HTTP encodings.
+#[derive(Debug, Clone, Copy)]
+enum Format {
+    Protobuf,
+    Json,
+}
+
+impl Format {
+    fn of(headers: &HeaderMap) -> Result<Format> {
+        let content_type = headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        let media_type = content_type.split(';').next().unwrap_or("").trim();
+        match media_type.to_ascii_lowercase().as_str() {
+            "application/x-protobuf" | "application/protobuf" => Ok(Format::Protobuf),
+            "application/json" => Ok(Format::Json),
+            _ => Err(Error::UnsupportedMediaType(content_type.to_owned())),
+        }
+    }
+
+    fn decode<T: Message + DeserializeOwned + Default>(self, payload: &[u8]) -> Result<T> {
+        match self {
+            Format::Protobuf => T::decode(payload)
+                .map_err(|error| Error::InvalidInput(format!("invalid protobuf payload: {error}"))),
+            Format::Json => serde_json::from_slice(payload).map_err(|error| {
+                Error::InvalidInput(format!("invalid OTLP/JSON payload: {error}"))
+            }),
+        }
+    }
+
+    fn respond<T: Message + Serialize>(self, status: StatusCode, message: &T) -> Response {
+        let (content_type, body) = match self {
+            Format::Protobuf => ("application/x-protobuf", message.encode_to_vec()),
+            Format::Json => ("application/json", json_body(message)),
+        };
+        (status, [(header::CONTENT_TYPE, content_type)], body).into_response()
+    }
+}
+
+/// The OTLP/JSON encoding of a response. The generated serializer writes the 64-bit
+/// `rejected*` counts as numbers; proto3's JSON mapping (which OTLP follows) writes 64-bit
+/// integers as strings, so they are rewritten.
+fn json_body<T: Serialize>(message: &T) -> Vec<u8> {
+    let mut value = serde_json::to_value(message).unwrap_or_default();
+    if let Some(fields) = value.as_object_mut() {
+        fields.retain(|_, field| !field.is_null());
+    }
+    if let Some(partial) = value
+        .get_mut("partialSuccess")
+        .and_then(|p| p.as_object_mut())
+    {
+        for (key, count) in partial.iter_mut() {
+            if key.starts_with("rejected") && count.is_number() {
+                *count = serde_json::Value::String(count.to_string());
+            }
+        }
+    }
+    // Serializing a JSON value to a Vec cannot fail.
+    serde_json::to_vec(&value).unwrap_or_default()
+}
+
+/// Inflates a gzip body, refusing to produce more than `limit` bytes.
+fn decompress(encoding: Option<&HeaderValue>, body: Bytes, limit: usize) -> Result<Bytes> {
+    let encoding = encoding.and_then(|v| v.to_str().ok()).unwrap_or("identity");
+    match encoding.trim().to_ascii_lowercase().as_str() {
+        "" | "identity" => Ok(body),
+        "gzip" | "x-gzip" => {
+            let mut inflated = Vec::new();
+            // Read one byte past the limit to tell "exactly at the limit" from "over it"
+            // without ever holding more than that.
+            let read = GzDecoder::new(body.as_ref())
+                .take(limit as u64 + 1)
+                .read_to_end(&mut inflated);
+            if let Err(error) = read {
+                return Err(Error::InvalidInput(format!("invalid gzip body: {error}")));
+            }
+            if inflated.len() > limit {
+                return Err(Error::TooLarge { limit });
+            }
+            Ok(inflated.into())
+        }
+        other => Err(Error::UnsupportedEncoding(other.to_owned())),
+    }
+}
+
+/// `google.rpc.Status`, the body of OTLP/HTTP error responses.
+#[derive(Clone, PartialEq, Message, Serialize)]
+struct RpcStatus {
+    #[prost(int32, tag = "1")]
+    code: i32,
+    #[prost(string, tag = "2")]
+    message: String,
+}
+
+fn error_response(format: Format, error: &Error) -> Response {
+    let status = StatusCode::from_u16(error.http_status()).unwrap_or(StatusCode::BAD_REQUEST);
+    let body = RpcStatus {
+        code: error.grpc_code() as i32,
+        message: error.to_string(),
+    };
+    let mut response = format.respond(status, &body);
+    if let Some(after) = error.retry_after() {
+        let seconds = HeaderValue::from(after.as_secs().max(1));
+        response.headers_mut().insert(header::RETRY_AFTER, seconds);
+    }
+    response
+}

@@ -1,0 +1,170 @@
+//! Buffered rows to Parquet files: sorted, split by hour, written whole before they appear.
+//!
+//! A file is written under a temporary name starting with a dot, synced, and only then
+//! renamed into its partition, so readers never see a partial file.
+
+use std::collections::hash_map::RandomState;
+use std::fs::File;
+use std::hash::BuildHasher;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use arrow::array::{Array, ArrayRef, Int64Array, RecordBatch, TimestampNanosecondArray};
+use arrow::compute::{SortColumn, concat_batches, lexsort_to_indices, take_record_batch};
+use parquet::arrow::ArrowWriter;
+use parquet::basic::{Compression, ZstdLevel};
+use parquet::file::metadata::KeyValue;
+use parquet::file::properties::{EnabledStatistics, WriterProperties};
+use parquet::schema::types::ColumnPath;
+use schemas::{SCHEMA_VERSION, SCHEMA_VERSION_KEY, Table, partition_dir, partition_of};
+
+use crate::error::{Error, Result};
+
+/// A file written and synced under its temporary name, waiting to be renamed into place.
+#[derive(Debug)]
+pub struct Staged {
+    temporary: PathBuf,
+    destination: PathBuf,
+    /// Rows in the file.
+    pub rows: usize,
+}
+
+/// Writes Parquet files under one data directory.
+#[derive(Debug)]
+pub struct Writer {
+    data_dir: PathBuf,
+    unique: u64,
+    sequence: AtomicU64,
+}
+
+impl Writer {
+    /// A writer for `data_dir`; file names carry a random per-process prefix so that
+    /// several writers can share a directory or bucket.
+    pub fn new(data_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            data_dir: data_dir.into(),
+            unique: RandomState::new().hash_one(std::process::id()),
+            sequence: AtomicU64::new(0),
+        }
+    }
+
+    /// The data directory.
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
+    /// Writes `batches` of `table` as one synced temporary file per hour partition.
+    /// Blocking: run it off the async runtime.
+    pub fn stage(&self, table: &Table, batches: &[RecordBatch]) -> Result<Vec<Staged>> {
+        if batches.is_empty() {
+            return Ok(Vec::new());
+        }
+        let all = concat_batches(&table.schema(), batches).map_err(storage)?;
+        let (sorted, partitions) = sort_for_pruning(table, &all)?;
+        let mut staged = Vec::new();
+        let mut start = 0;
+        while start < sorted.num_rows() {
+            let partition = partitions.value(start);
+            let mut end = start + 1;
+            while end < sorted.num_rows() && partitions.value(end) == partition {
+                end += 1;
+            }
+            let part = sorted.slice(start, end - start);
+            staged.push(self.write_file(table, partition, &part)?);
+            start = end;
+        }
+        Ok(staged)
+    }
+
+    fn write_file(&self, table: &Table, partition: i64, batch: &RecordBatch) -> Result<Staged> {
+        let dir = partition_dir(&self.data_dir, table.name, partition);
+        std::fs::create_dir_all(&dir).map_err(storage)?;
+        let sequence = self.sequence.fetch_add(1, Ordering::Relaxed);
+        let now = chrono::Utc::now().timestamp_millis();
+        let name = format!("{now:013}-{:016x}-{sequence:06}.parquet", self.unique);
+        let temporary = dir.join(format!(".{name}.tmp"));
+        let destination = dir.join(name);
+
+        let file = File::create(&temporary).map_err(storage)?;
+        let mut writer =
+            ArrowWriter::try_new(file, table.schema(), Some(properties())).map_err(storage)?;
+        writer.write(batch).map_err(storage)?;
+        let file = writer.into_inner().map_err(storage)?;
+        file.sync_all().map_err(storage)?;
+        Ok(Staged {
+            temporary,
+            destination,
+            rows: batch.num_rows(),
+        })
+    }
+}
+
+/// Renames staged files into place and syncs their folders, making them visible.
+pub(crate) fn publish(staged: &[Staged]) -> Result<()> {
+    for file in staged {
+        std::fs::rename(&file.temporary, &file.destination).map_err(storage)?;
+    }
+    for file in staged {
+        if let Some(dir) = file.destination.parent() {
+            File::open(dir)
+                .and_then(|d| d.sync_all())
+                .map_err(storage)?;
+        }
+    }
+    Ok(())
+}
+
+/// Removes staged files that will not be published (after a failed flush).
+pub(crate) fn discard(staged: &[Staged]) {
+    for file in staged {
+        let _ = std::fs::remove_file(&file.temporary);
+    }
+}
+
+fn properties() -> WriterProperties {
+    WriterProperties::builder()
+        .set_compression(Compression::ZSTD(ZstdLevel::default()))
+        .set_statistics_enabled(EnabledStatistics::Page)
+        .set_column_bloom_filter_enabled(ColumnPath::from("trace_id"), true)
+        .set_key_value_metadata(Some(vec![KeyValue::new(
+            SCHEMA_VERSION_KEY.to_owned(),
+            SCHEMA_VERSION.to_owned(),
+        )]))
+        .build()
+}
+
+/// Sorts rows by hour partition, then by the table's sort columns; returns the sorted rows
+/// and each row's partition key.
+fn sort_for_pruning(table: &Table, batch: &RecordBatch) -> Result<(RecordBatch, Int64Array)> {
+    let time = batch
+        .column_by_name("time")
+        .and_then(|c| c.as_any().downcast_ref::<TimestampNanosecondArray>())
+        .ok_or_else(|| Error::Storage(format!("table {} has no time column", table.name)))?;
+    let partitions: Int64Array = time.iter().map(|t| t.map(partition_of)).collect();
+    let mut keys = vec![SortColumn {
+        values: Arc::new(partitions) as ArrayRef,
+        options: None,
+    }];
+    for name in table.sort_by {
+        if let Some(values) = batch.column_by_name(name) {
+            keys.push(SortColumn {
+                values: values.clone(),
+                options: None,
+            });
+        }
+    }
+    let indices = lexsort_to_indices(&keys, None).map_err(storage)?;
+    let sorted = take_record_batch(batch, &indices).map_err(storage)?;
+    let sorted_partitions = arrow::compute::take(keys[0].values.as_ref(), &indices, None)
+        .map_err(storage)?
+        .as_any()
+        .downcast_ref::<Int64Array>()
+        .cloned()
+        .ok_or_else(|| Error::Storage("partition keys are not Int64".into()))?;
+    Ok((sorted, sorted_partitions))
+}
+
+fn storage(error: impl std::fmt::Display) -> Error {
+    Error::Storage(error.to_string())
+}

@@ -1,0 +1,22 @@
+//! apiscope's query side: a DataFusion session over the store, and SQL over HTTP.
+//!
+//! ```text
+//! SQL ─ read-only check ─ DataFusion plan ─┬─ Parquet files of the hours the time filter keeps
+//!                                          └─ rows not yet flushed (from a Source)
+//! ```
+//!
+//! This crate does not depend on the collector: it reads Parquet through the layout that
+//! `schemas` defines, and unflushed rows through the [`Source`] trait, which the binary wires
+//! to the collector's buffer.
+
+mod engine;
+mod error;
+pub mod http;
+mod json;
+mod source;
+mod table;
+
+pub use engine::{Engine, QueryOutput};
+pub use error::{Error, Result};
+pub use json::to_json;
+pub use source::{DataDir, Snapshot, Source, TimeRange, list_files};

@@ -1,0 +1,141 @@
+//! Where a row lives on disk: one folder per table and UTC hour.
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+use chrono::{DateTime, NaiveDate, Timelike};
+
+const NANOS_PER_HOUR: i64 = 3_600 * 1_000_000_000;
+
+/// The start (ns since the epoch) of the UTC hour holding `time_ns`: the partition key.
+pub fn partition_of(time_ns: i64) -> i64 {
+    time_ns.div_euclid(NANOS_PER_HOUR) * NANOS_PER_HOUR
+}
+
+/// `<data_dir>/<table>/date=YYYY-MM-DD/hour=HH` for the hour starting at `hour_start_ns`.
+pub fn partition_dir(data_dir: &Path, table: &str, hour_start_ns: i64) -> PathBuf {
+    let time = DateTime::from_timestamp_nanos(hour_start_ns);
+    data_dir
+        .join(table)
+        .join(format!("date={}", time.format("%Y-%m-%d")))
+        .join(format!("hour={:02}", time.hour()))
+}
+
+/// Whether `path` is a complete data file (temporary files start with a dot).
+pub fn is_data_file(path: &Path) -> bool {
+    let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+        return false;
+    };
+    !name.starts_with('.') && name.ends_with(".parquet")
+}
+
+/// The hour partitions of `table` that may hold rows with `lo_ns <= time < hi_ns`
+/// (either bound may be absent), sorted by time. A missing table folder is no partitions.
+pub fn hour_dirs(
+    data_dir: &Path,
+    table: &str,
+    lo_ns: Option<i64>,
+    hi_ns: Option<i64>,
+) -> io::Result<Vec<PathBuf>> {
+    let mut found = Vec::new();
+    for date_dir in read_dir_sorted(&data_dir.join(table))? {
+        let Some(date) = parse_key(&date_dir, "date=")
+            .and_then(|d| NaiveDate::parse_from_str(&d, "%Y-%m-%d").ok())
+        else {
+            continue;
+        };
+        for hour_dir in read_dir_sorted(&date_dir)? {
+            let Some(hour) = parse_key(&hour_dir, "hour=").and_then(|h| h.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            let Some(start) = date
+                .and_hms_opt(hour, 0, 0)
+                .and_then(|t| t.and_utc().timestamp_nanos_opt())
+            else {
+                continue;
+            };
+            let end = start + NANOS_PER_HOUR;
+            let after_lo = lo_ns.is_none_or(|lo| end > lo);
+            let before_hi = hi_ns.is_none_or(|hi| start < hi);
+            if after_lo && before_hi {
+                found.push(hour_dir);
+            }
+        }
+    }
+    Ok(found)
+}
+
+fn parse_key(dir: &Path, prefix: &str) -> Option<String> {
+    let name = dir.file_name()?.to_str()?;
+    name.strip_prefix(prefix).map(str::to_owned)
+}
+
+fn read_dir_sorted(dir: &Path) -> io::Result<Vec<PathBuf>> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(error) => return Err(error),
+    };
+    let mut paths = Vec::new();
+    for entry in entries {
+        let entry = entry?;
+        if entry.file_type()?.is_dir() {
+            paths.push(entry.path());
+        }
+    }
+    paths.sort();
+    Ok(paths)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn partitions_by_utc_hour() {
+        // 2026-11-27T10:59:59.999Z and 11:00:00Z fall in neighbouring hours.
+        let t = 1_795_777_199_999_000_000_i64;
+        let dir = partition_dir(Path::new("/d"), "spans", partition_of(t));
+        assert_eq!(dir, Path::new("/d/spans/date=2026-11-27/hour=10"));
+        let next = partition_dir(Path::new("/d"), "spans", partition_of(t + 1_000_000));
+        assert_eq!(next, Path::new("/d/spans/date=2026-11-27/hour=11"));
+    }
+
+    #[test]
+    fn hour_dirs_prunes_by_range() {
+        let tmp = tempfile::tempdir().unwrap();
+        let base = 1_795_773_600_000_000_000_i64; // 2026-11-27T10:00:00Z
+        for h in 0..3 {
+            std::fs::create_dir_all(partition_dir(
+                tmp.path(),
+                "spans",
+                base + h * NANOS_PER_HOUR,
+            ))
+            .unwrap();
+        }
+        let all = hour_dirs(tmp.path(), "spans", None, None).unwrap();
+        assert_eq!(all.len(), 3);
+        // [10:30, 11:00) touches only hour 10; [10:30, 11:00:00.000000001) touches 10 and 11.
+        let half = NANOS_PER_HOUR / 2;
+        let only_10 = hour_dirs(
+            tmp.path(),
+            "spans",
+            Some(base + half),
+            Some(base + NANOS_PER_HOUR),
+        );
+        assert_eq!(only_10.unwrap().len(), 1);
+        let two = hour_dirs(
+            tmp.path(),
+            "spans",
+            Some(base + half),
+            Some(base + NANOS_PER_HOUR + 1),
+        );
+        assert_eq!(two.unwrap().len(), 2);
+        assert!(
+            hour_dirs(tmp.path(), "logs", None, None)
+                .unwrap()
+                .is_empty()
+        );
+    }
+}

@@ -1,0 +1,27 @@
+//! The tables apiscope stores and how they lie on disk.
+//!
+//! Every table is described once, as a list of [`Column`]s with a doc line each; the Arrow
+//! schema, the README's column tables and the Parquet metadata are all derived from that list.
+//!
+//! ```text
+//! <data_dir>/<table>/date=YYYY-MM-DD/hour=HH/<unique>.parquet
+//! ```
+//!
+//! A file is visible only once complete: writers write `.<name>.tmp`, fsync, then rename.
+//! Readers list `*.parquet` only.
+
+mod layout;
+mod tables;
+
+pub use layout::{hour_dirs, is_data_file, partition_dir, partition_of};
+pub use tables::{Column, ColumnType, LOGS, SPANS, Table, events_field, string_map_field};
+
+/// Version of the on-disk schema; stored in every Parquet file's key-value metadata under
+/// [`SCHEMA_VERSION_KEY`]. Within a version, changes are additive only.
+pub const SCHEMA_VERSION: &str = "1";
+
+/// Parquet key-value metadata key holding [`SCHEMA_VERSION`].
+pub const SCHEMA_VERSION_KEY: &str = "apiscope.schema_version";
+
+/// All stored tables, in the order the README documents them.
+pub const TABLES: &[&Table] = &[&SPANS, &LOGS];

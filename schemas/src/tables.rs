@@ -1,0 +1,405 @@
+//! The column lists of `spans` and `logs`, each column with its doc line.
+
+use std::sync::Arc;
+
+use arrow::datatypes::{DataType, Field, Fields, Schema, SchemaRef, TimeUnit};
+
+/// The logical type of a column; [`ColumnType::data_type`] gives its Arrow type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ColumnType {
+    /// `Timestamp(ns, "UTC")`.
+    Timestamp,
+    /// UTF-8 text.
+    Text,
+    /// 64-bit signed integer.
+    Int64,
+    /// 32-bit signed integer.
+    Int32,
+    /// 64-bit float.
+    Float64,
+    /// Boolean.
+    Bool,
+    /// `Map<Utf8, Utf8>`: attributes with every value rendered as text.
+    StringMap,
+    /// `List<Struct<time, name, attributes>>`: span events.
+    Events,
+}
+
+impl ColumnType {
+    /// The Arrow type this column is stored and queried as.
+    pub fn data_type(self) -> DataType {
+        match self {
+            ColumnType::Timestamp => timestamp_type(),
+            ColumnType::Text => DataType::Utf8,
+            ColumnType::Int64 => DataType::Int64,
+            ColumnType::Int32 => DataType::Int32,
+            ColumnType::Float64 => DataType::Float64,
+            ColumnType::Bool => DataType::Boolean,
+            ColumnType::StringMap => string_map_field("attributes").data_type().clone(),
+            ColumnType::Events => events_field().data_type().clone(),
+        }
+    }
+
+    /// How the README names the type (SQL-ish, as psql users see it).
+    pub fn sql_name(self) -> &'static str {
+        match self {
+            ColumnType::Timestamp => "timestamp (ns, UTC)",
+            ColumnType::Text => "text",
+            ColumnType::Int64 => "bigint",
+            ColumnType::Int32 => "int",
+            ColumnType::Float64 => "double",
+            ColumnType::Bool => "boolean",
+            ColumnType::StringMap => "map<text, text>",
+            ColumnType::Events => "list<struct<time, name, attributes>>",
+        }
+    }
+}
+
+fn timestamp_type() -> DataType {
+    DataType::Timestamp(TimeUnit::Nanosecond, Some("UTC".into()))
+}
+
+/// The field of a `Map<Utf8, Utf8>` column named `name`, with the entry names arrow's
+/// `MapBuilder` uses (`entries`, `keys`, `values`), so that built arrays match the schema.
+pub fn string_map_field(name: &str) -> Field {
+    let entries = Field::new(
+        "entries",
+        DataType::Struct(Fields::from(vec![
+            Field::new("keys", DataType::Utf8, false),
+            Field::new("values", DataType::Utf8, true),
+        ])),
+        false,
+    );
+    Field::new(name, DataType::Map(Arc::new(entries), false), true)
+}
+
+/// The field of the `events` column: a list of `{time, name, attributes}` structs.
+pub fn events_field() -> Field {
+    let event = DataType::Struct(Fields::from(vec![
+        Field::new("time", timestamp_type(), false),
+        Field::new("name", DataType::Utf8, false),
+        string_map_field("attributes"),
+    ]));
+    Field::new(
+        "events",
+        DataType::List(Arc::new(Field::new("item", event, true))),
+        true,
+    )
+}
+
+/// One column of a table.
+#[derive(Debug, Clone, Copy)]
+pub struct Column {
+    /// The column's name in SQL.
+    pub name: &'static str,
+    /// Its type.
+    pub ty: ColumnType,
+    /// Whether it may be null.
+    pub nullable: bool,
+    /// One line for the README: what the column holds and where it comes from.
+    pub doc: &'static str,
+}
+
+const fn col(name: &'static str, ty: ColumnType, nullable: bool, doc: &'static str) -> Column {
+    Column {
+        name,
+        ty,
+        nullable,
+        doc,
+    }
+}
+
+/// A stored table.
+#[derive(Debug)]
+pub struct Table {
+    /// The table's name in SQL and its folder under the data directory.
+    pub name: &'static str,
+    /// One line for the README.
+    pub doc: &'static str,
+    /// Its columns, in order.
+    pub columns: &'static [Column],
+    /// The columns rows are sorted by within a file, so that predicates on them prune row
+    /// groups and pages.
+    pub sort_by: &'static [&'static str],
+}
+
+impl Table {
+    /// The Arrow schema of the table.
+    pub fn schema(&self) -> SchemaRef {
+        let fields: Vec<Field> = self.columns.iter().map(Column::field).collect();
+        Arc::new(Schema::new(fields))
+    }
+
+    /// The table's columns as the README's Markdown table (kept in sync by a test).
+    pub fn markdown(&self) -> String {
+        let mut out = String::from("| column | type | description |\n|---|---|---|\n");
+        for column in self.columns {
+            let not_null = if column.nullable { "" } else { ", not null" };
+            out.push_str(&format!(
+                "| `{}` | {}{not_null} | {} |\n",
+                column.name,
+                column.ty.sql_name(),
+                column.doc
+            ));
+        }
+        out
+    }
+
+    /// The position of a column by name.
+    pub fn index_of(&self, name: &str) -> Option<usize> {
+        self.columns.iter().position(|c| c.name == name)
+    }
+}
+
+impl Column {
+    /// The Arrow field of the column.
+    pub fn field(&self) -> Field {
+        match self.ty {
+            ColumnType::StringMap => string_map_field(self.name),
+            ColumnType::Events => events_field(),
+            ty => Field::new(self.name, ty.data_type(), self.nullable),
+        }
+    }
+}
+
+use ColumnType::*;
+
+/// One row per span received over OTLP.
+pub static SPANS: Table = Table {
+    name: "spans",
+    doc: "one row per span received over OTLP (gRPC or HTTP)",
+    sort_by: &["service_name", "endpoint", "time"],
+    columns: &[
+        col("time", Timestamp, false, "span start"),
+        col("end_time", Timestamp, false, "span end"),
+        col(
+            "duration_ns",
+            Int64,
+            false,
+            "end_time - time, in nanoseconds",
+        ),
+        col(
+            "duration_ms",
+            Float64,
+            false,
+            "the same duration in milliseconds",
+        ),
+        col("trace_id", Text, false, "trace id, 32 lowercase hex digits"),
+        col("span_id", Text, false, "span id, 16 lowercase hex digits"),
+        col(
+            "parent_span_id",
+            Text,
+            true,
+            "parent span id (hex); null for a root span",
+        ),
+        col(
+            "service_name",
+            Text,
+            false,
+            "resource `service.name` (`unknown_service` when absent)",
+        ),
+        col("service_version", Text, true, "resource `service.version`"),
+        col(
+            "deployment_environment",
+            Text,
+            true,
+            "resource `deployment.environment.name`, else `deployment.environment`",
+        ),
+        col("scope_name", Text, true, "instrumentation scope name"),
+        col("span_name", Text, false, "span name"),
+        col(
+            "span_kind",
+            Text,
+            false,
+            "`server`, `client`, `producer`, `consumer`, `internal` or `unspecified`",
+        ),
+        col("status_code", Text, false, "`unset`, `ok` or `error`"),
+        col("status_message", Text, true, "status message, when set"),
+        col(
+            "http_method",
+            Text,
+            true,
+            "`http.request.method`, else `http.method`",
+        ),
+        col("http_route", Text, true, "`http.route`"),
+        col(
+            "http_status_code",
+            Int32,
+            true,
+            "`http.response.status_code`, else `http.status_code`",
+        ),
+        col(
+            "url_path",
+            Text,
+            true,
+            "`url.path`, else the path of `http.target` or `http.url`/`url.full`",
+        ),
+        col(
+            "server_address",
+            Text,
+            true,
+            "`server.address`, else `net.host.name` (server spans) or `net.peer.name` (client spans), else the host of `http.url`",
+        ),
+        col(
+            "server_port",
+            Int32,
+            true,
+            "`server.port`, else `net.host.port` / `net.peer.port`",
+        ),
+        col(
+            "client_address",
+            Text,
+            true,
+            "`client.address`, else `http.client_ip`, else `network.peer.address`, `net.sock.peer.addr`, `net.peer.ip`",
+        ),
+        col(
+            "user_agent",
+            Text,
+            true,
+            "`user_agent.original`, else `http.user_agent`",
+        ),
+        col(
+            "error_type",
+            Text,
+            true,
+            "`error.type`, else `exception.type` of the first exception event",
+        ),
+        col(
+            "endpoint",
+            Text,
+            false,
+            "`METHOD route` (route from `http.route`, else the templated URL path); the span name for non-HTTP spans",
+        ),
+        col(
+            "client_id",
+            Text,
+            true,
+            "first present of the configured client id attributes, else `client_address`",
+        ),
+        col(
+            "dependency",
+            Text,
+            true,
+            "client/producer spans: what was called (`peer.service`, `postgresql/shop`, `redis`, an RPC service, `kafka/orders`, `host:port`)",
+        ),
+        col(
+            "api_version",
+            Text,
+            true,
+            "`api.version`, else a `vN` first segment of the route",
+        ),
+        col(
+            "is_error",
+            Bool,
+            false,
+            "status error, or HTTP status >= 500 on server spans, or >= 400 on client spans",
+        ),
+        col(
+            "attributes",
+            StringMap,
+            true,
+            "all span attributes, values as text",
+        ),
+        col(
+            "resource_attributes",
+            StringMap,
+            true,
+            "all resource attributes, values as text",
+        ),
+        col(
+            "events",
+            Events,
+            true,
+            "span events: time, name, attributes",
+        ),
+    ],
+};
+
+/// One row per log record received over OTLP.
+pub static LOGS: Table = Table {
+    name: "logs",
+    doc: "one row per log record received over OTLP (gRPC or HTTP)",
+    sort_by: &["service_name", "time"],
+    columns: &[
+        col(
+            "time",
+            Timestamp,
+            false,
+            "record time; the observed time when the record has none",
+        ),
+        col(
+            "observed_time",
+            Timestamp,
+            false,
+            "when the record was observed (the receipt time when absent)",
+        ),
+        col(
+            "trace_id",
+            Text,
+            true,
+            "trace id (hex), when the record is correlated with a trace",
+        ),
+        col("span_id", Text, true, "span id (hex), when correlated"),
+        col(
+            "severity_number",
+            Int32,
+            false,
+            "OTLP severity number (0 unspecified, 9 INFO, 17 ERROR, ...)",
+        ),
+        col(
+            "severity_text",
+            Text,
+            true,
+            "severity as sent (`INFO`, `error`, ...)",
+        ),
+        col("body", Text, true, "the body; structured bodies as JSON"),
+        col(
+            "service_name",
+            Text,
+            false,
+            "resource `service.name` (`unknown_service` when absent)",
+        ),
+        col("service_version", Text, true, "resource `service.version`"),
+        col("scope_name", Text, true, "instrumentation scope name"),
+        col(
+            "attributes",
+            StringMap,
+            true,
+            "all record attributes, values as text",
+        ),
+        col(
+            "resource_attributes",
+            StringMap,
+            true,
+            "all resource attributes, values as text",
+        ),
+    ],
+};
+
+#[cfg(test)]
+mod tests {
+
+    #[test]
+    fn readme_documents_every_column() {
+        let readme = include_str!("../../README.md");
+        for table in crate::TABLES {
+            let markdown = table.markdown();
+            assert!(
+                readme.contains(&markdown),
+                "README.md must hold the column table of `{}`, exactly:\n{markdown}",
+                table.name
+            );
+        }
+    }
+
+    #[test]
+    fn schemas_build() {
+        for table in crate::TABLES {
+            assert_eq!(table.schema().fields().len(), table.columns.len());
+            assert!(table.index_of("time") == Some(0));
+            for name in table.sort_by {
+                assert!(table.index_of(name).is_some(), "{name}");
+            }
+        }
+    }
+}
