@@ -47,6 +47,27 @@ pub(crate) struct ServeArgs {
     /// Largest request body, counted after decompression [default: 20971520].
     #[arg(long, env = "APISCOPE_MAX_BODY_BYTES")]
     max_body_bytes: Option<usize>,
+    /// When an acknowledgement means the data is on disk: fsync, batch or none [default: fsync].
+    #[arg(long, env = "APISCOPE_DURABILITY")]
+    durability: Option<String>,
+    /// With `--durability batch`: how often the WAL is synced [default: 200ms].
+    #[arg(long, env = "APISCOPE_WAL_SYNC_INTERVAL", value_parser = parse_duration)]
+    wal_sync_interval: Option<Duration>,
+    /// Arrow memory of buffered rows past which ingest is refused [default: 1073741824].
+    #[arg(long, env = "APISCOPE_MAX_BUFFER_BYTES")]
+    max_buffer_bytes: Option<usize>,
+    /// WAL bytes on disk past which ingest is refused until a flush [default: 4294967296].
+    #[arg(long, env = "APISCOPE_MAX_WAL_BYTES")]
+    max_wal_bytes: Option<u64>,
+    /// Hours older than this are dropped [default: 7d].
+    #[arg(long, env = "APISCOPE_RETENTION", value_parser = parse_duration)]
+    retention: Option<Duration>,
+    /// How often closed hours are compacted and retention applied [default: 1m].
+    #[arg(long, env = "APISCOPE_COMPACTION_INTERVAL", value_parser = parse_duration)]
+    compaction_interval: Option<Duration>,
+    /// How long files replaced by compaction stay for queries already reading them [default: 5m].
+    #[arg(long, env = "APISCOPE_COMPACTION_GRACE", value_parser = parse_duration)]
+    compaction_grace: Option<Duration>,
 }
 
 /// The same settings as read from the TOML file.
@@ -64,6 +85,17 @@ struct FileConfig {
     flush_rows: Option<usize>,
     max_buffer_rows: Option<usize>,
     max_body_bytes: Option<usize>,
+    durability: Option<String>,
+    #[serde(default, deserialize_with = "de_duration")]
+    wal_sync_interval: Option<Duration>,
+    max_buffer_bytes: Option<usize>,
+    max_wal_bytes: Option<u64>,
+    #[serde(default, deserialize_with = "de_duration")]
+    retention: Option<Duration>,
+    #[serde(default, deserialize_with = "de_duration")]
+    compaction_interval: Option<Duration>,
+    #[serde(default, deserialize_with = "de_duration")]
+    compaction_grace: Option<Duration>,
 }
 
 /// Settings in force for `apiscope serve`.
@@ -103,6 +135,36 @@ impl ServeArgs {
         if let Some(bytes) = self.max_body_bytes.or(file.max_body_bytes) {
             collector.max_body_bytes = bytes;
         }
+        if let Some(bytes) = self.max_buffer_bytes.or(file.max_buffer_bytes) {
+            collector.max_buffer_bytes = bytes;
+        }
+        if let Some(bytes) = self.max_wal_bytes.or(file.max_wal_bytes) {
+            collector.max_wal_bytes = bytes;
+        }
+        if let Some(retention) = self.retention.or(file.retention) {
+            collector.retention = retention;
+        }
+        if let Some(interval) = self.compaction_interval.or(file.compaction_interval) {
+            collector.compaction_interval = interval;
+        }
+        if let Some(grace) = self.compaction_grace.or(file.compaction_grace) {
+            collector.compaction_grace = grace;
+        }
+        if collector.compaction_interval.is_zero() {
+            return Err(Error::Config(
+                "compaction_interval must be longer than 0s".into(),
+            ));
+        }
+        let sync_interval = self
+            .wal_sync_interval
+            .or(file.wal_sync_interval)
+            .unwrap_or(Duration::from_millis(200));
+        let mode = self
+            .durability
+            .or(file.durability)
+            .unwrap_or_else(|| "fsync".into());
+        collector.durability =
+            collector::Durability::parse(&mode, sync_interval).map_err(Error::Config)?;
         if collector.flush_interval.is_zero() {
             return Err(Error::Config(
                 "flush_interval must be longer than 0s".into(),

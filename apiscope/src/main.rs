@@ -74,6 +74,8 @@ pub(crate) enum Error {
     Io(#[from] std::io::Error),
     #[error(transparent)]
     Query(#[from] query::Error),
+    #[error(transparent)]
+    Collector(#[from] collector::Error),
     #[error("{0}")]
     Server(String),
     #[error("{0}")]

@@ -51,7 +51,18 @@ pub(crate) async fn run(args: ServeArgs) -> Result<()> {
     })?;
     settings.collector.data_dir = data_dir.canonicalize()?;
 
-    let collector = Arc::new(Collector::new(settings.collector.clone()));
+    let config = settings.collector.clone();
+    let (collector, replayed) = tokio::task::spawn_blocking(move || Collector::open(config))
+        .await
+        .map_err(|error| Error::Server(format!("start-up failed: {error}")))??;
+    let collector = Arc::new(collector);
+    tracing::info!(
+        records = replayed.records,
+        rows_restored = replayed.rows_restored,
+        rows_already_flushed = replayed.rows_already_flushed,
+        damaged_bytes = replayed.damaged_bytes,
+        "write-ahead log replayed"
+    );
     let source = Arc::new(Live {
         data_dir: settings.collector.data_dir.clone(),
         buffer: collector.buffer(),
@@ -113,6 +124,7 @@ pub(crate) async fn run(args: ServeArgs) -> Result<()> {
 
     let stop_flushing = CancellationToken::new();
     let flusher = tokio::spawn(collector.clone().run_flusher(stop_flushing.clone()));
+    let maintenance = tokio::spawn(collector.clone().run_maintenance(stop_flushing.clone()));
 
     shutdown_signal().await;
     tracing::info!(
@@ -125,6 +137,7 @@ pub(crate) async fn run(args: ServeArgs) -> Result<()> {
     flusher
         .await
         .map_err(|error| Error::Server(format!("flush task failed: {error}")))?;
+    let _ = maintenance.await;
     tracing::info!("apiscope stopped");
     Ok(())
 }

@@ -4,6 +4,10 @@
 //! place and drops the rows they hold under one write lock, and a query takes its list of
 //! files and its copy of the rows under the read lock. So a query sees every row exactly
 //! once, whether it is still buffered or already flushed.
+//!
+//! Every batch carries the WAL sequence number of the request it came from. Batches arrive
+//! in sequence order (the WAL writer pushes them after each sync), so "every batch up to
+//! the last sequence" is always a complete prefix of the log.
 
 use std::collections::HashMap;
 use std::sync::{PoisonError, RwLock};
@@ -17,32 +21,72 @@ use crate::error::{Error, Result};
 pub struct Buffer {
     inner: RwLock<Inner>,
     max_rows: usize,
+    max_bytes: usize,
 }
 
 #[derive(Debug, Default)]
 struct Inner {
-    tables: HashMap<&'static str, Vec<RecordBatch>>,
+    tables: HashMap<&'static str, Vec<(u64, RecordBatch)>>,
     rows: usize,
+    bytes: usize,
+    last_seq: u64,
+}
+
+/// Everything waiting to be flushed, up to one sequence number.
+#[derive(Debug)]
+pub struct Pending {
+    /// Every logged request up to this sequence is in `tables`.
+    pub through: u64,
+    /// The waiting batches of each table.
+    pub tables: Vec<(&'static str, Vec<RecordBatch>)>,
 }
 
 impl Buffer {
-    /// A buffer refusing new rows while it holds more than `max_rows`.
-    pub fn new(max_rows: usize) -> Self {
+    /// A buffer refusing new requests while it holds more than `max_rows` rows or
+    /// `max_bytes` bytes of Arrow memory.
+    pub fn new(max_rows: usize, max_bytes: usize) -> Self {
         Self {
             inner: RwLock::new(Inner::default()),
             max_rows,
+            max_bytes,
         }
     }
 
-    /// Adds a batch to `table`; refuses (retryably) when the buffer is over its limit.
-    pub fn push(&self, table: &'static str, batch: RecordBatch) -> Result<usize> {
-        let mut inner = self.inner.write().unwrap_or_else(PoisonError::into_inner);
+    /// Whether a new request may be taken; refuses (retryably) when over a limit.
+    pub fn admit(&self) -> Result<()> {
+        let inner = self.inner.read().unwrap_or_else(PoisonError::into_inner);
         if inner.rows >= self.max_rows {
-            return Err(Error::Overloaded { rows: inner.rows });
+            return Err(Error::Overloaded {
+                what: format!(
+                    "{} rows are waiting to be written (max_buffer_rows)",
+                    inner.rows
+                ),
+            });
         }
+        if inner.bytes >= self.max_bytes {
+            return Err(Error::Overloaded {
+                what: format!(
+                    "{} bytes are waiting to be written (max_buffer_bytes)",
+                    inner.bytes
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    /// Adds the rows of the logged request `seq`; sequences must only grow.
+    pub fn push_logged(&self, table: &'static str, seq: u64, batch: RecordBatch) {
+        let mut inner = self.inner.write().unwrap_or_else(PoisonError::into_inner);
         inner.rows += batch.num_rows();
-        inner.tables.entry(table).or_default().push(batch);
-        Ok(inner.rows)
+        inner.bytes += batch.get_array_memory_size();
+        inner.last_seq = inner.last_seq.max(seq);
+        inner.tables.entry(table).or_default().push((seq, batch));
+    }
+
+    /// Records that every sequence up to `seq` is known (after a replay).
+    pub fn advance_to(&self, seq: u64) {
+        let mut inner = self.inner.write().unwrap_or_else(PoisonError::into_inner);
+        inner.last_seq = inner.last_seq.max(seq);
     }
 
     /// Rows waiting in all tables.
@@ -61,31 +105,60 @@ impl Buffer {
         while_locked: impl FnOnce() -> T,
     ) -> (Vec<RecordBatch>, T) {
         let inner = self.inner.read().unwrap_or_else(PoisonError::into_inner);
-        let batches = inner.tables.get(table).cloned().unwrap_or_default();
+        let batches = inner
+            .tables
+            .get(table)
+            .map(|batches| batches.iter().map(|(_, b)| b.clone()).collect())
+            .unwrap_or_default();
         let listed = while_locked();
         (batches, listed)
     }
 
-    /// A copy of `table`'s rows, for a flush.
-    pub fn pending(&self, table: &str) -> Vec<RecordBatch> {
-        self.snapshot_with(table, || ()).0
+    /// A copy of everything waiting, for a flush.
+    pub fn pending(&self) -> Pending {
+        let inner = self.inner.read().unwrap_or_else(PoisonError::into_inner);
+        let tables = inner
+            .tables
+            .iter()
+            .filter(|(_, batches)| !batches.is_empty())
+            .map(|(table, batches)| (*table, batches.iter().map(|(_, b)| b.clone()).collect()))
+            .collect();
+        Pending {
+            through: inner.last_seq,
+            tables,
+        }
     }
 
-    /// Makes a flush visible: runs `publish` (the renames) and, if it succeeds, drops the
-    /// first `flushed` batches of `table`, all under the write lock.
+    /// Runs `change` (a rename or removal of visible files) while no query lists files.
+    pub fn exclusive<T>(&self, change: impl FnOnce() -> T) -> T {
+        let _inner = self.inner.write().unwrap_or_else(PoisonError::into_inner);
+        change()
+    }
+
+    /// Makes a flush visible: runs `publish` (the renames) and, if it succeeds, drops every
+    /// batch up to sequence `through`, all under the write lock.
     pub fn publish<E>(
         &self,
-        table: &str,
-        flushed: usize,
+        through: u64,
         publish: impl FnOnce() -> Result<(), E>,
     ) -> Result<(), E> {
         let mut inner = self.inner.write().unwrap_or_else(PoisonError::into_inner);
         publish()?;
-        let Inner { tables, rows } = &mut *inner;
-        if let Some(batches) = tables.get_mut(table) {
-            for batch in batches.drain(..flushed.min(batches.len())) {
-                *rows -= batch.num_rows();
-            }
+        let Inner {
+            tables,
+            rows,
+            bytes,
+            ..
+        } = &mut *inner;
+        for batches in tables.values_mut() {
+            batches.retain(|(seq, batch)| {
+                let flushed = *seq <= through;
+                if flushed {
+                    *rows -= batch.num_rows();
+                    *bytes -= batch.get_array_memory_size();
+                }
+                !flushed
+            });
         }
         Ok(())
     }

@@ -20,11 +20,11 @@ pub enum Error {
         /// The limit in bytes.
         limit: usize,
     },
-    /// The in-memory buffer is full: the client should retry after a flush.
-    #[error("the ingest buffer is full ({rows} rows waiting to be written); retry later")]
+    /// A limit on buffered rows, memory or WAL size is reached: retry after a flush.
+    #[error("apiscope is at a limit: {what}; retry later")]
     Overloaded {
-        /// Rows waiting in the buffer.
-        rows: usize,
+        /// Which limit, with its value.
+        what: String,
     },
     /// The daemon is shutting down and takes no more data.
     #[error("apiscope is shutting down; retry against a running instance")]

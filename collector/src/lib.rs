@@ -1,23 +1,31 @@
 //! apiscope's ingest path: receivers, decoding to Arrow rows, the buffer and the Parquet writer.
 //!
 //! ```text
-//! OTLP gRPC ─┐
-//!            ├─ decode + validate ─ Buffer (queryable) ─ flush ─ Parquet (write, fsync, rename)
-//! OTLP HTTP ─┘   (spans, logs)
+//! OTLP gRPC ─┐                        ┌─ WAL (group commit, fdatasync) ─┐
+//!            ├─ decode + validate ────┤                                 ├─ Buffer (queryable)
+//! OTLP HTTP ─┘   (spans, logs)        └─────────── acknowledge ◀────────┘        │
+//!                                                                              flush
+//!                          Parquet (write, fsync, rename) ◀─────────────────────┘
+//!                          then the WAL segments it covers are deleted
 //! ```
 //!
-//! A request is answered once its rows are in the buffer, where queries already see them. A
-//! flush runs on an interval, when the buffer passes a row count, and at shutdown.
+//! A request is acknowledged once its record is synced (in the default `fsync` durability)
+//! and its rows are in the buffer, where queries already see them. A flush runs on an
+//! interval, when the buffer passes a row count, and at shutdown. At start-up the WAL is
+//! replayed: rows not yet in Parquet come back, once.
 
 mod buffer;
+mod compaction;
 pub mod convention;
 mod error;
 mod logs;
 pub mod otlp_grpc;
 pub mod otlp_http;
+mod replay;
 mod rows;
 pub mod signal;
 mod spans;
+mod wal;
 mod writer;
 
 use std::sync::Arc;
@@ -26,14 +34,18 @@ use std::time::Duration;
 use arrow::array::RecordBatch;
 use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
-use tokio::sync::{Mutex, Notify};
+use prost::Message;
+use tokio::sync::{Mutex, Notify, oneshot};
 use tokio_util::sync::CancellationToken;
 
 pub use buffer::Buffer;
+pub use compaction::{CLOSED_AFTER, MaintenanceReport};
 pub use error::{Error, RETRY_AFTER, Result};
 pub use logs::decode_logs;
+pub use replay::ReplayReport;
 pub use spans::SpanDecoder;
-pub use writer::Writer;
+pub use wal::Durability;
+pub use writer::{WAL_SEQ_KEY, Writer, covered_seq};
 
 /// The rows decoded from one request, and what was refused.
 #[derive(Debug)]
@@ -88,12 +100,24 @@ pub struct Config {
     pub spans: SpanDecoder,
     /// Largest request body accepted, counted after decompression.
     pub max_body_bytes: usize,
+    /// When an acknowledgement means the data is on disk.
+    pub durability: Durability,
     /// Rows the buffer holds before it refuses new requests.
     pub max_buffer_rows: usize,
+    /// Arrow memory the buffer holds before it refuses new requests.
+    pub max_buffer_bytes: usize,
+    /// WAL bytes on disk before new requests are refused.
+    pub max_wal_bytes: u64,
     /// A flush starts early once this many rows wait.
     pub flush_rows: usize,
     /// A flush runs at least this often while rows wait.
     pub flush_interval: Duration,
+    /// Hours older than this are dropped.
+    pub retention: Duration,
+    /// How often compaction and retention run.
+    pub compaction_interval: Duration,
+    /// How long files replaced by compaction stay for queries already reading them.
+    pub compaction_grace: Duration,
 }
 
 impl Config {
@@ -103,9 +127,15 @@ impl Config {
             data_dir: data_dir.into(),
             spans: SpanDecoder::default(),
             max_body_bytes: 20 * 1024 * 1024,
+            durability: Durability::Fsync,
             max_buffer_rows: 2_000_000,
+            max_buffer_bytes: 1024 * 1024 * 1024,
+            max_wal_bytes: 4 * 1024 * 1024 * 1024,
             flush_rows: 200_000,
             flush_interval: Duration::from_secs(10),
+            retention: Duration::from_secs(7 * 24 * 3600),
+            compaction_interval: Duration::from_secs(60),
+            compaction_grace: Duration::from_secs(5 * 60),
         }
     }
 }
@@ -127,22 +157,35 @@ pub struct Collector {
     config: Config,
     buffer: Arc<Buffer>,
     writer: Writer,
+    wal: wal::Wal,
     flush_lock: Mutex<()>,
     flush_wanted: Notify,
     closed: CancellationToken,
 }
 
 impl Collector {
-    /// A collector writing under `config.data_dir`.
-    pub fn new(config: Config) -> Self {
-        Self {
-            buffer: Arc::new(Buffer::new(config.max_buffer_rows)),
+    /// Opens the store under `config.data_dir`: replays the WAL, then starts logging.
+    /// Blocking (it reads the log): call it before serving.
+    pub fn open(config: Config) -> Result<(Self, ReplayReport)> {
+        let buffer = Arc::new(Buffer::new(config.max_buffer_rows, config.max_buffer_bytes));
+        let report = replay::replay(&config.data_dir, &config.spans, &buffer)?;
+        let wal = wal::Wal::start(
+            wal::dir_of(&config.data_dir),
+            config.durability,
+            report.last_seq + 1,
+            report.segments.clone(),
+            buffer.clone(),
+        )?;
+        let collector = Self {
+            buffer,
             writer: Writer::new(config.data_dir.clone()),
+            wal,
             config,
             flush_lock: Mutex::new(()),
             flush_wanted: Notify::new(),
             closed: CancellationToken::new(),
-        }
+        };
+        Ok((collector, report))
     }
 
     /// The settings in force.
@@ -155,18 +198,41 @@ impl Collector {
         self.buffer.clone()
     }
 
-    /// Stores the valid spans of `request`.
+    /// Stores the valid spans of `request`; returns once they are logged and queryable.
+    /// Blocking: call it off the async runtime.
     pub fn ingest_traces(&self, request: &ExportTraceServiceRequest) -> Result<Outcome> {
-        self.accept(schemas::SPANS.name, self.config.spans.decode(request))
+        let decoded = self.config.spans.decode(request);
+        self.accept(
+            schemas::SPANS.name,
+            wal::Kind::Traces,
+            now_ns(),
+            decoded,
+            || request.encode_to_vec(),
+        )
     }
 
-    /// Stores the valid log records of `request`.
+    /// Stores the valid log records of `request`; returns once they are logged and queryable.
+    /// Blocking: call it off the async runtime.
     pub fn ingest_logs(&self, request: &ExportLogsServiceRequest) -> Result<Outcome> {
-        let now = chrono::Utc::now().timestamp_nanos_opt().unwrap_or_default();
-        self.accept(schemas::LOGS.name, decode_logs(request, now))
+        let received_ns = now_ns();
+        let decoded = decode_logs(request, received_ns);
+        self.accept(
+            schemas::LOGS.name,
+            wal::Kind::Logs,
+            received_ns,
+            decoded,
+            || request.encode_to_vec(),
+        )
     }
 
-    fn accept(&self, table: &'static str, decoded: Decoded) -> Result<Outcome> {
+    fn accept(
+        &self,
+        table: &'static str,
+        kind: wal::Kind,
+        received_ns: i64,
+        decoded: Decoded,
+        payload: impl FnOnce() -> Vec<u8>,
+    ) -> Result<Outcome> {
         if self.closed.is_cancelled() {
             return Err(Error::ShuttingDown);
         }
@@ -175,58 +241,91 @@ impl Collector {
             message: decoded.rejections.message(),
             ..Outcome::default()
         };
-        if let Some(batch) = decoded.batch {
-            outcome.accepted = batch.num_rows();
-            let waiting = self.buffer.push(table, batch)?;
-            if waiting >= self.config.flush_rows {
-                self.flush_wanted.notify_one();
-            }
+        let Some(batch) = decoded.batch else {
+            return Ok(outcome);
+        };
+        self.buffer.admit()?;
+        let wal_bytes = self.wal.bytes_on_disk();
+        if wal_bytes >= self.config.max_wal_bytes {
+            self.flush_wanted.notify_one();
+            return Err(Error::Overloaded {
+                what: format!("the write-ahead log holds {wal_bytes} bytes (max_wal_bytes)"),
+            });
+        }
+        outcome.accepted = batch.num_rows();
+        let (done, logged) = oneshot::channel();
+        // The request as received (minus transport encoding) is what the WAL keeps: replay
+        // decodes it again, with the time it was first received.
+        let payload = match self.config.durability {
+            Durability::None => Vec::new(),
+            Durability::Fsync | Durability::Batch(_) => payload(),
+        };
+        self.wal.submit(wal::Append {
+            kind,
+            received_ns,
+            payload,
+            table,
+            batch,
+            done,
+        })?;
+        logged.blocking_recv().map_err(|_| Error::ShuttingDown)??;
+        if self.buffer.rows() >= self.config.flush_rows {
+            self.flush_wanted.notify_one();
         }
         Ok(outcome)
     }
 
-    /// Writes every buffered row to Parquet and makes the files visible. One flush runs
-    /// at a time; returns the rows written.
+    /// Writes every buffered row to Parquet, makes the files visible, then deletes the WAL
+    /// segments they cover. One flush runs at a time; returns the rows written.
     pub async fn flush(self: &Arc<Self>) -> Result<usize> {
         let _one_at_a_time = self.flush_lock.lock().await;
-        let mut written = 0;
-        for table in schemas::TABLES {
-            let pending = self.buffer.pending(table.name);
-            if pending.is_empty() {
-                continue;
-            }
+        let pending = self.buffer.pending();
+        let through = pending.through;
+        let rows = if pending.tables.is_empty() {
+            0
+        } else {
             let this = self.clone();
-            let flushed = pending.len();
-            let rows =
-                tokio::task::spawn_blocking(move || this.write_table(table, &pending, flushed))
-                    .await
-                    .map_err(|error| Error::Storage(format!("flush task failed: {error}")))??;
-            written += rows;
-        }
-        Ok(written)
+            tokio::task::spawn_blocking(move || this.write_pending(pending))
+                .await
+                .map_err(|error| Error::Storage(format!("flush task failed: {error}")))??
+        };
+        self.wal.release_through(through);
+        Ok(rows)
     }
 
-    fn write_table(
-        &self,
-        table: &'static schemas::Table,
-        pending: &[RecordBatch],
-        flushed: usize,
-    ) -> Result<usize> {
-        let staged = self.writer.stage(table, pending)?;
+    fn write_pending(&self, pending: buffer::Pending) -> Result<usize> {
+        let mut staged = Vec::new();
+        for (name, batches) in &pending.tables {
+            let Some(table) = schemas::TABLES.iter().find(|t| t.name == *name) else {
+                continue;
+            };
+            match self.writer.stage(table, batches, pending.through) {
+                Ok(files) => staged.extend(files),
+                Err(error) => {
+                    writer::discard(&staged);
+                    return Err(error);
+                }
+            }
+        }
         let published = self
             .buffer
-            .publish(table.name, flushed, || writer::publish(&staged));
+            .publish(pending.through, || writer::publish(&staged));
         if let Err(error) = published {
             writer::discard(&staged);
             return Err(error);
         }
         let rows = staged.iter().map(|s| s.rows).sum();
-        tracing::debug!(table = table.name, rows, files = staged.len(), "flushed");
+        tracing::debug!(
+            rows,
+            files = staged.len(),
+            through = pending.through,
+            "flushed"
+        );
         Ok(rows)
     }
 
     /// Flushes on the configured interval and when enough rows wait, until `shutdown`;
-    /// then refuses new data and flushes what remains.
+    /// then refuses new data, flushes what remains and closes the WAL.
     pub async fn run_flusher(self: Arc<Self>, shutdown: CancellationToken) {
         let mut interval = tokio::time::interval(self.config.flush_interval);
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -237,15 +336,24 @@ impl Collector {
                 _ = self.flush_wanted.notified() => {}
             }
             if let Err(error) = self.flush().await {
-                tracing::warn!(%error, rows = self.buffer.rows(), "flush failed; rows stay buffered and the flush is retried");
+                tracing::warn!(%error, rows = self.buffer.rows(), "flush failed; rows stay buffered and logged, and the flush is retried");
             }
         }
         self.closed.cancel();
+        let this = self.clone();
+        let _ = tokio::task::spawn_blocking(move || this.wal.close()).await;
         match self.flush().await {
             Ok(rows) => tracing::info!(rows, "final flush done"),
             Err(error) => {
-                tracing::error!(%error, rows = self.buffer.rows(), "final flush failed; buffered rows are lost")
+                tracing::error!(%error, rows = self.buffer.rows(), "final flush failed; the rows stay in the write-ahead log for the next start")
             }
         }
     }
 }
+
+fn now_ns() -> i64 {
+    chrono::Utc::now().timestamp_nanos_opt().unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests;

@@ -30,6 +30,16 @@ pub struct Staged {
     pub rows: usize,
 }
 
+impl Staged {
+    /// The file's name once published.
+    pub fn name(&self) -> String {
+        self.destination
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    }
+}
+
 /// Writes Parquet files under one data directory.
 #[derive(Debug)]
 pub struct Writer {
@@ -54,9 +64,15 @@ impl Writer {
         &self.data_dir
     }
 
-    /// Writes `batches` of `table` as one synced temporary file per hour partition.
-    /// Blocking: run it off the async runtime.
-    pub fn stage(&self, table: &Table, batches: &[RecordBatch]) -> Result<Vec<Staged>> {
+    /// Writes `batches` of `table` as one synced temporary file per hour partition, named
+    /// after `through`, the highest WAL sequence the flush covers. Blocking: run it off the
+    /// async runtime.
+    pub fn stage(
+        &self,
+        table: &Table,
+        batches: &[RecordBatch],
+        through: u64,
+    ) -> Result<Vec<Staged>> {
         if batches.is_empty() {
             return Ok(Vec::new());
         }
@@ -71,24 +87,28 @@ impl Writer {
                 end += 1;
             }
             let part = sorted.slice(start, end - start);
-            staged.push(self.write_file(table, partition, &part)?);
+            staged.push(self.write_file(table, partition, &part, through)?);
             start = end;
         }
         Ok(staged)
     }
 
-    fn write_file(&self, table: &Table, partition: i64, batch: &RecordBatch) -> Result<Staged> {
+    fn write_file(
+        &self,
+        table: &Table,
+        partition: i64,
+        batch: &RecordBatch,
+        through: u64,
+    ) -> Result<Staged> {
         let dir = partition_dir(&self.data_dir, table.name, partition);
         std::fs::create_dir_all(&dir).map_err(storage)?;
-        let sequence = self.sequence.fetch_add(1, Ordering::Relaxed);
-        let now = chrono::Utc::now().timestamp_millis();
-        let name = format!("{now:013}-{:016x}-{sequence:06}.parquet", self.unique);
+        let name = self.file_name(through);
         let temporary = dir.join(format!(".{name}.tmp"));
         let destination = dir.join(name);
 
         let file = File::create(&temporary).map_err(storage)?;
-        let mut writer =
-            ArrowWriter::try_new(file, table.schema(), Some(properties())).map_err(storage)?;
+        let mut writer = ArrowWriter::try_new(file, table.schema(), Some(properties(through)))
+            .map_err(storage)?;
         writer.write(batch).map_err(storage)?;
         let file = writer.into_inner().map_err(storage)?;
         file.sync_all().map_err(storage)?;
@@ -100,10 +120,40 @@ impl Writer {
     }
 }
 
-/// Renames staged files into place and syncs their folders, making them visible.
+impl Writer {
+    /// `<through, 20 digits>-<writer id>-<n>.parquet`: sorting by name sorts by WAL position,
+    /// and the position is readable without opening the file.
+    fn file_name(&self, through: u64) -> String {
+        let sequence = self.sequence.fetch_add(1, Ordering::Relaxed);
+        format!("{through:020}-{:016x}-{sequence:06}.parquet", self.unique)
+    }
+}
+
+/// Parquet key-value metadata key holding the highest WAL sequence a file covers.
+pub const WAL_SEQ_KEY: &str = "apiscope.wal_seq";
+
+/// The highest WAL sequence covered by the data file at `path`, from its name.
+pub fn covered_seq(path: &Path) -> Option<u64> {
+    let name = path.file_name()?.to_str()?;
+    let digits = name.split('-').next()?;
+    if digits.len() != 20 {
+        return None;
+    }
+    digits.parse().ok()
+}
+
+/// Renames staged files into place and syncs their folders, making them visible. All or
+/// nothing: if one rename fails, the files already renamed are taken back.
 pub(crate) fn publish(staged: &[Staged]) -> Result<()> {
-    for file in staged {
-        std::fs::rename(&file.temporary, &file.destination).map_err(storage)?;
+    for (i, file) in staged.iter().enumerate() {
+        if let Err(error) = std::fs::rename(&file.temporary, &file.destination) {
+            for done in &staged[..i] {
+                if let Err(undo) = std::fs::rename(&done.destination, &done.temporary) {
+                    tracing::error!(%undo, file = %done.destination.display(), "cannot take back a published file; its rows may appear twice");
+                }
+            }
+            return Err(storage(error));
+        }
     }
     for file in staged {
         if let Some(dir) = file.destination.parent() {
@@ -122,15 +172,15 @@ pub(crate) fn discard(staged: &[Staged]) {
     }
 }
 
-fn properties() -> WriterProperties {
+fn properties(through: u64) -> WriterProperties {
     WriterProperties::builder()
         .set_compression(Compression::ZSTD(ZstdLevel::default()))
         .set_statistics_enabled(EnabledStatistics::Page)
         .set_column_bloom_filter_enabled(ColumnPath::from("trace_id"), true)
-        .set_key_value_metadata(Some(vec![KeyValue::new(
-            SCHEMA_VERSION_KEY.to_owned(),
-            SCHEMA_VERSION.to_owned(),
-        )]))
+        .set_key_value_metadata(Some(vec![
+            KeyValue::new(SCHEMA_VERSION_KEY.to_owned(), SCHEMA_VERSION.to_owned()),
+            KeyValue::new(WAL_SEQ_KEY.to_owned(), through.to_string()),
+        ]))
         .build()
 }
 

@@ -45,7 +45,7 @@ impl Source for DataDir {
     }
 }
 
-/// The complete Parquet files of `table` in the hour partitions overlapping `range`.
+/// The live Parquet files of `table` in the hour partitions overlapping `range`.
 pub fn list_files(
     data_dir: &Path,
     table: &Table,
@@ -53,19 +53,7 @@ pub fn list_files(
 ) -> std::io::Result<Vec<PathBuf>> {
     let mut files = Vec::new();
     for dir in schemas::hour_dirs(data_dir, table.name, range.lo, range.hi)? {
-        let entries = match std::fs::read_dir(&dir) {
-            Ok(entries) => entries,
-            // The partition may have been dropped by retention since it was listed.
-            Err(error) if error.kind() == std::io::ErrorKind::NotFound => continue,
-            Err(error) => return Err(error),
-        };
-        for entry in entries {
-            let path = entry?.path();
-            if schemas::is_data_file(&path) {
-                files.push(path);
-            }
-        }
+        files.extend(schemas::live_files(&dir)?);
     }
-    files.sort();
     Ok(files)
 }

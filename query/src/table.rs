@@ -169,3 +169,72 @@ fn timestamp_ns(expr: &Expr) -> Option<i64> {
         _ => None,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use datafusion::logical_expr::{col, lit};
+
+    use super::*;
+
+    fn ns(v: i64) -> Expr {
+        lit(ScalarValue::TimestampNanosecond(
+            Some(v),
+            Some("UTC".into()),
+        ))
+    }
+
+    #[test]
+    fn bounds_from_comparisons_and_between() {
+        let range = time_range(&[col("time").gt_eq(ns(100)).and(col("time").lt(ns(200)))]);
+        assert_eq!(
+            range,
+            TimeRange {
+                lo: Some(100),
+                hi: Some(200)
+            }
+        );
+
+        // Literal on the left, inclusive upper bound, several filters: the tightest wins.
+        let range = time_range(&[
+            ns(150).lt(col("time")),
+            col("time").lt_eq(ns(300)),
+            col("time").lt(ns(250)),
+        ]);
+        assert_eq!(
+            range,
+            TimeRange {
+                lo: Some(151),
+                hi: Some(250)
+            }
+        );
+
+        let range = time_range(&[col("time").between(ns(10), ns(20))]);
+        assert_eq!(
+            range,
+            TimeRange {
+                lo: Some(10),
+                hi: Some(21)
+            }
+        );
+
+        let seconds = lit(ScalarValue::TimestampSecond(Some(5), None));
+        assert_eq!(
+            time_range(&[col("time").eq(seconds)]).lo,
+            Some(5_000_000_000)
+        );
+    }
+
+    #[test]
+    fn unrelated_or_disjunctive_filters_do_not_bound() {
+        let or = col("time").gt(ns(100)).or(col("service_name").eq(lit("a")));
+        assert_eq!(time_range(&[or]), TimeRange::default());
+        assert_eq!(
+            time_range(&[col("end_time").gt(ns(100))]),
+            TimeRange::default()
+        );
+        assert_eq!(
+            time_range(&[col("time").not_between(ns(1), ns(2))]),
+            TimeRange::default()
+        );
+    }
+}

@@ -37,6 +37,17 @@ pub fn hour_dirs(
     lo_ns: Option<i64>,
     hi_ns: Option<i64>,
 ) -> io::Result<Vec<PathBuf>> {
+    let dirs = hour_partitions(data_dir, table, lo_ns, hi_ns)?;
+    Ok(dirs.into_iter().map(|(_, dir)| dir).collect())
+}
+
+/// Like [`hour_dirs`], with each partition's start time (ns).
+pub fn hour_partitions(
+    data_dir: &Path,
+    table: &str,
+    lo_ns: Option<i64>,
+    hi_ns: Option<i64>,
+) -> io::Result<Vec<(i64, PathBuf)>> {
     let mut found = Vec::new();
     for date_dir in read_dir_sorted(&data_dir.join(table))? {
         let Some(date) = parse_key(&date_dir, "date=")
@@ -59,11 +70,61 @@ pub fn hour_dirs(
             let after_lo = lo_ns.is_none_or(|lo| end > lo);
             let before_hi = hi_ns.is_none_or(|hi| start < hi);
             if after_lo && before_hi {
-                found.push(hour_dir);
+                found.push((start, hour_dir));
             }
         }
     }
     Ok(found)
+}
+
+/// Prefix of the note a compaction leaves beside its output: `.replaced-by-<output>` lists,
+/// one per line, the files the output replaces.
+pub const REPLACED_BY: &str = ".replaced-by-";
+
+/// The complete data files of one partition folder that hold live rows: every `*.parquet`
+/// file, less those that a compaction output present in the same listing replaces. A
+/// missing folder has none.
+pub fn live_files(dir: &Path) -> io::Result<Vec<PathBuf>> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(error) => return Err(error),
+    };
+    let mut files = Vec::new();
+    let mut notes = Vec::new();
+    for entry in entries {
+        let path = entry?.path();
+        let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+            continue;
+        };
+        if let Some(output) = name.strip_prefix(REPLACED_BY) {
+            notes.push((output.to_owned(), path.clone()));
+        } else if is_data_file(&path) {
+            files.push(path);
+        }
+    }
+    for (output, note) in notes {
+        if !files
+            .iter()
+            .any(|f| f.file_name().is_some_and(|n| n == output.as_str()))
+        {
+            // The compaction did not publish its output: the inputs are still the data.
+            continue;
+        }
+        let replaced = match std::fs::read_to_string(&note) {
+            Ok(text) => text,
+            Err(error) if error.kind() == io::ErrorKind::NotFound => continue,
+            Err(error) => return Err(error),
+        };
+        let replaced: Vec<&str> = replaced.lines().collect();
+        files.retain(|f| {
+            !f.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| replaced.contains(&n))
+        });
+    }
+    files.sort();
+    Ok(files)
 }
 
 fn parse_key(dir: &Path, prefix: &str) -> Option<String> {

@@ -13,7 +13,9 @@
 mod layout;
 mod tables;
 
-pub use layout::{hour_dirs, is_data_file, partition_dir, partition_of};
+pub use layout::{
+    REPLACED_BY, hour_dirs, hour_partitions, is_data_file, live_files, partition_dir, partition_of,
+};
 pub use tables::{Column, ColumnType, LOGS, SPANS, Table, events_field, string_map_field};
 
 /// Version of the on-disk schema; stored in every Parquet file's key-value metadata under

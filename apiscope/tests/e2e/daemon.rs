@@ -37,8 +37,8 @@ impl Daemon {
             .args(["--otlp-http-addr", "127.0.0.1:0"])
             .args(["--http-addr", "127.0.0.1:0"])
             .args(["--pg-addr", "127.0.0.1:0"])
-            .args(["--flush-interval", "1s"])
             .args(extra)
+            .env("APISCOPE_FLUSH_INTERVAL", "1s")
             .env("APISCOPE_LOG", "info")
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
@@ -165,6 +165,14 @@ impl Daemon {
         // Let the reader thread take the last lines.
         std::thread::sleep(Duration::from_millis(100));
         self.log()
+    }
+
+    /// SIGKILL: no chance to flush or sync anything.
+    pub(crate) fn kill(mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().unwrap();
+            child.wait().unwrap();
+        }
     }
 
     pub(crate) fn log(&self) -> Vec<String> {

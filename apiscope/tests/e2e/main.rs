@@ -4,6 +4,7 @@
 
 mod bad_input;
 mod cli;
+mod crash;
 mod daemon;
 mod otlp_json;
 mod python_sdk;

@@ -1,0 +1,172 @@
+//! Bringing back, at start-up, the logged rows that are not yet in Parquet.
+//!
+//! Each Parquet file's name carries the highest WAL sequence its flush covered. For one table
+//! and hour, every row logged at or below the highest such sequence is already in Parquet:
+//! a flush writes every buffered row of that hour up to its sequence, and rows leave the
+//! buffer only once their file is visible. So a replayed row is kept only if its record's
+//! sequence is above that mark for its table and hour: nothing is lost, nothing doubled.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use arrow::array::{Array, BooleanArray, RecordBatch, TimestampNanosecondArray};
+use arrow::compute::filter_record_batch;
+use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use prost::Message;
+
+use crate::buffer::Buffer;
+use crate::error::{Error, Result};
+use crate::wal::{self, Kind};
+use crate::{Decoded, SpanDecoder, decode_logs, writer};
+
+/// What a replay did.
+#[derive(Debug, Default)]
+pub struct ReplayReport {
+    /// Intact records read.
+    pub records: usize,
+    /// Rows put back in the buffer.
+    pub rows_restored: usize,
+    /// Rows skipped because they were already in Parquet.
+    pub rows_already_flushed: usize,
+    /// Bytes of damaged log moved aside.
+    pub damaged_bytes: u64,
+    /// The highest sequence seen in the log or in file names.
+    pub last_seq: u64,
+    /// The segments read, to be released by a later flush.
+    pub segments: Vec<std::path::PathBuf>,
+}
+
+/// Replays the WAL under `data_dir` into `buffer`.
+pub(crate) fn replay(
+    data_dir: &Path,
+    spans: &SpanDecoder,
+    buffer: &Buffer,
+) -> Result<ReplayReport> {
+    let dir = wal::dir_of(data_dir);
+    let segments = wal::read_segments(&dir)?;
+    let scanned = wal::scan_segments(&dir, &segments)?;
+    let mut report = ReplayReport {
+        damaged_bytes: scanned.damaged_bytes,
+        records: scanned.records.len(),
+        last_seq: highest_file_seq(data_dir)?,
+        segments: segments.iter().map(|(path, _)| path.clone()).collect(),
+        ..ReplayReport::default()
+    };
+    let mut marks = FlushMarks::new(data_dir);
+    for record in &scanned.records {
+        report.last_seq = report.last_seq.max(record.seq);
+        let (table, decoded) = match record.kind {
+            Kind::Traces => {
+                let request = ExportTraceServiceRequest::decode(record.payload).map_err(corrupt)?;
+                (schemas::SPANS.name, spans.decode(&request))
+            }
+            Kind::Logs => {
+                let request = ExportLogsServiceRequest::decode(record.payload).map_err(corrupt)?;
+                (
+                    schemas::LOGS.name,
+                    decode_logs(&request, record.received_ns),
+                )
+            }
+        };
+        let Decoded {
+            batch: Some(batch), ..
+        } = decoded
+        else {
+            continue;
+        };
+        let kept = marks.unflushed_rows(table, record.seq, &batch)?;
+        report.rows_already_flushed += batch.num_rows() - kept.num_rows();
+        report.rows_restored += kept.num_rows();
+        if kept.num_rows() > 0 {
+            buffer.push_logged(table, record.seq, kept);
+        }
+    }
+    buffer.advance_to(report.last_seq);
+    Ok(report)
+}
+
+fn corrupt(error: prost::DecodeError) -> Error {
+    // The record passed its checksum, so this is not damage on disk but a bug.
+    Error::Storage(format!("a checksummed WAL record does not decode: {error}"))
+}
+
+/// The highest WAL sequence named by any data file.
+fn highest_file_seq(data_dir: &Path) -> Result<u64> {
+    let mut highest = 0;
+    for table in schemas::TABLES {
+        for dir in schemas::hour_dirs(data_dir, table.name, None, None).map_err(storage)? {
+            for seq in file_seqs(&dir)? {
+                highest = highest.max(seq);
+            }
+        }
+    }
+    Ok(highest)
+}
+
+fn file_seqs(dir: &Path) -> Result<Vec<u64>> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(error) => return Err(storage(error)),
+    };
+    let mut seqs = Vec::new();
+    for entry in entries {
+        let path = entry.map_err(storage)?.path();
+        if schemas::is_data_file(&path)
+            && let Some(seq) = writer::covered_seq(&path)
+        {
+            seqs.push(seq);
+        }
+    }
+    Ok(seqs)
+}
+
+/// The highest flushed sequence per table and hour, read from file names on first use.
+struct FlushMarks<'a> {
+    data_dir: &'a Path,
+    marks: HashMap<(&'static str, i64), u64>,
+}
+
+impl<'a> FlushMarks<'a> {
+    fn new(data_dir: &'a Path) -> Self {
+        Self {
+            data_dir,
+            marks: HashMap::new(),
+        }
+    }
+
+    fn mark(&mut self, table: &'static str, partition: i64) -> Result<u64> {
+        if let Some(mark) = self.marks.get(&(table, partition)) {
+            return Ok(*mark);
+        }
+        let dir = schemas::partition_dir(self.data_dir, table, partition);
+        let mark = file_seqs(&dir)?.into_iter().max().unwrap_or(0);
+        self.marks.insert((table, partition), mark);
+        Ok(mark)
+    }
+
+    /// The rows of `batch` (logged as `seq`) whose hour has not been flushed past `seq`.
+    fn unflushed_rows(
+        &mut self,
+        table: &'static str,
+        seq: u64,
+        batch: &RecordBatch,
+    ) -> Result<RecordBatch> {
+        let time = batch
+            .column(0)
+            .as_any()
+            .downcast_ref::<TimestampNanosecondArray>()
+            .ok_or_else(|| Error::Storage("the first column is not the time".into()))?;
+        let mut keep = Vec::with_capacity(time.len());
+        for row in 0..time.len() {
+            let partition = schemas::partition_of(time.value(row));
+            keep.push(seq > self.mark(table, partition)?);
+        }
+        filter_record_batch(batch, &BooleanArray::from(keep)).map_err(storage)
+    }
+}
+
+fn storage(error: impl std::fmt::Display) -> Error {
+    Error::Storage(error.to_string())
+}

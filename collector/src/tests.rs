@@ -1,0 +1,315 @@
+//! The collector end to end in one process: WAL, replay, flush idempotency, limits.
+
+use std::path::{Path, PathBuf};
+
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value::Value};
+use opentelemetry_proto::tonic::resource::v1::Resource;
+use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
+
+use super::*;
+
+const HOUR_NS: u64 = 3_600_000_000_000;
+const BASE_NS: u64 = 1_795_773_600_000_000_000; // 2026-11-27T10:00:00Z
+
+fn request(first_id: u64, starts: &[u64]) -> ExportTraceServiceRequest {
+    let spans = starts
+        .iter()
+        .enumerate()
+        .map(|(i, start)| Span {
+            trace_id: vec![1; 16],
+            span_id: (first_id + i as u64 + 1).to_be_bytes().to_vec(),
+            name: "GET /x".into(),
+            start_time_unix_nano: *start,
+            end_time_unix_nano: start + 1_000,
+            ..Default::default()
+        })
+        .collect();
+    ExportTraceServiceRequest {
+        resource_spans: vec![ResourceSpans {
+            resource: Some(Resource {
+                attributes: vec![KeyValue {
+                    key: "service.name".into(),
+                    value: Some(AnyValue {
+                        value: Some(Value::StringValue("svc".into())),
+                    }),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }),
+            scope_spans: vec![ScopeSpans {
+                spans,
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+    }
+}
+
+fn config(dir: &Path) -> Config {
+    let mut config = Config::new(dir);
+    config.flush_interval = Duration::from_secs(3600);
+    config
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        if entry.file_type().unwrap().is_file() {
+            std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
+        }
+    }
+}
+
+fn data_files(dir: &Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    for hour in schemas::hour_dirs(dir, "spans", None, None).unwrap() {
+        for entry in std::fs::read_dir(hour).unwrap() {
+            let path = entry.unwrap().path();
+            if schemas::is_data_file(&path) {
+                files.push(path);
+            }
+        }
+    }
+    files
+}
+
+#[test]
+fn replay_after_a_crash_between_publish_and_release_restores_each_row_once() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let wal_dir = dir.join("wal");
+    let wal_copy = tmp.path().join("wal-before-flush");
+    {
+        let (collector, report) = Collector::open(config(dir)).unwrap();
+        assert_eq!(report.records, 0);
+        let starts = [
+            BASE_NS,
+            BASE_NS + 1,
+            BASE_NS + 2,
+            BASE_NS + HOUR_NS,
+            BASE_NS + HOUR_NS + 1,
+            BASE_NS + HOUR_NS + 2,
+        ];
+        let outcome = collector.ingest_traces(&request(0, &starts)).unwrap();
+        assert_eq!(outcome.accepted, 6);
+        copy_dir(&wal_dir, &wal_copy);
+        let collector = Arc::new(collector);
+        assert_eq!(runtime.block_on(collector.flush()).unwrap(), 6);
+    }
+    assert_eq!(data_files(dir).len(), 2, "one file per hour");
+
+    // The crash: the files were renamed but the WAL segment was never released.
+    std::fs::remove_dir_all(&wal_dir).unwrap();
+    copy_dir(&wal_copy, &wal_dir);
+    {
+        let (collector, report) = Collector::open(config(dir)).unwrap();
+        assert_eq!(report.records, 1);
+        assert_eq!(report.rows_restored, 0);
+        assert_eq!(report.rows_already_flushed, 6);
+        assert_eq!(collector.buffer().rows(), 0);
+    }
+
+    // The same crash, but only one hour's file had been renamed: that hour's rows are in
+    // Parquet, the other hour's rows come back.
+    let mut files = data_files(dir);
+    files.sort();
+    std::fs::remove_file(&files[1]).unwrap();
+    std::fs::remove_dir_all(&wal_dir).unwrap();
+    copy_dir(&wal_copy, &wal_dir);
+    let (collector, report) = Collector::open(config(dir)).unwrap();
+    assert_eq!(report.rows_restored, 3);
+    assert_eq!(report.rows_already_flushed, 3);
+    assert_eq!(collector.buffer().rows(), 3);
+
+    // New sequences continue past everything seen, so new rows are never mistaken for
+    // flushed ones.
+    assert!(report.last_seq >= 1);
+    collector
+        .ingest_traces(&request(100, &[BASE_NS + 5]))
+        .unwrap();
+    let collector = Arc::new(collector);
+    assert_eq!(runtime.block_on(collector.flush()).unwrap(), 4);
+    assert_eq!(data_files(dir).len(), 3);
+}
+
+#[test]
+fn a_clean_flush_releases_the_log_and_a_reopen_restores_nothing() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    {
+        let (collector, _) = Collector::open(config(tmp.path())).unwrap();
+        for i in 0..5 {
+            collector
+                .ingest_traces(&request(i * 10, &[BASE_NS + i]))
+                .unwrap();
+        }
+        let collector = Arc::new(collector);
+        let stop = CancellationToken::new();
+        stop.cancel();
+        runtime.block_on(collector.clone().run_flusher(stop));
+    }
+    let segments: Vec<_> = std::fs::read_dir(tmp.path().join("wal"))
+        .unwrap()
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "wal"))
+        .collect();
+    assert!(
+        segments.is_empty(),
+        "released after the final flush: {segments:?}"
+    );
+    let (_, report) = Collector::open(config(tmp.path())).unwrap();
+    assert_eq!(report.records, 0);
+    assert_eq!(
+        report.last_seq, 5,
+        "sequences are recovered from file names"
+    );
+}
+
+#[test]
+fn limits_refuse_retryably_and_keep_what_was_accepted() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut config = config(tmp.path());
+    config.max_buffer_rows = 3;
+    let (collector, _) = Collector::open(config).unwrap();
+    collector
+        .ingest_traces(&request(0, &[BASE_NS, BASE_NS + 1, BASE_NS + 2]))
+        .unwrap();
+    let refused = collector
+        .ingest_traces(&request(10, &[BASE_NS + 3]))
+        .unwrap_err();
+    assert!(matches!(refused, Error::Overloaded { .. }), "{refused}");
+    assert_eq!(refused.http_status(), 503);
+    assert!(refused.retry_after().is_some());
+    assert!(refused.to_string().contains("max_buffer_rows"), "{refused}");
+    assert_eq!(collector.buffer().rows(), 3);
+}
+
+#[test]
+fn durability_none_writes_no_log() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut config = config(tmp.path());
+    config.durability = Durability::None;
+    let (collector, _) = Collector::open(config).unwrap();
+    collector.ingest_traces(&request(0, &[BASE_NS])).unwrap();
+    assert_eq!(collector.buffer().rows(), 1);
+    let logged: u64 = std::fs::read_dir(tmp.path().join("wal"))
+        .unwrap()
+        .map(|e| e.unwrap().metadata().unwrap().len())
+        .sum();
+    assert_eq!(logged, 0);
+}
+
+fn count_rows(files: &[PathBuf]) -> usize {
+    let mut rows = 0;
+    for file in files {
+        let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(
+            std::fs::File::open(file).unwrap(),
+        )
+        .unwrap()
+        .build()
+        .unwrap();
+        rows += reader.map(|b| b.unwrap().num_rows()).sum::<usize>();
+    }
+    rows
+}
+
+#[test]
+fn compaction_merges_a_closed_hour_atomically_and_retention_drops_old_hours() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let mut config = config(tmp.path());
+    config.compaction_grace = Duration::ZERO;
+    config.retention = Duration::from_secs(48 * 3600);
+    let (collector, _) = Collector::open(config).unwrap();
+    let collector = Arc::new(collector);
+    // Three flushes into the same hour, and one into the next.
+    for round in 0..3u64 {
+        collector
+            .ingest_traces(&request(
+                round * 10,
+                &[BASE_NS + round, BASE_NS + round + 100],
+            ))
+            .unwrap();
+        runtime.block_on(collector.flush()).unwrap();
+    }
+    collector
+        .ingest_traces(&request(99, &[BASE_NS + HOUR_NS]))
+        .unwrap();
+    runtime.block_on(collector.flush()).unwrap();
+    let hour = schemas::partition_dir(tmp.path(), "spans", BASE_NS as i64);
+    assert_eq!(schemas::live_files(&hour).unwrap().len(), 3);
+
+    // While the hour is open, nothing is compacted.
+    let open = collector
+        .maintain(BASE_NS as i64 + 30 * 60 * 1_000_000_000)
+        .unwrap();
+    assert_eq!(open, MaintenanceReport::default());
+
+    // Closed: one sorted file replaces three; the listing shows only it, with every row.
+    let closed = (BASE_NS + 2 * HOUR_NS) as i64 + CLOSED_AFTER.as_nanos() as i64;
+    let report = collector.maintain(closed).unwrap();
+    assert_eq!(report.compacted, 1);
+    assert_eq!(report.files_replaced, 3);
+    let live = schemas::live_files(&hour).unwrap();
+    assert_eq!(live.len(), 1);
+    assert_eq!(count_rows(&live), 6);
+    // The merged file covers the highest log position of its inputs.
+    assert_eq!(covered_seq(&live[0]), Some(3));
+
+    // The next pass deletes the replaced files (grace is zero here) and keeps the output.
+    let report = collector.maintain(closed).unwrap();
+    assert_eq!(report.files_deleted, 3);
+    let on_disk: Vec<_> = std::fs::read_dir(&hour)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(on_disk, live, "only the merged file is left");
+
+    // Retention: two days later both hours are gone, and so is the empty date folder.
+    let later = (BASE_NS + 50 * HOUR_NS) as i64;
+    let report = collector.maintain(later).unwrap();
+    assert_eq!(report.partitions_dropped, 2);
+    assert!(
+        schemas::hour_dirs(tmp.path(), "spans", None, None)
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        std::fs::read_dir(tmp.path().join("spans")).unwrap().count(),
+        0
+    );
+}
+
+#[test]
+fn an_unpublished_compaction_leaves_the_inputs_as_the_data() {
+    let tmp = tempfile::tempdir().unwrap();
+    let hour = tmp.path().join("spans/date=2026-11-27/hour=10");
+    std::fs::create_dir_all(&hour).unwrap();
+    for name in [
+        "00000000000000000001-a-000000.parquet",
+        "00000000000000000002-a-000001.parquet",
+    ] {
+        std::fs::write(hour.join(name), b"x").unwrap();
+    }
+    // A note whose output never appeared (a crash before the rename).
+    let note = hour.join(format!(
+        "{}00000000000000000002-b-000000.parquet",
+        schemas::REPLACED_BY
+    ));
+    std::fs::write(
+        &note,
+        "00000000000000000001-a-000000.parquet\n00000000000000000002-a-000001.parquet\n",
+    )
+    .unwrap();
+    assert_eq!(schemas::live_files(&hour).unwrap().len(), 2);
+    // Once the output is there, only it is live.
+    std::fs::write(hour.join("00000000000000000002-b-000000.parquet"), b"y").unwrap();
+    let live = schemas::live_files(&hour).unwrap();
+    assert_eq!(
+        live,
+        vec![hour.join("00000000000000000002-b-000000.parquet")]
+    );
+}
