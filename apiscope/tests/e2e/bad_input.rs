@@ -178,13 +178,38 @@ fn malformed_payloads_are_refused_with_a_reason_and_lose_nothing() {
 }
 
 /// Sends raw bytes as the body of a gRPC TraceService/Export call.
-async fn raw_grpc_export(endpoint: &str, payload: Bytes) -> Result<Bytes, tonic::Status> {
+pub(crate) async fn raw_grpc_export(
+    endpoint: &str,
+    payload: Bytes,
+) -> Result<Bytes, tonic::Status> {
     let channel = tonic::transport::Endpoint::from_shared(endpoint.to_owned())
         .unwrap()
         .connect()
         .await
         .unwrap();
     let mut client = tonic::client::Grpc::new(channel);
+    client.ready().await.unwrap();
+    let path = tonic::codegen::http::uri::PathAndQuery::from_static(
+        "/opentelemetry.proto.collector.trace.v1.TraceService/Export",
+    );
+    client
+        .unary(tonic::Request::new(payload), path, RawCodec)
+        .await
+        .map(tonic::Response::into_inner)
+}
+
+/// Like [`raw_grpc_export`], with the message gzip-compressed by the client.
+pub(crate) async fn raw_grpc_export_compressed(
+    endpoint: &str,
+    payload: Bytes,
+) -> Result<Bytes, tonic::Status> {
+    let channel = tonic::transport::Endpoint::from_shared(endpoint.to_owned())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut client =
+        tonic::client::Grpc::new(channel).send_compressed(tonic::codec::CompressionEncoding::Gzip);
     client.ready().await.unwrap();
     let path = tonic::codegen::http::uri::PathAndQuery::from_static(
         "/opentelemetry.proto.collector.trace.v1.TraceService/Export",

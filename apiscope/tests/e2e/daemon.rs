@@ -167,6 +167,15 @@ impl Daemon {
         self.log()
     }
 
+    /// The peak resident memory of the daemon so far, in bytes (Linux `VmHWM`).
+    pub(crate) fn peak_rss(&self) -> u64 {
+        let pid = self.child.as_ref().unwrap().id();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
+        let kib: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+        kib * 1024
+    }
+
     /// SIGKILL: no chance to flush or sync anything.
     pub(crate) fn kill(mut self) {
         if let Some(mut child) = self.child.take() {

@@ -6,6 +6,7 @@ mod bad_input;
 mod cli;
 mod crash;
 mod daemon;
+mod limits;
 mod otlp_json;
 mod python_sdk;
 mod restart;
