@@ -18,6 +18,7 @@ mod buffer;
 mod compaction;
 pub mod convention;
 mod error;
+mod faults;
 mod logs;
 pub mod otlp_grpc;
 pub mod otlp_http;

@@ -313,3 +313,67 @@ fn an_unpublished_compaction_leaves_the_inputs_as_the_data() {
         vec![hour.join("00000000000000000002-b-000000.parquet")]
     );
 }
+
+#[test]
+fn injected_file_faults_never_acknowledge_lost_data() {
+    use crate::faults::{Point, fail_next};
+
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let mut acknowledged = 0;
+    {
+        let (collector, _) = Collector::open(config(dir)).unwrap();
+        let collector = Arc::new(collector);
+        collector.ingest_traces(&request(0, &[BASE_NS])).unwrap();
+        acknowledged += 1;
+
+        // A failed write: refused, retryably, and the log stays whole.
+        fail_next(Point::WalWrite, &dir.join("wal"), 0, 1);
+        let refused = collector
+            .ingest_traces(&request(10, &[BASE_NS + 1]))
+            .unwrap_err();
+        assert!(refused.retry_after().is_some(), "{refused}");
+        collector
+            .ingest_traces(&request(20, &[BASE_NS + 2]))
+            .unwrap();
+        acknowledged += 1;
+
+        // A failed sync: refused; its record may or may not be on disk, so it may come
+        // back after a restart (unacknowledged data is allowed to arrive), but it is never
+        // acknowledged.
+        fail_next(Point::WalSync, &dir.join("wal"), 0, 1);
+        assert!(
+            collector
+                .ingest_traces(&request(30, &[BASE_NS + 3]))
+                .is_err()
+        );
+        collector
+            .ingest_traces(&request(40, &[BASE_NS + 4]))
+            .unwrap();
+        acknowledged += 1;
+
+        // A failed rename while publishing a flush: nothing becomes visible, the rows stay
+        // buffered and logged, and the retried flush writes them once.
+        let spans_dir = dir.join("spans");
+        fail_next(Point::Rename, &spans_dir, 0, 1);
+        assert!(runtime.block_on(collector.flush()).is_err());
+        assert!(
+            data_files(dir).is_empty(),
+            "a failed publish leaves no file visible"
+        );
+        let rows = collector.buffer().rows();
+        assert!((3..=4).contains(&rows), "{rows}");
+        assert_eq!(runtime.block_on(collector.flush()).unwrap(), rows);
+    }
+    let flushed = count_rows(&data_files(dir));
+    assert!(
+        flushed >= acknowledged,
+        "{flushed} rows flushed, {acknowledged} acknowledged"
+    );
+    // After a restart nothing is restored twice.
+    let (collector, report) = Collector::open(config(dir)).unwrap();
+    assert_eq!(report.rows_restored, 0);
+    assert_eq!(collector.buffer().rows(), 0);
+    assert_eq!(count_rows(&data_files(dir)), flushed);
+}

@@ -28,6 +28,7 @@ pub(crate) use record::Kind;
 
 use crate::buffer::Buffer;
 use crate::error::{Error, Result};
+use crate::faults::{self, Point};
 
 /// When an acknowledged request is on disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -409,10 +410,15 @@ impl Writer {
             return Err(std::io::Error::other("no open WAL segment"));
         };
         let good_len = segment.bytes;
-        let written = file.write_all(bytes).and_then(|()| match self.durability {
-            Durability::Fsync => file.sync_data(),
-            _ => Ok(()),
-        });
+        let path = segment.path.clone();
+        let written = faults::check(Point::WalWrite, &path)
+            .and_then(|()| file.write_all(bytes))
+            .and_then(|()| match self.durability {
+                Durability::Fsync => {
+                    faults::check(Point::WalSync, &path).and_then(|()| file.sync_data())
+                }
+                _ => Ok(()),
+            });
         if let Err(error) = written {
             // Cut a partly written group off, so the segment stays a sequence of whole
             // records; if even that fails, continue in a fresh segment.

@@ -20,6 +20,7 @@ use parquet::schema::types::ColumnPath;
 use schemas::{SCHEMA_VERSION, SCHEMA_VERSION_KEY, Table, partition_dir, partition_of};
 
 use crate::error::{Error, Result};
+use crate::faults::{self, Point};
 
 /// A file written and synced under its temporary name, waiting to be renamed into place.
 #[derive(Debug)]
@@ -146,7 +147,9 @@ pub fn covered_seq(path: &Path) -> Option<u64> {
 /// nothing: if one rename fails, the files already renamed are taken back.
 pub(crate) fn publish(staged: &[Staged]) -> Result<()> {
     for (i, file) in staged.iter().enumerate() {
-        if let Err(error) = std::fs::rename(&file.temporary, &file.destination) {
+        let renamed = faults::check(Point::Rename, &file.destination)
+            .and_then(|()| std::fs::rename(&file.temporary, &file.destination));
+        if let Err(error) = renamed {
             for done in &staged[..i] {
                 if let Err(undo) = std::fs::rename(&done.destination, &done.temporary) {
                     tracing::error!(%undo, file = %done.destination.display(), "cannot take back a published file; its rows may appear twice");
