@@ -182,20 +182,7 @@ pub(crate) async fn raw_grpc_export(
     endpoint: &str,
     payload: Bytes,
 ) -> Result<Bytes, tonic::Status> {
-    let channel = tonic::transport::Endpoint::from_shared(endpoint.to_owned())
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    let mut client = tonic::client::Grpc::new(channel);
-    client.ready().await.unwrap();
-    let path = tonic::codegen::http::uri::PathAndQuery::from_static(
-        "/opentelemetry.proto.collector.trace.v1.TraceService/Export",
-    );
-    client
-        .unary(tonic::Request::new(payload), path, RawCodec)
-        .await
-        .map(tonic::Response::into_inner)
+    raw_grpc_call(endpoint, payload, None).await
 }
 
 /// Like [`raw_grpc_export`], with the message gzip-compressed by the client.
@@ -203,13 +190,28 @@ pub(crate) async fn raw_grpc_export_compressed(
     endpoint: &str,
     payload: Bytes,
 ) -> Result<Bytes, tonic::Status> {
+    raw_grpc_call(
+        endpoint,
+        payload,
+        Some(tonic::codec::CompressionEncoding::Gzip),
+    )
+    .await
+}
+
+async fn raw_grpc_call(
+    endpoint: &str,
+    payload: Bytes,
+    compression: Option<tonic::codec::CompressionEncoding>,
+) -> Result<Bytes, tonic::Status> {
     let channel = tonic::transport::Endpoint::from_shared(endpoint.to_owned())
         .unwrap()
         .connect()
         .await
         .unwrap();
-    let mut client =
-        tonic::client::Grpc::new(channel).send_compressed(tonic::codec::CompressionEncoding::Gzip);
+    let mut client = tonic::client::Grpc::new(channel);
+    if let Some(encoding) = compression {
+        client = client.send_compressed(encoding);
+    }
     client.ready().await.unwrap();
     let path = tonic::codegen::http::uri::PathAndQuery::from_static(
         "/opentelemetry.proto.collector.trace.v1.TraceService/Export",

@@ -100,9 +100,16 @@ fn overload_gets_only_retryable_refusals_and_keeps_every_acknowledged_span() {
         unique, acknowledged,
         "exactly the acknowledged spans are stored"
     );
+    let peak = daemon.peak_rss();
     println!(
         "overload: {statuses:?}, peak memory {} MiB",
-        daemon.peak_rss() / (1024 * 1024)
+        peak / (1024 * 1024)
+    );
+    // 2000 buffered rows and a few requests in flight: far below this.
+    assert!(
+        peak < 512 * 1024 * 1024,
+        "peak memory {} MiB",
+        peak / (1024 * 1024)
     );
     daemon.stop();
 }
