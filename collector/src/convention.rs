@@ -8,6 +8,7 @@ use std::borrow::Cow;
 use std::fmt::Write as _;
 
 use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value::Value};
+use opentelemetry_proto::tonic::resource::v1::Resource;
 
 /// The default attribute keys that name a client, first present wins.
 pub const DEFAULT_CLIENT_ID_KEYS: &[&str] = &[
@@ -52,6 +53,33 @@ impl<'a> Attrs<'a> {
     /// The first present of `keys`, as an integer.
     pub(crate) fn first_int(&self, keys: &[&str]) -> Option<i64> {
         keys.iter().find_map(|key| self.int(key))
+    }
+}
+
+/// What every row takes from the resource that sent it.
+pub(crate) struct ResourceInfo<'a> {
+    /// All resource attributes.
+    pub(crate) attributes: &'a [KeyValue],
+    /// `service.name`, or `unknown_service` as the specification says.
+    pub(crate) service_name: Cow<'a, str>,
+    pub(crate) service_version: Option<Cow<'a, str>>,
+    /// `deployment.environment.name`, else the older `deployment.environment`.
+    pub(crate) environment: Option<Cow<'a, str>>,
+}
+
+impl<'a> ResourceInfo<'a> {
+    pub(crate) fn of(resource: Option<&'a Resource>) -> Self {
+        let attributes = resource.map_or(&[][..], |r| r.attributes.as_slice());
+        let attrs = Attrs(attributes);
+        Self {
+            attributes,
+            service_name: attrs
+                .text("service.name")
+                .unwrap_or("unknown_service".into()),
+            service_version: attrs.text("service.version"),
+            environment: attrs
+                .first_text(&["deployment.environment.name", "deployment.environment"]),
+        }
     }
 }
 

@@ -6,7 +6,7 @@ use arrow::array::{ArrayRef, Int32Builder, RecordBatch, StringBuilder};
 use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
 use opentelemetry_proto::tonic::logs::v1::LogRecord;
 
-use crate::convention::{Attrs, hex, value_text};
+use crate::convention::{ResourceInfo, hex, value_text};
 use crate::rows::{StringMapBuilder, timestamp_builder};
 use crate::{Decoded, Rejections};
 
@@ -29,16 +29,7 @@ pub fn decode_logs(request: &ExportLogsServiceRequest, received_ns: i64) -> Deco
     let mut rows = 0;
 
     for resource_logs in &request.resource_logs {
-        let no_attributes = Vec::new();
-        let resource_attrs = resource_logs
-            .resource
-            .as_ref()
-            .map_or(&no_attributes, |r| &r.attributes);
-        let resource = Attrs(resource_attrs);
-        let service = resource
-            .text("service.name")
-            .unwrap_or("unknown_service".into());
-        let version = resource.text("service.version");
+        let resource = ResourceInfo::of(resource_logs.resource.as_ref());
         for scope_logs in &resource_logs.scope_logs {
             let scope = scope_logs.scope.as_ref().map(|s| s.name.as_str());
             for record in &scope_logs.log_records {
@@ -58,11 +49,11 @@ pub fn decode_logs(request: &ExportLogsServiceRequest, received_ns: i64) -> Deco
                 severity_text.append_option((!text.is_empty()).then_some(text));
                 let value = record.body.as_ref().and_then(|b| b.value.as_ref());
                 body.append_option(value.map(value_text));
-                service_name.append_value(&service);
-                service_version.append_option(version.as_deref());
+                service_name.append_value(&resource.service_name);
+                service_version.append_option(resource.service_version.as_deref());
                 scope_name.append_option(scope.filter(|s| !s.is_empty()));
                 attributes.append_attributes(&record.attributes);
-                resource_attributes.append_attributes(resource_attrs);
+                resource_attributes.append_attributes(resource.attributes);
                 rows += 1;
             }
         }

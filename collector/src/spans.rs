@@ -9,7 +9,9 @@ use arrow::array::{
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::trace::v1::{Span, span::SpanKind, status::StatusCode};
 
-use crate::convention::{Attrs, dependency, hex, split_url, template_path, version_prefix};
+use crate::convention::{
+    Attrs, ResourceInfo, dependency, hex, split_url, template_path, version_prefix,
+};
 use crate::rows::{EventsBuilder, StringMapBuilder, timestamp_builder};
 use crate::{Decoded, Rejections};
 
@@ -38,18 +40,7 @@ impl SpanDecoder {
         let mut columns = SpanColumns::default();
         let mut rejections = Rejections::default();
         for resource_spans in &request.resource_spans {
-            let no_attributes = Vec::new();
-            let resource_attributes = resource_spans
-                .resource
-                .as_ref()
-                .map_or(&no_attributes, |r| &r.attributes);
-            let resource = Attrs(resource_attributes);
-            let service_name = resource
-                .text("service.name")
-                .unwrap_or("unknown_service".into());
-            let service_version = resource.text("service.version");
-            let environment =
-                resource.first_text(&["deployment.environment.name", "deployment.environment"]);
+            let resource = ResourceInfo::of(resource_spans.resource.as_ref());
             for scope_spans in &resource_spans.scope_spans {
                 let scope_name = scope_spans.scope.as_ref().map(|s| s.name.as_str());
                 for span in &scope_spans.spans {
@@ -58,13 +49,14 @@ impl SpanDecoder {
                         continue;
                     }
                     let c = &mut columns;
-                    c.service_name.append_value(&service_name);
-                    c.service_version.append_option(service_version.as_deref());
+                    c.service_name.append_value(&resource.service_name);
+                    c.service_version
+                        .append_option(resource.service_version.as_deref());
                     c.deployment_environment
-                        .append_option(environment.as_deref());
+                        .append_option(resource.environment.as_deref());
                     c.scope_name
                         .append_option(scope_name.filter(|s| !s.is_empty()));
-                    c.resource_attributes.append_attributes(resource_attributes);
+                    c.resource_attributes.append_attributes(resource.attributes);
                     self.append_span(c, span);
                 }
             }
