@@ -10,7 +10,7 @@ use serde_json::json;
 
 use crate::daemon::{Daemon, http};
 use crate::now_ns;
-use crate::otlp_json::{hex_id, span, traces};
+use crate::otlp_json::{hex_id, load_request, span, traces};
 
 const CLIENTS: u64 = 3;
 const CYCLES: usize = 10;
@@ -49,24 +49,7 @@ fn kill_9_under_load_loses_no_acknowledged_span_and_doubles_none() {
             let mut request = 0u64;
             while !stop.load(Ordering::Relaxed) {
                 request += 1;
-                let ids: Vec<String> = (0..SPANS_PER_REQUEST)
-                    .map(|i| hex_id((client << 48) | (request << 8) | i, 8))
-                    .collect();
-                let spans = ids
-                    .iter()
-                    .map(|id| {
-                        span(
-                            &hex_id(client + 1, 16),
-                            id,
-                            "GET /load",
-                            2,
-                            now_ns() - 1_000_000,
-                            1,
-                            json!([]),
-                        )
-                    })
-                    .collect();
-                let body = serde_json::to_vec(&traces("load", spans)).unwrap();
+                let (ids, body) = load_request("load", client, request, SPANS_PER_REQUEST);
                 let url = format!("{}/v1/traces", endpoint.lock().unwrap());
                 attempted.extend(ids.iter().cloned());
                 let answer = http

@@ -10,7 +10,7 @@ use serde_json::json;
 
 use crate::daemon::{Daemon, http};
 use crate::now_ns;
-use crate::otlp_json::{gzip, hex_id, span, traces};
+use crate::otlp_json::{gzip, hex_id, load_request, span, traces};
 
 #[test]
 fn overload_gets_only_retryable_refusals_and_keeps_every_acknowledged_span() {
@@ -39,24 +39,7 @@ fn overload_gets_only_retryable_refusals_and_keeps_every_acknowledged_span() {
                 let mut n = 0u64;
                 while Instant::now() < deadline {
                     n += 1;
-                    let ids: Vec<String> = (0..50)
-                        .map(|i| hex_id((client << 40) | (n << 8) | i, 8))
-                        .collect();
-                    let spans = ids
-                        .iter()
-                        .map(|id| {
-                            span(
-                                &hex_id(client + 1, 16),
-                                id,
-                                "GET /busy",
-                                2,
-                                now_ns(),
-                                1,
-                                json!([]),
-                            )
-                        })
-                        .collect();
-                    let body = serde_json::to_vec(&traces("busy", spans)).unwrap();
+                    let (ids, body) = load_request("busy", client, n, 50);
                     let response = http
                         .post(&url)
                         .header("content-type", "application/json")

@@ -46,6 +46,35 @@ pub(crate) fn traces(service: &str, spans: Vec<Value>) -> Value {
     })
 }
 
+/// The ids of one load request: `count` span ids unique to `client` and request `n`, and the
+/// OTLP/JSON body of one server span per id (1 ms long, starting now) from `service`.
+pub(crate) fn load_request(
+    service: &str,
+    client: u64,
+    n: u64,
+    count: u64,
+) -> (Vec<String>, Vec<u8>) {
+    let ids: Vec<String> = (0..count)
+        .map(|i| hex_id((client << 40) | (n << 8) | i, 8))
+        .collect();
+    let spans = ids
+        .iter()
+        .map(|id| {
+            span(
+                &hex_id(client + 1, 16),
+                id,
+                "GET /load",
+                2,
+                now_ns() - 1_000_000,
+                1,
+                json!([]),
+            )
+        })
+        .collect();
+    let body = serde_json::to_vec(&traces(service, spans)).unwrap();
+    (ids, body)
+}
+
 pub(crate) fn gzip(bytes: &[u8]) -> Vec<u8> {
     let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
     encoder.write_all(bytes).unwrap();
