@@ -44,42 +44,48 @@ pub(crate) fn replay(
     buffer: &Buffer,
 ) -> Result<ReplayReport> {
     let dir = wal::dir_of(data_dir);
-    let segments = wal::read_segments(&dir)?;
-    let scanned = wal::scan_segments(&dir, &segments)?;
+    let segments = wal::list_segments(&dir)?;
     let mut report = ReplayReport {
-        damaged_bytes: scanned.damaged_bytes,
-        records: scanned.records.len(),
         last_seq: highest_file_seq(data_dir)?,
-        segments: segments.iter().map(|(path, _)| path.clone()).collect(),
+        segments: segments.clone(),
         ..ReplayReport::default()
     };
     let mut marks = FlushMarks::new(data_dir);
-    for record in &scanned.records {
-        report.last_seq = report.last_seq.max(record.seq);
-        let (table, decoded) = match record.kind {
-            Kind::Traces => {
-                let request = ExportTraceServiceRequest::decode(record.payload).map_err(corrupt)?;
-                (schemas::SPANS.name, spans.decode(&request))
+    // One segment in memory at a time: the log may be as large as max_wal_bytes.
+    for path in &segments {
+        let bytes = std::fs::read(path).map_err(storage)?;
+        let (records, damaged_bytes) = wal::scan_segment(&dir, path, &bytes)?;
+        report.damaged_bytes += damaged_bytes;
+        report.records += records.len();
+        for record in &records {
+            report.last_seq = report.last_seq.max(record.seq);
+            let (table, decoded) = match record.kind {
+                Kind::Traces => {
+                    let request =
+                        ExportTraceServiceRequest::decode(record.payload).map_err(corrupt)?;
+                    (schemas::SPANS.name, spans.decode(&request))
+                }
+                Kind::Logs => {
+                    let request =
+                        ExportLogsServiceRequest::decode(record.payload).map_err(corrupt)?;
+                    (
+                        schemas::LOGS.name,
+                        decode_logs(&request, record.received_ns),
+                    )
+                }
+            };
+            let Decoded {
+                batch: Some(batch), ..
+            } = decoded
+            else {
+                continue;
+            };
+            let kept = marks.unflushed_rows(table, record.seq, &batch)?;
+            report.rows_already_flushed += batch.num_rows() - kept.num_rows();
+            report.rows_restored += kept.num_rows();
+            if kept.num_rows() > 0 {
+                buffer.push_logged(table, record.seq, kept);
             }
-            Kind::Logs => {
-                let request = ExportLogsServiceRequest::decode(record.payload).map_err(corrupt)?;
-                (
-                    schemas::LOGS.name,
-                    decode_logs(&request, record.received_ns),
-                )
-            }
-        };
-        let Decoded {
-            batch: Some(batch), ..
-        } = decoded
-        else {
-            continue;
-        };
-        let kept = marks.unflushed_rows(table, record.seq, &batch)?;
-        report.rows_already_flushed += batch.num_rows() - kept.num_rows();
-        report.rows_restored += kept.num_rows();
-        if kept.num_rows() > 0 {
-            buffer.push_logged(table, record.seq, kept);
         }
     }
     buffer.advance_to(report.last_seq);

@@ -101,25 +101,17 @@ pub(crate) struct Wal {
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
-/// What replay found in the log at start-up.
-#[derive(Debug, Default)]
-pub(crate) struct Replayed<'a> {
-    /// Intact records, in sequence order, with the segment they came from.
-    pub(crate) records: Vec<record::Record<'a>>,
-    /// Bytes moved aside as damaged.
-    pub(crate) damaged_bytes: u64,
-}
-
 /// The log's folder under the data directory.
 pub(crate) fn dir_of(data_dir: &Path) -> PathBuf {
     data_dir.join("wal")
 }
 
-/// Segment files in sequence order.
-fn list_segments(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+/// Segment files in sequence order (the folder is created if missing).
+pub(crate) fn list_segments(dir: &Path) -> Result<Vec<PathBuf>> {
+    std::fs::create_dir_all(dir).map_err(storage)?;
     let mut segments = Vec::new();
-    for entry in std::fs::read_dir(dir)? {
-        let path = entry?.path();
+    for entry in std::fs::read_dir(dir).map_err(storage)? {
+        let path = entry.map_err(storage)?.path();
         if path.extension().is_some_and(|e| e == "wal") {
             segments.push(path);
         }
@@ -128,51 +120,37 @@ fn list_segments(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
     Ok(segments)
 }
 
-/// Reads every segment; damaged tails are moved to `wal/damaged/` and cut off, so the
-/// daemon always starts. Returns each segment's bytes (kept alive for the records).
-pub(crate) fn read_segments(dir: &Path) -> Result<Vec<(PathBuf, Vec<u8>)>> {
-    std::fs::create_dir_all(dir).map_err(storage)?;
-    let mut read = Vec::new();
-    for path in list_segments(dir).map_err(storage)? {
-        let bytes = std::fs::read(&path).map_err(storage)?;
-        read.push((path, bytes));
-    }
-    Ok(read)
-}
-
-/// Scans segment bytes; moves damage aside and truncates the segment to its good prefix.
-pub(crate) fn scan_segments<'a>(
+/// Scans one segment's bytes. A damaged tail is moved to `wal/damaged/` and cut off the
+/// segment, so the daemon always starts; returns the intact records and the damaged bytes.
+pub(crate) fn scan_segment<'a>(
     dir: &Path,
-    segments: &'a [(PathBuf, Vec<u8>)],
-) -> Result<Replayed<'a>> {
-    let mut replayed = Replayed::default();
-    for (path, bytes) in segments {
-        let scan = record::scan(bytes);
-        if let Some((offset, reason)) = scan.damage {
-            let damaged = &bytes[offset..];
-            let name = path
-                .file_name()
-                .and_then(|n| n.to_str())
-                .unwrap_or("segment");
-            let aside = dir.join("damaged").join(format!("{name}.{offset}.bad"));
-            std::fs::create_dir_all(dir.join("damaged")).map_err(storage)?;
-            std::fs::write(&aside, damaged).map_err(storage)?;
-            let file = OpenOptions::new().write(true).open(path).map_err(storage)?;
-            file.set_len(offset as u64).map_err(storage)?;
-            file.sync_all().map_err(storage)?;
-            tracing::warn!(
-                segment = %path.display(),
-                offset,
-                bytes = damaged.len(),
-                %reason,
-                moved_to = %aside.display(),
-                "damaged WAL tail moved aside; every record before it is recovered"
-            );
-            replayed.damaged_bytes += damaged.len() as u64;
-        }
-        replayed.records.extend(scan.records);
-    }
-    Ok(replayed)
+    path: &Path,
+    bytes: &'a [u8],
+) -> Result<(Vec<record::Record<'a>>, u64)> {
+    let scan = record::scan(bytes);
+    let Some((offset, reason)) = scan.damage else {
+        return Ok((scan.records, 0));
+    };
+    let damaged = &bytes[offset..];
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("segment");
+    let aside = dir.join("damaged").join(format!("{name}.{offset}.bad"));
+    std::fs::create_dir_all(dir.join("damaged")).map_err(storage)?;
+    std::fs::write(&aside, damaged).map_err(storage)?;
+    let file = OpenOptions::new().write(true).open(path).map_err(storage)?;
+    file.set_len(offset as u64).map_err(storage)?;
+    file.sync_all().map_err(storage)?;
+    tracing::warn!(
+        segment = %path.display(),
+        offset,
+        bytes = damaged.len(),
+        %reason,
+        moved_to = %aside.display(),
+        "damaged WAL tail moved aside; every record before it is recovered"
+    );
+    Ok((scan.records, damaged.len() as u64))
 }
 
 impl Wal {
