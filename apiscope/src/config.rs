@@ -29,9 +29,13 @@ pub(crate) struct ServeArgs {
     /// Query API listen address (`POST /api/v1/query`) [default: 127.0.0.1:7171].
     #[arg(long, env = "APISCOPE_HTTP_ADDR")]
     http_addr: Option<SocketAddr>,
-    /// PostgreSQL wire protocol listen address; reserved, not served yet [default: 127.0.0.1:7432].
+    /// PostgreSQL wire protocol listen address [default: 127.0.0.1:7432].
     #[arg(long, env = "APISCOPE_PG_ADDR")]
     pg_addr: Option<SocketAddr>,
+    /// Password PostgreSQL clients must give (any user name; SCRAM-SHA-256); required when
+    /// --pg-addr is not a loopback address [default: none].
+    #[arg(long, env = "APISCOPE_PG_PASSWORD", hide_env_values = true)]
+    pg_password: Option<String>,
     /// Attribute keys naming the client, first present wins [default: client.id,app.client_id,http.request.header.x-client-id,enduser.id,user.id].
     #[arg(long, env = "APISCOPE_CLIENT_ID_KEYS", value_delimiter = ',')]
     client_id_keys: Option<Vec<String>>,
@@ -79,6 +83,7 @@ struct FileConfig {
     otlp_http_addr: Option<SocketAddr>,
     http_addr: Option<SocketAddr>,
     pg_addr: Option<SocketAddr>,
+    pg_password: Option<String>,
     client_id_keys: Option<Vec<String>>,
     #[serde(default, deserialize_with = "de_duration")]
     flush_interval: Option<Duration>,
@@ -105,6 +110,7 @@ pub(crate) struct Settings {
     pub(crate) otlp_http_addr: SocketAddr,
     pub(crate) http_addr: SocketAddr,
     pub(crate) pg_addr: SocketAddr,
+    pub(crate) pg_auth: query::pg::PgAuth,
     pub(crate) collector: collector::Config,
 }
 
@@ -170,11 +176,27 @@ impl ServeArgs {
                 "flush_interval must be longer than 0s".into(),
             ));
         }
+        let pg_addr = pick(self.pg_addr, file.pg_addr, "127.0.0.1:7432");
+        let pg_auth = match self.pg_password.or(file.pg_password) {
+            Some(password) if password.is_empty() => {
+                return Err(Error::Config("pg_password must not be empty".into()));
+            }
+            Some(password) => query::pg::PgAuth::password(password),
+            None if pg_addr.ip().is_loopback() => query::pg::PgAuth::open(),
+            None => {
+                return Err(Error::Config(format!(
+                    "the PostgreSQL listener {pg_addr} is not on a loopback address: set a \
+                     password with --pg-password (or APISCOPE_PG_PASSWORD, or pg_password in \
+                     the config file)"
+                )));
+            }
+        };
         Ok(Settings {
             otlp_grpc_addr: pick(self.otlp_grpc_addr, file.otlp_grpc_addr, "127.0.0.1:4317"),
             otlp_http_addr: pick(self.otlp_http_addr, file.otlp_http_addr, "127.0.0.1:4318"),
             http_addr: pick(self.http_addr, file.http_addr, "127.0.0.1:7171"),
-            pg_addr: pick(self.pg_addr, file.pg_addr, "127.0.0.1:7432"),
+            pg_addr,
+            pg_auth,
             collector,
         })
     }
@@ -238,6 +260,25 @@ mod tests {
         assert_eq!(settings.collector.flush_interval, Duration::from_secs(2));
         assert_eq!(settings.otlp_grpc_addr.port(), 4317);
         assert_eq!(settings.pg_addr.port(), 7432);
+    }
+
+    #[test]
+    fn a_postgres_listener_off_loopback_needs_a_password() {
+        let args = ServeArgs {
+            pg_addr: Some("0.0.0.0:7432".parse().unwrap()),
+            ..ServeArgs::default()
+        };
+        let error = args.resolve().unwrap_err().to_string();
+        assert!(error.contains("--pg-password"), "{error}");
+
+        let args = ServeArgs {
+            pg_addr: Some("0.0.0.0:7432".parse().unwrap()),
+            pg_password: Some("s3cret".into()),
+            ..ServeArgs::default()
+        };
+        let settings = args.resolve().unwrap();
+        assert!(settings.pg_auth.is_required());
+        assert!(!format!("{settings:?}").contains("s3cret"), "{settings:?}");
     }
 
     #[test]

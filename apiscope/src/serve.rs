@@ -72,6 +72,7 @@ pub(crate) async fn run(args: ServeArgs) -> Result<()> {
     let grpc = bind("OTLP/gRPC", settings.otlp_grpc_addr).await?;
     let otlp_http = bind("OTLP/HTTP", settings.otlp_http_addr).await?;
     let query_http = bind("the query API", settings.http_addr).await?;
+    let pg = bind("the PostgreSQL listener", settings.pg_addr).await?;
     let addr = |listener: &TcpListener| {
         listener
             .local_addr()
@@ -82,7 +83,7 @@ pub(crate) async fn run(args: ServeArgs) -> Result<()> {
         otlp_grpc_addr = %addr(&grpc),
         otlp_http_addr = %addr(&otlp_http),
         http_addr = %addr(&query_http),
-        pg_addr = %settings.pg_addr,
+        pg_addr = %addr(&pg),
         data_dir = %settings.collector.data_dir.display(),
         "apiscope ready"
     );
@@ -117,8 +118,14 @@ pub(crate) async fn run(args: ServeArgs) -> Result<()> {
     front_ends.spawn(serve_http(
         "query API",
         query_http,
-        query::http::router(engine),
+        query::http::router(engine.clone()),
         stop_accepting.clone(),
+    ));
+    front_ends.spawn(query::pg::run(
+        pg,
+        engine,
+        settings.pg_auth.clone(),
+        stop_accepting.clone().cancelled_owned(),
     ));
     front_ends.close();
 

@@ -1,8 +1,10 @@
-//! apiscope's query side: a DataFusion session over the store, and SQL over HTTP.
+//! apiscope's query side: a DataFusion session over the store, and SQL over HTTP and the
+//! PostgreSQL wire protocol.
 //!
 //! ```text
-//! SQL ─ read-only check ─ DataFusion plan ─┬─ Parquet files of the hours the time filter keeps
-//!                                          └─ rows not yet flushed (from a Source)
+//! HTTP ───────┐
+//!             ├─ SQL ─ read-only check ─ DataFusion plan ─┬─ Parquet files of the hours kept
+//! PostgreSQL ─┘   (one session)                          └─ rows not yet flushed (a Source)
 //! ```
 //!
 //! This crate does not depend on the collector: it reads Parquet through the layout that
@@ -13,10 +15,11 @@ mod engine;
 mod error;
 pub mod http;
 mod json;
+pub mod pg;
 mod source;
 mod table;
 
-pub use engine::{Engine, QueryOutput};
+pub use engine::{CATALOG, Engine, QueryOutput};
 pub use error::{Error, Result};
 pub use json::to_json;
 pub use source::{DataDir, Snapshot, Source, TimeRange, list_files};

@@ -14,6 +14,7 @@ pub(crate) struct Daemon {
     pub(crate) grpc_addr: String,
     pub(crate) otlp_http_addr: String,
     pub(crate) http_addr: String,
+    pub(crate) pg_addr: String,
     log: Arc<Mutex<Vec<String>>>,
 }
 
@@ -77,6 +78,7 @@ impl Daemon {
             grpc_addr: field("otlp_grpc_addr"),
             otlp_http_addr: field("otlp_http_addr"),
             http_addr: field("http_addr"),
+            pg_addr: field("pg_addr"),
             child: Some(child),
             log,
         }

@@ -1,13 +1,17 @@
 //! End-to-end tests: the real `apiscope` binary on free loopback ports, fed by real
 //! OpenTelemetry exporters (Rust and Python SDKs) and hand-written OTLP/JSON, queried over
-//! its HTTP API and its CLI. Expected answers are computed here from what was sent.
+//! its HTTP API, the PostgreSQL protocol (psql, tokio-postgres, psycopg), its Grafana
+//! dashboards' queries and its CLI. Expected answers are computed here from what was sent.
 
 mod bad_input;
 mod cli;
 mod crash;
 mod daemon;
+mod dashboards;
+mod fleet;
 mod limits;
 mod otlp_json;
+mod pg;
 mod python_sdk;
 mod restart;
 mod rust_sdk;

@@ -11,12 +11,17 @@ use serde_json::{Value, json};
 
 use crate::daemon::Daemon;
 
-fn here() -> PathBuf {
+pub(crate) fn here() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/e2e")
 }
 
-/// A virtual environment holding the pinned SDK; created once, reused while the pins hold.
-fn python() -> PathBuf {
+/// A virtual environment holding the pinned SDK and clients; created once, reused while the pins hold.
+pub(crate) fn python() -> PathBuf {
+    // Tests run in parallel; one of them builds the environment while the others wait.
+    static BUILDING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _building = BUILDING
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
     let requirements = std::fs::read_to_string(here().join("requirements.txt")).unwrap();
     let venv = Path::new(env!("CARGO_TARGET_TMPDIR")).join("otel-python-venv");
     let python = venv.join("bin/python");

@@ -1,0 +1,705 @@
+//! The shipped Grafana dashboards and provisioning: every file is valid and points at the
+//! provisioned data source, and every panel and variable query, with Grafana's macros
+//! expanded the way its PostgreSQL data source expands them, runs over the PostgreSQL
+//! protocol against the known fleet and answers in the shape and with the values the panel
+//! needs.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde_json::Value;
+use tokio_postgres::types::Type;
+use tokio_postgres::{Client, Row, SimpleQueryMessage};
+
+use crate::daemon::Daemon;
+use crate::fleet::{Fleet, quantile};
+use crate::pg::{connect, runtime};
+use crate::python_sdk::python;
+
+const DATASOURCE_UID: &str = "apiscope";
+const DATASOURCE_TYPE: &str = "grafana-postgresql-datasource";
+
+pub(crate) fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_owned()
+}
+
+/// A YAML file as JSON, read by PyYAML (from the test's virtual environment).
+pub(crate) fn yaml(path: &Path) -> Value {
+    let output = Command::new(python())
+        .args([
+            "-c",
+            "import json, sys, yaml; print(json.dumps(yaml.safe_load(open(sys.argv[1]))))",
+        ])
+        .arg(path)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}: {}",
+        path.display(),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).unwrap()
+}
+
+fn dashboards() -> Vec<(String, Value)> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(repo().join("dashboards/json")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "json") {
+            let text = std::fs::read_to_string(&path).unwrap();
+            let dashboard: Value = serde_json::from_str(&text)
+                .unwrap_or_else(|e| panic!("{}: not JSON: {e}", path.display()));
+            found.push((
+                path.file_name().unwrap().to_string_lossy().into_owned(),
+                dashboard,
+            ));
+        }
+    }
+    found.sort_by(|a, b| a.0.cmp(&b.0));
+    found
+}
+
+#[test]
+fn dashboards_and_provisioning_are_valid() {
+    let datasources = yaml(&repo().join("dashboards/datasources/apiscope.yaml"));
+    let datasource = &datasources["datasources"][0];
+    assert_eq!(datasource["type"], DATASOURCE_TYPE);
+    assert_eq!(datasource["uid"], DATASOURCE_UID);
+    assert_eq!(datasource["jsonData"]["database"], query::CATALOG);
+    assert!(
+        datasource.get("database").is_none(),
+        "database belongs in jsonData"
+    );
+
+    let providers = yaml(&repo().join("dashboards/dashboards/provider.yaml"));
+    let path = providers["providers"][0]["options"]["path"]
+        .as_str()
+        .unwrap();
+    // docker-compose.yml mounts dashboards/ at /etc/grafana/provisioning.
+    let local = path
+        .strip_prefix("/etc/grafana/provisioning/")
+        .expect("the provider reads from the mounted provisioning folder");
+    assert!(repo().join("dashboards").join(local).is_dir(), "{path}");
+
+    let all = dashboards();
+    let wanted = [
+        "overview",
+        "endpoints",
+        "clients",
+        "dependencies",
+        "errors",
+        "daemon",
+    ];
+    assert_eq!(all.len(), wanted.len());
+    let mut uids = BTreeSet::new();
+    for (file, dashboard) in &all {
+        assert!(uids.insert(dashboard["uid"].as_str().unwrap().to_owned()));
+        assert!(dashboard["schemaVersion"].as_i64().unwrap() >= 41, "{file}");
+        assert!(dashboard["title"].as_str().is_some_and(|t| !t.is_empty()));
+        for variable in dashboard["templating"]["list"].as_array().unwrap() {
+            assert_eq!(variable["datasource"]["uid"], DATASOURCE_UID, "{file}");
+        }
+        for panel in dashboard["panels"].as_array().unwrap() {
+            let title = panel["title"].as_str().unwrap();
+            assert_eq!(
+                panel["datasource"]["uid"], DATASOURCE_UID,
+                "{file}: {title}"
+            );
+            assert_eq!(
+                panel["datasource"]["type"], DATASOURCE_TYPE,
+                "{file}: {title}"
+            );
+            assert!(
+                panel["description"].as_str().is_some_and(|d| !d.is_empty()),
+                "{file}: {title} has no description"
+            );
+            for target in panel["targets"].as_array().unwrap() {
+                assert_eq!(
+                    target["datasource"]["uid"], DATASOURCE_UID,
+                    "{file}: {title}"
+                );
+                assert!(target["rawSql"].as_str().is_some_and(|s| !s.is_empty()));
+            }
+        }
+    }
+    for name in wanted {
+        assert!(
+            all.iter().any(|(file, _)| file == &format!("{name}.json")),
+            "{name}.json is missing"
+        );
+    }
+}
+
+/// The time range and interval a Grafana panel would query with.
+struct Range {
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+    interval: &'static str,
+}
+
+impl Range {
+    fn interval_s(&self) -> i64 {
+        parse_interval(self.interval)
+    }
+}
+
+fn parse_interval(text: &str) -> i64 {
+    let text = text.trim().trim_matches('\'');
+    let (number, unit) = text.split_at(text.find(|c: char| !c.is_ascii_digit()).unwrap());
+    let number: i64 = number.parse().unwrap();
+    number
+        * match unit {
+            "s" => 1,
+            "m" => 60,
+            "h" => 3600,
+            "d" => 86_400,
+            other => panic!("interval unit {other}"),
+        }
+}
+
+/// Expands `sql` as Grafana does: template variables (multi-value: quoted and joined),
+/// then `$__interval_ms`, `$__interval`, `$__unixEpochFrom()`, `$__unixEpochTo()`, then the
+/// PostgreSQL data source's macros.
+fn expand(sql: &str, range: &Range, variables: &BTreeMap<String, Vec<String>>) -> String {
+    let mut sql = sql.to_owned();
+    // Longer names first, so that `$client_id` is not taken for `$client`.
+    let mut names: Vec<&String> = variables.keys().collect();
+    names.sort_by_key(|name| std::cmp::Reverse(name.len()));
+    for name in names {
+        let quoted: Vec<String> = variables[name]
+            .iter()
+            .map(|v| format!("'{}'", v.replace('\'', "''")))
+            .collect();
+        let value = quoted.join(",");
+        sql = sql.replace(&format!("${{{name}}}"), &value);
+        sql = sql.replace(&format!("${name}"), &value);
+    }
+    sql = sql.replace("$__interval_ms", &(range.interval_s() * 1000).to_string());
+    sql = sql.replace("$__interval", range.interval);
+    sql = sql.replace("$__unixEpochFrom()", &range.from.timestamp().to_string());
+    sql = sql.replace("$__unixEpochTo()", &range.to.timestamp().to_string());
+
+    let mut out = String::new();
+    let mut rest = sql.as_str();
+    while let Some(at) = rest.find("$__") {
+        out.push_str(&rest[..at]);
+        let after = &rest[at + 1..];
+        let name_len = after
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .unwrap_or(after.len());
+        let name = &after[..name_len];
+        let Some(args_and_more) = after[name_len..].strip_prefix('(') else {
+            panic!("unexpanded variable ${name} in {sql}");
+        };
+        let close = args_and_more.find(')').unwrap();
+        let args: Vec<&str> = args_and_more[..close].split(',').map(str::trim).collect();
+        rest = &args_and_more[close + 1..];
+        // Grafana reads `$__timeGroup(...)` directly followed by a comma as the alias form.
+        let name = if name == "__timeGroup" && rest.starts_with(',') {
+            "__timeGroupAlias"
+        } else {
+            name
+        };
+        out.push_str(&macro_text(name, &args, range));
+    }
+    out.push_str(rest);
+    out
+}
+
+fn rfc3339(time: DateTime<Utc>) -> String {
+    time.to_rfc3339_opts(SecondsFormat::AutoSi, true)
+}
+
+fn macro_text(name: &str, args: &[&str], range: &Range) -> String {
+    let group = |args: &[&str]| {
+        let seconds = parse_interval(args[1]);
+        format!("floor(extract(epoch from {})/{seconds})*{seconds}", args[0])
+    };
+    match name {
+        "__time" => format!("{} AS \"time\"", args[0]),
+        "__timeEpoch" => format!("extract(epoch from {}) as \"time\"", args[0]),
+        "__timeFilter" => format!(
+            "{} BETWEEN '{}' AND '{}'",
+            args[0],
+            rfc3339(range.from),
+            rfc3339(range.to)
+        ),
+        "__timeFrom" => format!("'{}'", rfc3339(range.from)),
+        "__timeTo" => format!("'{}'", rfc3339(range.to)),
+        "__timeGroup" => group(args),
+        "__timeGroupAlias" => format!("{} AS \"time\"", group(args)),
+        "__unixEpochFilter" => format!(
+            "{0} >= {1} AND {0} <= {2}",
+            args[0],
+            range.from.timestamp(),
+            range.to.timestamp()
+        ),
+        other => panic!("macro ${other} is not one Grafana's PostgreSQL data source knows"),
+    }
+}
+
+#[test]
+fn macro_expansion_matches_grafana() {
+    let range = Range {
+        from: DateTime::from_timestamp(1_500_376_552, 0).unwrap(),
+        to: DateTime::from_timestamp(1_500_376_852, 0).unwrap(),
+        interval: "5m",
+    };
+    let variables =
+        BTreeMap::from([("service".to_owned(), vec!["a".to_owned(), "b'c".to_owned()])]);
+    let expanded = expand(
+        "SELECT $__timeGroupAlias(time, $__interval), $__timeGroup(time,'5m') FROM t \
+         WHERE $__timeFilter(time) AND s IN ($service) AND ms = $__interval_ms",
+        &range,
+        &variables,
+    );
+    assert_eq!(
+        expanded,
+        "SELECT floor(extract(epoch from time)/300)*300 AS \"time\", \
+         floor(extract(epoch from time)/300)*300 FROM t \
+         WHERE time BETWEEN '2017-07-18T11:15:52Z' AND '2017-07-18T11:20:52Z' \
+         AND s IN ('a','b''c') AND ms = 300000"
+    );
+}
+
+fn is_number(ty: &Type) -> bool {
+    [
+        Type::INT2,
+        Type::INT4,
+        Type::INT8,
+        Type::FLOAT4,
+        Type::FLOAT8,
+    ]
+    .contains(ty)
+}
+
+/// A numeric cell as f64; NULL as NaN.
+fn number(row: &Row, column: &str) -> f64 {
+    let index = row
+        .columns()
+        .iter()
+        .position(|c| c.name() == column)
+        .unwrap_or_else(|| panic!("no column {column}"));
+    let ty = row.columns()[index].type_().clone();
+    let value = match ty {
+        Type::INT2 => row.get::<_, Option<i16>>(index).map(f64::from),
+        Type::INT4 => row.get::<_, Option<i32>>(index).map(f64::from),
+        Type::INT8 => row.get::<_, Option<i64>>(index).map(|v| v as f64),
+        Type::FLOAT4 => row.get::<_, Option<f32>>(index).map(f64::from),
+        Type::FLOAT8 => row.get::<_, Option<f64>>(index),
+        other => panic!("column {column} is {other}, not a number"),
+    };
+    value.unwrap_or(f64::NAN)
+}
+
+fn text(row: &Row, column: &str) -> String {
+    row.get::<_, Option<String>>(column).unwrap_or_default()
+}
+
+/// Columns whose name says they hold a measure must arrive as numbers.
+fn is_measure(column: &str) -> bool {
+    [
+        "calls",
+        "errors",
+        "requests",
+        "spans",
+        "records",
+        "services",
+        "endpoints",
+        "rate",
+        "error_rate",
+        "p50",
+        "p95",
+        "p99",
+    ]
+    .contains(&column)
+        || column.ends_with("_ms")
+        || column.ends_with("_per_s")
+}
+
+/// The checks every panel's answer must pass, whatever the panel.
+fn check_shape(what: &str, format: &str, rows: &[Row]) {
+    assert!(!rows.is_empty(), "{what}: no rows over the fleet");
+    let columns = rows[0].columns();
+    if format == "time_series" {
+        assert_eq!(
+            columns[0].name(),
+            "time",
+            "{what}: the first column must be time"
+        );
+        assert!(
+            is_number(columns[0].type_()) || *columns[0].type_() == Type::TIMESTAMPTZ,
+            "{what}: time is {}",
+            columns[0].type_()
+        );
+        for column in &columns[1..] {
+            if column.name() == "metric" {
+                assert_eq!(*column.type_(), Type::TEXT, "{what}");
+            } else {
+                assert!(
+                    is_number(column.type_()),
+                    "{what}: {} is {}",
+                    column.name(),
+                    column.type_()
+                );
+            }
+        }
+        let times: Vec<f64> = rows.iter().map(|r| number(r, "time")).collect();
+        assert!(
+            times.windows(2).all(|w| w[0] <= w[1]),
+            "{what}: not sorted by time"
+        );
+    }
+    for column in columns {
+        if is_measure(column.name()) {
+            assert!(
+                is_number(column.type_()),
+                "{what}: {} is {}",
+                column.name(),
+                column.type_()
+            );
+        }
+    }
+}
+
+/// Per `metric`, the sum over the time buckets of `column` times `scale`.
+fn series_totals(rows: &[Row], column: &str, scale: f64) -> BTreeMap<String, f64> {
+    let mut totals = BTreeMap::new();
+    for row in rows {
+        *totals.entry(text(row, "metric")).or_insert(0.0) += number(row, column) * scale;
+    }
+    totals
+}
+
+fn as_f64(counts: BTreeMap<String, i64>) -> BTreeMap<String, f64> {
+    counts.into_iter().map(|(k, v)| (k, v as f64)).collect()
+}
+
+fn assert_close(what: &str, seen: f64, expected: f64, tolerance: f64) {
+    assert!(
+        (seen - expected).abs() <= tolerance,
+        "{what}: {seen} is not within {tolerance} of {expected}"
+    );
+}
+
+/// The values a panel must show over the fleet, for the panels whose numbers matter most.
+fn check_values(dashboard: &str, panel: &str, rows: &[Row], fleet: &Fleet, range: &Range) {
+    let what = format!("{dashboard} / {panel}");
+    let interval = range.interval_s() as f64;
+    let range_s = (range.to - range.from).num_seconds() as f64;
+    let durations = |keep: &dyn Fn(&crate::fleet::Request) -> bool| -> Vec<f64> {
+        fleet
+            .requests
+            .iter()
+            .filter(|r| keep(r))
+            .map(|r| r.duration_ms as f64)
+            .collect()
+    };
+    // t-digest percentiles over a few dozen distinct values: within a few milliseconds.
+    let p_tolerance = 4.0;
+    match (dashboard, panel) {
+        ("apiscope-overview", "Requests") => {
+            assert_eq!(
+                number(&rows[0], "requests"),
+                fleet.requests.len() as f64,
+                "{what}"
+            );
+        }
+        ("apiscope-overview", "Request rate") => assert_close(
+            &what,
+            number(&rows[0], "rate_per_s"),
+            fleet.requests.len() as f64 / range_s,
+            1e-9,
+        ),
+        ("apiscope-overview", "Error rate") => assert_close(
+            &what,
+            number(&rows[0], "error_rate"),
+            fleet.errors().len() as f64 / fleet.requests.len() as f64,
+            1e-9,
+        ),
+        ("apiscope-overview", "p95 latency") => assert_close(
+            &what,
+            number(&rows[0], "p95_ms"),
+            quantile(&durations(&|_| true), 0.95),
+            p_tolerance,
+        ),
+        ("apiscope-overview", "Request rate by service") => assert_eq!(
+            series_totals(rows, "rate", interval),
+            as_f64(fleet.count_by(|r| r.service.to_owned())),
+            "{what}"
+        ),
+        ("apiscope-endpoints", "Endpoints") => {
+            let calls = fleet.count_by(|r| r.endpoint());
+            let errors = fleet.errors_by(|r| r.endpoint());
+            assert_eq!(rows.len(), calls.len(), "{what}");
+            for row in rows {
+                let endpoint = text(row, "endpoint");
+                assert_eq!(
+                    number(row, "calls"),
+                    calls[&endpoint] as f64,
+                    "{what}: {endpoint}"
+                );
+                let expected_errors = errors.get(&endpoint).copied().unwrap_or(0) as f64;
+                assert_eq!(number(row, "errors"), expected_errors, "{what}: {endpoint}");
+                assert_close(
+                    &what,
+                    number(row, "rate_per_s"),
+                    calls[&endpoint] as f64 / range_s,
+                    1e-9,
+                );
+                let own = durations(&|r| r.endpoint() == endpoint);
+                assert_close(
+                    &what,
+                    number(row, "p95_ms"),
+                    quantile(&own, 0.95),
+                    p_tolerance,
+                );
+                let max = own.iter().cloned().fold(0.0, f64::max);
+                assert_eq!(number(row, "max_ms"), max, "{what}: {endpoint}");
+            }
+        }
+        ("apiscope-endpoints", "Errors by endpoint") => assert_eq!(
+            series_totals(rows, "errors", 1.0)
+                .into_iter()
+                .filter(|(_, n)| *n > 0.0)
+                .collect::<BTreeMap<_, _>>(),
+            as_f64(fleet.errors_by(|r| r.endpoint())),
+            "{what}"
+        ),
+        ("apiscope-clients", "Clients") => {
+            let calls = fleet.count_by(|r| r.client.to_owned());
+            let errors = fleet.errors_by(|r| r.client.to_owned());
+            assert_eq!(rows.len(), calls.len(), "{what}");
+            for row in rows {
+                let client = text(row, "client_id");
+                assert_eq!(
+                    number(row, "calls"),
+                    calls[&client] as f64,
+                    "{what}: {client}"
+                );
+                let expected_errors = errors.get(&client).copied().unwrap_or(0) as f64;
+                assert_eq!(number(row, "errors"), expected_errors, "{what}: {client}");
+                let endpoints: BTreeSet<String> = fleet
+                    .requests
+                    .iter()
+                    .filter(|r| r.client == client)
+                    .map(|r| r.endpoint())
+                    .collect();
+                assert_eq!(number(row, "endpoints"), endpoints.len() as f64, "{what}");
+            }
+        }
+        ("apiscope-clients", "Client and endpoint") => {
+            let calls = fleet.count_by(|r| format!("{} {}", r.client, r.endpoint()));
+            let seen: BTreeMap<String, i64> = rows
+                .iter()
+                .map(|row| {
+                    let key = format!("{} {}", text(row, "client_id"), text(row, "endpoint"));
+                    (key, number(row, "calls") as i64)
+                })
+                .collect();
+            assert_eq!(seen, calls, "{what}");
+        }
+        ("apiscope-dependencies", "Dependencies") => {
+            let calls = fleet.count_by(|r| format!("{} -> {}", r.service, r.dependency));
+            let seen: BTreeMap<String, i64> = rows
+                .iter()
+                .map(|row| {
+                    let key = format!(
+                        "{} -> {}",
+                        text(row, "service_name"),
+                        text(row, "dependency")
+                    );
+                    (key, number(row, "calls") as i64)
+                })
+                .collect();
+            assert_eq!(seen, calls, "{what}");
+            for row in rows {
+                let dependency = text(row, "dependency");
+                let own: Vec<f64> = fleet
+                    .requests
+                    .iter()
+                    .filter(|r| r.dependency == dependency)
+                    .map(|r| r.dependency_ms as f64)
+                    .collect();
+                assert_close(&what, number(row, "p95_ms"), quantile(&own, 0.95), 1.0);
+            }
+        }
+        ("apiscope-errors", "Failed requests by status code") => {
+            let failed = fleet.requests.iter().filter(|r| r.status >= 400);
+            let mut expected = BTreeMap::new();
+            for request in failed {
+                *expected.entry(request.status.to_string()).or_insert(0.0) += 1.0;
+            }
+            assert_eq!(series_totals(rows, "requests", 1.0), expected, "{what}");
+        }
+        ("apiscope-errors", "Error breakdown") => {
+            let failed: Vec<_> = fleet.requests.iter().filter(|r| r.status >= 400).collect();
+            let mut expected: BTreeMap<String, i64> = BTreeMap::new();
+            for request in failed {
+                let key = format!(
+                    "{} {} {}",
+                    request.service,
+                    request.endpoint(),
+                    request.status
+                );
+                *expected.entry(key).or_insert(0) += 1;
+            }
+            let seen: BTreeMap<String, i64> = rows
+                .iter()
+                .map(|row| {
+                    let key = format!(
+                        "{} {} {}",
+                        text(row, "service_name"),
+                        text(row, "endpoint"),
+                        number(row, "http_status_code")
+                    );
+                    (key, number(row, "calls") as i64)
+                })
+                .collect();
+            assert_eq!(seen, expected, "{what}");
+        }
+        ("apiscope-errors", "Error logs by service") => assert_eq!(
+            series_totals(rows, "records", 1.0),
+            BTreeMap::from([("checkout".to_owned(), fleet.errors().len() as f64)]),
+            "{what}"
+        ),
+        ("apiscope-errors", "Recent error logs") => {
+            assert_eq!(rows.len(), fleet.errors().len(), "{what}");
+            assert_eq!(*rows[0].columns()[0].type_(), Type::TIMESTAMPTZ, "{what}");
+            let newest: DateTime<Utc> = rows[0].get("time");
+            let last_error = fleet.errors().last().unwrap().time_s;
+            assert_eq!(newest.timestamp(), last_error, "{what}: newest first");
+        }
+        ("apiscope-daemon", "Spans") => {
+            assert_eq!(
+                number(&rows[0], "spans"),
+                2.0 * fleet.requests.len() as f64,
+                "{what}"
+            );
+        }
+        ("apiscope-daemon", "Log records") => {
+            assert_eq!(
+                number(&rows[0], "records"),
+                fleet.errors().len() as f64,
+                "{what}"
+            );
+        }
+        ("apiscope-daemon", "Services reporting") => {
+            assert_eq!(number(&rows[0], "services"), 2.0, "{what}");
+        }
+        ("apiscope-daemon", "Freshness") => {
+            for row in rows {
+                let service = text(row, "service_name");
+                let last: DateTime<Utc> = row.get("last_span");
+                let expected = fleet
+                    .requests
+                    .iter()
+                    .filter(|r| r.service == service)
+                    .map(|r| r.time_s)
+                    .max()
+                    .unwrap();
+                assert_eq!(last.timestamp(), expected, "{what}: {service}");
+            }
+        }
+        _ => {}
+    }
+}
+
+/// The first column of `sql`'s rows, as text.
+async fn values(client: &Client, sql: &str) -> Vec<String> {
+    let rows = client
+        .query(sql, &[])
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e:?}"));
+    rows.iter().map(|r| r.get::<_, String>(0)).collect()
+}
+
+/// Rows of a simple-protocol query (what Grafana's driver sends for panels).
+async fn simple_rows(client: &Client, sql: &str) -> usize {
+    let messages = client
+        .simple_query(sql)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e:?}"));
+    messages
+        .iter()
+        .filter(|m| matches!(m, SimpleQueryMessage::Row(_)))
+        .count()
+}
+
+#[test]
+fn every_panel_query_answers_over_the_postgres_protocol() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = Daemon::start(dir.path());
+    let fleet = Fleet::new();
+    fleet.send(&daemon);
+    let range = Range {
+        from: DateTime::from_timestamp(fleet.start_s - 300, 0).unwrap(),
+        to: DateTime::from_timestamp(fleet.end_s() + 300, 0).unwrap(),
+        interval: "1m",
+    };
+    let expected_variables: BTreeMap<&str, Vec<String>> = BTreeMap::from([
+        (
+            "service",
+            fleet
+                .count_by(|r| r.service.to_owned())
+                .into_keys()
+                .collect(),
+        ),
+        (
+            "endpoint",
+            fleet.count_by(|r| r.endpoint()).into_keys().collect(),
+        ),
+        (
+            "client",
+            fleet
+                .count_by(|r| r.client.to_owned())
+                .into_keys()
+                .collect(),
+        ),
+    ]);
+
+    runtime().block_on(async {
+        let client = connect(&daemon, None).await.unwrap();
+        let mut panels_checked = 0;
+        for (file, dashboard) in dashboards() {
+            let uid = dashboard["uid"].as_str().unwrap();
+            // Variables resolve in order, each seeing the ones before it ("All" selected).
+            let mut variables = BTreeMap::new();
+            for variable in dashboard["templating"]["list"].as_array().unwrap() {
+                let name = variable["name"].as_str().unwrap().to_owned();
+                let sql = expand(variable["query"].as_str().unwrap(), &range, &variables);
+                let mut answer = values(&client, &sql).await;
+                answer.sort();
+                assert_eq!(
+                    Some(&answer),
+                    expected_variables.get(name.as_str()),
+                    "{file}: variable {name}"
+                );
+                variables.insert(name, answer);
+            }
+            for panel in dashboard["panels"].as_array().unwrap() {
+                let title = panel["title"].as_str().unwrap();
+                for target in panel["targets"].as_array().unwrap() {
+                    let sql = expand(target["rawSql"].as_str().unwrap(), &range, &variables);
+                    let what = format!("{file} / {title}");
+                    let rows = client
+                        .query(&sql, &[])
+                        .await
+                        .unwrap_or_else(|e| panic!("{what}: {e:?}\n{sql}"));
+                    let format = target["format"].as_str().unwrap_or("time_series");
+                    check_shape(&what, format, &rows);
+                    check_values(uid, title, &rows, &fleet, &range);
+                    assert_eq!(simple_rows(&client, &sql).await, rows.len(), "{what}");
+                    panels_checked += 1;
+                }
+            }
+        }
+        assert!(panels_checked >= 20, "{panels_checked} panels");
+    });
+}
