@@ -222,7 +222,7 @@ fn read_file(path: &Path) -> Result<FileConfig> {
 }
 
 /// Durations in human form: `500ms`, `10s`, `5m`, `7d`.
-fn parse_duration(text: &str) -> Result<Duration, String> {
+pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
     humantime::parse_duration(text)
         .map_err(|error| format!("{error} (write durations like 10s, 5m, 7d)"))
 }

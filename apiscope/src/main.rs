@@ -2,6 +2,7 @@
 //! owns start-up and shutdown.
 
 mod config;
+mod loadgen;
 mod serve;
 mod sql;
 
@@ -23,6 +24,8 @@ enum Command {
     Serve(Box<config::ServeArgs>),
     /// Run one SQL query against a running daemon (or a data directory) and print a table.
     Sql(sql::SqlArgs),
+    /// Send a simulated fleet's API traces over OTLP, and report acknowledgements.
+    Loadgen(loadgen::LoadgenArgs),
 }
 
 fn main() -> ExitCode {
@@ -48,6 +51,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Serve(args) => serve::run(*args).await,
             Command::Sql(args) => sql::run(args).await,
+            Command::Loadgen(args) => loadgen::run(args).await,
         }
     });
     match outcome {

@@ -5,6 +5,7 @@
 
 mod bad_input;
 mod cli;
+mod compose;
 mod crash;
 mod daemon;
 mod dashboards;
