@@ -388,6 +388,30 @@ fn assert_close(what: &str, seen: f64, expected: f64, tolerance: f64) {
     );
 }
 
+/// Each row's `calls` and `errors` against the fleet's, per value of `column` (which
+/// `key` computes from a request).
+fn check_calls_and_errors(
+    what: &str,
+    rows: &[Row],
+    column: &str,
+    fleet: &Fleet,
+    key: impl Fn(&crate::fleet::Request) -> String,
+) {
+    let calls = fleet.count_by(&key);
+    let errors = fleet.errors_by(&key);
+    assert_eq!(rows.len(), calls.len(), "{what}");
+    for row in rows {
+        let value = text(row, column);
+        assert_eq!(
+            number(row, "calls"),
+            calls[&value] as f64,
+            "{what}: {value}"
+        );
+        let expected_errors = errors.get(&value).copied().unwrap_or(0) as f64;
+        assert_eq!(number(row, "errors"), expected_errors, "{what}: {value}");
+    }
+}
+
 /// The values a panel must show over the fleet, for the panels whose numbers matter most.
 fn check_values(dashboard: &str, panel: &str, rows: &[Row], fleet: &Fleet, range: &Range) {
     let what = format!("{dashboard} / {panel}");
@@ -435,18 +459,10 @@ fn check_values(dashboard: &str, panel: &str, rows: &[Row], fleet: &Fleet, range
             "{what}"
         ),
         ("apiscope-endpoints", "Endpoints") => {
+            check_calls_and_errors(&what, rows, "endpoint", fleet, |r| r.endpoint());
             let calls = fleet.count_by(|r| r.endpoint());
-            let errors = fleet.errors_by(|r| r.endpoint());
-            assert_eq!(rows.len(), calls.len(), "{what}");
             for row in rows {
                 let endpoint = text(row, "endpoint");
-                assert_eq!(
-                    number(row, "calls"),
-                    calls[&endpoint] as f64,
-                    "{what}: {endpoint}"
-                );
-                let expected_errors = errors.get(&endpoint).copied().unwrap_or(0) as f64;
-                assert_eq!(number(row, "errors"), expected_errors, "{what}: {endpoint}");
                 assert_close(
                     &what,
                     number(row, "rate_per_s"),
@@ -473,18 +489,9 @@ fn check_values(dashboard: &str, panel: &str, rows: &[Row], fleet: &Fleet, range
             "{what}"
         ),
         ("apiscope-clients", "Clients") => {
-            let calls = fleet.count_by(|r| r.client.to_owned());
-            let errors = fleet.errors_by(|r| r.client.to_owned());
-            assert_eq!(rows.len(), calls.len(), "{what}");
+            check_calls_and_errors(&what, rows, "client_id", fleet, |r| r.client.to_owned());
             for row in rows {
                 let client = text(row, "client_id");
-                assert_eq!(
-                    number(row, "calls"),
-                    calls[&client] as f64,
-                    "{what}: {client}"
-                );
-                let expected_errors = errors.get(&client).copied().unwrap_or(0) as f64;
-                assert_eq!(number(row, "errors"), expected_errors, "{what}: {client}");
                 let endpoints: BTreeSet<String> = fleet
                     .requests
                     .iter()
