@@ -36,6 +36,14 @@ pub(crate) struct ServeArgs {
     /// --pg-addr is not a loopback address [default: none].
     #[arg(long, env = "APISCOPE_PG_PASSWORD", hide_env_values = true)]
     pg_password: Option<String>,
+    /// An API version (`v1`) that `version_usage(...)` marks deprecated; repeat or separate
+    /// with commas [default: none].
+    #[arg(
+        long = "deprecated-version",
+        env = "APISCOPE_DEPRECATED_VERSIONS",
+        value_delimiter = ','
+    )]
+    deprecated_versions: Option<Vec<String>>,
     /// Attribute keys naming the client, first present wins [default: client.id,app.client_id,http.request.header.x-client-id,enduser.id,user.id].
     #[arg(long, env = "APISCOPE_CLIENT_ID_KEYS", value_delimiter = ',')]
     client_id_keys: Option<Vec<String>>,
@@ -84,6 +92,7 @@ struct FileConfig {
     http_addr: Option<SocketAddr>,
     pg_addr: Option<SocketAddr>,
     pg_password: Option<String>,
+    deprecated_versions: Option<Vec<String>>,
     client_id_keys: Option<Vec<String>>,
     #[serde(default, deserialize_with = "de_duration")]
     flush_interval: Option<Duration>,
@@ -111,6 +120,7 @@ pub(crate) struct Settings {
     pub(crate) http_addr: SocketAddr,
     pub(crate) pg_addr: SocketAddr,
     pub(crate) pg_auth: query::pg::PgAuth,
+    pub(crate) questions: query::QuestionSettings,
     pub(crate) collector: collector::Config,
 }
 
@@ -197,6 +207,12 @@ impl ServeArgs {
             http_addr: pick(self.http_addr, file.http_addr, "127.0.0.1:7171"),
             pg_addr,
             pg_auth,
+            questions: query::QuestionSettings {
+                deprecated_versions: self
+                    .deprecated_versions
+                    .or(file.deprecated_versions)
+                    .unwrap_or_default(),
+            },
             collector,
         })
     }

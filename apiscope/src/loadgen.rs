@@ -176,7 +176,8 @@ pub(crate) async fn run(args: LoadgenArgs) -> Result<()> {
             },
         };
         // One generator per connection, seeded from the run's seed: deterministic traffic.
-        let generator = Generator::new(args.seed.wrapping_mul(1_000_003).wrapping_add(index));
+        let seed = args.seed.wrapping_mul(1_000_003).wrapping_add(index);
+        let generator = Generator::new(seed, now_ns());
         let counts = counts.clone();
         senders.spawn(send_loop(
             sender,

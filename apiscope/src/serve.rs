@@ -67,7 +67,7 @@ pub(crate) async fn run(args: ServeArgs) -> Result<()> {
         data_dir: settings.collector.data_dir.clone(),
         buffer: collector.buffer(),
     });
-    let engine = Engine::new(source)?;
+    let engine = Engine::new(source, settings.questions.clone()).await?;
 
     let grpc = bind("OTLP/gRPC", settings.otlp_grpc_addr).await?;
     let otlp_http = bind("OTLP/HTTP", settings.otlp_http_addr).await?;

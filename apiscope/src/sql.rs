@@ -30,7 +30,8 @@ pub(crate) async fn run(args: SqlArgs) -> Result<()> {
                     dir.display()
                 ))
             })?;
-            let engine = query::Engine::new(Arc::new(query::DataDir(dir)))?;
+            let source = Arc::new(query::DataDir(dir));
+            let engine = query::Engine::new(source, query::QuestionSettings::default()).await?;
             engine.query(&args.sql).await?.batches
         }
         None => remote(&args.url, &args.sql).await?,

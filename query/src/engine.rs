@@ -13,6 +13,7 @@ use datafusion_postgres::datafusion_pg_catalog::pg_catalog::context::EmptyContex
 use datafusion_postgres::datafusion_pg_catalog::pg_catalog::setup_pg_catalog;
 
 use crate::error::{Error, Result};
+use crate::questions::QuestionSettings;
 use crate::source::Source;
 use crate::table::StoreTable;
 
@@ -41,8 +42,8 @@ impl std::fmt::Debug for Engine {
 }
 
 impl Engine {
-    /// A session whose tables read from `source`.
-    pub fn new(source: Arc<dyn Source>) -> Result<Self> {
+    /// A session whose tables read from `source`, with the question functions.
+    pub async fn new(source: Arc<dyn Source>, settings: QuestionSettings) -> Result<Self> {
         let config = SessionConfig::new()
             .with_information_schema(true)
             .with_default_catalog_and_schema(CATALOG, "public");
@@ -56,6 +57,7 @@ impl Engine {
             .map_err(|error| Error::Internal(format!("pg_catalog: {error}")))?;
         ctx.register_udf(current_setting());
         ctx.register_udf(crate::json::TO_JSON.as_ref().clone());
+        crate::questions::register(&ctx, &settings).await?;
         Ok(Self { ctx: Arc::new(ctx) })
     }
 

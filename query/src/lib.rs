@@ -16,10 +16,14 @@ mod error;
 pub mod http;
 mod json;
 pub mod pg;
+mod questions;
 mod source;
 mod table;
 
 pub use engine::{CATALOG, Engine, QueryOutput};
 pub use error::{Error, Result};
 pub use json::to_json;
+pub use questions::{
+    API_CALLS, QUESTIONS, Question, QuestionSettings, REGRESSION_MIN_CALLS, RETRY_GAP_S,
+};
 pub use source::{DataDir, Snapshot, Source, TimeRange, list_files};

@@ -14,6 +14,7 @@ mod limits;
 mod otlp_json;
 mod pg;
 mod python_sdk;
+mod questions;
 mod restart;
 mod rust_sdk;
 

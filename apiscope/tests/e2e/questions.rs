@@ -1,0 +1,580 @@
+//! The question functions over a generated fleet with a story across two windows of 30
+//! minutes: one endpoint gets three times slower, traffic moves from one client to another,
+//! a client retries after failures, calls time out, a legacy client keeps calling v1,
+//! partners are refused. Expected answers are computed here from the generated calls.
+
+use std::collections::BTreeMap;
+
+use serde_json::{Value, json};
+
+use crate::daemon::Daemon;
+use crate::otlp_json::{hex_id, post, span, traces};
+
+/// One generated server call.
+#[derive(Debug, Clone)]
+struct Call {
+    time_s: i64,
+    service: &'static str,
+    method: &'static str,
+    route: &'static str,
+    client: &'static str,
+    status: i64,
+    duration_ms: i64,
+    resend_count: Option<i64>,
+    /// Durations of the dependency calls it makes, to `postgresql/shop`.
+    dependencies_ms: Vec<i64>,
+}
+
+impl Call {
+    fn endpoint(&self) -> String {
+        format!("{} {}", self.method, self.route)
+    }
+
+    fn is_error(&self) -> bool {
+        self.status >= 500
+    }
+
+    fn version(&self) -> &str {
+        &self.route[1..3]
+    }
+}
+
+const WINDOW_S: i64 = 30 * 60;
+
+/// The calls of both windows; the current window starts at `start_s`.
+fn story(start_s: i64) -> Vec<Call> {
+    let previous = start_s - WINDOW_S;
+    let call = |time_s, service, method, route, client, status, duration_ms| Call {
+        time_s,
+        service,
+        method,
+        route,
+        client,
+        status,
+        duration_ms,
+        resend_count: None,
+        dependencies_ms: Vec::new(),
+    };
+    let mut calls = Vec::new();
+    for i in 0..40 {
+        // Items: 10 ms before, 30 ms now; all web before, mostly ios now.
+        calls.push(call(
+            previous + 10 + i * 40,
+            "catalog",
+            "GET",
+            "/v2/items/{id}",
+            "web",
+            200,
+            10,
+        ));
+        let client = if i < 10 { "web" } else { "ios" };
+        calls.push(call(
+            start_s + 10 + i * 40,
+            "catalog",
+            "GET",
+            "/v2/items/{id}",
+            client,
+            200,
+            30,
+        ));
+    }
+    for i in 0..30 {
+        // Orders: as slow in both windows, each with two database calls.
+        for base in [previous, start_s] {
+            let mut order = call(
+                base + 20 + i * 50,
+                "checkout",
+                "POST",
+                "/v2/orders",
+                "web",
+                200,
+                50,
+            );
+            order.dependencies_ms = vec![10, 10];
+            calls.push(order);
+        }
+    }
+    for i in 0..20 {
+        calls.push(call(
+            previous + 30 + i * 60,
+            "accounts",
+            "GET",
+            "/v1/users/{id}",
+            "legacy",
+            200,
+            8,
+        ));
+    }
+    for i in 0..5 {
+        calls.push(call(
+            start_s + 30 + i * 300,
+            "accounts",
+            "GET",
+            "/v1/users/{id}",
+            "legacy",
+            200,
+            8,
+        ));
+        calls.push(call(
+            start_s + 40 + i * 300,
+            "accounts",
+            "GET",
+            "/v2/users/{id}",
+            "web",
+            200,
+            8,
+        ));
+        // ios fails on payments and retries two seconds later, successfully.
+        let t = start_s + 1500 + i * 40;
+        calls.push(call(t, "checkout", "POST", "/v2/payments", "ios", 503, 5));
+        calls.push(call(
+            t + 2,
+            "checkout",
+            "POST",
+            "/v2/payments",
+            "ios",
+            201,
+            40,
+        ));
+    }
+    for i in 0..3 {
+        // Retries the client marks itself.
+        let mut retry = call(
+            start_s + 1600 + i * 30,
+            "checkout",
+            "POST",
+            "/v2/payments",
+            "batch",
+            201,
+            45,
+        );
+        retry.resend_count = Some(1);
+        calls.push(retry);
+    }
+    for i in 0..2 {
+        calls.push(call(
+            start_s + 1700 + i * 60,
+            "checkout",
+            "POST",
+            "/v2/payments",
+            "batch",
+            504,
+            3000,
+        ));
+    }
+    for i in 0..3 {
+        calls.push(call(
+            start_s + 1400 + i * 20,
+            "checkout",
+            "POST",
+            "/v2/payments",
+            "partner",
+            401,
+            2,
+        ));
+    }
+    for i in 0..4 {
+        calls.push(call(
+            start_s + 1450 + i * 20,
+            "catalog",
+            "GET",
+            "/v2/items/{id}",
+            "partner",
+            429,
+            1,
+        ));
+    }
+    calls
+}
+
+fn send(daemon: &Daemon, calls: &[Call]) -> usize {
+    let mut by_service: BTreeMap<&str, Vec<Value>> = BTreeMap::new();
+    let mut spans = 0;
+    for (k, call) in calls.iter().enumerate() {
+        let k = k as u64;
+        let trace_id = hex_id(0x5_0000 + k, 16);
+        let server_id = hex_id(0x6_0000 + k, 8);
+        let start_ns = call.time_s * 1_000_000_000;
+        let mut attributes = vec![
+            json!({"key": "http.request.method", "value": {"stringValue": call.method}}),
+            json!({"key": "http.route", "value": {"stringValue": call.route}}),
+            json!({"key": "http.response.status_code", "value": {"intValue": call.status}}),
+            json!({"key": "client.id", "value": {"stringValue": call.client}}),
+        ];
+        if let Some(resend) = call.resend_count {
+            attributes
+                .push(json!({"key": "http.request.resend_count", "value": {"intValue": resend}}));
+        }
+        if call.status == 504 {
+            attributes.push(json!({"key": "error.type", "value": {"stringValue": "timeout"}}));
+        }
+        let entry = by_service.entry(call.service).or_default();
+        entry.push(span(
+            &trace_id,
+            &server_id,
+            &call.endpoint(),
+            2,
+            start_ns,
+            call.duration_ms,
+            Value::Array(attributes),
+        ));
+        let mut offset_ms = 1;
+        for (d, duration) in call.dependencies_ms.iter().enumerate() {
+            let mut child = span(
+                &trace_id,
+                &hex_id(0x7_0000 + k * 8 + d as u64, 8),
+                "SELECT shop",
+                3,
+                start_ns + offset_ms * 1_000_000,
+                *duration,
+                json!([
+                    {"key": "db.system.name", "value": {"stringValue": "postgresql"}},
+                    {"key": "db.namespace", "value": {"stringValue": "shop"}},
+                ]),
+            );
+            child["parentSpanId"] = json!(server_id);
+            entry.push(child);
+            offset_ms += duration;
+        }
+        spans += 1 + call.dependencies_ms.len();
+    }
+    for (service, spans) in by_service {
+        let body = serde_json::to_vec(&traces(service, spans)).unwrap();
+        let (status, answer) = post(daemon, "/v1/traces", "application/json", None, body);
+        assert_eq!(status, 200, "{}", String::from_utf8_lossy(&answer));
+    }
+    spans
+}
+
+fn rfc3339(s: i64) -> String {
+    chrono::DateTime::from_timestamp(s, 0)
+        .unwrap()
+        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
+/// Rows of `sql` as maps from column name to value.
+fn records(daemon: &Daemon, sql: &str) -> Vec<BTreeMap<String, Value>> {
+    let (status, body) = daemon.try_query(sql);
+    assert_eq!(status, 200, "{sql}: {body}");
+    let names: Vec<String> = body["columns"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap().to_owned())
+        .collect();
+    body["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|row| {
+            names
+                .iter()
+                .cloned()
+                .zip(row.as_array().unwrap().iter().cloned())
+                .collect()
+        })
+        .collect()
+}
+
+fn count<K: Ord>(calls: &[&Call], key: impl Fn(&Call) -> K) -> BTreeMap<K, i64> {
+    let mut counts = BTreeMap::new();
+    for call in calls {
+        *counts.entry(key(call)).or_insert(0) += 1;
+    }
+    counts
+}
+
+fn f(value: &Value) -> f64 {
+    value
+        .as_f64()
+        .unwrap_or_else(|| panic!("{value} is not a number"))
+}
+
+fn s(value: &Value) -> String {
+    value.as_str().unwrap_or("<null>").to_owned()
+}
+
+#[test]
+fn question_functions_answer_the_story() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = Daemon::start_with(dir.path(), &["--deprecated-version", "v1"]);
+    let now_s = crate::now_ns() / 1_000_000_000;
+    let start_s = (now_s - 40 * 60) / 60 * 60;
+    let end_s = start_s + WINDOW_S;
+    let calls = story(start_s);
+    let spans = send(&daemon, &calls) as i64;
+    assert_eq!(
+        daemon.wait_for_count("SELECT count(*) FROM spans", spans),
+        spans
+    );
+    let window = format!("'{}', '{}'", rfc3339(start_s), rfc3339(end_s));
+    let now: Vec<&Call> = calls.iter().filter(|c| c.time_s >= start_s).collect();
+    let before: Vec<&Call> = calls.iter().filter(|c| c.time_s < start_s).collect();
+
+    // api_calls: one row per server span.
+    let rows = records(
+        &daemon,
+        "SELECT source, count(*) AS n FROM api_calls GROUP BY source",
+    );
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0]["source"], "span");
+    assert_eq!(rows[0]["n"], calls.len());
+
+    // endpoint_stats: exact counts; constant durations make the percentiles exact too.
+    let rows = records(&daemon, &format!("SELECT * FROM endpoint_stats({window})"));
+    let calls_by = count(&now, |c| c.endpoint());
+    let errors_by = count(
+        &now.iter()
+            .copied()
+            .filter(|c| c.is_error())
+            .collect::<Vec<_>>(),
+        |c| c.endpoint(),
+    );
+    assert_eq!(rows.len(), calls_by.len());
+    for row in &rows {
+        let endpoint = s(&row["endpoint"]);
+        let calls = calls_by[&endpoint];
+        assert_eq!(row["calls"], calls, "{endpoint}");
+        assert_eq!(
+            row["errors"],
+            errors_by.get(&endpoint).copied().unwrap_or(0),
+            "{endpoint}"
+        );
+        let rate = calls as f64 / WINDOW_S as f64;
+        assert!((f(&row["rate_per_s"]) - rate).abs() < 1e-9, "{endpoint}");
+        let max = now
+            .iter()
+            .filter(|c| c.endpoint() == endpoint)
+            .map(|c| c.duration_ms)
+            .max()
+            .unwrap();
+        assert_eq!(f(&row["max_ms"]), max as f64, "{endpoint}");
+    }
+    let items = rows
+        .iter()
+        .find(|r| r["endpoint"] == "GET /v2/items/{id}")
+        .unwrap();
+    // 40 calls of 30 ms and 4 refusals of 1 ms.
+    assert!((f(&items["p50_ms"]) - 30.0).abs() < 0.5, "{items:?}");
+    // Busiest first.
+    let busiest = calls_by.iter().max_by_key(|(_, n)| **n).unwrap().0;
+    assert_eq!(&s(&rows[0]["endpoint"]), busiest);
+
+    // client_stats: per client calls, errors and the endpoint failing most.
+    let rows = records(&daemon, &format!("SELECT * FROM client_stats({window})"));
+    let calls_by = count(&now, |c| c.client.to_owned());
+    assert_eq!(rows.len(), calls_by.len());
+    for row in &rows {
+        let client = s(&row["client_id"]);
+        assert_eq!(row["calls"], calls_by[&client], "{client}");
+        let failed: Vec<&Call> = now
+            .iter()
+            .copied()
+            .filter(|c| c.client == client && c.is_error())
+            .collect();
+        assert_eq!(row["errors"], failed.len(), "{client}");
+        let top = failed.first().map(|c| c.endpoint());
+        assert_eq!(row["top_failing_endpoint"], json!(top), "{client}");
+    }
+
+    // dependency_stats: orders call the database twice, 10 ms each, per 50 ms request.
+    let rows = records(
+        &daemon,
+        &format!("SELECT * FROM dependency_stats({window})"),
+    );
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    let orders_with_deps: Vec<&&Call> = now
+        .iter()
+        .filter(|c| !c.dependencies_ms.is_empty())
+        .collect();
+    assert_eq!(rows[0]["dependency"], "postgresql/shop");
+    assert_eq!(rows[0]["service_name"], "checkout");
+    assert_eq!(rows[0]["calls"], 2 * orders_with_deps.len());
+    assert!(
+        (f(&rows[0]["share_of_caller_time"]) - 20.0 / 50.0).abs() < 1e-9,
+        "{rows:?}"
+    );
+
+    // error_breakdown: 5xx and 4xx by endpoint and status.
+    let rows = records(&daemon, &format!("SELECT * FROM error_breakdown({window})"));
+    let failed: Vec<&Call> = now.iter().copied().filter(|c| c.status >= 400).collect();
+    let expected = count(&failed, |c| (c.endpoint(), c.status));
+    let seen: BTreeMap<(String, i64), i64> = rows
+        .iter()
+        .map(|r| {
+            (
+                (s(&r["endpoint"]), r["http_status_code"].as_i64().unwrap()),
+                r["calls"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(seen, expected);
+    let timeout = rows.iter().find(|r| r["http_status_code"] == 504).unwrap();
+    assert_eq!(timeout["error_type"], "timeout");
+
+    // latency_regressions: items went from 10 to 30 ms; orders did not change.
+    let rows = records(
+        &daemon,
+        &format!("SELECT * FROM latency_regressions({window})"),
+    );
+    assert_eq!(rows[0]["endpoint"], "GET /v2/items/{id}", "{rows:?}");
+    assert!(
+        (f(&rows[0]["previous_p95_ms"]) - 10.0).abs() < 0.5,
+        "{rows:?}"
+    );
+    assert!((f(&rows[0]["p95_ms"]) - 30.0).abs() < 0.5, "{rows:?}");
+    assert!((f(&rows[0]["change_ratio"]) - 3.0).abs() < 0.1, "{rows:?}");
+    // The legacy endpoint has too few calls now to rank.
+    assert!(rows.iter().all(|r| r["endpoint"] != "GET /v1/users/{id}"));
+
+    // traffic_shift: shares per client and endpoint in both windows.
+    let rows = records(&daemon, &format!("SELECT * FROM traffic_shift({window})"));
+    for (dimension, key) in [("client", 0), ("endpoint", 1)] {
+        let key_of = |c: &Call| {
+            if key == 0 {
+                c.client.to_owned()
+            } else {
+                c.endpoint()
+            }
+        };
+        let now_counts = count(&now, key_of);
+        let before_counts = count(&before, key_of);
+        for row in rows.iter().filter(|r| r["dimension"] == dimension) {
+            let value = s(&row["value"]);
+            let n = now_counts.get(&value).copied().unwrap_or(0);
+            let b = before_counts.get(&value).copied().unwrap_or(0);
+            assert_eq!(row["calls"], n, "{value}");
+            assert_eq!(row["previous_calls"], b, "{value}");
+            let change = n as f64 / now.len() as f64 - b as f64 / before.len() as f64;
+            assert!((f(&row["share_change"]) - change).abs() < 1e-9, "{value}");
+        }
+        let values = rows.iter().filter(|r| r["dimension"] == dimension).count();
+        let mut all: Vec<String> = now_counts
+            .keys()
+            .chain(before_counts.keys())
+            .cloned()
+            .collect();
+        all.sort();
+        all.dedup();
+        assert_eq!(values, all.len(), "{dimension}");
+    }
+    let biggest = rows
+        .iter()
+        .max_by(|a, b| {
+            f(&a["share_change"])
+                .abs()
+                .total_cmp(&f(&b["share_change"]).abs())
+        })
+        .unwrap();
+    assert_eq!(biggest, &rows[0], "ranked by the size of the change");
+
+    // retry_amplification: retries after failures within 10 s, or marked; timeouts; fan-out.
+    let rows = records(
+        &daemon,
+        &format!("SELECT * FROM retry_amplification({window})"),
+    );
+    let mut expected: BTreeMap<(String, String), (i64, i64, i64, i64)> = BTreeMap::new();
+    let mut ordered = now.clone();
+    ordered.sort_by_key(|c| c.time_s);
+    let mut last: BTreeMap<(String, String), &Call> = BTreeMap::new();
+    for call in ordered {
+        let key = (call.client.to_owned(), call.endpoint());
+        let retried = call.resend_count.unwrap_or(0) > 0
+            || last
+                .get(&key)
+                .is_some_and(|p| p.is_error() && call.time_s - p.time_s <= 10);
+        let entry = expected.entry(key.clone()).or_default();
+        entry.0 += 1;
+        entry.1 += i64::from(retried);
+        entry.2 += i64::from(call.status == 504 || call.status == 408);
+        entry.3 += call.dependencies_ms.len() as i64;
+        last.insert(key, call);
+    }
+    assert_eq!(rows.len(), expected.len());
+    for row in &rows {
+        let key = (s(&row["client_id"]), s(&row["endpoint"]));
+        let (calls, retries, timeouts, dependencies) = expected[&key];
+        assert_eq!(row["calls"], calls, "{key:?}");
+        assert_eq!(row["retries"], retries, "{key:?}");
+        assert_eq!(row["timeouts"], timeouts, "{key:?}");
+        let fanout = dependencies as f64 / calls as f64;
+        assert!(
+            (f(&row["dependency_calls_per_request"]) - fanout).abs() < 1e-9,
+            "{key:?}"
+        );
+    }
+    let ios = &expected[&("ios".to_owned(), "POST /v2/payments".to_owned())];
+    assert_eq!(ios.1, 5, "the story has five retries after failures");
+
+    // version_usage: who still calls v1 is one query.
+    let rows = records(
+        &daemon,
+        &format!("SELECT * FROM version_usage({window}) WHERE deprecated"),
+    );
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(rows[0]["client_id"], "legacy");
+    let legacy: Vec<&Call> = now
+        .iter()
+        .copied()
+        .filter(|c| c.version() == "v1")
+        .collect();
+    assert_eq!(rows[0]["calls"], legacy.len());
+    let last_seen = legacy.iter().map(|c| c.time_s).max().unwrap();
+    let seen =
+        chrono::DateTime::parse_from_rfc3339(rows[0]["last_seen"].as_str().unwrap()).unwrap();
+    assert_eq!(seen.timestamp(), last_seen);
+    let all = records(&daemon, &format!("SELECT * FROM version_usage({window})"));
+    assert_eq!(
+        all.len(),
+        count(&now, |c| (c.version().to_owned(), c.client.to_owned())).len()
+    );
+
+    // refusals: 401s and 429s of the partner.
+    let rows = records(&daemon, &format!("SELECT * FROM refusals({window})"));
+    let refused: Vec<&Call> = now
+        .iter()
+        .copied()
+        .filter(|c| [401, 403, 429].contains(&c.status))
+        .collect();
+    let expected = count(&refused, |c| (c.endpoint(), c.status));
+    let seen: BTreeMap<(String, i64), i64> = rows
+        .iter()
+        .map(|r| {
+            (
+                (s(&r["endpoint"]), r["http_status_code"].as_i64().unwrap()),
+                r["calls"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(seen, expected);
+    assert!(rows.iter().all(|r| r["client_id"] == "partner"));
+
+    // Windows: the default is the last hour; one argument runs to now; bad ones are refused.
+    let last_hour = records(&daemon, "SELECT sum(calls) AS n FROM endpoint_stats()");
+    let recent = calls.iter().filter(|c| c.time_s >= now_s - 3600).count();
+    assert_eq!(last_hour[0]["n"], recent);
+    let from_start = records(
+        &daemon,
+        &format!(
+            "SELECT sum(calls) AS n FROM endpoint_stats('{}')",
+            rfc3339(start_s)
+        ),
+    );
+    assert_eq!(from_start[0]["n"], now.len());
+    let relative = records(
+        &daemon,
+        "SELECT sum(calls) AS n FROM endpoint_stats(now() - interval '2 hours', now())",
+    );
+    assert_eq!(relative[0]["n"], calls.len());
+    for bad in [
+        "endpoint_stats('yesterday')",
+        "endpoint_stats(now(), now() - interval '1 hour')",
+    ] {
+        let (status, body) = daemon.try_query(&format!("SELECT * FROM {bad}"));
+        assert_eq!(status, 400, "{bad}: {body}");
+        assert!(
+            body["detail"].as_str().unwrap().contains("endpoint_stats"),
+            "{body}"
+        );
+    }
+}

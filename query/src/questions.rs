@@ -1,0 +1,674 @@
+//! The questions apiscope exists to answer, each one SQL call: the `api_calls` view and the
+//! table functions (`endpoint_stats(...)`, `client_stats(...)`, ...).
+//!
+//! A question is SQL over the store with placeholders for its time window. A table function
+//! takes an optional window: `()` is the last hour, `(from)` runs from `from` to now,
+//! `(from, to)` is `from <= time < to`; each bound is any constant time expression
+//! (`'2026-11-27T10:00:00Z'`, `now() - interval '1 hour'`). Questions that compare with the
+//! past use the window of equal length just before. The SQL is planned when the provider is
+//! scanned, inside the query's own session, so an answer is exactly as fresh as the tables.
+
+use std::sync::Arc;
+
+use arrow::datatypes::{DataType, SchemaRef, TimeUnit};
+use async_trait::async_trait;
+use chrono::{DateTime, SecondsFormat, Utc};
+use datafusion::catalog::{Session, TableFunctionArgs, TableFunctionImpl, TableProvider};
+use datafusion::common::tree_node::{Transformed, TransformedResult, TreeNode};
+use datafusion::common::{Column, ScalarValue, plan_datafusion_err, plan_err};
+use datafusion::datasource::TableType;
+use datafusion::error::Result;
+use datafusion::execution::SessionState;
+use datafusion::logical_expr::simplify::SimplifyContext;
+use datafusion::logical_expr::utils::conjunction;
+use datafusion::logical_expr::{Cast, Expr, LogicalPlanBuilder, TableProviderFilterPushDown};
+use datafusion::optimizer::simplify_expressions::ExprSimplifier;
+use datafusion::physical_plan::ExecutionPlan;
+use datafusion::prelude::SessionContext;
+
+/// What the questions need to know from the configuration.
+#[derive(Debug, Clone, Default)]
+pub struct QuestionSettings {
+    /// API versions that `version_usage` marks `deprecated`.
+    pub deprecated_versions: Vec<String>,
+}
+
+/// One question: its name, what it answers, its columns and its SQL.
+#[derive(Debug)]
+pub struct Question {
+    /// The table function's (or view's) name.
+    pub name: &'static str,
+    /// What it answers, one line.
+    pub doc: &'static str,
+    /// Its columns, with what each holds.
+    pub columns: &'static [(&'static str, &'static str)],
+    /// SQL with `{window}` (the window as a filter on `time`), `{previous}` (the window of
+    /// equal length before it), `{seconds}` (the window's length) and `{deprecated}` (the
+    /// deprecated versions as a SQL list). A view has no placeholders.
+    sql: &'static str,
+}
+
+impl Question {
+    /// The documentation table of the question's columns, as the README holds it.
+    pub fn markdown(&self) -> String {
+        let mut text = String::from("| column | what it holds |\n|---|---|\n");
+        for (name, doc) in self.columns {
+            text.push_str(&format!("| `{name}` | {doc} |\n"));
+        }
+        text
+    }
+}
+
+/// The server spans as one table of calls, which most questions read.
+pub static API_CALLS: Question = Question {
+    name: "api_calls",
+    doc: "every API call seen, one row each",
+    columns: &[
+        ("time", "when the call started"),
+        ("service_name", "the service that served it"),
+        ("endpoint", "`METHOD route`"),
+        ("http_method", "HTTP method"),
+        ("http_route", "route template"),
+        ("http_status_code", "HTTP status code"),
+        ("duration_ms", "how long it took, in milliseconds"),
+        ("client_id", "who called"),
+        ("api_version", "the API version called (`v1`, `v2`, ...)"),
+        (
+            "is_error",
+            "whether it failed (HTTP 5xx or an error status)",
+        ),
+        ("trace_id", "its trace, when known"),
+        ("source", "where the row comes from: `span`"),
+        ("error_type", "the error's type, when it failed"),
+        (
+            "resend_count",
+            "`http.request.resend_count`: 1 for the first retry, 2 for the second, ...",
+        ),
+        ("span_id", "the server span, for joining the calls it made"),
+    ],
+    sql: "SELECT time, service_name, endpoint, http_method, http_route, http_status_code, \
+          duration_ms, client_id, api_version, is_error, trace_id, 'span' AS source, error_type, \
+          CAST(attributes['http.request.resend_count'] AS BIGINT) AS resend_count, span_id \
+          FROM spans WHERE span_kind = 'server'",
+};
+
+/// Calls that `retry_amplification` counts as retries when they follow a failure of the
+/// same client on the same endpoint within this many seconds.
+pub const RETRY_GAP_S: u32 = 10;
+
+/// `latency_regressions` ranks an endpoint only with at least this many calls in each window.
+pub const REGRESSION_MIN_CALLS: u32 = 20;
+
+/// The table functions.
+pub static QUESTIONS: &[Question] = &[
+    Question {
+        name: "endpoint_stats",
+        doc: "who is slow and who fails: traffic, errors and latency per endpoint",
+        columns: &[
+            ("service_name", "the service"),
+            ("endpoint", "`METHOD route`"),
+            ("calls", "calls in the window"),
+            ("rate_per_s", "calls per second over the window"),
+            ("errors", "failed calls"),
+            ("error_rate", "errors / calls"),
+            ("p50_ms", "median duration (approximate)"),
+            ("p95_ms", "95th percentile duration (approximate)"),
+            ("p99_ms", "99th percentile duration (approximate)"),
+            ("max_ms", "longest call"),
+        ],
+        sql: "SELECT service_name, endpoint, count(*) AS calls, count(*) / {seconds} AS rate_per_s, \
+              sum(CASE WHEN is_error THEN 1 ELSE 0 END) AS errors, \
+              avg(CASE WHEN is_error THEN 1.0 ELSE 0.0 END) AS error_rate, \
+              approx_percentile_cont(duration_ms, 0.5) AS p50_ms, \
+              approx_percentile_cont(duration_ms, 0.95) AS p95_ms, \
+              approx_percentile_cont(duration_ms, 0.99) AS p99_ms, \
+              max(duration_ms) AS max_ms \
+              FROM api_calls WHERE {window} \
+              GROUP BY service_name, endpoint \
+              ORDER BY calls DESC, service_name, endpoint",
+    },
+    Question {
+        name: "client_stats",
+        doc: "who calls, and how it goes for them: traffic, errors and latency per client",
+        columns: &[
+            ("client_id", "the client"),
+            ("calls", "calls in the window"),
+            ("errors", "failed calls"),
+            ("error_rate", "errors / calls"),
+            ("p95_ms", "95th percentile duration (approximate)"),
+            (
+                "top_failing_endpoint",
+                "the endpoint that failed most often for this client (null when none failed)",
+            ),
+        ],
+        sql: "WITH calls AS (SELECT * FROM api_calls WHERE {window}), \
+              failing AS ( \
+                SELECT client_id, endpoint, row_number() OVER ( \
+                  PARTITION BY client_id ORDER BY count(*) DESC, endpoint) AS place \
+                FROM calls WHERE is_error GROUP BY client_id, endpoint) \
+              SELECT c.client_id, count(*) AS calls, \
+              sum(CASE WHEN c.is_error THEN 1 ELSE 0 END) AS errors, \
+              avg(CASE WHEN c.is_error THEN 1.0 ELSE 0.0 END) AS error_rate, \
+              approx_percentile_cont(c.duration_ms, 0.95) AS p95_ms, \
+              max(f.endpoint) AS top_failing_endpoint \
+              FROM calls c LEFT JOIN failing f \
+                ON (f.client_id IS NOT DISTINCT FROM c.client_id) AND f.place = 1 \
+              GROUP BY c.client_id \
+              ORDER BY calls DESC, c.client_id",
+    },
+    Question {
+        name: "dependency_stats",
+        doc: "what the services wait on: calls, errors and latency per caller and dependency",
+        columns: &[
+            ("service_name", "the calling service"),
+            (
+                "dependency",
+                "what it called (`postgresql/shop`, `redis`, `payments`, ...)",
+            ),
+            ("calls", "calls in the window"),
+            ("errors", "failed calls"),
+            ("error_rate", "errors / calls"),
+            ("p50_ms", "median duration (approximate)"),
+            ("p95_ms", "95th percentile duration (approximate)"),
+            ("p99_ms", "99th percentile duration (approximate)"),
+            (
+                "share_of_caller_time",
+                "time spent in these calls over the time of the server spans that made them",
+            ),
+        ],
+        sql: "WITH deps AS ( \
+                SELECT service_name, dependency, duration_ms, is_error, trace_id, parent_span_id \
+                FROM spans \
+                WHERE span_kind IN ('client', 'producer') AND dependency IS NOT NULL AND {window}), \
+              callers AS ( \
+                SELECT d.service_name, d.dependency, sum(s.duration_ms) AS caller_ms \
+                FROM (SELECT DISTINCT service_name, dependency, trace_id, parent_span_id FROM deps) d \
+                JOIN api_calls s ON s.trace_id = d.trace_id AND s.span_id = d.parent_span_id \
+                GROUP BY d.service_name, d.dependency) \
+              SELECT d.service_name, d.dependency, count(*) AS calls, \
+              sum(CASE WHEN d.is_error THEN 1 ELSE 0 END) AS errors, \
+              avg(CASE WHEN d.is_error THEN 1.0 ELSE 0.0 END) AS error_rate, \
+              approx_percentile_cont(d.duration_ms, 0.5) AS p50_ms, \
+              approx_percentile_cont(d.duration_ms, 0.95) AS p95_ms, \
+              approx_percentile_cont(d.duration_ms, 0.99) AS p99_ms, \
+              sum(d.duration_ms) / max(c.caller_ms) AS share_of_caller_time \
+              FROM deps d LEFT JOIN callers c \
+                ON c.service_name = d.service_name AND c.dependency = d.dependency \
+              GROUP BY d.service_name, d.dependency \
+              ORDER BY calls DESC, d.service_name, d.dependency",
+    },
+    Question {
+        name: "error_breakdown",
+        doc: "how calls fail: failed calls (5xx, error status, or 4xx) per endpoint, status and error type",
+        columns: &[
+            ("service_name", "the service"),
+            ("endpoint", "`METHOD route`"),
+            ("http_status_code", "the status answered"),
+            ("error_type", "the error's type, when known"),
+            ("calls", "calls that failed this way"),
+        ],
+        sql: "SELECT service_name, endpoint, http_status_code, error_type, count(*) AS calls \
+              FROM api_calls WHERE {window} AND (is_error OR http_status_code >= 400) \
+              GROUP BY service_name, endpoint, http_status_code, error_type \
+              ORDER BY calls DESC, service_name, endpoint, http_status_code",
+    },
+    Question {
+        name: "latency_regressions",
+        doc: "what got slower: each endpoint's p95 against the window of equal length before",
+        columns: &[
+            ("service_name", "the service"),
+            ("endpoint", "`METHOD route`"),
+            ("calls", "calls in the window"),
+            ("previous_calls", "calls in the window before"),
+            (
+                "p95_ms",
+                "95th percentile duration in the window (approximate)",
+            ),
+            ("previous_p95_ms", "the same in the window before"),
+            ("change_ms", "p95_ms - previous_p95_ms"),
+            (
+                "change_ratio",
+                "p95_ms / previous_p95_ms; ranked by this, largest first",
+            ),
+        ],
+        sql: "WITH now_ AS ( \
+                SELECT service_name, endpoint, count(*) AS calls, \
+                approx_percentile_cont(duration_ms, 0.95) AS p95 \
+                FROM api_calls WHERE {window} GROUP BY service_name, endpoint), \
+              before_ AS ( \
+                SELECT service_name, endpoint, count(*) AS calls, \
+                approx_percentile_cont(duration_ms, 0.95) AS p95 \
+                FROM api_calls WHERE {previous} GROUP BY service_name, endpoint) \
+              SELECT n.service_name, n.endpoint, n.calls, b.calls AS previous_calls, \
+              n.p95 AS p95_ms, b.p95 AS previous_p95_ms, n.p95 - b.p95 AS change_ms, \
+              n.p95 / b.p95 AS change_ratio \
+              FROM now_ n JOIN before_ b \
+                ON n.service_name = b.service_name AND n.endpoint = b.endpoint \
+              WHERE n.calls >= {min_calls} AND b.calls >= {min_calls} AND b.p95 > 0 \
+              ORDER BY change_ratio DESC, n.service_name, n.endpoint",
+    },
+    Question {
+        name: "traffic_shift",
+        doc: "what changed in who calls what: each client's and endpoint's share of the calls, against the window before",
+        columns: &[
+            ("dimension", "`client` or `endpoint`"),
+            ("value", "the client id or the endpoint"),
+            ("calls", "calls in the window"),
+            ("previous_calls", "calls in the window before"),
+            ("share", "calls / all calls in the window"),
+            ("previous_share", "the same in the window before"),
+            (
+                "share_change",
+                "share - previous_share; ranked by its size, largest first",
+            ),
+        ],
+        sql: "WITH now_ AS ( \
+                SELECT 'client' AS dimension, client_id AS value, count(*) AS calls \
+                FROM api_calls WHERE {window} GROUP BY client_id \
+                UNION ALL \
+                SELECT 'endpoint' AS dimension, endpoint AS value, count(*) AS calls \
+                FROM api_calls WHERE {window} GROUP BY endpoint), \
+              before_ AS ( \
+                SELECT 'client' AS dimension, client_id AS value, count(*) AS calls \
+                FROM api_calls WHERE {previous} GROUP BY client_id \
+                UNION ALL \
+                SELECT 'endpoint' AS dimension, endpoint AS value, count(*) AS calls \
+                FROM api_calls WHERE {previous} GROUP BY endpoint), \
+              totals AS ( \
+                SELECT (SELECT count(*) FROM api_calls WHERE {window}) AS now_total, \
+                (SELECT count(*) FROM api_calls WHERE {previous}) AS before_total), \
+              joined AS ( \
+                SELECT coalesce(n.dimension, b.dimension) AS dimension, \
+                coalesce(n.value, b.value) AS value, \
+                coalesce(n.calls, 0) AS calls, coalesce(b.calls, 0) AS previous_calls \
+                FROM now_ n FULL JOIN before_ b \
+                  ON n.dimension = b.dimension AND (n.value IS NOT DISTINCT FROM b.value)) \
+              SELECT j.dimension, j.value, j.calls, j.previous_calls, \
+              j.calls * 1.0 / nullif(t.now_total, 0) AS share, \
+              j.previous_calls * 1.0 / nullif(t.before_total, 0) AS previous_share, \
+              coalesce(j.calls * 1.0 / nullif(t.now_total, 0), 0.0) \
+                - coalesce(j.previous_calls * 1.0 / nullif(t.before_total, 0), 0.0) AS share_change \
+              FROM joined j CROSS JOIN totals t \
+              ORDER BY abs(share_change) DESC, j.dimension, j.value",
+    },
+    Question {
+        name: "retry_amplification",
+        doc: "whether retries and timeouts amplify load: retries, timeouts and dependency calls per client and endpoint",
+        columns: &[
+            ("client_id", "the client"),
+            ("endpoint", "`METHOD route`"),
+            ("calls", "calls in the window"),
+            (
+                "retries",
+                "calls that repeat a failed call: `http.request.resend_count` > 0, or the same client calling the same endpoint within 10 s after a failure",
+            ),
+            ("retry_rate", "retries / calls"),
+            (
+                "timeouts",
+                "calls answered 408 or 504, or failed with a timeout or deadline error type",
+            ),
+            (
+                "dependency_calls_per_request",
+                "client and producer spans made directly by these calls, per call",
+            ),
+        ],
+        sql: "WITH calls AS ( \
+                SELECT client_id, endpoint, time, is_error, resend_count, http_status_code, \
+                error_type, trace_id, span_id, \
+                lag(is_error) OVER (PARTITION BY client_id, endpoint ORDER BY time) AS after_error, \
+                lag(time) OVER (PARTITION BY client_id, endpoint ORDER BY time) AS after_time \
+                FROM api_calls WHERE {window}), \
+              fanout AS ( \
+                SELECT c.client_id, c.endpoint, count(*) AS dependency_calls \
+                FROM calls c JOIN spans d ON d.trace_id = c.trace_id AND d.parent_span_id = c.span_id \
+                WHERE d.span_kind IN ('client', 'producer') AND {window_d} \
+                GROUP BY c.client_id, c.endpoint) \
+              SELECT c.client_id, c.endpoint, count(*) AS calls, \
+              sum(CASE WHEN coalesce(c.resend_count, 0) > 0 \
+                OR (c.after_error AND c.time - c.after_time <= interval '{retry_gap_s} seconds') \
+                THEN 1 ELSE 0 END) AS retries, \
+              avg(CASE WHEN coalesce(c.resend_count, 0) > 0 \
+                OR (c.after_error AND c.time - c.after_time <= interval '{retry_gap_s} seconds') \
+                THEN 1.0 ELSE 0.0 END) AS retry_rate, \
+              sum(CASE WHEN c.http_status_code IN (408, 504) \
+                OR lower(c.error_type) LIKE '%timeout%' OR lower(c.error_type) LIKE '%deadline%' \
+                THEN 1 ELSE 0 END) AS timeouts, \
+              coalesce(max(f.dependency_calls), 0) * 1.0 / count(*) AS dependency_calls_per_request \
+              FROM calls c LEFT JOIN fanout f \
+                ON (f.client_id IS NOT DISTINCT FROM c.client_id) AND f.endpoint = c.endpoint \
+              GROUP BY c.client_id, c.endpoint \
+              ORDER BY retries DESC, calls DESC, c.client_id, c.endpoint",
+    },
+    Question {
+        name: "version_usage",
+        doc: "which API versions are still called, by whom, and when last",
+        columns: &[
+            ("api_version", "the version"),
+            ("client_id", "the client"),
+            ("calls", "calls in the window"),
+            ("last_seen", "the latest call"),
+            (
+                "deprecated",
+                "whether the version is listed in `deprecated_versions`",
+            ),
+        ],
+        sql: "SELECT api_version, client_id, count(*) AS calls, max(time) AS last_seen, \
+              api_version IN ({deprecated}) AS deprecated \
+              FROM api_calls WHERE {window} AND api_version IS NOT NULL \
+              GROUP BY api_version, client_id \
+              ORDER BY api_version, calls DESC, client_id",
+    },
+    Question {
+        name: "refusals",
+        doc: "who is turned away: 401, 403 and 429 answers per client and endpoint",
+        columns: &[
+            ("client_id", "the client"),
+            ("service_name", "the service"),
+            ("endpoint", "`METHOD route`"),
+            ("http_status_code", "401, 403 or 429"),
+            ("calls", "calls refused so"),
+            ("last_seen", "the latest of them"),
+        ],
+        sql: "SELECT client_id, service_name, endpoint, http_status_code, count(*) AS calls, \
+              max(time) AS last_seen \
+              FROM api_calls WHERE {window} AND http_status_code IN (401, 403, 429) \
+              GROUP BY client_id, service_name, endpoint, http_status_code \
+              ORDER BY calls DESC, client_id, service_name, endpoint, http_status_code",
+    },
+];
+
+/// A time window, `from <= time < to`, in nanoseconds since the epoch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Window {
+    from: i64,
+    to: i64,
+}
+
+impl Window {
+    const HOUR_NS: i64 = 3_600_000_000_000;
+
+    fn filter(column: &str, from: i64, to: i64) -> String {
+        format!(
+            "{column} >= '{}' AND {column} < '{}'",
+            rfc3339(from),
+            rfc3339(to)
+        )
+    }
+
+    /// `question`'s SQL for this window.
+    fn sql(&self, question: &Question, settings: &QuestionSettings) -> String {
+        let length = self.to - self.from;
+        let deprecated = if settings.deprecated_versions.is_empty() {
+            "NULL".to_owned()
+        } else {
+            let quoted: Vec<String> = settings
+                .deprecated_versions
+                .iter()
+                .map(|v| format!("'{}'", v.replace('\'', "''")))
+                .collect();
+            quoted.join(", ")
+        };
+        question
+            .sql
+            .replace("{window}", &Self::filter("time", self.from, self.to))
+            .replace("{window_d}", &Self::filter("d.time", self.from, self.to))
+            .replace(
+                "{previous}",
+                &Self::filter("time", self.from - length, self.from),
+            )
+            .replace("{seconds}", &format!("{:.9}", length as f64 / 1e9))
+            .replace("{deprecated}", &deprecated)
+            .replace("{min_calls}", &REGRESSION_MIN_CALLS.to_string())
+            .replace("{retry_gap_s}", &RETRY_GAP_S.to_string())
+    }
+}
+
+fn rfc3339(ns: i64) -> String {
+    DateTime::<Utc>::from_timestamp_nanos(ns).to_rfc3339_opts(SecondsFormat::Nanos, true)
+}
+
+/// Registers `api_calls` and every table function in `ctx`. The output schemas come from
+/// planning each question once, so they are the schemas a scan produces.
+pub(crate) async fn register(ctx: &SessionContext, settings: &QuestionSettings) -> Result<()> {
+    let state = ctx.state();
+    let view_plan = state.create_logical_plan(API_CALLS.sql).await?;
+    ctx.register_table(
+        API_CALLS.name,
+        Arc::new(QuestionTable {
+            sql: API_CALLS.sql.to_owned(),
+            schema: Arc::new(view_plan.schema().as_arrow().clone()),
+        }),
+    )?;
+    let sample = Window {
+        from: 0,
+        to: Window::HOUR_NS,
+    };
+    for question in QUESTIONS {
+        let plan = state
+            .create_logical_plan(&sample.sql(question, settings))
+            .await?;
+        let schema: SchemaRef = Arc::new(plan.schema().as_arrow().clone());
+        ctx.register_udtf(
+            question.name,
+            Arc::new(QuestionFunction {
+                question,
+                schema,
+                settings: settings.clone(),
+            }),
+        );
+    }
+    Ok(())
+}
+
+/// A question as a table function.
+#[derive(Debug)]
+struct QuestionFunction {
+    question: &'static Question,
+    schema: SchemaRef,
+    settings: QuestionSettings,
+}
+
+impl TableFunctionImpl for QuestionFunction {
+    fn call_with_args(&self, args: TableFunctionArgs) -> Result<Arc<dyn TableProvider>> {
+        let window = window_of(self.question.name, args.exprs(), args.session())?;
+        Ok(Arc::new(QuestionTable {
+            sql: window.sql(self.question, &self.settings),
+            schema: self.schema.clone(),
+        }))
+    }
+}
+
+/// The window a table function's arguments name.
+fn window_of(name: &str, args: &[Expr], session: &dyn Session) -> Result<Window> {
+    let now = session
+        .execution_props()
+        .query_execution_start_time
+        .unwrap_or_else(Utc::now);
+    let simplifier = ExprSimplifier::new(
+        SimplifyContext::builder()
+            .with_query_execution_start_time(Some(now))
+            .build(),
+    );
+    let mut bounds = Vec::with_capacity(args.len());
+    for (index, arg) in args.iter().enumerate() {
+        let as_time = Expr::Cast(Cast::new(
+            Box::new(arg.clone()),
+            DataType::Timestamp(TimeUnit::Nanosecond, Some("UTC".into())),
+        ));
+        let value = simplifier.simplify(as_time).map_err(|error| {
+            plan_datafusion_err!("{name}: argument {} is not a time: {error}", index + 1)
+        })?;
+        match value {
+            Expr::Literal(ScalarValue::TimestampNanosecond(Some(ns), _), _) => bounds.push(ns),
+            other => {
+                return plan_err!(
+                    "{name}: argument {} must be a constant time such as '2026-11-27T10:00:00Z' or now() - interval '1 hour', not {other}",
+                    index + 1
+                );
+            }
+        }
+    }
+    let now_ns = now.timestamp_nanos_opt().unwrap_or(i64::MAX);
+    let window = match bounds.as_slice() {
+        [] => Window {
+            from: now_ns - Window::HOUR_NS,
+            to: now_ns,
+        },
+        [from] => Window {
+            from: *from,
+            to: now_ns,
+        },
+        [from, to] => Window {
+            from: *from,
+            to: *to,
+        },
+        _ => return plan_err!("{name} takes at most two arguments: ([from [, to]])"),
+    };
+    if window.from >= window.to {
+        return plan_err!(
+            "{name}: the window is empty: {} is not before {}",
+            rfc3339(window.from),
+            rfc3339(window.to)
+        );
+    }
+    Ok(window)
+}
+
+/// A question's answer as a table: its SQL, planned when scanned.
+#[derive(Debug)]
+struct QuestionTable {
+    sql: String,
+    schema: SchemaRef,
+}
+
+#[async_trait]
+impl TableProvider for QuestionTable {
+    fn schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::View
+    }
+
+    fn supports_filters_pushdown(
+        &self,
+        filters: &[&Expr],
+    ) -> Result<Vec<TableProviderFilterPushDown>> {
+        // Filters go inside the question's plan, where they reach the stored tables (a time
+        // filter on `api_calls` prunes hours), and are applied again above.
+        Ok(vec![TableProviderFilterPushDown::Inexact; filters.len()])
+    }
+
+    async fn scan(
+        &self,
+        session: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        filters: &[Expr],
+        _limit: Option<usize>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        let Some(state) = session.as_any().downcast_ref::<SessionState>() else {
+            return plan_err!("questions run inside a DataFusion session");
+        };
+        let mut plan = LogicalPlanBuilder::from(state.create_logical_plan(&self.sql).await?);
+        let unqualified: Vec<Expr> = filters
+            .iter()
+            .map(|filter| unqualify(filter.clone()))
+            .collect::<Result<_>>()?;
+        if let Some(filter) = conjunction(unqualified) {
+            plan = plan.filter(filter)?;
+        }
+        if let Some(projection) = projection {
+            let columns = projection.iter().map(|index| {
+                Expr::Column(Column::new_unqualified(self.schema.field(*index).name()))
+            });
+            plan = plan.project(columns)?;
+        }
+        state.create_physical_plan(&plan.build()?).await
+    }
+}
+
+/// `expr` with its columns named as the question's output names them.
+fn unqualify(expr: Expr) -> Result<Expr> {
+    expr.transform(|expr| match expr {
+        Expr::Column(column) => Ok(Transformed::yes(Expr::Column(Column::new_unqualified(
+            column.name,
+        )))),
+        other => Ok(Transformed::no(other)),
+    })
+    .data()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::engine::Engine;
+    use crate::source::DataDir;
+
+    #[tokio::test]
+    async fn every_question_answers_the_columns_it_documents() {
+        let dir = tempfile::tempdir().unwrap();
+        let source = Arc::new(DataDir(dir.path().to_owned()));
+        let engine = Engine::new(source, QuestionSettings::default())
+            .await
+            .unwrap();
+        let view = std::iter::once(("api_calls".to_owned(), &API_CALLS));
+        let functions = QUESTIONS.iter().map(|q| (format!("{}()", q.name), q));
+        for (from, question) in view.chain(functions) {
+            let output = engine
+                .query(&format!("SELECT * FROM {from}"))
+                .await
+                .unwrap();
+            let columns: Vec<&str> = output
+                .schema
+                .fields()
+                .iter()
+                .map(|f| f.name().as_str())
+                .collect();
+            let documented: Vec<&str> = question.columns.iter().map(|(name, _)| *name).collect();
+            assert_eq!(columns, documented, "{}", question.name);
+        }
+    }
+
+    #[test]
+    fn readme_documents_every_question() {
+        let readme = include_str!("../../README.md");
+        for question in std::iter::once(&API_CALLS).chain(QUESTIONS) {
+            let markdown = question.markdown();
+            assert!(
+                readme.contains(&markdown),
+                "README.md must hold the column table of `{}`, exactly:\n{markdown}",
+                question.name
+            );
+        }
+    }
+
+    #[test]
+    fn windows_become_filters_on_time() {
+        let window = Window {
+            from: 1_764_000_000_000_000_000,
+            to: 1_764_003_600_000_000_000,
+        };
+        let settings = QuestionSettings {
+            deprecated_versions: vec!["v1".into(), "v0'".into()],
+        };
+        let sql = window.sql(&QUESTIONS[7], &settings);
+        assert!(
+            sql.contains(
+                "time >= '2025-11-24T16:00:00.000000000Z' AND time < '2025-11-24T17:00:00.000000000Z'"
+            ),
+            "{sql}"
+        );
+        assert!(sql.contains("IN ('v1', 'v0''')"), "{sql}");
+        let regressions = window.sql(&QUESTIONS[4], &settings);
+        assert!(
+            regressions.contains(
+                "time >= '2025-11-24T15:00:00.000000000Z' AND time < '2025-11-24T16:00:00.000000000Z'"
+            ),
+            "{regressions}"
+        );
+        assert!(!regressions.contains('{'), "{regressions}");
+    }
+}
