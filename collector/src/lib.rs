@@ -1,9 +1,10 @@
 //! apiscope's ingest path: receivers, decoding to Arrow rows, the buffer and the Parquet writer.
 //!
 //! ```text
-//! OTLP gRPC ─┐                        ┌─ WAL (group commit, fdatasync) ─┐
-//!            ├─ decode + validate ────┤                                 ├─ Buffer (queryable)
-//! OTLP HTTP ─┘   (spans, logs)        └─────────── acknowledge ◀────────┘        │
+//! OTLP gRPC ─────┐                    ┌─ WAL (group commit, fdatasync) ─┐
+//! OTLP HTTP ─────┼─ decode + validate ┤                                 ├─ Buffer (queryable)
+//! request logs ──┘ (spans, logs,      └─────────── acknowledge ◀────────┘        │
+//!                   requests)                                                    │
 //!                                                                              flush
 //!                          Parquet (write, fsync, rename) ◀─────────────────────┘
 //!                          then the WAL segments it covers are deleted
@@ -23,6 +24,7 @@ mod logs;
 pub mod otlp_grpc;
 pub mod otlp_http;
 mod replay;
+mod requests;
 mod rows;
 pub mod signal;
 mod spans;
@@ -44,6 +46,7 @@ pub use compaction::{CLOSED_AFTER, MaintenanceReport};
 pub use error::{Error, RETRY_AFTER, Result};
 pub use logs::decode_logs;
 pub use replay::ReplayReport;
+pub use requests::decode_requests;
 pub use spans::SpanDecoder;
 pub use wal::Durability;
 pub use writer::{WAL_SEQ_KEY, Writer, covered_seq};
@@ -66,7 +69,7 @@ pub struct Rejections {
 }
 
 impl Rejections {
-    const KEPT_PROBLEMS: usize = 3;
+    const KEPT_PROBLEMS: usize = 10;
 
     fn reject(&mut self, problem: String) {
         self.count += 1;
@@ -150,6 +153,8 @@ pub struct Outcome {
     pub rejected: i64,
     /// Why items were refused; empty when none were.
     pub message: String,
+    /// The first problems one by one (at most ten).
+    pub problems: Vec<String>,
 }
 
 /// The ingest path shared by every receiver.
@@ -226,6 +231,19 @@ impl Collector {
         )
     }
 
+    /// Stores the valid lines of a request log `body` (newline-delimited JSON); returns
+    /// once they are logged and queryable. Blocking: call it off the async runtime.
+    pub fn ingest_requests(&self, body: &[u8]) -> Result<Outcome> {
+        let decoded = decode_requests(body);
+        self.accept(
+            schemas::REQUESTS.name,
+            wal::Kind::Requests,
+            now_ns(),
+            decoded,
+            || body.to_vec(),
+        )
+    }
+
     fn accept(
         &self,
         table: &'static str,
@@ -240,6 +258,7 @@ impl Collector {
         let mut outcome = Outcome {
             rejected: decoded.rejections.count,
             message: decoded.rejections.message(),
+            problems: decoded.rejections.problems.clone(),
             ..Outcome::default()
         };
         let Some(batch) = decoded.batch else {

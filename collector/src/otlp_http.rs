@@ -1,5 +1,5 @@
 //! OTLP/HTTP receiver: `POST /v1/traces` and `POST /v1/logs`, protobuf or JSON, optionally
-//! gzip-compressed.
+//! gzip-compressed; and request logs: `POST /api/v1/requests`, newline-delimited JSON.
 //!
 //! Responses follow the OTLP/HTTP specification: the export response (with partial success
 //! when items were refused) in the request's encoding, or a `google.rpc.Status` naming the
@@ -27,6 +27,7 @@ pub fn router(collector: Arc<Collector>) -> Router {
     Router::new()
         .route("/v1/traces", post(export::<Traces>))
         .route("/v1/logs", post(export::<Logs>))
+        .route("/api/v1/requests", post(requests))
         .with_state(collector)
 }
 
@@ -62,6 +63,74 @@ async fn export<S: Signal>(
             &Error::Storage(format!("ingest task failed: {join_error}")),
         ),
     }
+}
+
+/// Ingests a request log: one JSON object a line. Answers `{"accepted", "rejected",
+/// "errors"}` where each error names its line: 200 when anything was stored (or the body
+/// held no lines), 400 when every line was refused; `{"error"}` with 413, 415 or 503 (and
+/// `Retry-After`) otherwise.
+async fn requests(
+    State(collector): State<Arc<Collector>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let media_type = content_type.split(';').next().unwrap_or("").trim();
+    let known = [
+        "",
+        "application/x-ndjson",
+        "application/ndjson",
+        "application/jsonl",
+        "application/json",
+        "text/plain",
+    ];
+    if !known.contains(&media_type.to_ascii_lowercase().as_str()) {
+        let error = Error::UnsupportedMediaType(content_type.to_owned());
+        return json_error(&error);
+    }
+    let limit = collector.config().max_body_bytes;
+    let body = match axum::body::to_bytes(body, limit).await {
+        Ok(body) => body,
+        Err(_) => return json_error(&Error::TooLarge { limit }),
+    };
+    let encoding = headers.get(header::CONTENT_ENCODING).cloned();
+    let handled = tokio::task::spawn_blocking(move || {
+        let payload = decompress(encoding.as_ref(), body, limit)?;
+        collector.ingest_requests(&payload)
+    })
+    .await;
+    let outcome = match handled {
+        Ok(Ok(outcome)) => outcome,
+        Ok(Err(error)) => return json_error(&error),
+        Err(join_error) => {
+            return json_error(&Error::Storage(format!("ingest task failed: {join_error}")));
+        }
+    };
+    let status = if outcome.accepted == 0 && outcome.rejected > 0 {
+        StatusCode::BAD_REQUEST
+    } else {
+        StatusCode::OK
+    };
+    let answer = serde_json::json!({
+        "accepted": outcome.accepted,
+        "rejected": outcome.rejected,
+        "errors": outcome.problems,
+    });
+    (status, axum::Json(answer)).into_response()
+}
+
+fn json_error(error: &Error) -> Response {
+    let status = StatusCode::from_u16(error.http_status()).unwrap_or(StatusCode::BAD_REQUEST);
+    let body = serde_json::json!({ "error": error.to_string() });
+    let mut response = (status, axum::Json(body)).into_response();
+    if let Some(after) = error.retry_after() {
+        let seconds = HeaderValue::from(after.as_secs().max(1));
+        response.headers_mut().insert(header::RETRY_AFTER, seconds);
+    }
+    response
 }
 
 /// The two OTLP/HTTP encodings.

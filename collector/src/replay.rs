@@ -18,7 +18,7 @@ use prost::Message;
 use crate::buffer::Buffer;
 use crate::error::{Error, Result};
 use crate::wal::{self, Kind};
-use crate::{Decoded, SpanDecoder, decode_logs, writer};
+use crate::{Decoded, SpanDecoder, decode_logs, decode_requests, writer};
 
 /// What a replay did.
 #[derive(Debug, Default)]
@@ -73,6 +73,7 @@ pub(crate) fn replay(
                         decode_logs(&request, record.received_ns),
                     )
                 }
+                Kind::Requests => (schemas::REQUESTS.name, decode_requests(record.payload)),
             };
             let Decoded {
                 batch: Some(batch), ..

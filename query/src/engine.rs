@@ -2,13 +2,10 @@
 
 use std::sync::Arc;
 
-use arrow::array::{ArrayRef, RecordBatch, StringArray};
-use arrow::datatypes::{DataType, SchemaRef};
-use datafusion::common::cast::as_string_array;
-use datafusion::error::DataFusionError;
+use arrow::array::RecordBatch;
+use arrow::datatypes::SchemaRef;
 use datafusion::execution::context::{SQLOptions, SessionConfig, SessionContext};
-use datafusion::logical_expr::{ColumnarValue, LogicalPlan, Volatility, create_udf};
-use datafusion::scalar::ScalarValue;
+use datafusion::logical_expr::LogicalPlan;
 use datafusion_postgres::datafusion_pg_catalog::pg_catalog::context::EmptyContextProvider;
 use datafusion_postgres::datafusion_pg_catalog::pg_catalog::setup_pg_catalog;
 
@@ -44,9 +41,17 @@ impl std::fmt::Debug for Engine {
 impl Engine {
     /// A session whose tables read from `source`, with the question functions.
     pub async fn new(source: Arc<dyn Source>, settings: QuestionSettings) -> Result<Self> {
-        let config = SessionConfig::new()
+        let mut config = SessionConfig::new()
             .with_information_schema(true)
             .with_default_catalog_and_schema(CATALOG, "public");
+        // A question's plan is made when its table is scanned, inside the query's plan, and
+        // the outer optimizer then runs over it again; join reordering there breaks on joins
+        // that already carry dynamic filters (DataFusion 55 asserts). The filters are only
+        // an optimisation, so joins go without them.
+        config
+            .options_mut()
+            .optimizer
+            .enable_join_dynamic_filter_pushdown = false;
         let ctx = SessionContext::new_with_config(config);
         for table in schemas::TABLES {
             let provider = Arc::new(StoreTable::new(table, source.clone()));
@@ -55,8 +60,7 @@ impl Engine {
         // The catalog tables and functions that psql's `\d` and Grafana's query builder read.
         setup_pg_catalog(&ctx, CATALOG, EmptyContextProvider)
             .map_err(|error| Error::Internal(format!("pg_catalog: {error}")))?;
-        ctx.register_udf(current_setting());
-        ctx.register_udf(crate::json::TO_JSON.as_ref().clone());
+        crate::functions::register(&ctx);
         crate::questions::register(&ctx, &settings).await?;
         Ok(Self { ctx: Arc::new(ctx) })
     }
@@ -90,56 +94,4 @@ fn read_only() -> SQLOptions {
         .with_allow_ddl(false)
         .with_allow_dml(false)
         .with_allow_statements(false)
-}
-
-/// The server settings clients read with `current_setting(name)`: Grafana and drivers ask
-/// for `server_version_num` to pick their SQL dialect.
-const SETTINGS: &[(&str, &str)] = &[
-    ("server_version", "16.6"),
-    ("server_version_num", "160006"),
-    ("server_encoding", "UTF8"),
-    ("client_encoding", "UTF8"),
-    ("search_path", "public"),
-    ("timezone", "UTC"),
-    ("datestyle", "ISO, MDY"),
-    ("intervalstyle", "postgres"),
-    ("standard_conforming_strings", "on"),
-    ("integer_datetimes", "on"),
-    ("max_identifier_length", "63"),
-    ("transaction_read_only", "on"),
-    ("default_transaction_read_only", "on"),
-];
-
-fn setting(name: &str) -> Result<&'static str, DataFusionError> {
-    let wanted = name.to_ascii_lowercase();
-    SETTINGS
-        .iter()
-        .find(|(key, _)| *key == wanted)
-        .map(|(_, value)| *value)
-        .ok_or_else(|| {
-            DataFusionError::Execution(format!("unrecognized configuration parameter \"{name}\""))
-        })
-}
-
-fn current_setting() -> datafusion::logical_expr::ScalarUDF {
-    create_udf(
-        "current_setting",
-        vec![DataType::Utf8],
-        DataType::Utf8,
-        Volatility::Stable,
-        Arc::new(|args: &[ColumnarValue]| match &args[0] {
-            ColumnarValue::Scalar(ScalarValue::Utf8(Some(name))) => Ok(ColumnarValue::Scalar(
-                ScalarValue::Utf8(Some(setting(name)?.to_owned())),
-            )),
-            ColumnarValue::Scalar(_) => Ok(ColumnarValue::Scalar(ScalarValue::Utf8(None))),
-            ColumnarValue::Array(names) => {
-                let names = as_string_array(names)?;
-                let values = names
-                    .iter()
-                    .map(|name| name.map(setting).transpose())
-                    .collect::<Result<StringArray, _>>()?;
-                Ok(ColumnarValue::Array(Arc::new(values) as ArrayRef))
-            }
-        }),
-    )
 }

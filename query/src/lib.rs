@@ -13,6 +13,7 @@
 
 mod engine;
 mod error;
+mod functions;
 pub mod http;
 mod json;
 pub mod pg;

@@ -59,7 +59,8 @@ impl Question {
     }
 }
 
-/// The server spans as one table of calls, which most questions read.
+/// Every call seen, from server spans, request logs and HTTP log records, as one table: what
+/// most questions read.
 pub static API_CALLS: Question = Question {
     name: "api_calls",
     doc: "every API call seen, one row each",
@@ -75,21 +76,57 @@ pub static API_CALLS: Question = Question {
         ("api_version", "the API version called (`v1`, `v2`, ...)"),
         (
             "is_error",
-            "whether it failed (HTTP 5xx or an error status)",
+            "whether it failed (HTTP 5xx, or an error status on a span)",
         ),
         ("trace_id", "its trace, when known"),
-        ("source", "where the row comes from: `span`"),
+        (
+            "source",
+            "where the row comes from: `span` (a server span), `request_log` (the `requests` table), `log` (an OTLP log record with HTTP attributes)",
+        ),
         ("error_type", "the error's type, when it failed"),
         (
             "resend_count",
             "`http.request.resend_count`: 1 for the first retry, 2 for the second, ...",
         ),
-        ("span_id", "the server span, for joining the calls it made"),
+        (
+            "span_id",
+            "the server span, for joining the calls it made (spans only)",
+        ),
     ],
     sql: "SELECT time, service_name, endpoint, http_method, http_route, http_status_code, \
           duration_ms, client_id, api_version, is_error, trace_id, 'span' AS source, error_type, \
           CAST(attributes['http.request.resend_count'] AS BIGINT) AS resend_count, span_id \
-          FROM spans WHERE span_kind = 'server'",
+          FROM spans WHERE span_kind = 'server' \
+          UNION ALL \
+          SELECT time, service_name, endpoint, http_method, http_route, http_status_code, \
+          duration_ms, client_id, api_version, is_error, trace_id, 'request_log' AS source, \
+          attributes['error_type'] AS error_type, \
+          CAST(attributes['resend_count'] AS BIGINT) AS resend_count, \
+          arrow_cast(NULL, 'Utf8') AS span_id \
+          FROM requests \
+          UNION ALL \
+          SELECT time, service_name, http_method || ' ' || http_route AS endpoint, http_method, \
+          http_route, http_status_code, duration_ms, client_id, api_version(http_route) AS api_version, \
+          http_status_code >= 500 AS is_error, trace_id, 'log' AS source, error_type, \
+          resend_count, arrow_cast(NULL, 'Utf8') AS span_id \
+          FROM ( \
+            SELECT time, service_name, trace_id, \
+            upper(coalesce(attributes['http.request.method'], attributes['http.method'])) AS http_method, \
+            coalesce(attributes['http.route'], route_template(coalesce(attributes['url.path'], \
+              attributes['http.target'], attributes['http.path']))) AS http_route, \
+            CAST(coalesce(attributes['http.response.status_code'], attributes['http.status_code']) AS INT) \
+              AS http_status_code, \
+            coalesce(CAST(attributes['duration_ms'] AS DOUBLE), \
+              CAST(attributes['http.server.request.duration'] AS DOUBLE) * 1000.0) AS duration_ms, \
+            coalesce(attributes['client.id'], attributes['app.client_id'], attributes['enduser.id'], \
+              attributes['user.id'], attributes['client.address']) AS client_id, \
+            attributes['error.type'] AS error_type, \
+            CAST(attributes['http.request.resend_count'] AS BIGINT) AS resend_count \
+            FROM logs \
+            WHERE coalesce(attributes['http.request.method'], attributes['http.method']) IS NOT NULL \
+            AND coalesce(attributes['http.response.status_code'], attributes['http.status_code']) IS NOT NULL \
+            AND coalesce(attributes['http.route'], attributes['url.path'], attributes['http.target'], \
+              attributes['http.path']) IS NOT NULL)",
 };
 
 /// Calls that `retry_amplification` counts as retries when they follow a failure of the

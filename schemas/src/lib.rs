@@ -11,12 +11,15 @@
 //! Readers list `*.parquet` only.
 
 mod layout;
+pub mod routes;
 mod tables;
 
 pub use layout::{
     REPLACED_BY, hour_dirs, hour_partitions, is_data_file, live_files, partition_dir, partition_of,
 };
-pub use tables::{Column, ColumnType, LOGS, SPANS, Table, events_field, string_map_field};
+pub use tables::{
+    Column, ColumnType, LOGS, REQUESTS, SPANS, Table, events_field, string_map_field,
+};
 
 /// Version of the on-disk schema; stored in every Parquet file's key-value metadata under
 /// [`SCHEMA_VERSION_KEY`]. Within a version, changes are additive only.
@@ -26,4 +29,4 @@ pub const SCHEMA_VERSION: &str = "1";
 pub const SCHEMA_VERSION_KEY: &str = "apiscope.schema_version";
 
 /// All stored tables, in the order the README documents them.
-pub const TABLES: &[&Table] = &[&SPANS, &LOGS];
+pub const TABLES: &[&Table] = &[&SPANS, &LOGS, &REQUESTS];

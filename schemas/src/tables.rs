@@ -376,6 +376,84 @@ pub static LOGS: Table = Table {
     ],
 };
 
+/// One row per HTTP request from a request log: `POST /api/v1/requests`, `apiscope import`.
+pub static REQUESTS: Table = Table {
+    name: "requests",
+    doc: "one row per request from request logs (`POST /api/v1/requests`, `apiscope import`)",
+    sort_by: &["service_name", "endpoint", "time"],
+    columns: &[
+        col("time", Timestamp, false, "when the request arrived"),
+        col(
+            "service_name",
+            Text,
+            false,
+            "`service` as sent, else the import's `--service`, else `unknown_service`",
+        ),
+        col("endpoint", Text, false, "`METHOD route`"),
+        col("http_method", Text, false, "HTTP method, upper case"),
+        col(
+            "http_route",
+            Text,
+            false,
+            "`route` as sent, else the OpenAPI path template matching the path, else the path with ids templated",
+        ),
+        col(
+            "url_path",
+            Text,
+            true,
+            "the path as requested, without the query string",
+        ),
+        col("http_status_code", Int32, false, "HTTP status code"),
+        col(
+            "duration_ms",
+            Float64,
+            true,
+            "how long the request took, when the log says",
+        ),
+        col(
+            "client_id",
+            Text,
+            true,
+            "`client_id` as sent, else `client_address`",
+        ),
+        col("client_address", Text, true, "the caller's address"),
+        col("user_agent", Text, true, "the `User-Agent`"),
+        col("request_bytes", Int64, true, "bytes received"),
+        col("response_bytes", Int64, true, "bytes sent"),
+        col(
+            "trace_id",
+            Text,
+            true,
+            "the request's trace id, when logged",
+        ),
+        col(
+            "api_version",
+            Text,
+            true,
+            "a `vN` first segment of the route",
+        ),
+        col("is_error", Bool, false, "HTTP status >= 500"),
+        col(
+            "attributes",
+            StringMap,
+            true,
+            "every other field of the record, values as text",
+        ),
+        col(
+            "import_source",
+            Text,
+            true,
+            "`apiscope import`: which file (a fingerprint of its start)",
+        ),
+        col(
+            "import_line",
+            Int64,
+            true,
+            "`apiscope import`: the line of that file",
+        ),
+    ],
+};
+
 #[cfg(test)]
 mod tests {
 

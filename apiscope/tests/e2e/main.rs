@@ -15,6 +15,7 @@ mod otlp_json;
 mod pg;
 mod python_sdk;
 mod questions;
+mod request_logs;
 mod restart;
 mod rust_sdk;
 

@@ -187,14 +187,53 @@ fn story(start_s: i64) -> Vec<Call> {
     calls
 }
 
-fn send(daemon: &Daemon, calls: &[Call]) -> usize {
+/// How many rows each way in carried.
+#[derive(Debug, Default)]
+struct Sent {
+    spans: i64,
+    request_lines: i64,
+    log_records: i64,
+}
+
+/// Sends the calls three ways: the accounts service's as request-log lines, the partner's
+/// refusals as OTLP log records with (older) HTTP attributes, the rest as spans.
+fn send(daemon: &Daemon, calls: &[Call]) -> Sent {
     let mut by_service: BTreeMap<&str, Vec<Value>> = BTreeMap::new();
-    let mut spans = 0;
+    let mut sent = Sent::default();
+    let mut lines = String::new();
+    let mut records: BTreeMap<&str, Vec<Value>> = BTreeMap::new();
     for (k, call) in calls.iter().enumerate() {
         let k = k as u64;
         let trace_id = hex_id(0x5_0000 + k, 16);
         let server_id = hex_id(0x6_0000 + k, 8);
         let start_ns = call.time_s * 1_000_000_000;
+        let path = call.route.replace("{id}", &(1000 + k).to_string());
+        if call.service == "accounts" {
+            let line = json!({
+                "time": call.time_s, "method": call.method.to_lowercase(), "path": path,
+                "status": call.status, "duration_ms": call.duration_ms, "client_id": call.client,
+                "service": call.service, "region": "eu",
+            });
+            lines.push_str(&format!("{line}\n"));
+            sent.request_lines += 1;
+            continue;
+        }
+        if call.client == "partner" {
+            records.entry(call.service).or_default().push(json!({
+                "timeUnixNano": start_ns.to_string(),
+                "severityNumber": 13,
+                "body": {"stringValue": "request refused"},
+                "attributes": [
+                    {"key": "http.method", "value": {"stringValue": call.method}},
+                    {"key": "http.target", "value": {"stringValue": format!("{path}?page=2")}},
+                    {"key": "http.status_code", "value": {"intValue": call.status}},
+                    {"key": "duration_ms", "value": {"doubleValue": call.duration_ms as f64}},
+                    {"key": "client.id", "value": {"stringValue": call.client}},
+                ],
+            }));
+            sent.log_records += 1;
+            continue;
+        }
         let mut attributes = vec![
             json!({"key": "http.request.method", "value": {"stringValue": call.method}}),
             json!({"key": "http.route", "value": {"stringValue": call.route}}),
@@ -236,14 +275,40 @@ fn send(daemon: &Daemon, calls: &[Call]) -> usize {
             entry.push(child);
             offset_ms += duration;
         }
-        spans += 1 + call.dependencies_ms.len();
+        sent.spans += 1 + call.dependencies_ms.len() as i64;
     }
     for (service, spans) in by_service {
         let body = serde_json::to_vec(&traces(service, spans)).unwrap();
         let (status, answer) = post(daemon, "/v1/traces", "application/json", None, body);
         assert_eq!(status, 200, "{}", String::from_utf8_lossy(&answer));
     }
-    spans
+    let (status, answer) = post(
+        daemon,
+        "/api/v1/requests",
+        "application/x-ndjson",
+        None,
+        lines.into_bytes(),
+    );
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&answer));
+    let resource_logs: Vec<Value> = records
+        .into_iter()
+        .map(|(service, records)| {
+            json!({
+                "resource": {"attributes": [{"key": "service.name", "value": {"stringValue": service}}]},
+                "scopeLogs": [{"logRecords": records}],
+            })
+        })
+        .collect();
+    let logs = json!({ "resourceLogs": resource_logs });
+    let (status, answer) = post(
+        daemon,
+        "/v1/logs",
+        "application/json",
+        None,
+        serde_json::to_vec(&logs).unwrap(),
+    );
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&answer));
+    sent
 }
 
 fn rfc3339(s: i64) -> String {
@@ -302,23 +367,37 @@ fn question_functions_answer_the_story() {
     let start_s = (now_s - 40 * 60) / 60 * 60;
     let end_s = start_s + WINDOW_S;
     let calls = story(start_s);
-    let spans = send(&daemon, &calls) as i64;
-    assert_eq!(
-        daemon.wait_for_count("SELECT count(*) FROM spans", spans),
-        spans
-    );
+    let sent = send(&daemon, &calls);
+    for (table, rows) in [
+        ("spans", sent.spans),
+        ("requests", sent.request_lines),
+        ("logs", sent.log_records),
+    ] {
+        let sql = format!("SELECT count(*) FROM {table}");
+        assert_eq!(daemon.wait_for_count(&sql, rows), rows, "{table}");
+    }
     let window = format!("'{}', '{}'", rfc3339(start_s), rfc3339(end_s));
     let now: Vec<&Call> = calls.iter().filter(|c| c.time_s >= start_s).collect();
     let before: Vec<&Call> = calls.iter().filter(|c| c.time_s < start_s).collect();
 
-    // api_calls: one row per server span.
+    // api_calls: one row per call, whichever way it came.
     let rows = records(
         &daemon,
-        "SELECT source, count(*) AS n FROM api_calls GROUP BY source",
+        "SELECT source, count(*) AS n FROM api_calls GROUP BY source ORDER BY source",
     );
-    assert_eq!(rows.len(), 1);
-    assert_eq!(rows[0]["source"], "span");
-    assert_eq!(rows[0]["n"], calls.len());
+    let by_source: Vec<(String, i64)> = rows
+        .iter()
+        .map(|r| (s(&r["source"]), r["n"].as_i64().unwrap()))
+        .collect();
+    let server_spans = calls.len() as i64 - sent.request_lines - sent.log_records;
+    assert_eq!(
+        by_source,
+        vec![
+            ("log".to_owned(), sent.log_records),
+            ("request_log".to_owned(), sent.request_lines),
+            ("span".to_owned(), server_spans),
+        ]
+    );
 
     // endpoint_stats: exact counts; constant durations make the percentiles exact too.
     let rows = records(&daemon, &format!("SELECT * FROM endpoint_stats({window})"));
@@ -550,9 +629,20 @@ fn question_functions_answer_the_story() {
     assert!(rows.iter().all(|r| r["client_id"] == "partner"));
 
     // Windows: the default is the last hour; one argument runs to now; bad ones are refused.
-    let last_hour = records(&daemon, "SELECT sum(calls) AS n FROM endpoint_stats()");
-    let recent = calls.iter().filter(|c| c.time_s >= now_s - 3600).count();
-    assert_eq!(last_hour[0]["n"], recent);
+    // (One statement, so that both sides see the same now().)
+    let last_hour = records(
+        &daemon,
+        "SELECT (SELECT sum(calls) FROM endpoint_stats()) AS a, \
+         (SELECT count(*) FROM api_calls \
+          WHERE time >= now() - interval '1 hour' AND time < now()) AS b",
+    );
+    let recent = calls.iter().filter(|c| c.time_s >= now_s - 3600).count() as i64;
+    assert_eq!(last_hour[0]["a"], last_hour[0]["b"]);
+    let a = last_hour[0]["a"].as_i64().unwrap();
+    assert!(
+        (a - recent).abs() <= 2,
+        "{a} calls in the last hour, about {recent} expected"
+    );
     let from_start = records(
         &daemon,
         &format!(

@@ -18,6 +18,8 @@ pub(crate) enum Kind {
     Traces = 1,
     /// An `ExportLogsServiceRequest` in protobuf.
     Logs = 2,
+    /// A request log body: newline-delimited JSON.
+    Requests = 3,
 }
 
 impl Kind {
@@ -25,6 +27,7 @@ impl Kind {
         match byte {
             1 => Some(Kind::Traces),
             2 => Some(Kind::Logs),
+            3 => Some(Kind::Requests),
             _ => None,
         }
     }

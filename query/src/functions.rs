@@ -1,0 +1,89 @@
+//! SQL functions apiscope adds to DataFusion's: `current_setting(name)` for PostgreSQL
+//! clients, `to_json(value)`, and the route helpers the `api_calls` view applies to log
+//! records (`route_template(path)`, `api_version(route)`).
+
+use std::sync::Arc;
+
+use arrow::array::{Array, ArrayRef, StringArray};
+use arrow::datatypes::DataType;
+use datafusion::common::cast::as_string_array;
+use datafusion::error::DataFusionError;
+use datafusion::logical_expr::{ColumnarValue, ScalarUDF, Volatility, create_udf};
+use datafusion::prelude::SessionContext;
+use datafusion::scalar::ScalarValue;
+
+/// Registers every function of this module in `ctx`.
+pub(crate) fn register(ctx: &SessionContext) {
+    ctx.register_udf(text_function("current_setting", |name| {
+        setting(name).map(|value| Some(value.to_owned()))
+    }));
+    ctx.register_udf(text_function("route_template", |path| {
+        let path = path.split('?').next().unwrap_or(path);
+        Ok(Some(schemas::routes::template_path(path)))
+    }));
+    ctx.register_udf(text_function("api_version", |route| {
+        Ok(schemas::routes::version_prefix(route).map(str::to_owned))
+    }));
+    ctx.register_udf(crate::json::TO_JSON.as_ref().clone());
+}
+
+/// A function from text to text; NULL in, NULL out.
+fn text_function(
+    name: &str,
+    apply: fn(&str) -> Result<Option<String>, DataFusionError>,
+) -> ScalarUDF {
+    create_udf(
+        name,
+        vec![DataType::Utf8],
+        DataType::Utf8,
+        Volatility::Immutable,
+        Arc::new(move |args: &[ColumnarValue]| match &args[0] {
+            ColumnarValue::Scalar(ScalarValue::Utf8(Some(text))) => {
+                Ok(ColumnarValue::Scalar(ScalarValue::Utf8(apply(text)?)))
+            }
+            ColumnarValue::Scalar(_) => Ok(ColumnarValue::Scalar(ScalarValue::Utf8(None))),
+            ColumnarValue::Array(texts) => {
+                let texts = as_string_array(texts)?;
+                let mut out = Vec::with_capacity(texts.len());
+                for text in texts.iter() {
+                    out.push(match text {
+                        Some(text) => apply(text)?,
+                        None => None,
+                    });
+                }
+                Ok(ColumnarValue::Array(
+                    Arc::new(StringArray::from(out)) as ArrayRef
+                ))
+            }
+        }),
+    )
+}
+
+/// The server settings clients read with `current_setting(name)`: Grafana and drivers ask
+/// for `server_version_num` to pick their SQL dialect.
+const SETTINGS: &[(&str, &str)] = &[
+    ("server_version", "16.6"),
+    ("server_version_num", "160006"),
+    ("server_encoding", "UTF8"),
+    ("client_encoding", "UTF8"),
+    ("search_path", "public"),
+    ("timezone", "UTC"),
+    ("datestyle", "ISO, MDY"),
+    ("intervalstyle", "postgres"),
+    ("standard_conforming_strings", "on"),
+    ("integer_datetimes", "on"),
+    ("max_identifier_length", "63"),
+    ("transaction_read_only", "on"),
+    ("default_transaction_read_only", "on"),
+];
+
+fn setting(name: &str) -> Result<&'static str, DataFusionError> {
+    let wanted = name.to_ascii_lowercase();
+    SETTINGS
+        .iter()
+        .find(|(key, _)| *key == wanted)
+        .map(|(_, value)| *value)
+        .ok_or_else(|| {
+            DataFusionError::Execution(format!("unrecognized configuration parameter \"{name}\""))
+        })
+}
