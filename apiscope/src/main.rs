@@ -2,6 +2,7 @@
 //! owns start-up and shutdown.
 
 mod config;
+mod import;
 mod loadgen;
 mod serve;
 mod sql;
@@ -26,6 +27,8 @@ enum Command {
     Sql(sql::SqlArgs),
     /// Send a simulated fleet's API traces over OTLP, and report acknowledgements.
     Loadgen(loadgen::LoadgenArgs),
+    /// Import access logs (nginx, Envoy, NDJSON) into a running daemon's `requests` table.
+    Import(import::ImportArgs),
 }
 
 fn main() -> ExitCode {
@@ -52,6 +55,7 @@ fn main() -> ExitCode {
             Command::Serve(args) => serve::run(*args).await,
             Command::Sql(args) => sql::run(args).await,
             Command::Loadgen(args) => loadgen::run(args).await,
+            Command::Import(args) => import::run(args).await,
         }
     });
     match outcome {

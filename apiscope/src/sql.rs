@@ -44,7 +44,8 @@ pub(crate) async fn run(args: SqlArgs) -> Result<()> {
     Ok(())
 }
 
-async fn remote(url: &str, sql: &str) -> Result<Vec<RecordBatch>> {
+/// Runs `sql` on the daemon at `url`; its rows.
+pub(crate) async fn remote(url: &str, sql: &str) -> Result<Vec<RecordBatch>> {
     let endpoint = format!("{}/api/v1/query", url.trim_end_matches('/'));
     let response = reqwest::Client::new()
         .post(&endpoint)

@@ -10,6 +10,7 @@ mod crash;
 mod daemon;
 mod dashboards;
 mod fleet;
+mod import;
 mod limits;
 mod otlp_json;
 mod pg;
