@@ -3,9 +3,11 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Args;
+use schemas::routes::OpenApi;
 use serde::Deserialize;
 
 use crate::{Error, Result};
@@ -36,6 +38,10 @@ pub(crate) struct ServeArgs {
     /// --pg-addr is not a loopback address [default: none].
     #[arg(long, env = "APISCOPE_PG_PASSWORD", hide_env_values = true)]
     pg_password: Option<String>,
+    /// An OpenAPI 3 document (YAML or JSON) whose path templates name raw paths, and which
+    /// `contract_drift(...)` checks traffic against; repeat for several [default: none].
+    #[arg(long = "openapi", env = "APISCOPE_OPENAPI", value_delimiter = ',')]
+    openapi: Option<Vec<PathBuf>>,
     /// An API version (`v1`) that `version_usage(...)` marks deprecated; repeat or separate
     /// with commas [default: none].
     #[arg(
@@ -93,6 +99,7 @@ struct FileConfig {
     pg_addr: Option<SocketAddr>,
     pg_password: Option<String>,
     deprecated_versions: Option<Vec<String>>,
+    openapi: Option<Vec<PathBuf>>,
     client_id_keys: Option<Vec<String>>,
     #[serde(default, deserialize_with = "de_duration")]
     flush_interval: Option<Duration>,
@@ -136,6 +143,9 @@ impl ServeArgs {
             .or(file.data_dir)
             .unwrap_or_else(|| PathBuf::from("./data"));
         let mut collector = collector::Config::new(data_dir);
+        let openapi_files = self.openapi.or(file.openapi).unwrap_or_default();
+        let routes = Arc::new(OpenApi::load(&openapi_files).map_err(Error::Config)?);
+        collector.spans.routes = routes.clone();
         if let Some(keys) = self.client_id_keys.or(file.client_id_keys) {
             collector.spans.client_id_keys = keys;
         }
@@ -212,6 +222,7 @@ impl ServeArgs {
                     .deprecated_versions
                     .or(file.deprecated_versions)
                     .unwrap_or_default(),
+                openapi: routes,
             },
             collector,
         })

@@ -234,7 +234,7 @@ impl Collector {
     /// Stores the valid lines of a request log `body` (newline-delimited JSON); returns
     /// once they are logged and queryable. Blocking: call it off the async runtime.
     pub fn ingest_requests(&self, body: &[u8]) -> Result<Outcome> {
-        let decoded = decode_requests(body);
+        let decoded = decode_requests(body, &self.config.spans.routes);
         self.accept(
             schemas::REQUESTS.name,
             wal::Kind::Requests,

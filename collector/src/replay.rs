@@ -73,7 +73,10 @@ pub(crate) fn replay(
                         decode_logs(&request, record.received_ns),
                     )
                 }
-                Kind::Requests => (schemas::REQUESTS.name, decode_requests(record.payload)),
+                Kind::Requests => (
+                    schemas::REQUESTS.name,
+                    decode_requests(record.payload, &spans.routes),
+                ),
             };
             let Decoded {
                 batch: Some(batch), ..

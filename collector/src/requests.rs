@@ -16,7 +16,9 @@ use arrow::array::{
 use arrow::array::{MapBuilder, StringBuilder as Text};
 use serde_json::{Map, Value};
 
-use crate::convention::{template_path, version_prefix};
+use schemas::routes::OpenApi;
+
+use crate::convention::version_prefix;
 use crate::rows::timestamp_builder;
 use crate::{Decoded, Rejections};
 
@@ -60,7 +62,7 @@ struct Request {
 }
 
 /// Decodes every valid line of `body`.
-pub fn decode_requests(body: &[u8]) -> Decoded {
+pub fn decode_requests(body: &[u8], routes: &OpenApi) -> Decoded {
     let mut rejections = Rejections::default();
     let mut requests = Vec::new();
     for (index, line) in body.split(|b| *b == b'\n').enumerate() {
@@ -68,7 +70,7 @@ pub fn decode_requests(body: &[u8]) -> Decoded {
         if line.iter().all(u8::is_ascii_whitespace) {
             continue;
         }
-        match parse_line(line) {
+        match parse_line(line, routes) {
             Ok(request) => requests.push(request),
             Err(problem) => rejections.reject(format!("line {}: {problem}", index + 1)),
         }
@@ -85,7 +87,7 @@ pub fn decode_requests(body: &[u8]) -> Decoded {
     }
 }
 
-fn parse_line(line: &[u8]) -> Result<Request, String> {
+fn parse_line(line: &[u8], routes: &OpenApi) -> Result<Request, String> {
     let value: Value =
         serde_json::from_slice(line).map_err(|error| format!("not JSON: {error}"))?;
     let Value::Object(fields) = value else {
@@ -101,7 +103,7 @@ fn parse_line(line: &[u8]) -> Result<Request, String> {
     });
     let route = match (text(&fields, "route")?, &path) {
         (Some(route), _) => route,
-        (None, Some(path)) => template_path(path),
+        (None, Some(path)) => routes.route_of(path),
         (None, None) => return Err("missing `path` or `route`".into()),
     };
     let status = integer(&fields, "status")?.ok_or("missing `status`")?;
@@ -320,7 +322,7 @@ not json
 {"time": 1764237600, "method": "GET", "path": "/a", "status": 200, "duration_ms": -1}
 [1, 2]
 "#;
-        let decoded = decode_requests(body);
+        let decoded = decode_requests(body, &OpenApi::default());
         let batch = decoded.batch.unwrap();
         assert_eq!(batch.num_rows(), 2);
         assert_eq!(decoded.rejections.count, 6);

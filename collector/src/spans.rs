@@ -9,9 +9,7 @@ use arrow::array::{
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::trace::v1::{Span, span::SpanKind, status::StatusCode};
 
-use crate::convention::{
-    Attrs, ResourceInfo, dependency, hex, split_url, template_path, version_prefix,
-};
+use crate::convention::{Attrs, ResourceInfo, dependency, hex, split_url, version_prefix};
 use crate::rows::{EventsBuilder, StringMapBuilder, timestamp_builder};
 use crate::{Decoded, Rejections};
 
@@ -20,6 +18,9 @@ use crate::{Decoded, Rejections};
 pub struct SpanDecoder {
     /// Attribute keys tried in order for `client_id`.
     pub client_id_keys: Vec<String>,
+    /// The OpenAPI documents whose path templates name raw paths (of spans without
+    /// `http.route`, and of request logs).
+    pub routes: std::sync::Arc<schemas::routes::OpenApi>,
 }
 
 impl Default for SpanDecoder {
@@ -29,6 +30,7 @@ impl Default for SpanDecoder {
                 .iter()
                 .map(|k| (*k).to_owned())
                 .collect(),
+            routes: std::sync::Arc::default(),
         }
     }
 }
@@ -158,7 +160,7 @@ impl SpanDecoder {
         // Derived columns.
         let templated_route = match (&route, &path) {
             (Some(route), _) => Some(route.to_string()),
-            (None, Some(path)) => Some(template_path(path)),
+            (None, Some(path)) => Some(self.routes.route_of(path)),
             (None, None) => None,
         };
         let endpoint = match (&method, &templated_route) {

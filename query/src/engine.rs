@@ -60,7 +60,8 @@ impl Engine {
         // The catalog tables and functions that psql's `\d` and Grafana's query builder read.
         setup_pg_catalog(&ctx, CATALOG, EmptyContextProvider)
             .map_err(|error| Error::Internal(format!("pg_catalog: {error}")))?;
-        crate::functions::register(&ctx);
+        crate::functions::register(&ctx, settings.openapi.clone());
+        ctx.register_table("openapi_operations", openapi_operations(&settings.openapi)?)?;
         crate::questions::register(&ctx, &settings).await?;
         Ok(Self { ctx: Arc::new(ctx) })
     }
@@ -94,4 +95,38 @@ fn read_only() -> SQLOptions {
         .with_allow_ddl(false)
         .with_allow_dml(false)
         .with_allow_statements(false)
+}
+
+/// `openapi_operations`: one row per documented operation and response code.
+fn openapi_operations(
+    openapi: &schemas::routes::OpenApi,
+) -> Result<Arc<datafusion::datasource::MemTable>> {
+    use arrow::array::StringArray;
+    use arrow::datatypes::{DataType, Field, Schema};
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("method", DataType::Utf8, false),
+        Field::new("route", DataType::Utf8, false),
+        Field::new("status", DataType::Utf8, false),
+    ]));
+    let (mut methods, mut routes, mut statuses) = (Vec::new(), Vec::new(), Vec::new());
+    for operation in openapi.operations() {
+        for status in &operation.statuses {
+            methods.push(operation.method.clone());
+            routes.push(operation.route.clone());
+            statuses.push(status.clone());
+        }
+    }
+    let batch = RecordBatch::try_new(
+        schema.clone(),
+        vec![
+            Arc::new(StringArray::from(methods)),
+            Arc::new(StringArray::from(routes)),
+            Arc::new(StringArray::from(statuses)),
+        ],
+    )
+    .map_err(|error| Error::Internal(error.to_string()))?;
+    Ok(Arc::new(datafusion::datasource::MemTable::try_new(
+        schema,
+        vec![vec![batch]],
+    )?))
 }

@@ -1,6 +1,6 @@
 //! SQL functions apiscope adds to DataFusion's: `current_setting(name)` for PostgreSQL
-//! clients, `to_json(value)`, and the route helpers the `api_calls` view applies to log
-//! records (`route_template(path)`, `api_version(route)`).
+//! clients, `to_json(value)`, and the route helpers the `api_calls` view and
+//! `contract_drift` use (`route_template(path)`, `route_shape(route)`, `api_version(route)`).
 
 use std::sync::Arc;
 
@@ -11,15 +11,19 @@ use datafusion::error::DataFusionError;
 use datafusion::logical_expr::{ColumnarValue, ScalarUDF, Volatility, create_udf};
 use datafusion::prelude::SessionContext;
 use datafusion::scalar::ScalarValue;
+use schemas::routes::OpenApi;
 
-/// Registers every function of this module in `ctx`.
-pub(crate) fn register(ctx: &SessionContext) {
+/// Registers every function of this module in `ctx`; `route_template` applies `openapi`'s
+/// path templates first.
+pub(crate) fn register(ctx: &SessionContext, openapi: Arc<OpenApi>) {
     ctx.register_udf(text_function("current_setting", |name| {
         setting(name).map(|value| Some(value.to_owned()))
     }));
-    ctx.register_udf(text_function("route_template", |path| {
-        let path = path.split('?').next().unwrap_or(path);
-        Ok(Some(schemas::routes::template_path(path)))
+    ctx.register_udf(text_function("route_template", move |path| {
+        Ok(Some(openapi.route_of(path)))
+    }));
+    ctx.register_udf(text_function("route_shape", |route| {
+        Ok(Some(schemas::routes::route_shape(route)))
     }));
     ctx.register_udf(text_function("api_version", |route| {
         Ok(schemas::routes::version_prefix(route).map(str::to_owned))
@@ -30,7 +34,7 @@ pub(crate) fn register(ctx: &SessionContext) {
 /// A function from text to text; NULL in, NULL out.
 fn text_function(
     name: &str,
-    apply: fn(&str) -> Result<Option<String>, DataFusionError>,
+    apply: impl Fn(&str) -> Result<Option<String>, DataFusionError> + Send + Sync + 'static,
 ) -> ScalarUDF {
     create_udf(
         name,

@@ -25,12 +25,15 @@ use datafusion::logical_expr::{Cast, Expr, LogicalPlanBuilder, TableProviderFilt
 use datafusion::optimizer::simplify_expressions::ExprSimplifier;
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::prelude::SessionContext;
+use schemas::routes::OpenApi;
 
 /// What the questions need to know from the configuration.
 #[derive(Debug, Clone, Default)]
 pub struct QuestionSettings {
     /// API versions that `version_usage` marks `deprecated`.
     pub deprecated_versions: Vec<String>,
+    /// The OpenAPI documents `contract_drift` compares traffic with.
+    pub openapi: Arc<OpenApi>,
 }
 
 /// One question: its name, what it answers, its columns and its SQL.
@@ -46,6 +49,8 @@ pub struct Question {
     /// equal length before it), `{seconds}` (the window's length) and `{deprecated}` (the
     /// deprecated versions as a SQL list). A view has no placeholders.
     sql: &'static str,
+    /// Whether it answers only with an OpenAPI document (`--openapi`).
+    needs_openapi: bool,
 }
 
 impl Question {
@@ -127,6 +132,7 @@ pub static API_CALLS: Question = Question {
             AND coalesce(attributes['http.response.status_code'], attributes['http.status_code']) IS NOT NULL \
             AND coalesce(attributes['http.route'], attributes['url.path'], attributes['http.target'], \
               attributes['http.path']) IS NOT NULL)",
+    needs_openapi: false,
 };
 
 /// Calls that `retry_amplification` counts as retries when they follow a failure of the
@@ -163,6 +169,7 @@ pub static QUESTIONS: &[Question] = &[
               FROM api_calls WHERE {window} \
               GROUP BY service_name, endpoint \
               ORDER BY calls DESC, service_name, endpoint",
+        needs_openapi: false,
     },
     Question {
         name: "client_stats",
@@ -192,6 +199,7 @@ pub static QUESTIONS: &[Question] = &[
                 ON (f.client_id IS NOT DISTINCT FROM c.client_id) AND f.place = 1 \
               GROUP BY c.client_id \
               ORDER BY calls DESC, c.client_id",
+        needs_openapi: false,
     },
     Question {
         name: "dependency_stats",
@@ -233,6 +241,7 @@ pub static QUESTIONS: &[Question] = &[
                 ON c.service_name = d.service_name AND c.dependency = d.dependency \
               GROUP BY d.service_name, d.dependency \
               ORDER BY calls DESC, d.service_name, d.dependency",
+        needs_openapi: false,
     },
     Question {
         name: "error_breakdown",
@@ -248,6 +257,7 @@ pub static QUESTIONS: &[Question] = &[
               FROM api_calls WHERE {window} AND (is_error OR http_status_code >= 400) \
               GROUP BY service_name, endpoint, http_status_code, error_type \
               ORDER BY calls DESC, service_name, endpoint, http_status_code",
+        needs_openapi: false,
     },
     Question {
         name: "latency_regressions",
@@ -283,6 +293,7 @@ pub static QUESTIONS: &[Question] = &[
                 ON n.service_name = b.service_name AND n.endpoint = b.endpoint \
               WHERE n.calls >= {min_calls} AND b.calls >= {min_calls} AND b.p95 > 0 \
               ORDER BY change_ratio DESC, n.service_name, n.endpoint",
+        needs_openapi: false,
     },
     Question {
         name: "traffic_shift",
@@ -327,6 +338,7 @@ pub static QUESTIONS: &[Question] = &[
                 - coalesce(j.previous_calls * 1.0 / nullif(t.before_total, 0), 0.0) AS share_change \
               FROM joined j CROSS JOIN totals t \
               ORDER BY abs(share_change) DESC, j.dimension, j.value",
+        needs_openapi: false,
     },
     Question {
         name: "retry_amplification",
@@ -375,6 +387,7 @@ pub static QUESTIONS: &[Question] = &[
                 ON (f.client_id IS NOT DISTINCT FROM c.client_id) AND f.endpoint = c.endpoint \
               GROUP BY c.client_id, c.endpoint \
               ORDER BY retries DESC, calls DESC, c.client_id, c.endpoint",
+        needs_openapi: false,
     },
     Question {
         name: "version_usage",
@@ -394,6 +407,7 @@ pub static QUESTIONS: &[Question] = &[
               FROM api_calls WHERE {window} AND api_version IS NOT NULL \
               GROUP BY api_version, client_id \
               ORDER BY api_version, calls DESC, client_id",
+        needs_openapi: false,
     },
     Question {
         name: "refusals",
@@ -411,6 +425,67 @@ pub static QUESTIONS: &[Question] = &[
               FROM api_calls WHERE {window} AND http_status_code IN (401, 403, 429) \
               GROUP BY client_id, service_name, endpoint, http_status_code \
               ORDER BY calls DESC, client_id, service_name, endpoint, http_status_code",
+        needs_openapi: false,
+    },
+    Question {
+        name: "contract_drift",
+        doc: "where traffic and the OpenAPI contract disagree: routes called but not documented, operations documented but not called, status codes answered but not documented",
+        columns: &[
+            (
+                "kind",
+                "`undocumented_route`, `unused_operation` or `undocumented_status`",
+            ),
+            ("http_method", "the method"),
+            (
+                "http_route",
+                "the route as seen (undocumented) or as documented",
+            ),
+            (
+                "http_status_code",
+                "the status answered but not documented (`undocumented_status` only)",
+            ),
+            ("calls", "calls in the window (0 for an unused operation)"),
+            ("last_seen", "the latest of them"),
+        ],
+        sql: "WITH seen AS ( \
+                SELECT http_method, http_route, route_shape(http_route) AS shape, \
+                http_status_code, count(*) AS calls, max(time) AS last_seen \
+                FROM api_calls WHERE {window} \
+                GROUP BY http_method, http_route, http_status_code), \
+              documented AS ( \
+                SELECT DISTINCT method, route, route_shape(route) AS shape FROM openapi_operations), \
+              undocumented AS ( \
+                SELECT s.http_method, s.http_route, sum(s.calls) AS calls, \
+                max(s.last_seen) AS last_seen \
+                FROM seen s LEFT JOIN documented d \
+                  ON d.method = s.http_method AND d.shape = s.shape \
+                WHERE d.route IS NULL GROUP BY s.http_method, s.http_route), \
+              unused AS ( \
+                SELECT d.method, d.route FROM documented d \
+                LEFT JOIN (SELECT DISTINCT http_method, shape FROM seen) s \
+                  ON s.http_method = d.method AND s.shape = d.shape \
+                WHERE s.shape IS NULL), \
+              statuses AS ( \
+                SELECT s.http_method, d.route AS http_route, s.http_status_code, \
+                sum(s.calls) AS calls, max(s.last_seen) AS last_seen \
+                FROM seen s JOIN documented d ON d.method = s.http_method AND d.shape = s.shape \
+                LEFT JOIN openapi_operations o ON o.method = d.method AND o.route = d.route \
+                  AND (o.status = CAST(s.http_status_code AS VARCHAR) \
+                    OR o.status = concat(substr(CAST(s.http_status_code AS VARCHAR), 1, 1), 'XX') \
+                    OR o.status = 'DEFAULT') \
+                WHERE o.route IS NULL \
+                GROUP BY s.http_method, d.route, s.http_status_code) \
+              SELECT 'undocumented_route' AS kind, http_method, http_route, \
+              arrow_cast(NULL, 'Int32') AS http_status_code, calls, last_seen FROM undocumented \
+              UNION ALL \
+              SELECT 'unused_operation' AS kind, method AS http_method, route AS http_route, \
+              arrow_cast(NULL, 'Int32') AS http_status_code, CAST(0 AS BIGINT) AS calls, \
+              arrow_cast(NULL, 'Timestamp(Nanosecond, Some(\"UTC\"))') AS last_seen FROM unused \
+              UNION ALL \
+              SELECT 'undocumented_status' AS kind, http_method, http_route, http_status_code, \
+              calls, last_seen FROM statuses \
+              ORDER BY kind, http_method, http_route, http_status_code",
+        needs_openapi: true,
     },
 ];
 
@@ -507,6 +582,12 @@ struct QuestionFunction {
 
 impl TableFunctionImpl for QuestionFunction {
     fn call_with_args(&self, args: TableFunctionArgs) -> Result<Arc<dyn TableProvider>> {
+        if self.question.needs_openapi && self.settings.openapi.is_empty() {
+            return plan_err!(
+                "{} compares traffic with an OpenAPI document: start apiscope with --openapi FILE",
+                self.question.name
+            );
+        }
         let window = window_of(self.question.name, args.exprs(), args.session())?;
         Ok(Arc::new(QuestionTable {
             sql: window.sql(self.question, &self.settings),
@@ -648,9 +729,34 @@ mod tests {
     async fn every_question_answers_the_columns_it_documents() {
         let dir = tempfile::tempdir().unwrap();
         let source = Arc::new(DataDir(dir.path().to_owned()));
-        let engine = Engine::new(source, QuestionSettings::default())
+        let document =
+            "openapi: 3.0.0\npaths:\n  /a/{id}:\n    get:\n      responses: {'200': {}}\n";
+        let openapi = OpenApi::parse(&[("a.yaml".into(), document.into())]).unwrap();
+        let settings = QuestionSettings {
+            openapi: Arc::new(openapi),
+            ..QuestionSettings::default()
+        };
+        let engine = Engine::new(source, settings.clone()).await.unwrap();
+        let bare = Engine::new(
+            Arc::new(DataDir(dir.path().to_owned())),
+            QuestionSettings::default(),
+        )
+        .await
+        .unwrap();
+        let refused = bare
+            .query("SELECT * FROM contract_drift()")
+            .await
+            .unwrap_err();
+        assert!(refused.to_string().contains("--openapi"), "{refused}");
+        let unused = engine
+            .query("SELECT kind, http_route FROM contract_drift()")
             .await
             .unwrap();
+        let json = crate::to_json(&unused).unwrap();
+        assert_eq!(
+            json["rows"],
+            serde_json::json!([["unused_operation", "/a/{id}"]])
+        );
         let view = std::iter::once(("api_calls".to_owned(), &API_CALLS));
         let functions = QUESTIONS.iter().map(|q| (format!("{}()", q.name), q));
         for (from, question) in view.chain(functions) {
@@ -690,6 +796,7 @@ mod tests {
         };
         let settings = QuestionSettings {
             deprecated_versions: vec!["v1".into(), "v0'".into()],
+            ..QuestionSettings::default()
         };
         let sql = window.sql(&QUESTIONS[7], &settings);
         assert!(

@@ -79,3 +79,237 @@ mod tests {
         assert_eq!(version_prefix("/api/v1"), None);
     }
 }
+
+/// A route with its parameters blanked (`/users/{userId}` and `/users/:id` both give
+/// `/users/{}`), so that routes named by different tools compare equal.
+pub fn route_shape(route: &str) -> String {
+    let segments: Vec<&str> = route
+        .split('/')
+        .map(|segment| {
+            let is_param = (segment.starts_with('{') && segment.ends_with('}'))
+                || (segment.starts_with(':') && segment.len() > 1);
+            if is_param { "{}" } else { segment }
+        })
+        .collect();
+    segments.join("/")
+}
+
+/// One documented operation of an OpenAPI document.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Operation {
+    /// Upper-case HTTP method.
+    pub method: String,
+    /// The path template, with the server's base path in front.
+    pub route: String,
+    /// The documented response codes: `200`, `4XX`, `default`.
+    pub statuses: Vec<String>,
+}
+
+/// The operations of one or more OpenAPI 3 documents, and their path templates.
+#[derive(Debug, Clone, Default)]
+pub struct OpenApi {
+    operations: Vec<Operation>,
+    /// Distinct templates, most specific first (fewer parameters, then longer).
+    templates: Vec<(Vec<String>, String)>,
+}
+
+const METHODS: &[&str] = &[
+    "get", "put", "post", "delete", "options", "head", "patch", "trace",
+];
+
+impl OpenApi {
+    /// Reads OpenAPI 3 documents (YAML or JSON).
+    pub fn load(paths: &[std::path::PathBuf]) -> Result<Self, String> {
+        let mut documents = Vec::new();
+        for path in paths {
+            let text = std::fs::read_to_string(path).map_err(|error| {
+                format!("cannot read OpenAPI document {}: {error}", path.display())
+            })?;
+            documents.push((path.display().to_string(), text));
+        }
+        Self::parse(&documents)
+    }
+
+    /// Parses `(name, text)` documents.
+    pub fn parse(documents: &[(String, String)]) -> Result<Self, String> {
+        let mut operations = Vec::new();
+        for (name, text) in documents {
+            let document: serde_json::Value = serde_norway::from_str(text)
+                .map_err(|error| format!("OpenAPI document {name}: {error}"))?;
+            let version = document["openapi"].as_str().unwrap_or_default();
+            if !version.starts_with('3') {
+                return Err(format!(
+                    "OpenAPI document {name}: expected `openapi: 3.x`, found {:?}",
+                    document["openapi"]
+                ));
+            }
+            let base = document["servers"][0]["url"]
+                .as_str()
+                .map(base_path)
+                .unwrap_or_default();
+            let Some(paths) = document["paths"].as_object() else {
+                return Err(format!("OpenAPI document {name}: no `paths`"));
+            };
+            for (path, item) in paths {
+                let route = format!("{base}{path}");
+                for method in METHODS {
+                    let Some(operation) = item.get(*method) else {
+                        continue;
+                    };
+                    let statuses = operation["responses"]
+                        .as_object()
+                        .map(|responses| responses.keys().map(|k| k.to_ascii_uppercase()).collect())
+                        .unwrap_or_default();
+                    operations.push(Operation {
+                        method: method.to_ascii_uppercase(),
+                        route: route.clone(),
+                        statuses,
+                    });
+                }
+            }
+        }
+        let mut templates: Vec<(Vec<String>, String)> = operations
+            .iter()
+            .map(|op| {
+                (
+                    op.route.split('/').map(str::to_owned).collect(),
+                    op.route.clone(),
+                )
+            })
+            .collect();
+        templates.sort_by(|a, b| a.1.cmp(&b.1));
+        templates.dedup_by(|a, b| a.1 == b.1);
+        let params = |segments: &[String]| segments.iter().filter(|s| s.starts_with('{')).count();
+        templates.sort_by(|a, b| {
+            params(&a.0)
+                .cmp(&params(&b.0))
+                .then(b.0.len().cmp(&a.0.len()))
+                .then(a.1.cmp(&b.1))
+        });
+        Ok(Self {
+            operations,
+            templates,
+        })
+    }
+
+    /// Whether any document was given.
+    pub fn is_empty(&self) -> bool {
+        self.operations.is_empty()
+    }
+
+    /// Every documented operation.
+    pub fn operations(&self) -> &[Operation] {
+        &self.operations
+    }
+
+    /// The documented template that `path` (without its query string) matches; literal
+    /// segments win over parameters (`/users/me` before `/users/{id}`).
+    pub fn template(&self, path: &str) -> Option<&str> {
+        let segments: Vec<&str> = path.split('/').collect();
+        self.templates
+            .iter()
+            .find(|(template, _)| {
+                template.len() == segments.len()
+                    && template.iter().zip(&segments).all(|(t, s)| {
+                        if t.starts_with('{') && t.ends_with('}') {
+                            !s.is_empty()
+                        } else {
+                            t == s
+                        }
+                    })
+            })
+            .map(|(_, route)| route.as_str())
+    }
+
+    /// The route of a raw path: the documented template, else the path with ids templated.
+    pub fn route_of(&self, path: &str) -> String {
+        let path = path.split('?').next().unwrap_or(path);
+        match self.template(path) {
+            Some(route) => route.to_owned(),
+            None => template_path(path),
+        }
+    }
+}
+
+/// The path of a server URL (`https://api.example.com/v1/` gives `/v1`), without the
+/// trailing slash; empty for none.
+fn base_path(url: &str) -> String {
+    let after_scheme = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let path = match after_scheme.find('/') {
+        Some(at) if url.contains("://") => &after_scheme[at..],
+        Some(_) | None if !url.contains("://") => url,
+        _ => "",
+    };
+    path.trim_end_matches('/').to_owned()
+}
+
+#[cfg(test)]
+mod openapi_tests {
+    use super::*;
+
+    const DOCUMENT: &str = r#"
+openapi: 3.0.3
+info: {title: shop, version: "1"}
+servers:
+  - url: https://api.example.com/api
+paths:
+  /users/{userId}:
+    get:
+      responses:
+        "200": {description: ok}
+        "404": {description: missing}
+  /users/me:
+    get:
+      responses:
+        "200": {description: ok}
+        4xx: {description: client errors}
+  /orders:
+    post:
+      responses:
+        "201": {description: created}
+        default: {description: anything else}
+"#;
+
+    #[test]
+    fn documented_templates_take_precedence() {
+        let api = OpenApi::parse(&[("shop.yaml".into(), DOCUMENT.into())]).unwrap();
+        assert_eq!(api.operations().len(), 3);
+        assert_eq!(api.route_of("/api/users/42"), "/api/users/{userId}");
+        assert_eq!(api.route_of("/api/users/me?x=1"), "/api/users/me");
+        assert_eq!(api.route_of("/api/users/ab12cd"), "/api/users/{userId}");
+        // Not documented: the usual templating.
+        assert_eq!(api.route_of("/api/carts/77"), "/api/carts/{id}");
+        let me = api
+            .operations()
+            .iter()
+            .find(|o| o.route == "/api/users/me")
+            .unwrap();
+        assert_eq!(me.statuses, vec!["200", "4XX"]);
+        assert_eq!(me.method, "GET");
+    }
+
+    #[test]
+    fn json_documents_and_errors() {
+        let json =
+            r#"{"openapi": "3.1.0", "paths": {"/a/{id}": {"delete": {"responses": {"204": {}}}}}}"#;
+        let api = OpenApi::parse(&[("a.json".into(), json.into())]).unwrap();
+        assert_eq!(api.route_of("/a/1"), "/a/{id}");
+        let swagger = r#"{"swagger": "2.0", "paths": {}}"#;
+        assert!(
+            OpenApi::parse(&[("s.json".into(), swagger.into())])
+                .unwrap_err()
+                .contains("openapi: 3")
+        );
+        assert!(OpenApi::parse(&[("bad.yaml".into(), "a: [".into())]).is_err());
+    }
+
+    #[test]
+    fn shapes_ignore_parameter_names() {
+        assert_eq!(route_shape("/users/{userId}/orders"), "/users/{}/orders");
+        assert_eq!(route_shape("/users/:id/orders"), "/users/{}/orders");
+        assert_eq!(route_shape("/users/me"), "/users/me");
+        assert_eq!(base_path("https://api.example.com/v1/"), "/v1");
+        assert_eq!(base_path("https://api.example.com"), "");
+        assert_eq!(base_path("/v2"), "/v2");
+    }
+}

@@ -12,6 +12,7 @@ mod dashboards;
 mod fleet;
 mod import;
 mod limits;
+mod openapi;
 mod otlp_json;
 mod pg;
 mod python_sdk;

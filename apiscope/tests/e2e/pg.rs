@@ -263,7 +263,16 @@ fn tokio_postgres_extended_and_simple_protocols() {
             .await
             .unwrap();
         let tables: Vec<String> = tables.iter().map(|r| r.get(0)).collect();
-        assert_eq!(tables, vec!["api_calls", "logs", "requests", "spans"]);
+        assert_eq!(
+            tables,
+            vec![
+                "api_calls",
+                "logs",
+                "openapi_operations",
+                "requests",
+                "spans"
+            ]
+        );
         let columns = client
             .query(
                 "SELECT column_name, data_type FROM information_schema.columns \

@@ -223,6 +223,7 @@ fn invalid_spans_are_rejected_and_counted() {
 fn configured_client_id_keys() {
     let decoder = SpanDecoder {
         client_id_keys: vec!["tenant".into()],
+        ..SpanDecoder::default()
     };
     let attrs = vec![s("tenant", "acme"), s("client.id", "ignored")];
     let batch = decoder
