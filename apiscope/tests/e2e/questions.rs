@@ -4,6 +4,14 @@
 //! partners are refused. Expected answers are computed here from the generated calls.
 
 use std::collections::BTreeMap;
+use std::time::{Duration, UNIX_EPOCH};
+
+use opentelemetry::trace::{
+    Span as _, SpanKind, TraceContextExt, Tracer as _, TracerProvider as _,
+};
+use opentelemetry::{Context, KeyValue};
+use opentelemetry_otlp::WithExportConfig;
+use opentelemetry_sdk::trace::SdkTracerProvider;
 
 use serde_json::{Value, json};
 
@@ -195,12 +203,15 @@ struct Sent {
     log_records: i64,
 }
 
-/// Sends the calls three ways: the accounts service's as request-log lines, the partner's
-/// refusals as OTLP log records with (older) HTTP attributes, the rest as spans.
+/// Sends the calls four ways: the checkout service's through the OpenTelemetry Rust SDK's
+/// gRPC exporter (current conventions, with its database calls as child spans), the
+/// accounts service's as request-log lines, the partner's refusals as OTLP log records with
+/// (older) HTTP attributes, the rest as hand-written OTLP/JSON spans (older conventions).
 fn send(daemon: &Daemon, calls: &[Call]) -> Sent {
     let mut by_service: BTreeMap<&str, Vec<Value>> = BTreeMap::new();
     let mut sent = Sent::default();
     let mut lines = String::new();
+    let mut sdk_calls = Vec::new();
     let mut records: BTreeMap<&str, Vec<Value>> = BTreeMap::new();
     for (k, call) in calls.iter().enumerate() {
         let k = k as u64;
@@ -234,19 +245,27 @@ fn send(daemon: &Daemon, calls: &[Call]) -> Sent {
             sent.log_records += 1;
             continue;
         }
+        if call.service == "checkout" {
+            sdk_calls.push(call);
+            sent.spans += 1 + call.dependencies_ms.len() as i64;
+            continue;
+        }
+        // The rest as hand-written OTLP/JSON, with the older HTTP conventions: a raw
+        // target instead of a route, and the client in `app.client_id`.
         let mut attributes = vec![
-            json!({"key": "http.request.method", "value": {"stringValue": call.method}}),
-            json!({"key": "http.route", "value": {"stringValue": call.route}}),
-            json!({"key": "http.response.status_code", "value": {"intValue": call.status}}),
-            json!({"key": "client.id", "value": {"stringValue": call.client}}),
+            json!({"key": "http.method", "value": {"stringValue": call.method}}),
+            json!({"key": "http.target", "value": {"stringValue": format!("{path}?from=home")}}),
+            json!({"key": "http.status_code", "value": {"intValue": call.status}}),
+            json!({"key": "app.client_id", "value": {"stringValue": call.client}}),
         ];
         if let Some(resend) = call.resend_count {
             attributes
                 .push(json!({"key": "http.request.resend_count", "value": {"intValue": resend}}));
         }
-        if call.status == 504 {
-            attributes.push(json!({"key": "error.type", "value": {"stringValue": "timeout"}}));
-        }
+        assert!(
+            call.dependencies_ms.is_empty() && call.status != 504,
+            "{call:?}"
+        );
         let entry = by_service.entry(call.service).or_default();
         entry.push(span(
             &trace_id,
@@ -257,26 +276,9 @@ fn send(daemon: &Daemon, calls: &[Call]) -> Sent {
             call.duration_ms,
             Value::Array(attributes),
         ));
-        let mut offset_ms = 1;
-        for (d, duration) in call.dependencies_ms.iter().enumerate() {
-            let mut child = span(
-                &trace_id,
-                &hex_id(0x7_0000 + k * 8 + d as u64, 8),
-                "SELECT shop",
-                3,
-                start_ns + offset_ms * 1_000_000,
-                *duration,
-                json!([
-                    {"key": "db.system.name", "value": {"stringValue": "postgresql"}},
-                    {"key": "db.namespace", "value": {"stringValue": "shop"}},
-                ]),
-            );
-            child["parentSpanId"] = json!(server_id);
-            entry.push(child);
-            offset_ms += duration;
-        }
-        sent.spans += 1 + call.dependencies_ms.len() as i64;
+        sent.spans += 1;
     }
+    send_with_sdk(daemon, &sdk_calls);
     for (service, spans) in by_service {
         let body = serde_json::to_vec(&traces(service, spans)).unwrap();
         let (status, answer) = post(daemon, "/v1/traces", "application/json", None, body);
@@ -309,6 +311,66 @@ fn send(daemon: &Daemon, calls: &[Call]) -> Sent {
     );
     assert_eq!(status, 200, "{}", String::from_utf8_lossy(&answer));
     sent
+}
+
+/// Server spans and their database calls through the Rust SDK, over gRPC.
+fn send_with_sdk(daemon: &Daemon, calls: &[&Call]) {
+    // The exporter needs a Tokio runtime for its I/O; the simple processor blocks on each
+    // export from this thread.
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let _entered = runtime.enter();
+    let exporter = opentelemetry_otlp::SpanExporter::builder()
+        .with_tonic()
+        .with_endpoint(daemon.grpc_endpoint())
+        .build()
+        .unwrap();
+    let resource = opentelemetry_sdk::Resource::builder_empty()
+        .with_service_name("checkout")
+        .build();
+    let provider = SdkTracerProvider::builder()
+        .with_simple_exporter(exporter)
+        .with_resource(resource)
+        .build();
+    let tracer = provider.tracer("e2e.questions");
+    for call in calls {
+        let start = UNIX_EPOCH + Duration::from_secs(call.time_s as u64);
+        let mut attributes = vec![
+            KeyValue::new("http.request.method", call.method),
+            KeyValue::new("http.route", call.route),
+            KeyValue::new("http.response.status_code", call.status),
+            KeyValue::new("client.id", call.client),
+        ];
+        if let Some(resend) = call.resend_count {
+            attributes.push(KeyValue::new("http.request.resend_count", resend));
+        }
+        if call.status == 504 {
+            attributes.push(KeyValue::new("error.type", "timeout"));
+        }
+        let mut server = tracer
+            .span_builder(call.endpoint())
+            .with_kind(SpanKind::Server)
+            .with_start_time(start)
+            .with_attributes(attributes)
+            .start(&tracer);
+        let parent = Context::new().with_remote_span_context(server.span_context().clone());
+        let mut offset = Duration::from_millis(1);
+        for duration in &call.dependencies_ms {
+            let duration = Duration::from_millis(*duration as u64);
+            let mut child = tracer
+                .span_builder("SELECT shop")
+                .with_kind(SpanKind::Client)
+                .with_start_time(start + offset)
+                .with_attributes(vec![
+                    KeyValue::new("db.system.name", "postgresql"),
+                    KeyValue::new("db.namespace", "shop"),
+                ])
+                .start_with_context(&tracer, &parent);
+            child.end_with_timestamp(start + offset + duration);
+            offset += duration;
+        }
+        server.end_with_timestamp(start + Duration::from_millis(call.duration_ms as u64));
+    }
+    provider.shutdown().unwrap();
 }
 
 fn rfc3339(s: i64) -> String {
