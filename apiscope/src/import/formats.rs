@@ -208,137 +208,80 @@ fn first_address(text: &str) -> Option<Value> {
     (!first.is_empty()).then(|| first.into())
 }
 
+/// How a field of a JSON access log becomes a field of a request record.
+type Convert = fn(&str) -> Option<Value>;
+
+fn nginx_time(text: &str) -> Option<Value> {
+    DateTime::parse_from_str(text, "%d/%b/%Y:%H:%M:%S %z")
+        .ok()
+        .map(|t| t.to_rfc3339().into())
+}
+
+fn envoy_address(text: &str) -> Option<Value> {
+    let host = text.rsplit_once(':').map_or(text, |(host, _port)| host);
+    Some(host.trim_matches(['[', ']']).into())
+}
+
+/// nginx `escape=json` fields, in order of preference for each target.
+const NGINX_JSON: &[(&str, &str, Convert)] = &[
+    ("time_iso8601", "time", as_text),
+    ("time_local", "time", nginx_time),
+    ("msec", "time", as_number),
+    ("time", "time", as_text),
+    ("request_method", "method", as_text),
+    ("request_uri", "path", as_text),
+    ("uri", "path", as_text),
+    ("status", "status", as_text),
+    ("request_time", "duration_ms", as_ms_from_seconds),
+    ("body_bytes_sent", "response_bytes", as_number),
+    ("bytes_sent", "response_bytes", as_number),
+    ("request_length", "request_bytes", as_number),
+    ("http_user_agent", "user_agent", as_text),
+    ("http_x_forwarded_for", "client_address", first_address),
+    ("remote_addr", "client_address", as_text),
+    ("http_x_client_id", "client_id", as_text),
+    ("trace_id", "trace_id", as_text),
+];
+
+/// Envoy's default access log field names.
+const ENVOY_JSON: &[(&str, &str, Convert)] = &[
+    ("start_time", "time", as_text),
+    ("method", "method", as_text),
+    ("x_envoy_original_path", "path", as_text),
+    ("path", "path", as_text),
+    ("response_code", "status", as_text),
+    ("duration", "duration_ms", as_number),
+    ("bytes_received", "request_bytes", as_number),
+    ("bytes_sent", "response_bytes", as_number),
+    ("user_agent", "user_agent", as_text),
+    ("x_forwarded_for", "client_address", first_address),
+    ("downstream_remote_address", "client_address", envoy_address),
+    ("x_client_id", "client_id", as_text),
+    ("trace_id", "trace_id", as_text),
+];
+
+/// `fields` mapped by `table` into `out`; unmapped fields are kept (as attributes).
+fn mapped(mut fields: Record, mut out: Record, table: &[(&str, &str, Convert)]) -> Record {
+    for (from, to, convert) in table {
+        rename(&mut fields, &mut out, from, to, convert);
+    }
+    out.extend(fields);
+    out
+}
+
 fn nginx_json(mut fields: Record) -> Result<Record, String> {
     let mut out = Record::new();
-    rename(&mut fields, &mut out, "time_iso8601", "time", as_text);
-    rename(&mut fields, &mut out, "time_local", "time", |t| {
-        DateTime::parse_from_str(t, "%d/%b/%Y:%H:%M:%S %z")
-            .ok()
-            .map(|t| t.to_rfc3339().into())
-    });
-    rename(&mut fields, &mut out, "msec", "time", as_number);
-    rename(&mut fields, &mut out, "time", "time", as_text);
     if let Some(request) = fields.remove("request").as_ref().and_then(text_of) {
         request_line(&request, &mut out)?;
     }
-    rename(&mut fields, &mut out, "request_method", "method", as_text);
-    rename(&mut fields, &mut out, "request_uri", "path", as_text);
-    rename(&mut fields, &mut out, "uri", "path", as_text);
-    rename(&mut fields, &mut out, "status", "status", as_text);
-    rename(
-        &mut fields,
-        &mut out,
-        "request_time",
-        "duration_ms",
-        as_ms_from_seconds,
-    );
-    rename(
-        &mut fields,
-        &mut out,
-        "body_bytes_sent",
-        "response_bytes",
-        as_number,
-    );
-    rename(
-        &mut fields,
-        &mut out,
-        "bytes_sent",
-        "response_bytes",
-        as_number,
-    );
-    rename(
-        &mut fields,
-        &mut out,
-        "request_length",
-        "request_bytes",
-        as_number,
-    );
-    rename(
-        &mut fields,
-        &mut out,
-        "http_user_agent",
-        "user_agent",
-        as_text,
-    );
-    rename(
-        &mut fields,
-        &mut out,
-        "http_x_forwarded_for",
-        "client_address",
-        first_address,
-    );
-    rename(
-        &mut fields,
-        &mut out,
-        "remote_addr",
-        "client_address",
-        as_text,
-    );
-    rename(
-        &mut fields,
-        &mut out,
-        "http_x_client_id",
-        "client_id",
-        as_text,
-    );
-    rename(&mut fields, &mut out, "trace_id", "trace_id", as_text);
-    out.extend(fields);
-    Ok(out)
+    Ok(mapped(fields, out, NGINX_JSON))
 }
 
-fn envoy_json(mut fields: Record) -> Result<Record, String> {
-    let mut out = Record::new();
-    rename(&mut fields, &mut out, "start_time", "time", as_text);
-    rename(&mut fields, &mut out, "method", "method", as_text);
-    rename(
-        &mut fields,
-        &mut out,
-        "x_envoy_original_path",
-        "path",
-        as_text,
-    );
-    rename(&mut fields, &mut out, "path", "path", as_text);
+fn envoy_json(fields: Record) -> Result<Record, String> {
     if fields.get("response_code").and_then(text_of).as_deref() == Some("0") {
         return Err("response_code 0: the request got no response (stream reset)".into());
     }
-    rename(&mut fields, &mut out, "response_code", "status", as_text);
-    rename(&mut fields, &mut out, "duration", "duration_ms", as_number);
-    rename(
-        &mut fields,
-        &mut out,
-        "bytes_received",
-        "request_bytes",
-        as_number,
-    );
-    rename(
-        &mut fields,
-        &mut out,
-        "bytes_sent",
-        "response_bytes",
-        as_number,
-    );
-    rename(&mut fields, &mut out, "user_agent", "user_agent", as_text);
-    rename(
-        &mut fields,
-        &mut out,
-        "x_forwarded_for",
-        "client_address",
-        first_address,
-    );
-    rename(
-        &mut fields,
-        &mut out,
-        "downstream_remote_address",
-        "client_address",
-        |a| {
-            let host = a.rsplit_once(':').map_or(a, |(host, _port)| host);
-            Some(host.trim_matches(['[', ']']).into())
-        },
-    );
-    rename(&mut fields, &mut out, "x_client_id", "client_id", as_text);
-    rename(&mut fields, &mut out, "trace_id", "trace_id", as_text);
-    out.extend(fields);
-    Ok(out)
+    Ok(mapped(fields, Record::new(), ENVOY_JSON))
 }
 
 #[cfg(test)]
