@@ -12,10 +12,39 @@ use serde::Deserialize;
 
 use crate::{Error, Result};
 
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Pretty,
+    /// One JSON object per line.
+    Json,
+}
+
+impl LogFormat {
+    /// `APISCOPE_LOG_FORMAT`, for the commands other than `serve`; pretty when unset or
+    /// unknown.
+    pub(crate) fn from_env() -> Self {
+        match std::env::var("APISCOPE_LOG_FORMAT").as_deref() {
+            Ok("json") => LogFormat::Json,
+            _ => LogFormat::Pretty,
+        }
+    }
+}
+
 /// Flags of `apiscope serve`; each is also an `APISCOPE_*` variable and a key of the
 /// TOML file given by `--config`.
 #[derive(Debug, Default, Args)]
 pub(crate) struct ServeArgs {
+    /// Check the configuration (file, environment, flags, OpenAPI documents), print what
+    /// would be in force, and exit.
+    #[arg(long)]
+    pub(crate) check_config: bool,
+    /// Log lines as `pretty` text or `json` objects [default: pretty].
+    #[arg(long, env = "APISCOPE_LOG_FORMAT", value_enum)]
+    log_format: Option<LogFormat>,
     /// TOML configuration file (see config.example.toml).
     #[arg(long, env = "APISCOPE_CONFIG")]
     pub(crate) config: Option<PathBuf>,
@@ -100,6 +129,7 @@ struct FileConfig {
     pg_password: Option<String>,
     deprecated_versions: Option<Vec<String>>,
     openapi: Option<Vec<PathBuf>>,
+    log_format: Option<LogFormat>,
     client_id_keys: Option<Vec<String>>,
     #[serde(default, deserialize_with = "de_duration")]
     flush_interval: Option<Duration>,
@@ -128,6 +158,7 @@ pub(crate) struct Settings {
     pub(crate) pg_addr: SocketAddr,
     pub(crate) pg_auth: query::pg::PgAuth,
     pub(crate) questions: query::QuestionSettings,
+    pub(crate) log_format: LogFormat,
     pub(crate) collector: collector::Config,
 }
 
@@ -224,8 +255,46 @@ impl ServeArgs {
                     .unwrap_or_default(),
                 openapi: routes,
             },
+            log_format: self.log_format.or(file.log_format).unwrap_or_default(),
             collector,
         })
+    }
+}
+
+impl Settings {
+    /// What `--check-config` prints: the settings in force, secrets left out.
+    pub(crate) fn summary(&self) -> String {
+        let c = &self.collector;
+        let mut lines = vec![
+            "configuration OK".to_owned(),
+            format!("data_dir = {}", c.data_dir.display()),
+            format!("otlp_grpc_addr = {}", self.otlp_grpc_addr),
+            format!("otlp_http_addr = {}", self.otlp_http_addr),
+            format!("http_addr = {}", self.http_addr),
+            format!("pg_addr = {}", self.pg_addr),
+            format!(
+                "pg_password = {}",
+                if self.pg_auth.is_required() {
+                    "(set)"
+                } else {
+                    "(none)"
+                }
+            ),
+            format!("durability = {:?}", c.durability),
+            format!("flush_interval = {:?}", c.flush_interval),
+            format!("retention = {:?}", c.retention),
+            format!(
+                "openapi operations = {}",
+                self.questions.openapi.operations().len()
+            ),
+            format!(
+                "deprecated_versions = {:?}",
+                self.questions.deprecated_versions
+            ),
+            format!("log_format = {:?}", self.log_format),
+        ];
+        lines.push(String::new());
+        lines.join("\n")
     }
 }
 

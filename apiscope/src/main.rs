@@ -33,13 +33,28 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let filter = tracing_subscriber::EnvFilter::try_from_env("APISCOPE_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    // `serve` reads its log format from its settings (flags, environment or file), so it
+    // resolves them before logging starts; the other commands read the environment.
+    let (command, log_format) = match cli.command {
+        Command::Serve(args) => {
+            let check_only = args.check_config;
+            let settings = match args.resolve() {
+                Ok(settings) => settings,
+                Err(error) => {
+                    eprintln!("error: {error}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            if check_only {
+                println!("{}", settings.summary());
+                return ExitCode::SUCCESS;
+            }
+            let format = settings.log_format;
+            (Resolved::Serve(Box::new(settings)), format)
+        }
+        other => (Resolved::Other(other), config::LogFormat::from_env()),
+    };
+    init_logging(log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -51,11 +66,12 @@ fn main() -> ExitCode {
         }
     };
     let outcome = runtime.block_on(async {
-        match cli.command {
-            Command::Serve(args) => serve::run(*args).await,
-            Command::Sql(args) => sql::run(args).await,
-            Command::Loadgen(args) => loadgen::run(args).await,
-            Command::Import(args) => import::run(args).await,
+        match command {
+            Resolved::Serve(settings) => serve::run(*settings).await,
+            Resolved::Other(Command::Sql(args)) => sql::run(args).await,
+            Resolved::Other(Command::Loadgen(args)) => loadgen::run(args).await,
+            Resolved::Other(Command::Import(args)) => import::run(args).await,
+            Resolved::Other(Command::Serve(_)) => Ok(()),
         }
     });
     match outcome {
@@ -64,6 +80,27 @@ fn main() -> ExitCode {
             eprintln!("error: {error}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// A command ready to run.
+enum Resolved {
+    Serve(Box<config::Settings>),
+    Other(Command),
+}
+
+/// Logs go to stderr, filtered by `APISCOPE_LOG` (`info` by default), as text or JSON lines.
+fn init_logging(format: config::LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("APISCOPE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        config::LogFormat::Json => builder.json().init(),
+        config::LogFormat::Pretty => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
     }
 }
 

@@ -13,7 +13,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::{ServeArgs, Settings};
+use crate::config::Settings;
 use crate::{Error, Result};
 
 /// The query side's view of the store: Parquet files plus the collector's buffer, taken
@@ -40,8 +40,7 @@ impl Source for Live {
     }
 }
 
-pub(crate) async fn run(args: ServeArgs) -> Result<()> {
-    let mut settings: Settings = args.resolve()?;
+pub(crate) async fn run(mut settings: Settings) -> Result<()> {
     let data_dir = &settings.collector.data_dir;
     std::fs::create_dir_all(data_dir).map_err(|error| {
         Error::Config(format!(
@@ -108,7 +107,8 @@ pub(crate) async fn run(args: ServeArgs) -> Result<()> {
     });
 
     let otlp_routes = collector::otlp_http::router(collector.clone())
-        .route("/healthz", axum::routing::get(query::http::healthz));
+        .route("/healthz", axum::routing::get(query::http::healthz))
+        .route("/readyz", axum::routing::get(query::http::readyz));
     front_ends.spawn(serve_http(
         "OTLP/HTTP",
         otlp_http,

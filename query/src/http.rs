@@ -1,4 +1,4 @@
-//! SQL over HTTP: `POST /api/v1/query` and `GET /healthz`.
+//! SQL over HTTP: `POST /api/v1/query`, `GET /healthz` and `GET /readyz`.
 //!
 //! The body is `{"sql": "..."}` (or the SQL itself as `text/plain` or `application/sql`).
 //! The answer is JSON by default and an Arrow IPC stream when the `Accept` header asks for
@@ -25,12 +25,19 @@ pub fn router(engine: Engine) -> Router {
     Router::new()
         .route("/api/v1/query", post(query))
         .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
         .with_state(engine)
 }
 
 /// Liveness: answers while the process serves requests.
 pub async fn healthz() -> &'static str {
     "ok\n"
+}
+
+/// Readiness: the write-ahead log is replayed before any listener opens, so a process that
+/// answers here has every acknowledged row queryable and accepts data.
+pub async fn readyz() -> &'static str {
+    "ready\n"
 }
 
 #[derive(Deserialize)]

@@ -137,3 +137,82 @@ fn sql_cli_prints_tables_and_sql_is_read_only() {
         "{stdout}"
     );
 }
+
+#[test]
+fn check_config_reports_and_exits_without_serving() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("apiscope.toml");
+    let data = dir.path().join("never-created");
+    std::fs::write(
+        &file,
+        format!(
+            "data_dir = {:?}\npg_password = \"s3cret\"\nlog_format = \"json\"\n",
+            data.display().to_string()
+        ),
+    )
+    .unwrap();
+    let output = Command::new(binary())
+        .args(["serve", "--check-config", "--config"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}");
+    assert!(stdout.starts_with("configuration OK"), "{stdout}");
+    assert!(stdout.contains("pg_password = (set)"), "{stdout}");
+    assert!(stdout.contains("log_format = Json"), "{stdout}");
+    assert!(!stdout.contains("s3cret"), "the password was printed");
+    assert!(!data.exists(), "checking created the data directory");
+
+    std::fs::write(&file, "flush_intervall = \"1s\"\n").unwrap();
+    let output = Command::new(binary())
+        .args(["serve", "--check-config", "--config"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("flush_intervall"));
+}
+
+#[test]
+fn json_logs_and_readiness() {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(binary())
+        .args(["serve", "--log-format", "json", "--data-dir"])
+        .arg(dir.path())
+        .args([
+            "--otlp-grpc-addr",
+            "127.0.0.1:0",
+            "--otlp-http-addr",
+            "127.0.0.1:0",
+        ])
+        .args(["--http-addr", "127.0.0.1:0", "--pg-addr", "127.0.0.1:0"])
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let mut ready = None;
+    for line in BufReader::new(stderr).lines().take(50) {
+        let line = line.unwrap();
+        let record: serde_json::Value = serde_json::from_str(&line)
+            .unwrap_or_else(|e| panic!("a log line that is not JSON ({e}): {line}"));
+        assert!(record["level"].is_string(), "{record}");
+        if record["fields"]["message"] == "apiscope ready" {
+            ready = Some(record);
+            break;
+        }
+    }
+    let ready = ready.expect("a ready line");
+    for listener in ["http_addr", "otlp_http_addr"] {
+        let addr = ready["fields"][listener].as_str().unwrap();
+        let answer = http().get(format!("http://{addr}/readyz")).send().unwrap();
+        assert_eq!(answer.status().as_u16(), 200, "{listener}");
+        assert_eq!(answer.text().unwrap(), "ready\n");
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
