@@ -79,6 +79,18 @@ pub(crate) struct ServeArgs {
         value_delimiter = ','
     )]
     deprecated_versions: Option<Vec<String>>,
+    /// How long a query may run [default: 30s].
+    #[arg(long, env = "APISCOPE_QUERY_TIMEOUT", value_parser = parse_duration)]
+    query_timeout: Option<Duration>,
+    /// Memory one query may reserve, in bytes [default: 1073741824].
+    #[arg(long, env = "APISCOPE_QUERY_MEMORY_LIMIT")]
+    query_memory_limit: Option<usize>,
+    /// Rows a query result may have over HTTP and the CLI; more is refused [default: 100000].
+    #[arg(long, env = "APISCOPE_MAX_RESULT_ROWS")]
+    max_result_rows: Option<usize>,
+    /// Queries running at once; one more gets 503 with Retry-After [default: 8].
+    #[arg(long, env = "APISCOPE_MAX_CONCURRENT_QUERIES")]
+    max_concurrent_queries: Option<usize>,
     /// Attribute keys naming the client, first present wins [default: client.id,app.client_id,http.request.header.x-client-id,enduser.id,user.id].
     #[arg(long, env = "APISCOPE_CLIENT_ID_KEYS", value_delimiter = ',')]
     client_id_keys: Option<Vec<String>>,
@@ -130,6 +142,11 @@ struct FileConfig {
     deprecated_versions: Option<Vec<String>>,
     openapi: Option<Vec<PathBuf>>,
     log_format: Option<LogFormat>,
+    #[serde(default, deserialize_with = "de_duration")]
+    query_timeout: Option<Duration>,
+    query_memory_limit: Option<usize>,
+    max_result_rows: Option<usize>,
+    max_concurrent_queries: Option<usize>,
     client_id_keys: Option<Vec<String>>,
     #[serde(default, deserialize_with = "de_duration")]
     flush_interval: Option<Duration>,
@@ -159,6 +176,7 @@ pub(crate) struct Settings {
     pub(crate) pg_auth: query::pg::PgAuth,
     pub(crate) questions: query::QuestionSettings,
     pub(crate) log_format: LogFormat,
+    pub(crate) query_limits: query::QueryLimits,
     pub(crate) collector: collector::Config,
 }
 
@@ -227,6 +245,30 @@ impl ServeArgs {
                 "flush_interval must be longer than 0s".into(),
             ));
         }
+        let defaults = query::QueryLimits::default();
+        let query_limits = query::QueryLimits {
+            memory_per_query: self
+                .query_memory_limit
+                .or(file.query_memory_limit)
+                .unwrap_or(defaults.memory_per_query),
+            timeout: self
+                .query_timeout
+                .or(file.query_timeout)
+                .unwrap_or(defaults.timeout),
+            max_rows: self
+                .max_result_rows
+                .or(file.max_result_rows)
+                .unwrap_or(defaults.max_rows),
+            max_concurrent: self
+                .max_concurrent_queries
+                .or(file.max_concurrent_queries)
+                .unwrap_or(defaults.max_concurrent),
+        };
+        if query_limits.timeout.is_zero() || query_limits.max_concurrent == 0 {
+            return Err(Error::Config(
+                "query_timeout and max_concurrent_queries must be above 0".into(),
+            ));
+        }
         let pg_addr = pick(self.pg_addr, file.pg_addr, "127.0.0.1:7432");
         let pg_auth = match self.pg_password.or(file.pg_password) {
             Some(password) if password.is_empty() => {
@@ -256,6 +298,7 @@ impl ServeArgs {
                 openapi: routes,
             },
             log_format: self.log_format.or(file.log_format).unwrap_or_default(),
+            query_limits,
             collector,
         })
     }
@@ -292,6 +335,7 @@ impl Settings {
                 self.questions.deprecated_versions
             ),
             format!("log_format = {:?}", self.log_format),
+            format!("query limits = {:?}", self.query_limits),
         ];
         lines.push(String::new());
         lines.join("\n")

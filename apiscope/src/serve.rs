@@ -66,7 +66,12 @@ pub(crate) async fn run(mut settings: Settings) -> Result<()> {
         data_dir: settings.collector.data_dir.clone(),
         buffer: collector.buffer(),
     });
-    let engine = Engine::new(source, settings.questions.clone()).await?;
+    let engine = Engine::new(
+        source,
+        settings.questions.clone(),
+        settings.query_limits.clone(),
+    )
+    .await?;
 
     let grpc = bind("OTLP/gRPC", settings.otlp_grpc_addr).await?;
     let otlp_http = bind("OTLP/HTTP", settings.otlp_http_addr).await?;

@@ -31,7 +31,9 @@ pub(crate) async fn run(args: SqlArgs) -> Result<()> {
                 ))
             })?;
             let source = Arc::new(query::DataDir(dir));
-            let engine = query::Engine::new(source, query::QuestionSettings::default()).await?;
+            let settings = query::QuestionSettings::default();
+            let engine =
+                query::Engine::new(source, settings, query::QueryLimits::default()).await?;
             engine.query(&args.sql).await?.batches
         }
         None => remote(&args.url, &args.sql).await?,

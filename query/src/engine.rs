@@ -1,13 +1,20 @@
 //! The DataFusion session answering SQL, read-only.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
+use datafusion::execution::SessionStateBuilder;
 use datafusion::execution::context::{SQLOptions, SessionConfig, SessionContext};
+use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
+use datafusion::execution::memory_pool::GreedyMemoryPool;
+use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::logical_expr::LogicalPlan;
 use datafusion_postgres::datafusion_pg_catalog::pg_catalog::context::EmptyContextProvider;
 use datafusion_postgres::datafusion_pg_catalog::pg_catalog::setup_pg_catalog;
+use futures::StreamExt;
+use tokio::sync::Semaphore;
 
 use crate::error::{Error, Result};
 use crate::questions::QuestionSettings;
@@ -23,6 +30,30 @@ pub struct QueryOutput {
     pub batches: Vec<RecordBatch>,
 }
 
+/// What one query may use, and how many may run at once. Each refusal names its limit.
+#[derive(Debug, Clone)]
+pub struct QueryLimits {
+    /// Memory one query's operators may reserve (joins, sorts, aggregates).
+    pub memory_per_query: usize,
+    /// How long a query may run, planning included.
+    pub timeout: Duration,
+    /// Rows a result may have; a query over this is refused, not cut.
+    pub max_rows: usize,
+    /// Queries running at once; one more is refused (503) until one ends.
+    pub max_concurrent: usize,
+}
+
+impl Default for QueryLimits {
+    fn default() -> Self {
+        Self {
+            memory_per_query: 1024 * 1024 * 1024,
+            timeout: Duration::from_secs(30),
+            max_rows: 100_000,
+            max_concurrent: 8,
+        }
+    }
+}
+
 /// The catalog holding apiscope's tables; also the database name PostgreSQL clients see.
 pub const CATALOG: &str = "apiscope";
 
@@ -30,6 +61,39 @@ pub const CATALOG: &str = "apiscope";
 #[derive(Clone)]
 pub struct Engine {
     ctx: Arc<SessionContext>,
+    limits: QueryLimits,
+    running: Arc<Semaphore>,
+    runtime: Arc<QueryRuntime>,
+}
+
+/// The threads queries run on, apart from the ones that receive data: a heavy query takes
+/// CPU time, but never the threads that acknowledge ingest.
+struct QueryRuntime(Option<tokio::runtime::Runtime>);
+
+impl QueryRuntime {
+    fn new() -> Result<Self> {
+        let threads = std::thread::available_parallelism().map_or(2, usize::from);
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads)
+            .thread_name("apiscope-query")
+            .enable_all()
+            .build()
+            .map_err(|error| Error::Internal(format!("cannot start the query runtime: {error}")))?;
+        Ok(Self(Some(runtime)))
+    }
+
+    fn handle(&self) -> Option<&tokio::runtime::Handle> {
+        self.0.as_ref().map(tokio::runtime::Runtime::handle)
+    }
+}
+
+impl Drop for QueryRuntime {
+    fn drop(&mut self) {
+        // Dropped from async code at shutdown, where a blocking drop would panic.
+        if let Some(runtime) = self.0.take() {
+            runtime.shutdown_background();
+        }
+    }
 }
 
 impl std::fmt::Debug for Engine {
@@ -40,7 +104,11 @@ impl std::fmt::Debug for Engine {
 
 impl Engine {
     /// A session whose tables read from `source`, with the question functions.
-    pub async fn new(source: Arc<dyn Source>, settings: QuestionSettings) -> Result<Self> {
+    pub async fn new(
+        source: Arc<dyn Source>,
+        settings: QuestionSettings,
+        limits: QueryLimits,
+    ) -> Result<Self> {
         let mut config = SessionConfig::new()
             .with_information_schema(true)
             .with_default_catalog_and_schema(CATALOG, "public");
@@ -52,7 +120,18 @@ impl Engine {
             .options_mut()
             .optimizer
             .enable_join_dynamic_filter_pushdown = false;
-        let ctx = SessionContext::new_with_config(config);
+        // The shared session (the PostgreSQL front-end runs there) may hold what all the
+        // queries allowed at once may hold; an HTTP query gets a pool of its own.
+        let total = limits
+            .memory_per_query
+            .saturating_mul(limits.max_concurrent.max(1));
+        let runtime = RuntimeEnvBuilder::new()
+            .with_memory_pool(Arc::new(GreedyMemoryPool::new(total)))
+            .with_disk_manager_builder(
+                DiskManagerBuilder::default().with_mode(DiskManagerMode::Disabled),
+            )
+            .build_arc()?;
+        let ctx = SessionContext::new_with_config_rt(config, runtime);
         for table in schemas::TABLES {
             let provider = Arc::new(StoreTable::new(table, source.clone()));
             ctx.register_table(table.name, provider)?;
@@ -63,7 +142,13 @@ impl Engine {
         crate::functions::register(&ctx, settings.openapi.clone());
         ctx.register_table("openapi_operations", openapi_operations(&settings.openapi)?)?;
         crate::questions::register(&ctx, &settings).await?;
-        Ok(Self { ctx: Arc::new(ctx) })
+        let running = Arc::new(Semaphore::new(limits.max_concurrent.max(1)));
+        Ok(Self {
+            ctx: Arc::new(ctx),
+            limits,
+            running,
+            runtime: Arc::new(QueryRuntime::new()?),
+        })
     }
 
     /// The session, shared by the HTTP and PostgreSQL front-ends.
@@ -78,15 +163,91 @@ impl Engine {
             .map_err(|error| Error::ReadOnly(Error::from(error).to_string()))
     }
 
-    /// Plans and runs `sql`, refusing anything that is not a query.
+    /// Plans and runs `sql`, refusing anything that is not a query, and any query over the
+    /// limits: memory, time, result rows, queries at once.
     pub async fn query(&self, sql: &str) -> Result<QueryOutput> {
-        let state = self.ctx.state();
+        let limits = &self.limits;
+        let Ok(_running) = self.running.clone().try_acquire_owned() else {
+            return Err(Error::Busy(format!(
+                "{} queries are running, the most allowed at once (max_concurrent_queries); retry shortly",
+                limits.max_concurrent
+            )));
+        };
+        let Some(handle) = self.runtime.handle() else {
+            return Err(Error::Internal("the query runtime is gone".into()));
+        };
+        let engine = self.clone();
+        let sql = sql.to_owned();
+        let mut task = handle.spawn(async move { engine.run(&sql).await });
+        match tokio::time::timeout(limits.timeout, &mut task).await {
+            Ok(Ok(answer)) => answer,
+            Ok(Err(join_error)) => Err(Error::Internal(format!("query task failed: {join_error}"))),
+            Err(_) => {
+                // Stop the work, not only the wait for it.
+                task.abort();
+                Err(Error::ResourcesExhausted(format!(
+                    "the query ran longer than {} (query_timeout)",
+                    humanize(limits.timeout)
+                )))
+            }
+        }
+    }
+
+    async fn run(&self, sql: &str) -> Result<QueryOutput> {
+        let limits = &self.limits;
+        // A memory pool of this query's own, over the shared session's tables and functions.
+        // No spilling: a query over its memory is refused rather than filling the disk the
+        // store lives on.
+        let runtime = RuntimeEnvBuilder::new()
+            .with_memory_pool(Arc::new(GreedyMemoryPool::new(limits.memory_per_query)))
+            .with_disk_manager_builder(
+                DiskManagerBuilder::default().with_mode(DiskManagerMode::Disabled),
+            )
+            .build_arc()?;
+        let state = SessionStateBuilder::new_from_existing(self.ctx.state())
+            .with_runtime_env(runtime)
+            .build();
         let plan = state.create_logical_plan(sql).await?;
         Self::check_read_only(&plan)?;
-        let frame = self.ctx.execute_logical_plan(plan).await?;
+        let ctx = SessionContext::new_with_state(state);
+        let frame = ctx.execute_logical_plan(plan).await?;
         let schema = Arc::new(frame.schema().as_arrow().clone());
-        let batches = frame.collect().await?;
+        let mut stream = frame.execute_stream().await?;
+        let mut batches = Vec::new();
+        let mut rows = 0;
+        while let Some(batch) = stream.next().await {
+            let batch = batch.map_err(|error| self.named(error.into()))?;
+            rows += batch.num_rows();
+            if rows > limits.max_rows {
+                return Err(Error::ResourcesExhausted(format!(
+                    "the result has more than {} rows (max_result_rows); add a LIMIT, or aggregate",
+                    limits.max_rows
+                )));
+            }
+            batches.push(batch);
+        }
         Ok(QueryOutput { schema, batches })
+    }
+
+    /// `error` with the memory limit named, when it is the memory limit.
+    fn named(&self, error: Error) -> Error {
+        match error {
+            Error::ResourcesExhausted(detail) => Error::ResourcesExhausted(format!(
+                "the query needs more than {} bytes of memory (query_memory_limit): {detail}",
+                self.limits.memory_per_query
+            )),
+            other => other,
+        }
+    }
+}
+
+/// `30s`, `1m 30s`.
+fn humanize(duration: Duration) -> String {
+    let seconds = duration.as_secs_f64();
+    if seconds.fract() == 0.0 {
+        format!("{}s", duration.as_secs())
+    } else {
+        format!("{seconds:.3}s")
     }
 }
 

@@ -14,9 +14,12 @@ pub enum Error {
     /// The query failed while running, for a reason of its own (a bad cast, say).
     #[error("query failed: {0}")]
     Execution(String),
-    /// The query needed more memory or time than it may use.
+    /// The query needed more memory, time or result rows than it may use.
     #[error("query refused: {0}")]
     ResourcesExhausted(String),
+    /// Too many queries are running; this one may be retried shortly.
+    #[error("query refused: {0}")]
+    Busy(String),
     /// The request itself is malformed (not the SQL in it).
     #[error("{0}")]
     BadRequest(String),
@@ -35,7 +38,9 @@ impl Error {
             Error::Sql(_) => 400,
             Error::ReadOnly(_) => 403,
             Error::Execution(_) => 422,
-            Error::ResourcesExhausted(_) => 503,
+            // Well-formed, but over a limit: sending it again will not help.
+            Error::ResourcesExhausted(_) => 422,
+            Error::Busy(_) => 503,
             Error::BadRequest(_) => 400,
             Error::Internal(_) => 500,
         }
@@ -48,6 +53,7 @@ impl Error {
             Error::ReadOnly(_) => "read-only",
             Error::Execution(_) => "query failed",
             Error::ResourcesExhausted(_) => "query limit reached",
+            Error::Busy(_) => "too many queries",
             Error::BadRequest(_) => "bad request",
             Error::Internal(_) => "internal error",
         }

@@ -119,10 +119,15 @@ pub fn problem(error: &Error) -> Response {
         "status": status.as_u16(),
         "detail": error.to_string(),
     });
-    (
+    let mut response = (
         status,
         [(header::CONTENT_TYPE, "application/problem+json")],
         body.to_string(),
     )
-        .into_response()
+        .into_response();
+    if matches!(error, Error::Busy(_)) {
+        let retry = axum::http::HeaderValue::from_static("1");
+        response.headers_mut().insert(header::RETRY_AFTER, retry);
+    }
+    response
 }

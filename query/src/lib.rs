@@ -21,7 +21,7 @@ mod questions;
 mod source;
 mod table;
 
-pub use engine::{CATALOG, Engine, QueryOutput};
+pub use engine::{CATALOG, Engine, QueryLimits, QueryOutput};
 pub use error::{Error, Result};
 pub use json::to_json;
 pub use questions::{

@@ -736,10 +736,13 @@ mod tests {
             openapi: Arc::new(openapi),
             ..QuestionSettings::default()
         };
-        let engine = Engine::new(source, settings.clone()).await.unwrap();
+        let engine = Engine::new(source, settings.clone(), Default::default())
+            .await
+            .unwrap();
         let bare = Engine::new(
             Arc::new(DataDir(dir.path().to_owned())),
             QuestionSettings::default(),
+            Default::default(),
         )
         .await
         .unwrap();

@@ -10,6 +10,7 @@ mod crash;
 mod daemon;
 mod dashboards;
 mod fleet;
+mod guards;
 mod import;
 mod limits;
 mod openapi;

@@ -1,0 +1,120 @@
+//! Query guards: result rows, memory, time and queries at once, each refusal naming its
+//! limit; the daemon keeps answering afterwards.
+
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use crate::daemon::{Daemon, http};
+use crate::otlp_json::{hex_id, post, span, traces};
+
+/// Eight billion rows, each compared: never done in two seconds.
+const SLOW: &str = "SELECT count(*) FROM (SELECT duration_ns FROM spans) a, \
+    (SELECT duration_ns FROM spans) b, (SELECT duration_ns FROM spans) c \
+    WHERE a.duration_ns + b.duration_ns > c.duration_ns";
+
+#[test]
+fn queries_over_a_limit_are_refused_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = Daemon::start_with(
+        dir.path(),
+        &[
+            "--max-result-rows",
+            "5",
+            "--query-timeout",
+            "2s",
+            "--query-memory-limit",
+            "2000000",
+            "--max-concurrent-queries",
+            "1",
+        ],
+    );
+    let start = crate::now_ns() - 60_000_000_000;
+    let spans = (0..2000)
+        .map(|i| {
+            span(
+                &hex_id(i / 10 + 1, 16),
+                &hex_id(i + 1, 8),
+                "GET /x",
+                2,
+                start,
+                i as i64 % 50,
+                json!([]),
+            )
+        })
+        .collect();
+    let body = serde_json::to_vec(&traces("guarded", spans)).unwrap();
+    let (status, _) = post(&daemon, "/v1/traces", "application/json", None, body);
+    assert_eq!(status, 200);
+    assert_eq!(
+        daemon.wait_for_count("SELECT count(*) FROM spans", 2000),
+        2000
+    );
+
+    let refused = |sql: &str, limit: &str| {
+        let (status, body) = daemon.try_query(sql);
+        assert_eq!(status, 422, "{sql}: {body}");
+        let detail = body["detail"].as_str().unwrap();
+        assert!(detail.contains(limit), "{sql}: {detail}");
+    };
+    // Rows: refused, not cut.
+    refused(
+        "SELECT span_id FROM spans",
+        "more than 5 rows (max_result_rows)",
+    );
+    assert_eq!(daemon.rows("SELECT span_id FROM spans LIMIT 5").len(), 5);
+    // Memory: grouping the cross join by a key of both sides needs far more than 2 MB.
+    refused(
+        "SELECT count(*) FROM (SELECT a.span_id || b.span_id AS k, count(*) AS n \
+         FROM spans a, spans b GROUP BY k) t",
+        "bytes of memory (query_memory_limit)",
+    );
+    // Time: eight billion rows do not pass in two seconds.
+    refused(SLOW, "longer than 2s (query_timeout)");
+
+    // One query at a time: a second one meanwhile is told to retry.
+    let url = daemon.query_url();
+    let slow = std::thread::spawn(move || {
+        http()
+            .post(format!("{url}/api/v1/query"))
+            .json(&json!({ "sql": SLOW }))
+            .send()
+            .unwrap()
+            .text()
+            .unwrap()
+    });
+    // Give the slow query the one slot (it holds it two seconds, until its time limit),
+    // then ask until refused.
+    std::thread::sleep(Duration::from_millis(300));
+    let deadline = Instant::now() + Duration::from_millis(1800);
+    let mut busy = None;
+    while busy.is_none() && Instant::now() < deadline {
+        let answer = http()
+            .post(format!("{}/api/v1/query", daemon.query_url()))
+            .json(&json!({"sql": "SELECT 1"}))
+            .send()
+            .unwrap();
+        if answer.status().as_u16() == 503 {
+            busy = Some(answer);
+        } else {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    let Some(busy) = busy else {
+        panic!("no 503 while the slow query ran: {}", slow.join().unwrap());
+    };
+    assert_eq!(busy.status().as_u16(), 503);
+    assert_eq!(busy.headers()["retry-after"], "1");
+    let detail: serde_json::Value = busy.json().unwrap();
+    assert!(
+        detail["detail"]
+            .as_str()
+            .unwrap()
+            .contains("max_concurrent_queries"),
+        "{detail}"
+    );
+    let slow = slow.join().unwrap();
+    assert!(slow.contains("query_timeout"), "{slow}");
+    // And the daemon still answers, and still takes data.
+    assert_eq!(daemon.count("SELECT count(*) FROM spans"), 2000);
+}
