@@ -118,3 +118,65 @@ fn queries_over_a_limit_are_refused_by_name() {
     // And the daemon still answers, and still takes data.
     assert_eq!(daemon.count("SELECT count(*) FROM spans"), 2000);
 }
+
+#[test]
+fn the_refusal_corpus_is_refused_over_http_and_postgres() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = Daemon::start(dir.path());
+    let start = crate::now_ns() - 60_000_000_000;
+    let spans = (0..3)
+        .map(|i| {
+            span(
+                &hex_id(9, 16),
+                &hex_id(i + 1, 8),
+                "GET /x",
+                2,
+                start,
+                1,
+                json!([]),
+            )
+        })
+        .collect();
+    let body = serde_json::to_vec(&traces("corpus", spans)).unwrap();
+    let (status, _) = post(&daemon, "/v1/traces", "application/json", None, body);
+    assert_eq!(status, 200);
+    assert_eq!(daemon.wait_for_count("SELECT count(*) FROM spans", 3), 3);
+
+    let written = dir.path().join("written.csv");
+    let secret = dir.path().join("secret.csv");
+    std::fs::write(&secret, "a,b\n1,2\n").unwrap();
+    let corpus = [
+        "CREATE TABLE notes AS SELECT 1 AS n".to_owned(),
+        "INSERT INTO spans (trace_id) VALUES ('x')".to_owned(),
+        "DELETE FROM spans".to_owned(),
+        "DROP TABLE spans".to_owned(),
+        "SELECT 1; DROP TABLE spans".to_owned(),
+        format!("COPY (SELECT * FROM spans) TO '{}'", written.display()),
+        format!(
+            "CREATE EXTERNAL TABLE leak STORED AS CSV LOCATION '{}'",
+            secret.display()
+        ),
+        format!("SELECT * FROM '{}'", secret.display()),
+        format!("SELECT * FROM read_csv('{}')", secret.display()),
+        "SET datafusion.execution.batch_size = 1".to_owned(),
+    ];
+    for sql in &corpus {
+        let (status, body) = daemon.try_query(sql);
+        assert!((400..500).contains(&status), "HTTP ran {sql}: {body}");
+    }
+    crate::pg::runtime().block_on(async {
+        let client = crate::pg::connect(&daemon, None).await.unwrap();
+        for sql in &corpus {
+            assert!(client.simple_query(sql).await.is_err(), "PostgreSQL (simple) ran {sql}");
+            assert!(client.query(sql.as_str(), &[]).await.is_err(), "PostgreSQL (extended) ran {sql}");
+        }
+        let tables = client
+            .query("SELECT table_name FROM information_schema.tables WHERE table_schema = 'public' ORDER BY 1", &[])
+            .await
+            .unwrap();
+        let tables: Vec<String> = tables.iter().map(|r| r.get(0)).collect();
+        assert!(!tables.iter().any(|t| t == "notes" || t == "leak"), "{tables:?}");
+    });
+    assert!(!written.exists(), "COPY wrote a file");
+    assert_eq!(daemon.count("SELECT count(*) FROM spans"), 3);
+}

@@ -111,7 +111,21 @@ impl QueryParser for RewritingParser {
     where
         C: ClientInfo + Unpin + Send + Sync,
     {
-        self.0.parse_sql(client, &rewrite(sql), types).await
+        let sql = rewrite(sql);
+        // The library would prepare the first statement and drop the others unseen; like
+        // PostgreSQL, refuse the lot.
+        let dialect = datafusion::sql::sqlparser::dialect::PostgreSqlDialect {};
+        if let Ok(statements) =
+            datafusion::sql::sqlparser::parser::Parser::parse_sql(&dialect, &sql)
+            && statements.len() > 1
+        {
+            return Err(PgWireError::UserError(Box::new(ErrorInfo::new(
+                "ERROR".to_owned(),
+                "42601".to_owned(),
+                "cannot insert multiple commands into a prepared statement".to_owned(),
+            ))));
+        }
+        self.0.parse_sql(client, &sql, types).await
     }
 
     fn get_parameter_types(&self, statement: &Self::Statement) -> PgWireResult<Vec<Type>> {
