@@ -45,9 +45,10 @@ pub struct Question {
     pub doc: &'static str,
     /// Its columns, with what each holds.
     pub columns: &'static [(&'static str, &'static str)],
-    /// SQL with `{window}` (the window as a filter on `time`), `{previous}` (the window of
-    /// equal length before it), `{seconds}` (the window's length) and `{deprecated}` (the
-    /// deprecated versions as a SQL list). A view has no placeholders.
+    /// SQL with `{window}` (the window as a filter on `time`; `{window_d}` on `d.time`),
+    /// `{previous}` (the window of equal length before it), `{seconds}` (the window's
+    /// length), `{deprecated}` (the deprecated versions as a SQL list), and the constants
+    /// `{min_calls}` and `{retry_gap_s}`. A view has no placeholders.
     sql: &'static str,
     /// Whether it answers only with an OpenAPI document (`--openapi`).
     needs_openapi: bool,
@@ -371,19 +372,19 @@ pub static QUESTIONS: &[Question] = &[
                 SELECT c.client_id, c.endpoint, count(*) AS dependency_calls \
                 FROM calls c JOIN spans d ON d.trace_id = c.trace_id AND d.parent_span_id = c.span_id \
                 WHERE d.span_kind IN ('client', 'producer') AND {window_d} \
-                GROUP BY c.client_id, c.endpoint) \
+                GROUP BY c.client_id, c.endpoint), \
+              flagged AS ( \
+                SELECT *, CASE WHEN coalesce(resend_count, 0) > 0 \
+                  OR (after_error AND time - after_time <= interval '{retry_gap_s} seconds') \
+                  THEN 1 ELSE 0 END AS retry \
+                FROM calls) \
               SELECT c.client_id, c.endpoint, count(*) AS calls, \
-              sum(CASE WHEN coalesce(c.resend_count, 0) > 0 \
-                OR (c.after_error AND c.time - c.after_time <= interval '{retry_gap_s} seconds') \
-                THEN 1 ELSE 0 END) AS retries, \
-              avg(CASE WHEN coalesce(c.resend_count, 0) > 0 \
-                OR (c.after_error AND c.time - c.after_time <= interval '{retry_gap_s} seconds') \
-                THEN 1.0 ELSE 0.0 END) AS retry_rate, \
+              sum(c.retry) AS retries, avg(c.retry * 1.0) AS retry_rate, \
               sum(CASE WHEN c.http_status_code IN (408, 504) \
                 OR lower(c.error_type) LIKE '%timeout%' OR lower(c.error_type) LIKE '%deadline%' \
                 THEN 1 ELSE 0 END) AS timeouts, \
               coalesce(max(f.dependency_calls), 0) * 1.0 / count(*) AS dependency_calls_per_request \
-              FROM calls c LEFT JOIN fanout f \
+              FROM flagged c LEFT JOIN fanout f \
                 ON (f.client_id IS NOT DISTINCT FROM c.client_id) AND f.endpoint = c.endpoint \
               GROUP BY c.client_id, c.endpoint \
               ORDER BY retries DESC, calls DESC, c.client_id, c.endpoint",
