@@ -2,6 +2,7 @@
 //! variables, then flags.
 
 use std::net::SocketAddr;
+use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,6 +11,8 @@ use clap::Args;
 use schemas::routes::OpenApi;
 use serde::Deserialize;
 
+use crate::access::{Access, AuthConfig, PgGate, RateLimits};
+use crate::tls::{Tls, TlsFiles};
 use crate::{Error, Result};
 
 /// How log lines are written.
@@ -63,10 +66,32 @@ pub(crate) struct ServeArgs {
     /// PostgreSQL wire protocol listen address [default: 127.0.0.1:7432].
     #[arg(long, env = "APISCOPE_PG_ADDR")]
     pg_addr: Option<SocketAddr>,
-    /// Password PostgreSQL clients must give (any user name; SCRAM-SHA-256); required when
-    /// --pg-addr is not a loopback address [default: none].
+    /// Password PostgreSQL clients must give (any user name; SCRAM-SHA-256, or in clear
+    /// text beside tokens); without tokens, required when --pg-addr is not a loopback
+    /// address [default: none].
     #[arg(long, env = "APISCOPE_PG_PASSWORD", hide_env_values = true)]
     pg_password: Option<String>,
+    /// Allow listening off loopback with no token configured (`[[auth.tokens]]` in the
+    /// config file): anyone who reaches the ports may send data and query it.
+    #[arg(long, env = "APISCOPE_INSECURE_NO_AUTH")]
+    insecure_no_auth: bool,
+    /// Ingest requests per second one caller (token, or client address without tokens) may
+    /// send; over it, 429 / RESOURCE_EXHAUSTED with a retry delay [default: no limit].
+    #[arg(long, env = "APISCOPE_INGEST_RATE_LIMIT")]
+    ingest_rate_limit: Option<u32>,
+    /// Queries per second one caller may run (HTTP and PostgreSQL) [default: no limit].
+    #[arg(long, env = "APISCOPE_QUERY_RATE_LIMIT")]
+    query_rate_limit: Option<u32>,
+    /// PEM certificate chain: with --tls-key, every listener speaks TLS only [default: none].
+    #[arg(long, env = "APISCOPE_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert [default: none].
+    #[arg(long, env = "APISCOPE_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// PEM CA certificates: gRPC clients must present a certificate signed by one
+    /// [default: none, no client certificates].
+    #[arg(long, env = "APISCOPE_TLS_CLIENT_CA")]
+    tls_client_ca: Option<PathBuf>,
     /// An OpenAPI 3 document (YAML or JSON) whose path templates name raw paths, and which
     /// `contract_drift(...)` checks traffic against; repeat for several [default: none].
     #[arg(long = "openapi", env = "APISCOPE_OPENAPI", value_delimiter = ',')]
@@ -139,6 +164,14 @@ struct FileConfig {
     http_addr: Option<SocketAddr>,
     pg_addr: Option<SocketAddr>,
     pg_password: Option<String>,
+    insecure_no_auth: Option<bool>,
+    ingest_rate_limit: Option<u32>,
+    query_rate_limit: Option<u32>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    tls_client_ca: Option<PathBuf>,
+    #[serde(default)]
+    auth: AuthConfig,
     deprecated_versions: Option<Vec<String>>,
     openapi: Option<Vec<PathBuf>>,
     log_format: Option<LogFormat>,
@@ -174,6 +207,10 @@ pub(crate) struct Settings {
     pub(crate) http_addr: SocketAddr,
     pub(crate) pg_addr: SocketAddr,
     pub(crate) pg_auth: query::pg::PgAuth,
+    pub(crate) access: Arc<Access>,
+    pub(crate) tls: Option<Tls>,
+    /// Listeners off loopback that anyone may use (`--insecure-no-auth`), for the warning.
+    pub(crate) exposed_without_auth: Vec<SocketAddr>,
     pub(crate) questions: query::QuestionSettings,
     pub(crate) log_format: LogFormat,
     pub(crate) query_limits: query::QueryLimits,
@@ -269,27 +306,81 @@ impl ServeArgs {
                 "query_timeout and max_concurrent_queries must be above 0".into(),
             ));
         }
-        let pg_addr = pick(self.pg_addr, file.pg_addr, "127.0.0.1:7432");
-        let pg_auth = match self.pg_password.or(file.pg_password) {
-            Some(password) if password.is_empty() => {
-                return Err(Error::Config("pg_password must not be empty".into()));
-            }
-            Some(password) => query::pg::PgAuth::password(password),
-            None if pg_addr.ip().is_loopback() => query::pg::PgAuth::open(),
-            None => {
-                return Err(Error::Config(format!(
-                    "the PostgreSQL listener {pg_addr} is not on a loopback address: set a \
-                     password with --pg-password (or APISCOPE_PG_PASSWORD, or pg_password in \
-                     the config file)"
-                )));
+        let rate = |limit: Option<u32>| limit.and_then(NonZeroU32::new);
+        let limits = RateLimits {
+            ingest: rate(self.ingest_rate_limit.or(file.ingest_rate_limit)),
+            query: rate(self.query_rate_limit.or(file.query_rate_limit)),
+        };
+        let access = Arc::new(Access::new(&file.auth, limits)?);
+        let tls = match (
+            self.tls_cert.or(file.tls_cert),
+            self.tls_key.or(file.tls_key),
+        ) {
+            (Some(cert), Some(key)) => Some(Tls::load(&TlsFiles {
+                cert,
+                key,
+                client_ca: self.tls_client_ca.or(file.tls_client_ca),
+            })?),
+            (None, None) => None,
+            _ => {
+                return Err(Error::Config(
+                    "tls_cert and tls_key go together: give both or neither".into(),
+                ));
             }
         };
+        let otlp_grpc_addr = pick(self.otlp_grpc_addr, file.otlp_grpc_addr, "127.0.0.1:4317");
+        let otlp_http_addr = pick(self.otlp_http_addr, file.otlp_http_addr, "127.0.0.1:4318");
+        let http_addr = pick(self.http_addr, file.http_addr, "127.0.0.1:7171");
+        let pg_addr = pick(self.pg_addr, file.pg_addr, "127.0.0.1:7432");
+        let pg_password = self.pg_password.or(file.pg_password);
+        if pg_password.as_deref() == Some("") {
+            return Err(Error::Config("pg_password must not be empty".into()));
+        }
+        let gate = Arc::new(PgGate {
+            access: access.clone(),
+        });
+        let pg_auth = match &pg_password {
+            Some(password) => query::pg::PgAuth::password(password),
+            None => query::pg::PgAuth::open(),
+        }
+        .with_gate(gate, access.enabled());
+
+        // Off loopback, every listener needs credentials: tokens, or for the PostgreSQL
+        // listener its password.
+        let mut exposed_without_auth = Vec::new();
+        if !access.enabled() {
+            let open_pg = pg_password.is_none().then_some(pg_addr);
+            for addr in [
+                Some(otlp_grpc_addr),
+                Some(otlp_http_addr),
+                Some(http_addr),
+                open_pg,
+            ]
+            .into_iter()
+            .flatten()
+            {
+                if !addr.ip().is_loopback() {
+                    exposed_without_auth.push(addr);
+                }
+            }
+        }
+        let insecure_no_auth = self.insecure_no_auth || file.insecure_no_auth.unwrap_or(false);
+        if let Some(addr) = exposed_without_auth.first().filter(|_| !insecure_no_auth) {
+            return Err(Error::Config(format!(
+                "{addr} is not a loopback address and no token is configured: add \
+                 [[auth.tokens]] to the config file (see config.example.toml), or pass \
+                 --insecure-no-auth to let anyone who reaches the port send and query data"
+            )));
+        }
         Ok(Settings {
-            otlp_grpc_addr: pick(self.otlp_grpc_addr, file.otlp_grpc_addr, "127.0.0.1:4317"),
-            otlp_http_addr: pick(self.otlp_http_addr, file.otlp_http_addr, "127.0.0.1:4318"),
-            http_addr: pick(self.http_addr, file.http_addr, "127.0.0.1:7171"),
+            otlp_grpc_addr,
+            otlp_http_addr,
+            http_addr,
             pg_addr,
             pg_auth,
+            access,
+            tls,
+            exposed_without_auth,
             questions: query::QuestionSettings {
                 deprecated_versions: self
                     .deprecated_versions
@@ -315,12 +406,20 @@ impl Settings {
             format!("otlp_http_addr = {}", self.otlp_http_addr),
             format!("http_addr = {}", self.http_addr),
             format!("pg_addr = {}", self.pg_addr),
+            format!("pg auth = {}", self.pg_auth.describe()),
             format!(
-                "pg_password = {}",
-                if self.pg_auth.is_required() {
-                    "(set)"
+                "tls = {}",
+                match &self.tls {
+                    Some(tls) => format!("on ({tls:?})"),
+                    None => "off".to_owned(),
+                }
+            ),
+            format!(
+                "insecure_no_auth = {}",
+                if self.exposed_without_auth.is_empty() {
+                    "no listener is open off loopback".to_owned()
                 } else {
-                    "(none)"
+                    format!("open to anyone: {:?}", self.exposed_without_auth)
                 }
             ),
             format!("durability = {:?}", c.durability),
@@ -337,6 +436,7 @@ impl Settings {
             format!("log_format = {:?}", self.log_format),
             format!("query limits = {:?}", self.query_limits),
         ];
+        lines.splice(7..7, self.access.summary());
         lines.push(String::new());
         lines.join("\n")
     }
@@ -403,21 +503,53 @@ mod tests {
     }
 
     #[test]
-    fn a_postgres_listener_off_loopback_needs_a_password() {
-        let args = ServeArgs {
-            pg_addr: Some("0.0.0.0:7432".parse().unwrap()),
+    fn a_listener_off_loopback_needs_credentials_or_insecure_no_auth() {
+        let off_loopback = || ServeArgs {
+            http_addr: Some("0.0.0.0:7171".parse().unwrap()),
             ..ServeArgs::default()
         };
-        let error = args.resolve().unwrap_err().to_string();
-        assert!(error.contains("--pg-password"), "{error}");
+        let error = off_loopback().resolve().unwrap_err().to_string();
+        assert!(error.contains("0.0.0.0:7171"), "{error}");
+        assert!(error.contains("[[auth.tokens]]") && error.contains("--insecure-no-auth"));
 
-        let args = ServeArgs {
+        let settings = ServeArgs {
+            insecure_no_auth: true,
+            ..off_loopback()
+        }
+        .resolve()
+        .unwrap();
+        assert_eq!(settings.exposed_without_auth.len(), 1);
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("apiscope.toml");
+        std::fs::write(
+            &path,
+            "[[auth.tokens]]\nname = \"ops\"\ntoken = \"0123456789abcdef-secret\"\nscopes = [\"admin\"]\n",
+        )
+        .unwrap();
+        let settings = ServeArgs {
+            config: Some(path),
+            ..off_loopback()
+        }
+        .resolve()
+        .unwrap();
+        assert!(settings.exposed_without_auth.is_empty());
+        assert!(!settings.summary().contains("0123456789abcdef-secret"));
+        assert!(
+            settings.summary().contains("ops (admin)"),
+            "{}",
+            settings.summary()
+        );
+
+        // The PostgreSQL listener alone may rely on its password.
+        let settings = ServeArgs {
             pg_addr: Some("0.0.0.0:7432".parse().unwrap()),
             pg_password: Some("s3cret".into()),
             ..ServeArgs::default()
-        };
-        let settings = args.resolve().unwrap();
-        assert!(settings.pg_auth.is_required());
+        }
+        .resolve()
+        .unwrap();
+        assert!(settings.exposed_without_auth.is_empty());
         assert!(!format!("{settings:?}").contains("s3cret"), "{settings:?}");
     }
 

@@ -50,6 +50,8 @@ pub(crate) struct ImportArgs {
     /// Lines per request to the daemon.
     #[arg(long, default_value_t = 5000)]
     batch: usize,
+    #[command(flatten)]
+    client: crate::client::ClientArgs,
 }
 
 /// Bad lines reported one by one in the summary, per file.
@@ -78,10 +80,7 @@ pub(crate) async fn run(args: ImportArgs) -> Result<()> {
     if args.batch == 0 {
         return Err(Error::Config("--batch must be at least 1".into()));
     }
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(120))
-        .build()
-        .map_err(|error| Error::Client(error.to_string()))?;
+    let client = args.client.http(Duration::from_secs(120))?;
     let total_bytes: u64 = args
         .files
         .iter()
@@ -156,10 +155,10 @@ fn open(path: &Path) -> Result<Box<dyn BufRead>> {
 }
 
 /// The last line of the file with this fingerprint that the daemon holds; 0 for none.
-async fn last_imported_line(url: &str, source: &str) -> Result<u64> {
+async fn last_imported_line(client: &reqwest::Client, url: &str, source: &str) -> Result<u64> {
     let sql =
         format!("SELECT max(import_line) AS line FROM requests WHERE import_source = '{source}'");
-    let batches = crate::sql::remote(url, &sql).await?;
+    let batches = crate::sql::remote(client, url, &sql).await?;
     let line = batches
         .first()
         .filter(|batch| batch.num_rows() > 0)
@@ -191,7 +190,7 @@ async fn import_file(
         return Ok(report);
     }
     let source = fingerprint(trim_end(&line));
-    let already = last_imported_line(&args.url, &source).await?;
+    let already = last_imported_line(client, &args.url, &source).await?;
     let endpoint = format!(
         "{}/api/v1/requests",
         args.otlp_http_url.trim_end_matches('/')

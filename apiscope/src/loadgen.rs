@@ -47,6 +47,8 @@ pub(crate) struct LoadgenArgs {
     /// Seed of the simulated traffic; the same seed sends the same traffic.
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    #[command(flatten)]
+    client: crate::client::ClientArgs,
 }
 
 /// Counts shared by the senders.
@@ -65,7 +67,10 @@ enum Sender {
         client: reqwest::Client,
         url: String,
     },
-    Grpc(TraceServiceClient<tonic::transport::Channel>),
+    Grpc {
+        client: TraceServiceClient<tonic::transport::Channel>,
+        authorization: Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>,
+    },
 }
 
 /// How the receiver answered one export.
@@ -104,18 +109,31 @@ impl Sender {
                     }
                 }
             }
-            Sender::Grpc(client) => match client.export(request).await {
-                Ok(answer) => Answer::Accepted(rejected(answer.get_ref())),
-                Err(status)
-                    if matches!(
-                        status.code(),
-                        tonic::Code::Unavailable | tonic::Code::ResourceExhausted
-                    ) =>
-                {
-                    Answer::Refused
+            Sender::Grpc {
+                client,
+                authorization,
+            } => {
+                let mut request = tonic::Request::new(request);
+                if let Some(value) = authorization {
+                    request
+                        .metadata_mut()
+                        .insert("authorization", value.clone());
                 }
-                Err(status) => Answer::Failed(format!("{:?}: {}", status.code(), status.message())),
-            },
+                match client.export(request).await {
+                    Ok(answer) => Answer::Accepted(rejected(answer.get_ref())),
+                    Err(status)
+                        if matches!(
+                            status.code(),
+                            tonic::Code::Unavailable | tonic::Code::ResourceExhausted
+                        ) =>
+                    {
+                        Answer::Refused
+                    }
+                    Err(status) => {
+                        Answer::Failed(format!("{:?}: {}", status.code(), status.message()))
+                    }
+                }
+            }
         }
     }
 }
@@ -162,16 +180,29 @@ pub(crate) async fn run(args: LoadgenArgs) -> Result<()> {
     for index in 0..args.connections {
         let sender = match args.protocol.as_str() {
             "grpc" => {
-                let channel = tonic::transport::Endpoint::new(endpoint.clone())
-                    .map_err(|error| Error::Config(format!("endpoint {endpoint}: {error}")))?
-                    .connect_lazy();
-                Sender::Grpc(TraceServiceClient::new(channel))
+                let mut channel = tonic::transport::Endpoint::new(endpoint.clone())
+                    .map_err(|error| Error::Config(format!("endpoint {endpoint}: {error}")))?;
+                if endpoint.starts_with("https://") {
+                    channel = channel
+                        .tls_config(args.client.grpc_tls()?)
+                        .map_err(|error| Error::Config(format!("TLS: {error}")))?;
+                }
+                let authorization =
+                    match args.client.authorization()? {
+                        Some(value) => {
+                            Some(value.to_str().unwrap_or_default().parse().map_err(|_| {
+                                Error::Config("--token must be printable ASCII".into())
+                            })?)
+                        }
+                        None => None,
+                    };
+                Sender::Grpc {
+                    client: TraceServiceClient::new(channel.connect_lazy()),
+                    authorization,
+                }
             }
             _ => Sender::Http {
-                client: reqwest::Client::builder()
-                    .timeout(Duration::from_secs(30))
-                    .build()
-                    .map_err(|error| Error::Client(error.to_string()))?,
+                client: args.client.http(Duration::from_secs(30))?,
                 url: format!("{}/v1/traces", endpoint.trim_end_matches('/')),
             },
         };

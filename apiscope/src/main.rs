@@ -1,11 +1,15 @@
 //! The apiscope binary: parses configuration, wires the collector to the query engine, and
 //! owns start-up and shutdown.
 
+mod access;
+mod client;
 mod config;
 mod import;
 mod loadgen;
+mod metrics;
 mod serve;
 mod sql;
+mod tls;
 
 use std::process::ExitCode;
 
@@ -55,6 +59,8 @@ fn main() -> ExitCode {
         other => (Resolved::Other(other), config::LogFormat::from_env()),
     };
     init_logging(log_format);
+    // One TLS implementation for the listeners and the client commands.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -13,6 +13,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::access::{self, Scope};
 use crate::config::Settings;
 use crate::{Error, Result};
 
@@ -41,6 +42,7 @@ impl Source for Live {
 }
 
 pub(crate) async fn run(mut settings: Settings) -> Result<()> {
+    let metrics = crate::metrics::install()?;
     let data_dir = &settings.collector.data_dir;
     std::fs::create_dir_all(data_dir).map_err(|error| {
         Error::Config(format!(
@@ -95,10 +97,28 @@ pub(crate) async fn run(mut settings: Settings) -> Result<()> {
     let stop_accepting = CancellationToken::new();
     let front_ends = TaskTracker::new();
 
+    let access = settings.access.clone();
+    if !settings.exposed_without_auth.is_empty() {
+        tracing::warn!(
+            addresses = ?settings.exposed_without_auth,
+            "--insecure-no-auth: listening off loopback with no token; anyone who reaches \
+             these ports can send data and query it"
+        );
+    }
+
     let (traces, logs) = collector::otlp_grpc::services(collector.clone());
     let stop = stop_accepting.clone();
+    let mut grpc_server = tonic::transport::Server::builder();
+    if let Some(tls) = &settings.tls {
+        grpc_server = grpc_server
+            .tls_config(tls.grpc())
+            .map_err(|error| Error::Config(format!("TLS for OTLP/gRPC: {error}")))?;
+    }
+    let mut grpc_server = grpc_server.layer(tonic::service::InterceptorLayer::new(
+        access::GrpcGuard(access.clone()),
+    ));
     front_ends.spawn(async move {
-        let served = tonic::transport::Server::builder()
+        let served = grpc_server
             .add_service(traces)
             .add_service(logs)
             .serve_with_incoming_shutdown(
@@ -111,25 +131,44 @@ pub(crate) async fn run(mut settings: Settings) -> Result<()> {
         }
     });
 
-    let otlp_routes = collector::otlp_http::router(collector.clone())
-        .route("/healthz", axum::routing::get(query::http::healthz))
-        .route("/readyz", axum::routing::get(query::http::readyz));
-    front_ends.spawn(serve_http(
+    let guarded = |router: axum::Router, scope, listener| {
+        router.layer(axum::middleware::from_fn_with_state(
+            (access.clone(), scope, listener),
+            access::http_guard,
+        ))
+    };
+    let otlp_routes = guarded(
+        collector::otlp_http::router(collector.clone()),
+        Scope::Ingest,
         "OTLP/HTTP",
-        otlp_http,
-        otlp_routes,
-        stop_accepting.clone(),
-    ));
-    front_ends.spawn(serve_http(
-        "query API",
-        query_http,
+    )
+    .merge(query::http::health());
+    let query_routes = guarded(
         query::http::router(engine.clone()),
-        stop_accepting.clone(),
-    ));
+        Scope::Query,
+        "query API",
+    )
+    .merge(guarded(
+        crate::metrics::router(metrics.clone(), collector.clone()),
+        Scope::Admin,
+        "query API",
+    ))
+    .merge(query::http::health());
+    for (what, listener, routes) in [
+        ("OTLP/HTTP", otlp_http, otlp_routes),
+        ("query API", query_http, query_routes),
+    ] {
+        let stop = stop_accepting.clone();
+        match &settings.tls {
+            Some(tls) => front_ends.spawn(serve_http(what, tls.listener(listener), routes, stop)),
+            None => front_ends.spawn(serve_http(what, listener, routes, stop)),
+        };
+    }
     front_ends.spawn(query::pg::run(
         pg,
         engine,
         settings.pg_auth.clone(),
+        settings.tls.as_ref().map(|tls| tls.postgres()),
         stop_accepting.clone().cancelled_owned(),
     ));
     front_ends.close();
@@ -137,6 +176,19 @@ pub(crate) async fn run(mut settings: Settings) -> Result<()> {
     let stop_flushing = CancellationToken::new();
     let flusher = tokio::spawn(collector.clone().run_flusher(stop_flushing.clone()));
     let maintenance = tokio::spawn(collector.clone().run_maintenance(stop_flushing.clone()));
+    let forgetting = stop_flushing.clone();
+    tokio::spawn(async move {
+        let mut every_minute = tokio::time::interval(std::time::Duration::from_secs(60));
+        while forgetting
+            .run_until_cancelled(every_minute.tick())
+            .await
+            .is_some()
+        {
+            access.forget_idle();
+            // Histograms are kept in buckets that the exporter folds in on upkeep.
+            metrics.run_upkeep();
+        }
+    });
 
     shutdown_signal().await;
     tracing::info!(
@@ -160,12 +212,13 @@ async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener> {
         .map_err(|source| Error::Bind { what, addr, source })
 }
 
-async fn serve_http(
-    what: &'static str,
-    listener: TcpListener,
-    app: axum::Router,
-    stop: CancellationToken,
-) {
+async fn serve_http<L>(what: &'static str, listener: L, app: axum::Router, stop: CancellationToken)
+where
+    L: axum::serve::Listener<Addr = SocketAddr>,
+    access::Peer:
+        for<'a> axum::extract::connect_info::Connected<axum::serve::IncomingStream<'a, L>>,
+{
+    let app = app.into_make_service_with_connect_info::<access::Peer>();
     let served = axum::serve(listener, app)
         .with_graceful_shutdown(stop.cancelled_owned())
         .await;

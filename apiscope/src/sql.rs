@@ -19,6 +19,8 @@ pub(crate) struct SqlArgs {
     /// Query this data directory directly instead of a running daemon (sees flushed rows only).
     #[arg(long)]
     data_dir: Option<PathBuf>,
+    #[command(flatten)]
+    client: crate::client::ClientArgs,
 }
 
 pub(crate) async fn run(args: SqlArgs) -> Result<()> {
@@ -36,7 +38,10 @@ pub(crate) async fn run(args: SqlArgs) -> Result<()> {
                 query::Engine::new(source, settings, query::QueryLimits::default()).await?;
             engine.query(&args.sql).await?.batches
         }
-        None => remote(&args.url, &args.sql).await?,
+        None => {
+            let client = args.client.http(std::time::Duration::from_secs(300))?;
+            remote(&client, &args.url, &args.sql).await?
+        }
     };
     let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
     let table = arrow::util::pretty::pretty_format_batches(&batches)
@@ -47,9 +52,13 @@ pub(crate) async fn run(args: SqlArgs) -> Result<()> {
 }
 
 /// Runs `sql` on the daemon at `url`; its rows.
-pub(crate) async fn remote(url: &str, sql: &str) -> Result<Vec<RecordBatch>> {
+pub(crate) async fn remote(
+    client: &reqwest::Client,
+    url: &str,
+    sql: &str,
+) -> Result<Vec<RecordBatch>> {
     let endpoint = format!("{}/api/v1/query", url.trim_end_matches('/'));
-    let response = reqwest::Client::new()
+    let response = client
         .post(&endpoint)
         .header(reqwest::header::ACCEPT, query::http::ARROW_STREAM)
         .json(&serde_json::json!({ "sql": sql }))

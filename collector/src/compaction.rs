@@ -88,16 +88,30 @@ impl Collector {
             }
             let this = self.clone();
             let now = crate::now_ns();
-            match tokio::task::spawn_blocking(move || this.maintain(now)).await {
-                Ok(Ok(report)) if report != MaintenanceReport::default() => {
-                    tracing::info!(?report, "compaction and retention pass");
+            let outcome = match tokio::task::spawn_blocking(move || this.maintain(now)).await {
+                Ok(Ok(report)) => {
+                    metrics::counter!("apiscope_compactions_total")
+                        .increment(report.compacted as u64);
+                    metrics::counter!("apiscope_compacted_files_total")
+                        .increment(report.files_replaced as u64);
+                    metrics::counter!("apiscope_retention_dropped_partitions_total")
+                        .increment(report.partitions_dropped as u64);
+                    if report != MaintenanceReport::default() {
+                        tracing::info!(?report, "compaction and retention pass");
+                    }
+                    "ok"
                 }
-                Ok(Ok(_)) => {}
                 Ok(Err(error)) => {
-                    tracing::warn!(%error, "compaction or retention failed; retried next pass")
+                    tracing::warn!(%error, "compaction or retention failed; retried next pass");
+                    "error"
                 }
-                Err(error) => tracing::warn!(%error, "compaction task failed"),
-            }
+                Err(error) => {
+                    tracing::warn!(%error, "compaction task failed");
+                    "error"
+                }
+            };
+            metrics::counter!("apiscope_maintenance_passes_total", "outcome" => outcome)
+                .increment(1);
         }
     }
 

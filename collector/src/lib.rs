@@ -21,6 +21,7 @@ pub mod convention;
 mod error;
 mod faults;
 mod logs;
+pub mod metrics;
 pub mod otlp_grpc;
 pub mod otlp_http;
 mod replay;
@@ -299,17 +300,27 @@ impl Collector {
     /// segments they cover. One flush runs at a time; returns the rows written.
     pub async fn flush(self: &Arc<Self>) -> Result<usize> {
         let _one_at_a_time = self.flush_lock.lock().await;
+        let started = std::time::Instant::now();
         let pending = self.buffer.pending();
         let through = pending.through;
         let rows = if pending.tables.is_empty() {
             0
         } else {
             let this = self.clone();
-            tokio::task::spawn_blocking(move || this.write_pending(pending))
+            let written = tokio::task::spawn_blocking(move || this.write_pending(pending))
                 .await
-                .map_err(|error| Error::Storage(format!("flush task failed: {error}")))??
+                .map_err(|error| Error::Storage(format!("flush task failed: {error}")))
+                .and_then(|written| written);
+            let outcome = if written.is_ok() { "ok" } else { "error" };
+            ::metrics::counter!("apiscope_flushes_total", "outcome" => outcome).increment(1);
+            ::metrics::histogram!("apiscope_flush_duration_seconds")
+                .record(started.elapsed().as_secs_f64());
+            let rows = written?;
+            ::metrics::counter!("apiscope_flushed_rows_total").increment(rows as u64);
+            rows
         };
         self.wal.release_through(through);
+        ::metrics::gauge!("apiscope_wal_bytes").set(self.wal.bytes_on_disk() as f64);
         Ok(rows)
     }
 

@@ -104,9 +104,11 @@ impl<S: Signal> UnaryService<S::Request> for Handler<S> {
     fn call(&mut self, request: Request<S::Request>) -> Self::Future {
         let collector = self.collector.clone();
         let request = request.into_inner();
+        let started = std::time::Instant::now();
         Box::pin(async move {
             // Converting to Arrow is CPU work: keep it off the runtime's I/O threads.
-            match tokio::task::spawn_blocking(move || S::export(&collector, request)).await {
+            let export = move || S::export_counted(&collector, request, "grpc", started);
+            match tokio::task::spawn_blocking(export).await {
                 Ok(Ok(response)) => Ok(Response::new(response)),
                 Ok(Err(error)) => Err(status(&error)),
                 Err(join_error) => Err(status(&Error::Storage(format!(
@@ -152,9 +154,10 @@ impl<S: Signal> Decoder for ExportCodec<S> {
     fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<S::Request>, Status> {
         let payload = src.copy_to_bytes(src.remaining());
         S::Request::decode(payload).map(Some).map_err(|error| {
-            status(&Error::InvalidInput(format!(
-                "invalid protobuf payload: {error}"
-            )))
+            let error = Error::InvalidInput(format!("invalid protobuf payload: {error}"));
+            let now = std::time::Instant::now();
+            crate::metrics::received(S::ITEMS, "grpc", now, 0, Err(&error));
+            status(&error)
         })
     }
 }

@@ -7,6 +7,7 @@
 
 use std::io::Read;
 use std::sync::Arc;
+use std::time::Instant;
 
 use axum::Router;
 use axum::body::{Body, Bytes};
@@ -19,6 +20,7 @@ use prost::Message;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use crate::metrics;
 use crate::signal::{Logs, Signal, Traces};
 use crate::{Collector, Error, Result};
 
@@ -37,30 +39,40 @@ async fn export<S: Signal>(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
+    let started = Instant::now();
+    // A request refused before its items are counted.
+    let refuse = |format, error: Error| {
+        metrics::received(S::ITEMS, "http", started, 0, Err(&error));
+        error_response(format, &error)
+    };
     let format = match Format::of(&headers) {
         Ok(format) => format,
-        Err(error) => return error_response(Format::Protobuf, &error),
+        Err(error) => return refuse(Format::Protobuf, error),
     };
     let limit = collector.config().max_body_bytes;
     let body = match axum::body::to_bytes(body, limit).await {
         Ok(body) => body,
-        Err(_) => return error_response(format, &Error::TooLarge { limit }),
+        Err(_) => return refuse(format, Error::TooLarge { limit }),
     };
     let encoding = headers.get(header::CONTENT_ENCODING).cloned();
     // Decompressing, decoding and converting to Arrow are CPU work: keep them off the
     // runtime's I/O threads.
     let handled = tokio::task::spawn_blocking(move || {
-        let payload = decompress(encoding.as_ref(), body, limit)?;
-        let request: S::Request = format.decode(&payload)?;
-        S::export(&collector, request)
+        let request = decompress(encoding.as_ref(), body, limit)
+            .and_then(|payload| format.decode::<S::Request>(&payload));
+        match request {
+            Ok(request) => Ok(S::export_counted(&collector, request, "http", started)),
+            Err(error) => Err(error),
+        }
     })
     .await;
     match handled {
-        Ok(Ok(response)) => format.respond(StatusCode::OK, &response),
-        Ok(Err(error)) => error_response(format, &error),
-        Err(join_error) => error_response(
+        Ok(Ok(Ok(response))) => format.respond(StatusCode::OK, &response),
+        Ok(Ok(Err(error))) => error_response(format, &error),
+        Ok(Err(error)) => refuse(format, error),
+        Err(join_error) => refuse(
             format,
-            &Error::Storage(format!("ingest task failed: {join_error}")),
+            Error::Storage(format!("ingest task failed: {join_error}")),
         ),
     }
 }
@@ -87,26 +99,44 @@ async fn requests(
         "application/json",
         "text/plain",
     ];
+    let started = Instant::now();
+    let refuse = |count: u64, error: Error| {
+        metrics::received(metrics::REQUESTS, "http", started, count, Err(&error));
+        json_error(&error)
+    };
     if !known.contains(&media_type.to_ascii_lowercase().as_str()) {
-        let error = Error::UnsupportedMediaType(content_type.to_owned());
-        return json_error(&error);
+        return refuse(0, Error::UnsupportedMediaType(content_type.to_owned()));
     }
     let limit = collector.config().max_body_bytes;
     let body = match axum::body::to_bytes(body, limit).await {
         Ok(body) => body,
-        Err(_) => return json_error(&Error::TooLarge { limit }),
+        Err(_) => return refuse(0, Error::TooLarge { limit }),
     };
     let encoding = headers.get(header::CONTENT_ENCODING).cloned();
     let handled = tokio::task::spawn_blocking(move || {
-        let payload = decompress(encoding.as_ref(), body, limit)?;
-        collector.ingest_requests(&payload)
+        let payload = decompress(encoding.as_ref(), body, limit).map_err(|error| (0, error))?;
+        let lines = payload
+            .split(|&b| b == b'\n')
+            .filter(|line| !line.trim_ascii().is_empty())
+            .count() as u64;
+        collector
+            .ingest_requests(&payload)
+            .map(|outcome| (lines, outcome))
+            .map_err(|error| (lines, error))
     })
     .await;
     let outcome = match handled {
-        Ok(Ok(outcome)) => outcome,
-        Ok(Err(error)) => return json_error(&error),
+        Ok(Ok((lines, outcome))) => {
+            let rejected = outcome.rejected.max(0) as u64;
+            metrics::received(metrics::REQUESTS, "http", started, lines, Ok(rejected));
+            outcome
+        }
+        Ok(Err((lines, error))) => return refuse(lines, error),
         Err(join_error) => {
-            return json_error(&Error::Storage(format!("ingest task failed: {join_error}")));
+            return refuse(
+                0,
+                Error::Storage(format!("ingest task failed: {join_error}")),
+            );
         }
     };
     let status = if outcome.accepted == 0 && outcome.rejected > 0 {

@@ -10,6 +10,7 @@ use prost::Message;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use crate::metrics::Items;
 use crate::{Collector, Outcome};
 
 /// One OTLP signal's export call: its names, messages and how it is ingested.
@@ -22,8 +23,28 @@ pub trait Signal: Send + Sync + 'static {
     type Request: Message + Default + DeserializeOwned + Send + 'static;
     /// The export response.
     type Response: Message + Serialize + Send + 'static;
+    /// What it carries, for the receiver metrics.
+    const ITEMS: Items;
     /// Stores the request's valid items and builds the response.
     fn export(collector: &Collector, request: Self::Request) -> crate::Result<Self::Response>;
+    /// How many items the request holds.
+    fn count(request: &Self::Request) -> u64;
+    /// How many the response says were refused as invalid.
+    fn rejected(response: &Self::Response) -> u64;
+
+    /// [`Signal::export`], recorded in the receiver metrics for `transport`.
+    fn export_counted(
+        collector: &Collector,
+        request: Self::Request,
+        transport: &'static str,
+        started: std::time::Instant,
+    ) -> crate::Result<Self::Response> {
+        let count = Self::count(&request);
+        let result = Self::export(collector, request);
+        let counted = result.as_ref().map(Self::rejected);
+        crate::metrics::received(Self::ITEMS, transport, started, count, counted);
+        result
+    }
 }
 
 /// `opentelemetry.proto.collector.trace.v1.TraceService`.
@@ -39,6 +60,17 @@ impl Signal for Traces {
     const PATH: &'static str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
     type Request = ExportTraceServiceRequest;
     type Response = ExportTraceServiceResponse;
+    const ITEMS: Items = crate::metrics::SPANS;
+
+    fn count(request: &Self::Request) -> u64 {
+        let spans = request.resource_spans.iter().flat_map(|r| &r.scope_spans);
+        spans.map(|s| s.spans.len() as u64).sum()
+    }
+
+    fn rejected(response: &Self::Response) -> u64 {
+        let partial = response.partial_success.as_ref();
+        partial.map_or(0, |p| p.rejected_spans.max(0) as u64)
+    }
 
     fn export(collector: &Collector, request: Self::Request) -> crate::Result<Self::Response> {
         let Outcome {
@@ -58,6 +90,17 @@ impl Signal for Logs {
     const PATH: &'static str = "/opentelemetry.proto.collector.logs.v1.LogsService/Export";
     type Request = ExportLogsServiceRequest;
     type Response = ExportLogsServiceResponse;
+    const ITEMS: Items = crate::metrics::LOG_RECORDS;
+
+    fn count(request: &Self::Request) -> u64 {
+        let scopes = request.resource_logs.iter().flat_map(|r| &r.scope_logs);
+        scopes.map(|s| s.log_records.len() as u64).sum()
+    }
+
+    fn rejected(response: &Self::Response) -> u64 {
+        let partial = response.partial_success.as_ref();
+        partial.map_or(0, |p| p.rejected_log_records.max(0) as u64)
+    }
 
     fn export(collector: &Collector, request: Self::Request) -> crate::Result<Self::Response> {
         let Outcome {

@@ -374,6 +374,11 @@ impl Writer {
             );
         }
         self.write_and_sync(&bytes)?;
+        metrics::counter!("apiscope_wal_appends_total").increment(group.len() as u64);
+        metrics::counter!("apiscope_wal_groups_total").increment(1);
+        metrics::counter!("apiscope_wal_written_bytes_total").increment(bytes.len() as u64);
+        metrics::gauge!("apiscope_wal_bytes")
+            .set(self.bytes_on_disk.load(Ordering::Relaxed) as f64);
         let last_seq = first_seq + group.len() as u64 - 1;
         if let Some((_, segment)) = &mut self.file {
             segment.last_seq = last_seq;
@@ -392,9 +397,13 @@ impl Writer {
         let written = faults::check(Point::WalWrite, &path)
             .and_then(|()| file.write_all(bytes))
             .and_then(|()| match self.durability {
-                Durability::Fsync => {
-                    faults::check(Point::WalSync, &path).and_then(|()| file.sync_data())
-                }
+                Durability::Fsync => faults::check(Point::WalSync, &path).and_then(|()| {
+                    let started = Instant::now();
+                    let synced = file.sync_data();
+                    metrics::histogram!("apiscope_wal_sync_duration_seconds")
+                        .record(started.elapsed().as_secs_f64());
+                    synced
+                }),
                 _ => Ok(()),
             });
         if let Err(error) = written {
@@ -427,7 +436,11 @@ impl Writer {
             return;
         }
         if let Some((file, _)) = &self.file {
-            match file.sync_data() {
+            let started = Instant::now();
+            let synced = file.sync_data();
+            metrics::histogram!("apiscope_wal_sync_duration_seconds")
+                .record(started.elapsed().as_secs_f64());
+            match synced {
                 Ok(()) => self.unsynced_since = None,
                 Err(error) => tracing::warn!(%error, "WAL sync failed; retrying"),
             }

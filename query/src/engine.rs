@@ -166,6 +166,14 @@ impl Engine {
     /// Plans and runs `sql`, refusing anything that is not a query, and any query over the
     /// limits: memory, time, result rows, queries at once.
     pub async fn query(&self, sql: &str) -> Result<QueryOutput> {
+        let started = std::time::Instant::now();
+        let answer = self.guarded(sql).await;
+        let outcome = answer.as_ref().map_or_else(Error::outcome, |_| "ok");
+        record_query("http", outcome, started);
+        answer
+    }
+
+    async fn guarded(&self, sql: &str) -> Result<QueryOutput> {
         let limits = &self.limits;
         let Ok(_running) = self.running.clone().try_acquire_owned() else {
             return Err(Error::Busy(format!(
@@ -290,4 +298,17 @@ fn openapi_operations(
         schema,
         vec![vec![batch]],
     )?))
+}
+
+/// Counts one query and its latency. `protocol` is `http` (the HTTP API and the CLI) or
+/// `postgres`.
+pub(crate) fn record_query(
+    protocol: &'static str,
+    outcome: &'static str,
+    started: std::time::Instant,
+) {
+    metrics::counter!("apiscope_queries_total", "protocol" => protocol, "outcome" => outcome)
+        .increment(1);
+    metrics::histogram!("apiscope_query_duration_seconds", "protocol" => protocol)
+        .record(started.elapsed().as_secs_f64());
 }

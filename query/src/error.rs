@@ -46,6 +46,17 @@ impl Error {
         }
     }
 
+    /// The `outcome` label of the query metrics.
+    pub fn outcome(&self) -> &'static str {
+        match self {
+            Error::Sql(_) | Error::BadRequest(_) => "invalid",
+            Error::ReadOnly(_) => "refused",
+            Error::Execution(_) | Error::Internal(_) => "failed",
+            Error::ResourcesExhausted(_) => "over_limit",
+            Error::Busy(_) => "busy",
+        }
+    }
+
     /// A short title for the problem type.
     pub fn title(&self) -> &'static str {
         match self {

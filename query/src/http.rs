@@ -1,4 +1,5 @@
-//! SQL over HTTP: `POST /api/v1/query`, `GET /healthz` and `GET /readyz`.
+//! SQL over HTTP: `POST /api/v1/query`; and `GET /healthz` and `GET /readyz`, which every
+//! HTTP listener serves without credentials.
 //!
 //! The body is `{"sql": "..."}` (or the SQL itself as `text/plain` or `application/sql`).
 //! The answer is JSON by default and an Arrow IPC stream when the `Accept` header asks for
@@ -24,9 +25,14 @@ pub const ARROW_STREAM: &str = "application/vnd.apache.arrow.stream";
 pub fn router(engine: Engine) -> Router {
     Router::new()
         .route("/api/v1/query", post(query))
+        .with_state(engine)
+}
+
+/// `/healthz` and `/readyz`.
+pub fn health() -> Router {
+    Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
-        .with_state(engine)
 }
 
 /// Liveness: answers while the process serves requests.

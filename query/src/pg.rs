@@ -3,13 +3,16 @@
 //!
 //! The protocol, the catalog queries clients send and the Arrow-to-PostgreSQL types come
 //! from `datafusion-postgres` over the same session as the HTTP API. What this module adds:
-//! SCRAM-SHA-256 authentication when a password is configured, a `run(listener, stop)`
-//! entry point that ends with the daemon, and (in `session`) the read-only check on every
-//! statement and the rewrites some clients' SQL needs.
+//! authentication (SCRAM-SHA-256 with a configured password, or the daemon's tokens as
+//! passwords through a [`Gate`]), TLS when configured (then required), a per-statement rate
+//! check, a `run(listener, stop)` entry point that ends with the daemon, and (in `session`)
+//! the read-only check on every statement and the rewrites some clients' SQL needs.
 
 use std::fmt::Debug;
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use datafusion_postgres::pgwire;
@@ -21,12 +24,18 @@ use pgwire::api::auth::sasl::scram::{
 };
 use pgwire::api::auth::{
     AuthSource, DefaultServerParameterProvider, LoginInfo, Password, StartupHandler,
+    finish_authentication, protocol_negotiation, save_startup_parameters_to_metadata,
 };
 use pgwire::api::cancel::{CancelHandler, DefaultCancelHandler};
 use pgwire::api::query::{ExtendedQueryHandler, SimpleQueryHandler};
-use pgwire::api::{ClientInfo, ConnectionManager, ErrorHandler, PgWireServerHandlers};
-use pgwire::error::{PgWireError, PgWireResult};
+use pgwire::api::{
+    ClientInfo, ConnectionManager, ErrorHandler, PgWireConnectionState, PgWireServerHandlers,
+    PidSecretKeyGenerator, RandomPidSecretKeyGenerator,
+};
+use pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
+use pgwire::messages::startup::Authentication;
 use pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
+use pgwire::tokio::TlsAcceptor;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 
@@ -36,10 +45,24 @@ mod session;
 
 use session::Session;
 
+/// The daemon's access rules as the PostgreSQL listener needs them.
+pub trait Gate: Send + Sync {
+    /// The caller a password names, if it is a token with the query scope; else why not.
+    fn login(&self, password: &str, peer: SocketAddr) -> Result<String, String>;
+    /// Admits one statement from `caller` (as `login` named it, or `address <ip>`), or
+    /// says how long to wait.
+    fn admit(&self, caller: &str) -> Result<(), Duration>;
+}
+
+/// The client metadata key holding the caller `Gate::login` named.
+const CALLER: &str = "apiscope.caller";
+
 /// Who may connect.
 #[derive(Clone, Default)]
 pub struct PgAuth {
     password: Option<String>,
+    gate: Option<Arc<dyn Gate>>,
+    tokens: bool,
 }
 
 impl Debug for PgAuth {
@@ -47,7 +70,8 @@ impl Debug for PgAuth {
         let password = self.password.as_ref().map(|_| "<redacted>");
         f.debug_struct("PgAuth")
             .field("password", &password)
-            .finish()
+            .field("tokens", &self.tokens)
+            .finish_non_exhaustive()
     }
 }
 
@@ -62,24 +86,42 @@ impl PgAuth {
     pub fn password(password: impl Into<String>) -> Self {
         Self {
             password: Some(password.into()),
+            ..Self::default()
         }
     }
 
-    /// Whether a password is required.
-    pub fn is_required(&self) -> bool {
-        self.password.is_some()
+    /// Rate-checks every statement through `gate`; with `tokens`, a token with the query
+    /// scope is also a password (sent in clear text, as SCRAM cannot check a secret the
+    /// server holds only as a hash: use TLS off loopback).
+    pub fn with_gate(mut self, gate: Arc<dyn Gate>, tokens: bool) -> Self {
+        self.gate = Some(gate);
+        self.tokens = tokens;
+        self
+    }
+
+    /// How clients log in, for `--check-config`.
+    pub fn describe(&self) -> &'static str {
+        match (self.tokens, self.password.is_some()) {
+            (true, true) => "a token with the query scope, or pg_password (clear text)",
+            (true, false) => "a token with the query scope as the password (clear text)",
+            (false, true) => "pg_password (SCRAM-SHA-256)",
+            (false, false) => "none",
+        }
     }
 }
 
 /// Serves SQL over the PostgreSQL protocol on `listener` until `stop` completes; open
 /// connections are then closed (they only read, so nothing is lost).
+/// With `tls`, clients must ask for TLS (`sslmode=require` or stricter); a plain startup
+/// is refused.
 pub async fn run(
     listener: TcpListener,
     engine: Engine,
     auth: PgAuth,
+    tls: Option<TlsAcceptor>,
     stop: impl Future<Output = ()>,
 ) {
-    let handlers = Arc::new(Handlers::new(engine, &auth));
+    let handlers = Arc::new(Handlers::new(engine, &auth, tls.is_some()));
     let mut connections = JoinSet::new();
     tokio::pin!(stop);
     loop {
@@ -92,9 +134,9 @@ pub async fn run(
         match accepted {
             Ok((socket, peer)) => {
                 let handlers = handlers.clone();
+                let tls = tls.clone();
                 connections.spawn(async move {
-                    if let Err(error) = pgwire::tokio::process_socket(socket, None, handlers).await
-                    {
+                    if let Err(error) = pgwire::tokio::process_socket(socket, tls, handlers).await {
                         tracing::debug!(%error, %peer, "PostgreSQL connection ended");
                     }
                 });
@@ -113,15 +155,21 @@ pub async fn run(
 struct Handlers {
     session: Arc<Session>,
     secret: Option<Arc<Secret>>,
+    auth: PgAuth,
+    tls_required: bool,
     connections: Arc<ConnectionManager>,
+    pids: Arc<RandomPidSecretKeyGenerator>,
 }
 
 impl Handlers {
-    fn new(engine: Engine, auth: &PgAuth) -> Self {
+    fn new(engine: Engine, auth: &PgAuth, tls_required: bool) -> Self {
         Self {
-            session: Arc::new(Session::new(&engine)),
+            session: Arc::new(Session::new(&engine, auth.gate.clone())),
             secret: auth.password.as_deref().map(|p| Arc::new(Secret::new(p))),
+            auth: auth.clone(),
+            tls_required,
             connections: Arc::new(ConnectionManager::new()),
+            pids: Arc::default(),
         }
     }
 }
@@ -137,12 +185,18 @@ impl PgWireServerHandlers for Handlers {
 
     fn startup_handler(&self) -> Arc<impl StartupHandler> {
         // SCRAM keeps its exchange's state in the handler: one per connection.
-        let startup = match &self.secret {
-            None => Startup::Open(Open(self.connections.clone())),
-            Some(secret) => {
+        let how = match (&self.auth.gate, &self.secret) {
+            (Some(gate), _) if self.auth.tokens => How::Token(TokenLogin {
+                gate: gate.clone(),
+                password: self.auth.password.clone(),
+                connections: self.connections.clone(),
+                pids: self.pids.clone(),
+            }),
+            (_, None) => How::Open(Open(self.connections.clone())),
+            (_, Some(secret)) => {
                 let mut scram = ScramAuth::new(secret.clone());
                 scram.set_iterations(SCRAM_ITERATIONS);
-                Startup::Scram(Box::new(
+                How::Scram(Box::new(
                     SASLAuthStartupHandler::new(
                         Arc::new(DefaultServerParameterProvider::default()),
                     )
@@ -151,7 +205,10 @@ impl PgWireServerHandlers for Handlers {
                 ))
             }
         };
-        Arc::new(startup)
+        Arc::new(Startup {
+            how,
+            tls_required: self.tls_required,
+        })
     }
 
     fn error_handler(&self) -> Arc<impl ErrorHandler> {
@@ -163,9 +220,16 @@ impl PgWireServerHandlers for Handlers {
     }
 }
 
-enum Startup {
+/// A connection's authentication, after the TLS check.
+struct Startup {
+    how: How,
+    tls_required: bool,
+}
+
+enum How {
     Open(Open),
     Scram(Box<SASLAuthStartupHandler<DefaultServerParameterProvider>>),
+    Token(TokenLogin),
 }
 
 #[async_trait]
@@ -180,11 +244,93 @@ impl StartupHandler for Startup {
         C::Error: Debug,
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
-        match self {
-            Startup::Open(open) => open.on_startup(client, message).await,
-            Startup::Scram(scram) => scram.on_startup(client, message).await,
+        if self.tls_required
+            && !client.is_secure()
+            && matches!(message, PgWireFrontendMessage::Startup(_))
+        {
+            tracing::warn!(peer = %client.socket_addr(), reason = "tls_required", "PostgreSQL login refused: the client did not ask for TLS");
+            return Err(fatal(
+                "28000",
+                "this server requires TLS: connect with sslmode=require (or verify-full)",
+            ));
+        }
+        match &self.how {
+            How::Open(open) => open.on_startup(client, message).await,
+            How::Scram(scram) => scram.on_startup(client, message).await,
+            How::Token(token) => token.on_startup(client, message).await,
         }
     }
+}
+
+fn fatal(code: &str, message: &str) -> PgWireError {
+    PgWireError::UserError(Box::new(ErrorInfo::new(
+        "FATAL".to_owned(),
+        code.to_owned(),
+        message.to_owned(),
+    )))
+}
+
+/// Clear-text password authentication where the password is a token with the query scope
+/// (or the configured `pg_password`).
+struct TokenLogin {
+    gate: Arc<dyn Gate>,
+    password: Option<String>,
+    connections: Arc<ConnectionManager>,
+    pids: Arc<RandomPidSecretKeyGenerator>,
+}
+
+impl TokenLogin {
+    async fn on_startup<C>(
+        &self,
+        client: &mut C,
+        message: PgWireFrontendMessage,
+    ) -> PgWireResult<()>
+    where
+        C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        use futures::SinkExt;
+        match message {
+            PgWireFrontendMessage::Startup(ref startup) => {
+                protocol_negotiation(client, startup).await?;
+                save_startup_parameters_to_metadata(client, startup);
+                client.set_state(PgWireConnectionState::AuthenticationInProgress);
+                client
+                    .send(PgWireBackendMessage::Authentication(
+                        Authentication::CleartextPassword,
+                    ))
+                    .await?;
+            }
+            PgWireFrontendMessage::PasswordMessageFamily(password) => {
+                let password = password.into_password()?.password;
+                let caller = match &self.password {
+                    Some(configured) if *configured == password => Ok("pg_password".to_owned()),
+                    _ => self.gate.login(&password, client.socket_addr()),
+                };
+                let caller = caller.map_err(|reason| fatal("28P01", &reason))?;
+                client.metadata_mut().insert(CALLER.to_owned(), caller);
+                let (pid, secret_key) = self.pids.generate(client);
+                client.set_pid_and_secret_key(pid, secret_key.clone());
+                // Registered for cancel requests, as the library's own handlers do.
+                let (handle, guard) = self.connections.register(pid, secret_key);
+                client.session_extensions().insert(handle);
+                client.session_extensions().insert(guard);
+                finish_authentication(client, &DefaultServerParameterProvider::default()).await?;
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
+/// The caller to rate-check a client's statements as.
+pub(crate) fn caller_of(client: &impl ClientInfo) -> String {
+    client
+        .metadata()
+        .get(CALLER)
+        .cloned()
+        .unwrap_or_else(|| format!("address {}", client.socket_addr().ip()))
 }
 
 /// No authentication.

@@ -159,7 +159,10 @@ fn check_config_reports_and_exits_without_serving() {
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(output.status.success(), "{stdout}");
     assert!(stdout.starts_with("configuration OK"), "{stdout}");
-    assert!(stdout.contains("pg_password = (set)"), "{stdout}");
+    assert!(
+        stdout.contains("pg auth = pg_password (SCRAM-SHA-256)"),
+        "{stdout}"
+    );
     assert!(stdout.contains("log_format = Json"), "{stdout}");
     assert!(!stdout.contains("s3cret"), "the password was printed");
     assert!(!data.exists(), "checking created the data directory");

@@ -28,6 +28,7 @@ use pgwire::messages::PgWireBackendMessage;
 use pgwire::types::format::FormatOptions;
 use regex::Regex;
 
+use super::Gate;
 use crate::engine::Engine;
 use crate::error::Error;
 
@@ -39,10 +40,11 @@ type Prepared = <DfSessionService as ExtendedQueryHandler>::Statement;
 pub(super) struct Session {
     inner: DfSessionService,
     parser: Arc<RewritingParser>,
+    gate: Option<Arc<dyn Gate>>,
 }
 
 impl Session {
-    pub(super) fn new(engine: &Engine) -> Self {
+    pub(super) fn new(engine: &Engine, gate: Option<Arc<dyn Gate>>) -> Self {
         // The read-only check comes first: the library's own hooks would hand an engine
         // `SET` to the shared session, and its default path runs DDL and DML.
         let hooks: Vec<Arc<dyn QueryHook>> = vec![
@@ -53,7 +55,31 @@ impl Session {
         ];
         let inner = DfSessionService::new_with_hooks(engine.context().clone(), hooks);
         let parser = Arc::new(RewritingParser(inner.query_parser()));
-        Self { inner, parser }
+        Self {
+            inner,
+            parser,
+            gate,
+        }
+    }
+
+    /// The caller's rate limit, checked once per statement run. Over it, the statement is
+    /// refused with SQLSTATE 53400 and the wait; the connection stays usable.
+    fn admit(&self, client: &impl ClientInfo) -> PgWireResult<()> {
+        let Some(gate) = &self.gate else {
+            return Ok(());
+        };
+        let caller = super::caller_of(client);
+        gate.admit(&caller).map_err(|wait| {
+            tracing::warn!(listener = "PostgreSQL", peer = %client.socket_addr(), reason = "rate_limited", %caller, "request refused");
+            PgWireError::UserError(Box::new(ErrorInfo::new(
+                "ERROR".to_owned(),
+                "53400".to_owned(),
+                format!(
+                    "rate limit exceeded for {caller}: retry in {} ms",
+                    wait.as_millis().max(1)
+                ),
+            )))
+        })
     }
 }
 
@@ -66,7 +92,11 @@ impl SimpleQueryHandler for Session {
         C::Error: std::fmt::Debug,
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
-        SimpleQueryHandler::do_query(&self.inner, client, &rewrite(query)).await
+        self.admit(client)?;
+        let started = std::time::Instant::now();
+        let answer = SimpleQueryHandler::do_query(&self.inner, client, &rewrite(query)).await;
+        record_pg(started, answer.as_ref().map(|_| ()));
+        answer
     }
 }
 
@@ -91,8 +121,23 @@ impl ExtendedQueryHandler for Session {
         C::Error: std::fmt::Debug,
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
-        ExtendedQueryHandler::do_query(&self.inner, client, portal, max_rows).await
+        self.admit(client)?;
+        let started = std::time::Instant::now();
+        let answer = ExtendedQueryHandler::do_query(&self.inner, client, portal, max_rows).await;
+        record_pg(started, answer.as_ref().map(|_| ()));
+        answer
     }
+}
+
+/// Counts a statement in the query metrics. Results stream to the client after this, so
+/// the latency is to the first row.
+fn record_pg(started: std::time::Instant, answer: Result<(), &PgWireError>) {
+    let outcome = match answer {
+        Ok(()) => "ok",
+        Err(PgWireError::UserError(info)) if info.code == "25006" => "refused",
+        Err(_) => "failed",
+    };
+    crate::engine::record_query("postgres", outcome, started);
 }
 
 /// The library's parser, given the rewritten SQL.

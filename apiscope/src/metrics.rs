@@ -1,0 +1,89 @@
+//! `/metrics`: the daemon's own metrics in Prometheus text format, on the query API's port
+//! (admin scope once tokens exist).
+//!
+//! The collector and the query engine count through the `metrics` facade; this module
+//! installs the Prometheus recorder, and at each scrape sets the gauges that are cheaper to
+//! read than to track: buffered rows and Parquet files and bytes per table.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::header;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use collector::Collector;
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+
+use crate::{Error, Result};
+
+/// Histogram buckets for every `*_seconds` metric: half a millisecond to half a minute.
+const SECONDS: [f64; 15] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+/// Installs the process-wide recorder; call once, before anything is counted.
+pub(crate) fn install() -> Result<PrometheusHandle> {
+    let handle = PrometheusBuilder::new()
+        .set_buckets(&SECONDS)
+        .map_err(|error| Error::Server(format!("metrics: {error}")))?
+        .install_recorder()
+        .map_err(|error| Error::Server(format!("metrics: {error}")))?;
+    metrics::gauge!(
+        "apiscope_build_info",
+        "version" => env!("CARGO_PKG_VERSION"),
+    )
+    .set(1.0);
+    Ok(handle)
+}
+
+#[derive(Clone)]
+struct Scrape {
+    handle: PrometheusHandle,
+    collector: Arc<Collector>,
+    data_dir: PathBuf,
+}
+
+/// `GET /metrics`.
+pub(crate) fn router(handle: PrometheusHandle, collector: Arc<Collector>) -> Router {
+    let data_dir = collector.config().data_dir.clone();
+    Router::new()
+        .route("/metrics", get(scrape))
+        .with_state(Scrape {
+            handle,
+            collector,
+            data_dir,
+        })
+}
+
+async fn scrape(State(scrape): State<Scrape>) -> impl IntoResponse {
+    let buffer = scrape.collector.buffer();
+    metrics::gauge!("apiscope_buffer_rows").set(buffer.rows() as f64);
+    let data_dir = scrape.data_dir.clone();
+    let _ = tokio::task::spawn_blocking(move || store_gauges(&data_dir)).await;
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        scrape.handle.render(),
+    )
+}
+
+/// Parquet files holding live rows, and their bytes, per table.
+fn store_gauges(data_dir: &std::path::Path) {
+    for table in schemas::TABLES {
+        let files = query::list_files(data_dir, table, query::TimeRange::default());
+        let Ok(files) = files else {
+            continue;
+        };
+        let bytes: u64 = files
+            .iter()
+            .filter_map(|f| std::fs::metadata(f).ok())
+            .map(|m| m.len())
+            .sum();
+        metrics::gauge!("apiscope_parquet_files", "table" => table.name).set(files.len() as f64);
+        metrics::gauge!("apiscope_parquet_bytes", "table" => table.name).set(bytes as f64);
+    }
+}

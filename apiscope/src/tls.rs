@@ -1,0 +1,187 @@
+//! TLS for every listener, from PEM files: the HTTP listeners through [`TlsListener`], the
+//! PostgreSQL listener through pgwire's acceptor, gRPC through tonic's own configuration
+//! (which also checks client certificates when a client CA is given).
+
+use std::io;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls::ServerConfig;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinSet;
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::server::TlsStream;
+
+use crate::{Error, Result};
+
+/// A handshake that has not finished by then is dropped.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The certificate files given in the settings.
+#[derive(Debug, Clone)]
+pub(crate) struct TlsFiles {
+    pub(crate) cert: PathBuf,
+    pub(crate) key: PathBuf,
+    /// Clients of the gRPC listener must present a certificate signed by this CA.
+    pub(crate) client_ca: Option<PathBuf>,
+}
+
+/// The server's identity, read and checked once at start.
+#[derive(Clone)]
+pub(crate) struct Tls {
+    cert_pem: Vec<u8>,
+    key_pem: Vec<u8>,
+    client_ca_pem: Option<Vec<u8>>,
+    http: Arc<ServerConfig>,
+    postgres: Arc<ServerConfig>,
+}
+
+impl std::fmt::Debug for Tls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tls")
+            .field("client_ca", &self.client_ca_pem.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Tls {
+    /// Reads the files; a missing file, a file without a certificate or key, or a key that
+    /// does not match the certificate stops the start by name.
+    pub(crate) fn load(files: &TlsFiles) -> Result<Self> {
+        let cert_pem = read(&files.cert, "tls_cert")?;
+        let key_pem = read(&files.key, "tls_key")?;
+        let client_ca_pem = match &files.client_ca {
+            Some(path) => {
+                let pem = read(path, "tls_client_ca")?;
+                certificates(&pem, path)?;
+                Some(pem)
+            }
+            None => None,
+        };
+        let config = |alpn: Vec<Vec<u8>>| -> Result<Arc<ServerConfig>> {
+            let certs = certificates(&cert_pem, &files.cert)?;
+            let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|error| {
+                Error::Config(format!(
+                    "tls_key {}: no private key in it ({error})",
+                    files.key.display()
+                ))
+            })?;
+            let provider = Arc::new(rustls::crypto::ring::default_provider());
+            let mut config = ServerConfig::builder_with_provider(provider)
+                .with_safe_default_protocol_versions()
+                .map_err(|error| Error::Config(format!("TLS: {error}")))?
+                .with_no_client_auth()
+                .with_single_cert(certs, key)
+                .map_err(|error| {
+                    Error::Config(format!(
+                        "tls_cert {} and tls_key {}: {error}",
+                        files.cert.display(),
+                        files.key.display()
+                    ))
+                })?;
+            config.alpn_protocols = alpn;
+            Ok(Arc::new(config))
+        };
+        Ok(Self {
+            http: config(vec![b"h2".to_vec(), b"http/1.1".to_vec()])?,
+            postgres: config(vec![b"postgresql".to_vec()])?,
+            cert_pem,
+            key_pem,
+            client_ca_pem,
+        })
+    }
+
+    /// The acceptor of the PostgreSQL listener.
+    pub(crate) fn postgres(&self) -> TlsAcceptor {
+        TlsAcceptor::from(self.postgres.clone())
+    }
+
+    /// tonic's configuration for the gRPC listener.
+    pub(crate) fn grpc(&self) -> tonic::transport::ServerTlsConfig {
+        let identity = tonic::transport::Identity::from_pem(&self.cert_pem, &self.key_pem);
+        let config = tonic::transport::ServerTlsConfig::new().identity(identity);
+        match &self.client_ca_pem {
+            Some(ca) => config.client_ca_root(tonic::transport::Certificate::from_pem(ca)),
+            None => config,
+        }
+    }
+
+    /// `listener` with TLS in front.
+    pub(crate) fn listener(&self, listener: TcpListener) -> TlsListener {
+        TlsListener {
+            listener,
+            acceptor: TlsAcceptor::from(self.http.clone()),
+            handshakes: JoinSet::new(),
+        }
+    }
+}
+
+fn read(path: &Path, key: &str) -> Result<Vec<u8>> {
+    std::fs::read(path).map_err(|error| Error::Config(format!("{key} {}: {error}", path.display())))
+}
+
+fn certificates(pem: &[u8], path: &Path) -> Result<Vec<CertificateDer<'static>>> {
+    let certs = CertificateDer::pem_slice_iter(pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|error| Error::Config(format!("{}: {error}", path.display())))?;
+    if certs.is_empty() {
+        return Err(Error::Config(format!(
+            "{}: no PEM certificate in it",
+            path.display()
+        )));
+    }
+    Ok(certs)
+}
+
+/// A TCP listener that hands axum connections once their TLS handshake is done. Handshakes
+/// run concurrently, so a slow or silent client does not hold up the others.
+pub(crate) struct TlsListener {
+    listener: TcpListener,
+    acceptor: TlsAcceptor,
+    handshakes: JoinSet<Option<(TlsStream<TcpStream>, SocketAddr)>>,
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = TlsStream<TcpStream>;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        loop {
+            tokio::select! {
+                accepted = self.listener.accept() => match accepted {
+                    Ok((socket, peer)) => {
+                        let acceptor = self.acceptor.clone();
+                        self.handshakes.spawn(async move {
+                            let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(socket));
+                            match handshake.await {
+                                Ok(Ok(stream)) => Some((stream, peer)),
+                                Ok(Err(error)) => {
+                                    tracing::debug!(%peer, %error, "TLS handshake failed");
+                                    None
+                                }
+                                Err(_) => None,
+                            }
+                        });
+                    }
+                    Err(error) => {
+                        tracing::warn!(%error, "cannot accept a connection");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                },
+                Some(done) = self.handshakes.join_next(), if !self.handshakes.is_empty() => {
+                    if let Ok(Some(connection)) = done {
+                        return connection;
+                    }
+                }
+            }
+        }
+    }
+
+    fn local_addr(&self) -> io::Result<Self::Addr> {
+        self.listener.local_addr()
+    }
+}
