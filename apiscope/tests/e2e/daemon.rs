@@ -15,6 +15,8 @@ pub(crate) struct Daemon {
     pub(crate) otlp_http_addr: String,
     pub(crate) http_addr: String,
     pub(crate) pg_addr: String,
+    /// Sent as `Authorization: Bearer` by [`Daemon::try_query`] and what builds on it.
+    pub(crate) token: Option<String>,
     log: Arc<Mutex<Vec<String>>>,
 }
 
@@ -79,6 +81,7 @@ impl Daemon {
             otlp_http_addr: field("otlp_http_addr"),
             http_addr: field("http_addr"),
             pg_addr: field("pg_addr"),
+            token: None,
             child: Some(child),
             log,
         }
@@ -98,8 +101,11 @@ impl Daemon {
 
     /// Runs `sql` over the HTTP API; returns the status and the JSON body.
     pub(crate) fn try_query(&self, sql: &str) -> (u16, Value) {
-        let response = http()
-            .post(format!("{}/api/v1/query", self.query_url()))
+        let mut request = http().post(format!("{}/api/v1/query", self.query_url()));
+        if let Some(token) = &self.token {
+            request = request.bearer_auth(token);
+        }
+        let response = request
             .json(&serde_json::json!({ "sql": sql }))
             .send()
             .expect("query API reachable");
@@ -201,6 +207,8 @@ impl Drop for Daemon {
 }
 
 pub(crate) fn http() -> reqwest::blocking::Client {
+    // reqwest leaves the choice of TLS implementation to the program, as apiscope does.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     reqwest::blocking::Client::builder()
         .timeout(Duration::from_secs(30))
         .build()

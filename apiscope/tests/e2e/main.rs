@@ -13,6 +13,7 @@ mod fleet;
 mod guards;
 mod import;
 mod limits;
+mod metrics;
 mod openapi;
 mod otlp_json;
 mod pg;
@@ -21,6 +22,7 @@ mod questions;
 mod request_logs;
 mod restart;
 mod rust_sdk;
+mod security;
 
 use std::time::{SystemTime, UNIX_EPOCH};
 

@@ -1,0 +1,310 @@
+//! `/metrics` read by the Prometheus Python client's text parser, against what the test
+//! sent and what is on disk.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
+use serde_json::{Value, json};
+
+use crate::daemon::{Daemon, http};
+use crate::now_ns;
+use crate::otlp_json::{hex_id, post, span, traces};
+use crate::pg::runtime;
+use crate::python_sdk::{here, python};
+
+/// The samples of one scrape, by name and sorted labels.
+struct Scrape(BTreeMap<(String, String), f64>);
+
+impl Scrape {
+    fn of(daemon: &Daemon) -> Scrape {
+        let response = http()
+            .get(format!("{}/metrics", daemon.query_url()))
+            .send()
+            .unwrap();
+        assert_eq!(response.status().as_u16(), 200);
+        let content_type = response.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        assert!(content_type.starts_with("text/plain"), "{content_type}");
+        let text = response.text().unwrap();
+        let mut parser = Command::new(python())
+            .arg(here().join("prometheus_parse.py"))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        parser
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(text.as_bytes())
+            .unwrap();
+        let output = parser.wait_with_output().unwrap();
+        assert!(
+            output.status.success(),
+            "the Prometheus parser refused /metrics: {}\n{text}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let mut samples = BTreeMap::new();
+        for line in String::from_utf8(output.stdout).unwrap().lines() {
+            let sample: Value = serde_json::from_str(line).unwrap();
+            let labels: BTreeMap<String, String> =
+                serde_json::from_value(sample["labels"].clone()).unwrap();
+            let labels = labels
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join(",");
+            let name = sample["name"].as_str().unwrap().to_owned();
+            samples.insert((name, labels), sample["value"].as_f64().unwrap());
+        }
+        Scrape(samples)
+    }
+
+    /// The value of `name` with exactly these labels (`k=v,...`, sorted); 0 when absent.
+    fn get(&self, name: &str, labels: &str) -> f64 {
+        self.0
+            .get(&(name.to_owned(), labels.to_owned()))
+            .copied()
+            .unwrap_or(0.0)
+    }
+}
+
+#[test]
+fn metrics_count_what_was_sent() {
+    python(); // the parser's environment, installed before anything is timed
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let daemon = Daemon::start(&data);
+
+    // gRPC: three exports of 7 spans.
+    runtime().block_on(async {
+        let mut client = TraceServiceClient::connect(daemon.grpc_endpoint())
+            .await
+            .unwrap();
+        for n in 0..3 {
+            client
+                .export(crate::security::spans_request("grpc", n * 100, 7))
+                .await
+                .unwrap();
+        }
+    });
+    // OTLP/HTTP JSON: two exports of 5 spans; one of 3 with one invalid span (a trace id
+    // of the wrong length); one that is not protobuf at all.
+    let spans = |first: u64, count: u64| -> Vec<Value> {
+        (0..count)
+            .map(|i| {
+                let id = 10_000 + first + i;
+                span(
+                    &hex_id(id, 16),
+                    &hex_id(id, 8),
+                    "GET /m",
+                    2,
+                    now_ns() - 2_000_000,
+                    1,
+                    json!([]),
+                )
+            })
+            .collect()
+    };
+    for n in 0..2 {
+        let body = serde_json::to_vec(&traces("http", spans(n * 10, 5))).unwrap();
+        assert_eq!(
+            post(&daemon, "/v1/traces", "application/json", None, body).0,
+            200
+        );
+    }
+    let mut partial = spans(100, 3);
+    partial[1]["traceId"] = json!("abcd");
+    let body = serde_json::to_vec(&traces("http", partial)).unwrap();
+    assert_eq!(
+        post(&daemon, "/v1/traces", "application/json", None, body).0,
+        200
+    );
+    let garbage = b"\xff\xff not protobuf".to_vec();
+    assert_eq!(
+        post(
+            &daemon,
+            "/v1/traces",
+            "application/x-protobuf",
+            None,
+            garbage
+        )
+        .0,
+        400
+    );
+    // OTLP/HTTP logs: one export of 4 records.
+    let logs = prost::Message::encode_to_vec(&crate::security::logs_request("http", 4));
+    assert_eq!(
+        post(&daemon, "/v1/logs", "application/x-protobuf", None, logs).0,
+        200
+    );
+    // Request log: two good lines and a bad one.
+    let ms = now_ns() / 1_000_000;
+    let lines = format!(
+        "{{\"time\":{ms},\"method\":\"GET\",\"path\":\"/a\",\"status\":200,\"duration_ms\":1}}\n\
+         {{\"time\":{ms},\"method\":\"GET\",\"path\":\"/b\",\"status\":500,\"duration_ms\":2}}\n\
+         not json\n"
+    );
+    assert_eq!(
+        post(
+            &daemon,
+            "/api/v1/requests",
+            "application/x-ndjson",
+            None,
+            lines.into_bytes()
+        )
+        .0,
+        200
+    );
+
+    // Everything flushed: then the gauges can be compared with the disk.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let scrape = loop {
+        let scrape = Scrape::of(&daemon);
+        if scrape.get("apiscope_buffer_rows", "") == 0.0 || Instant::now() > deadline {
+            break scrape;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(
+        scrape.get("apiscope_buffer_rows", ""),
+        0.0,
+        "{}",
+        daemon.log().join("\n")
+    );
+    let grpc = "receiver=otlp,transport=grpc";
+    let http_otlp = "receiver=otlp,transport=http";
+    let requests = "receiver=requests,transport=http";
+    assert_eq!(
+        scrape.get("apiscope_receiver_accepted_spans_total", grpc),
+        21.0
+    );
+    assert_eq!(
+        scrape.get("apiscope_receiver_accepted_spans_total", http_otlp),
+        12.0
+    );
+    assert_eq!(
+        scrape.get("apiscope_receiver_failed_spans_total", http_otlp),
+        1.0
+    );
+    assert_eq!(
+        scrape.get("apiscope_receiver_refused_spans_total", http_otlp),
+        0.0
+    );
+    assert_eq!(
+        scrape.get("apiscope_receiver_accepted_log_records_total", http_otlp),
+        4.0
+    );
+    assert_eq!(
+        scrape.get("apiscope_receiver_accepted_requests_total", requests),
+        2.0
+    );
+    assert_eq!(
+        scrape.get("apiscope_receiver_failed_requests_total", requests),
+        1.0
+    );
+    let exports = |labels: &str| scrape.get("apiscope_receiver_exports_total", labels);
+    assert_eq!(
+        exports("outcome=accepted,receiver=otlp,signal=spans,transport=http"),
+        3.0
+    );
+    assert_eq!(
+        exports("outcome=failed,receiver=otlp,signal=spans,transport=http"),
+        1.0
+    );
+    assert_eq!(
+        exports("outcome=accepted,receiver=otlp,signal=spans,transport=grpc"),
+        3.0
+    );
+    assert_eq!(
+        scrape.get(
+            "apiscope_receiver_request_duration_seconds_count",
+            "receiver=otlp,signal=spans,transport=grpc"
+        ),
+        3.0
+    );
+    assert_eq!(
+        scrape.get(
+            "apiscope_receiver_request_duration_seconds_bucket",
+            "le=+Inf,receiver=otlp,signal=spans,transport=grpc"
+        ),
+        3.0
+    );
+    // One WAL append per stored export: 3 gRPC, 3 HTTP span exports, 1 logs, 1 request log.
+    assert_eq!(scrape.get("apiscope_wal_appends_total", ""), 8.0);
+    assert!(scrape.get("apiscope_wal_written_bytes_total", "") > 0.0);
+    assert_eq!(
+        scrape.get("apiscope_wal_sync_duration_seconds_count", ""),
+        scrape.get("apiscope_wal_groups_total", "")
+    );
+    assert!(scrape.get("apiscope_flushes_total", "outcome=ok") >= 1.0);
+    assert_eq!(
+        scrape.get("apiscope_flushed_rows_total", ""),
+        21.0 + 12.0 + 4.0 + 2.0
+    );
+    for table in ["spans", "logs", "requests"] {
+        let (files, bytes) = parquet_on_disk(&data.join(table));
+        assert_eq!(
+            scrape.get("apiscope_parquet_files", &format!("table={table}")),
+            files as f64,
+            "{table}"
+        );
+        assert_eq!(
+            scrape.get("apiscope_parquet_bytes", &format!("table={table}")),
+            bytes as f64,
+            "{table}"
+        );
+    }
+    assert_eq!(
+        scrape.get(
+            "apiscope_build_info",
+            &format!("version={}", env!("CARGO_PKG_VERSION"))
+        ),
+        1.0
+    );
+
+    // Queries by outcome, counted between two scrapes.
+    let before = Scrape::of(&daemon);
+    daemon.rows("SELECT count(*) FROM spans");
+    daemon.rows("SELECT 1");
+    assert_eq!(daemon.try_query("DROP TABLE spans").0, 403);
+    assert_eq!(daemon.try_query("SELEC nonsense").0, 400);
+    runtime().block_on(async {
+        let client = crate::pg::connect(&daemon, None).await.unwrap();
+        client.simple_query("SELECT 1").await.unwrap();
+    });
+    let after = Scrape::of(&daemon);
+    let delta = |labels: &str| {
+        after.get("apiscope_queries_total", labels) - before.get("apiscope_queries_total", labels)
+    };
+    assert_eq!(delta("outcome=ok,protocol=http"), 2.0);
+    assert_eq!(delta("outcome=refused,protocol=http"), 1.0);
+    assert_eq!(delta("outcome=invalid,protocol=http"), 1.0);
+    assert_eq!(delta("outcome=ok,protocol=postgres"), 1.0);
+    let latency = |s: &Scrape| s.get("apiscope_query_duration_seconds_count", "protocol=http");
+    assert_eq!(latency(&after) - latency(&before), 4.0);
+}
+
+/// Parquet files and their bytes under a table's folder.
+fn parquet_on_disk(dir: &std::path::Path) -> (u64, u64) {
+    let mut found = (0, 0);
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return found;
+    };
+    for entry in entries {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            let (files, bytes) = parquet_on_disk(&path);
+            found = (found.0 + files, found.1 + bytes);
+        } else if path.extension().is_some_and(|e| e == "parquet") {
+            found = (found.0 + 1, found.1 + path.metadata().unwrap().len());
+        }
+    }
+    found
+}
