@@ -15,7 +15,7 @@ use std::time::Duration;
 use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota};
 use serde::Deserialize;
@@ -394,18 +394,7 @@ fn http_refusal(denied: &Denied) -> Response {
         Denied::Scope { .. } => (StatusCode::FORBIDDEN, "forbidden"),
         Denied::Limited { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate limited"),
     };
-    let body = serde_json::json!({
-        "type": "about:blank",
-        "title": title,
-        "status": status.as_u16(),
-        "detail": denied.to_string(),
-    });
-    let mut response = (
-        status,
-        [(header::CONTENT_TYPE, "application/problem+json")],
-        body.to_string(),
-    )
-        .into_response();
+    let mut response = query::http::problem_document(status, title, &denied.to_string());
     let headers = response.headers_mut();
     match denied {
         Denied::Missing | Denied::Unknown => {

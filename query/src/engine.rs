@@ -175,15 +175,8 @@ impl Engine {
 
     async fn guarded(&self, sql: &str) -> Result<QueryOutput> {
         let limits = &self.limits;
-        let Ok(_running) = self.running.clone().try_acquire_owned() else {
-            return Err(Error::Busy(format!(
-                "{} queries are running, the most allowed at once (max_concurrent_queries); retry shortly",
-                limits.max_concurrent
-            )));
-        };
-        let Some(handle) = self.runtime.handle() else {
-            return Err(Error::Internal("the query runtime is gone".into()));
-        };
+        let _running = self.admit()?;
+        let handle = self.runtime()?;
         let engine = self.clone();
         let sql = sql.to_owned();
         let mut task = handle.spawn(async move { engine.run(&sql).await });
@@ -199,6 +192,30 @@ impl Engine {
                 )))
             }
         }
+    }
+
+    /// A place among the queries running at once, held until dropped; refused (busy) when
+    /// `max_concurrent_queries` already run. HTTP, the CLI and PostgreSQL share them.
+    pub(crate) fn admit(&self) -> Result<tokio::sync::OwnedSemaphorePermit> {
+        self.running.clone().try_acquire_owned().map_err(|_| {
+            Error::Busy(format!(
+                "{} queries are running, the most allowed at once (max_concurrent_queries); retry shortly",
+                self.limits.max_concurrent
+            ))
+        })
+    }
+
+    /// The runtime queries run on, apart from the one that receives data.
+    pub(crate) fn runtime(&self) -> Result<tokio::runtime::Handle> {
+        self.runtime
+            .handle()
+            .cloned()
+            .ok_or_else(|| Error::Internal("the query runtime is gone".into()))
+    }
+
+    /// The guards in force.
+    pub(crate) fn limits(&self) -> &QueryLimits {
+        &self.limits
     }
 
     async fn run(&self, sql: &str) -> Result<QueryOutput> {
@@ -250,7 +267,7 @@ impl Engine {
 }
 
 /// `30s`, `1m 30s`.
-fn humanize(duration: Duration) -> String {
+pub(crate) fn humanize(duration: Duration) -> String {
     let seconds = duration.as_secs_f64();
     if seconds.fract() == 0.0 {
         format!("{}s", duration.as_secs())

@@ -112,6 +112,22 @@ fn respond(headers: &HeaderMap, output: &QueryOutput) -> Result<Response> {
     Ok(axum::Json(body).into_response())
 }
 
+/// An RFC 9457 problem document: `status` with its `title` and `detail`.
+pub fn problem_document(status: StatusCode, title: &str, detail: &str) -> Response {
+    let body = json!({
+        "type": "about:blank",
+        "title": title,
+        "status": status.as_u16(),
+        "detail": detail,
+    });
+    (
+        status,
+        [(header::CONTENT_TYPE, "application/problem+json")],
+        body.to_string(),
+    )
+        .into_response()
+}
+
 /// An RFC 9457 problem document for `error`.
 pub fn problem(error: &Error) -> Response {
     let status =
@@ -119,18 +135,7 @@ pub fn problem(error: &Error) -> Response {
     if status.is_server_error() {
         tracing::warn!(%error, "query failed");
     }
-    let body = json!({
-        "type": "about:blank",
-        "title": error.title(),
-        "status": status.as_u16(),
-        "detail": error.to_string(),
-    });
-    let mut response = (
-        status,
-        [(header::CONTENT_TYPE, "application/problem+json")],
-        body.to_string(),
-    )
-        .into_response();
+    let mut response = problem_document(status, error.title(), &error.to_string());
     if matches!(error, Error::Busy(_)) {
         let retry = axum::http::HeaderValue::from_static("1");
         response.headers_mut().insert(header::RETRY_AFTER, retry);

@@ -41,6 +41,7 @@ use tokio::task::JoinSet;
 
 use crate::engine::Engine;
 
+mod guard;
 mod session;
 
 use session::Session;
@@ -121,6 +122,15 @@ pub async fn run(
     tls: Option<TlsAcceptor>,
     stop: impl Future<Output = ()>,
 ) {
+    // Connections run on the query runtime, so that SQL over PostgreSQL, like SQL over
+    // HTTP, never takes threads from ingest.
+    let runtime = match engine.runtime() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            tracing::error!(%error, "the PostgreSQL listener cannot start");
+            return;
+        }
+    };
     let handlers = Arc::new(Handlers::new(engine, &auth, tls.is_some()));
     let mut connections = JoinSet::new();
     tokio::pin!(stop);
@@ -135,11 +145,16 @@ pub async fn run(
             Ok((socket, peer)) => {
                 let handlers = handlers.clone();
                 let tls = tls.clone();
-                connections.spawn(async move {
-                    if let Err(error) = pgwire::tokio::process_socket(socket, tls, handlers).await {
-                        tracing::debug!(%error, %peer, "PostgreSQL connection ended");
-                    }
-                });
+                connections.spawn_on(
+                    async move {
+                        if let Err(error) =
+                            pgwire::tokio::process_socket(socket, tls, handlers).await
+                        {
+                            tracing::debug!(%error, %peer, "PostgreSQL connection ended");
+                        }
+                    },
+                    &runtime,
+                );
             }
             Err(error) => {
                 // Out of file descriptors, most likely: wait instead of spinning.

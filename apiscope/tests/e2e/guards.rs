@@ -113,8 +113,43 @@ fn queries_over_a_limit_are_refused_by_name() {
             .contains("max_concurrent_queries"),
         "{detail}"
     );
+    // Over PostgreSQL the same place is taken: SQLSTATE 53000 naming the limit.
+    crate::pg::runtime().block_on(async {
+        let client = crate::pg::connect(&daemon, None).await.unwrap();
+        let error = client.simple_query("SELECT 1").await.unwrap_err();
+        assert_eq!(error.code().map(|c| c.code()), Some("53000"), "{error}");
+        assert!(format!("{error:?}").contains("max_concurrent_queries"));
+    });
     let slow = slow.join().unwrap();
     assert!(slow.contains("query_timeout"), "{slow}");
+
+    // The time and row limits over PostgreSQL, where rows stream: refused with the codes
+    // PostgreSQL uses (57014 as for statement_timeout, 54000), naming the setting.
+    crate::pg::runtime().block_on(async {
+        let client = crate::pg::connect(&daemon, None).await.unwrap();
+        for (sql, code, setting) in [
+            ("SELECT span_id FROM spans", "54000", "max_result_rows"),
+            (SLOW, "57014", "query_timeout"),
+        ] {
+            let started = Instant::now();
+            let error = client.query(sql, &[]).await.unwrap_err();
+            assert_eq!(
+                error.code().map(|c| c.code()),
+                Some(code),
+                "{sql}: {error:?}"
+            );
+            assert!(format!("{error:?}").contains(setting), "{sql}: {error:?}");
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "{sql} was not stopped"
+            );
+        }
+        let rows = client
+            .query("SELECT span_id FROM spans LIMIT 5", &[])
+            .await
+            .unwrap();
+        assert_eq!(rows.len(), 5);
+    });
     // And the daemon still answers, and still takes data.
     assert_eq!(daemon.count("SELECT count(*) FROM spans"), 2000);
 }

@@ -29,6 +29,7 @@ use pgwire::types::format::FormatOptions;
 use regex::Regex;
 
 use super::Gate;
+use super::guard::Guard;
 use crate::engine::Engine;
 use crate::error::Error;
 
@@ -41,6 +42,7 @@ pub(super) struct Session {
     inner: DfSessionService,
     parser: Arc<RewritingParser>,
     gate: Option<Arc<dyn Gate>>,
+    engine: Engine,
 }
 
 impl Session {
@@ -59,6 +61,7 @@ impl Session {
             inner,
             parser,
             gate,
+            engine: engine.clone(),
         }
     }
 
@@ -93,10 +96,14 @@ impl SimpleQueryHandler for Session {
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
         self.admit(client)?;
+        let guard = Guard::admit(&self.engine)?;
         let started = std::time::Instant::now();
-        let answer = SimpleQueryHandler::do_query(&self.inner, client, &rewrite(query)).await;
+        let sql = rewrite(query);
+        let work = SimpleQueryHandler::do_query(&self.inner, client, &sql);
+        let answer = guard.run(&self.engine, work).await;
         record_pg(started, answer.as_ref().map(|_| ()));
-        answer
+        let responses = answer?.into_iter();
+        Ok(responses.map(|r| guard.rows(&self.engine, r)).collect())
     }
 }
 
@@ -122,10 +129,12 @@ impl ExtendedQueryHandler for Session {
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
         self.admit(client)?;
+        let guard = Guard::admit(&self.engine)?;
         let started = std::time::Instant::now();
-        let answer = ExtendedQueryHandler::do_query(&self.inner, client, portal, max_rows).await;
+        let work = ExtendedQueryHandler::do_query(&self.inner, client, portal, max_rows);
+        let answer = guard.run(&self.engine, work).await;
         record_pg(started, answer.as_ref().map(|_| ()));
-        answer
+        Ok(guard.rows(&self.engine, answer?))
     }
 }
 
