@@ -399,7 +399,6 @@ impl Generator {
                 trace_id: trace_id.clone(),
                 span_id: self.id().to_be_bytes().to_vec(),
                 parent_span_id: server_id.clone(),
-                name: String::new(),
                 kind: SpanKind::Client as i32,
                 start_time_unix_nano: start + offset,
                 end_time_unix_nano: start + offset + call_ns,
@@ -610,6 +609,9 @@ mod tests {
             })
             .count();
         assert!(servers > 0 && servers < spans.len());
+        // Every span is named, clients after what they call.
+        assert!(spans.iter().all(|s| !s.name.is_empty()));
+        assert!(spans.iter().any(|s| s.name.starts_with("SELECT ")));
         assert!(
             failed > 0 && failed * 10 < servers,
             "{failed} of {servers} failed"
