@@ -113,15 +113,37 @@ fn queries_over_a_limit_are_refused_by_name() {
             .contains("max_concurrent_queries"),
         "{detail}"
     );
-    // Over PostgreSQL the same place is taken: SQLSTATE 53000 naming the limit.
-    crate::pg::runtime().block_on(async {
-        let client = crate::pg::connect(&daemon, None).await.unwrap();
-        let error = client.simple_query("SELECT 1").await.unwrap_err();
-        assert_eq!(error.code().map(|c| c.code()), Some("53000"), "{error}");
-        assert!(format!("{error:?}").contains("max_concurrent_queries"));
-    });
     let slow = slow.join().unwrap();
     assert!(slow.contains("query_timeout"), "{slow}");
+
+    // Over PostgreSQL the same place is taken: SQLSTATE 53000 naming the limit.
+    let url = daemon.query_url();
+    let slow = std::thread::spawn(move || {
+        let answer = http()
+            .post(format!("{url}/api/v1/query"))
+            .json(&json!({ "sql": SLOW }))
+            .send();
+        answer.unwrap().text().unwrap()
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let deadline = Instant::now() + Duration::from_millis(1800);
+    crate::pg::runtime().block_on(async {
+        let client = crate::pg::connect(&daemon, None).await.unwrap();
+        loop {
+            match client.simple_query("SELECT 1").await {
+                Err(error) => {
+                    assert_eq!(error.code().map(|c| c.code()), Some("53000"), "{error}");
+                    assert!(format!("{error:?}").contains("max_concurrent_queries"));
+                    break;
+                }
+                Ok(_) if Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Ok(_) => panic!("no refusal over PostgreSQL while the slow query ran"),
+            }
+        }
+    });
+    assert!(slow.join().unwrap().contains("query_timeout"));
 
     // The time and row limits over PostgreSQL, where rows stream: refused with the codes
     // PostgreSQL uses (57014 as for statement_timeout, 54000), naming the setting.
