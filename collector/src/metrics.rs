@@ -34,8 +34,8 @@ pub const REQUESTS: Items = Items {
     receiver: "requests",
 };
 
-/// Records one receiver request: `items` it held (0 when it did not decode) and what
-/// became of them. `Ok(rejected)` means stored but for `rejected` invalid items; a
+/// Records one receiver request, and logs it when refused: `items` it held (0 when it did
+/// not decode) and what became of them. `Ok(rejected)` means stored but for `rejected` invalid items; a
 /// retryable error counts the items as refused (the client sends them again), any other
 /// as failed.
 pub(crate) fn received(
@@ -51,6 +51,18 @@ pub(crate) fn received(
         Err(error) if error.retry_after().is_some() => ("refused", 0, count, 0),
         Err(_) => ("failed", 0, 0, count),
     };
+    if let Err(error) = result {
+        // One line per refused request, with its reason.
+        tracing::warn!(
+            receiver = items.receiver,
+            transport,
+            signal = items.name,
+            items = count,
+            retryable = error.retry_after().is_some(),
+            reason = %error,
+            "request refused"
+        );
+    }
     for (what, value) in [
         ("accepted", accepted),
         ("refused", refused),

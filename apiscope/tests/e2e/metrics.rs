@@ -289,6 +289,15 @@ fn metrics_count_what_was_sent() {
     assert_eq!(delta("outcome=ok,protocol=postgres"), 1.0);
     let latency = |s: &Scrape| s.get("apiscope_query_duration_seconds_count", "protocol=http");
     assert_eq!(latency(&after) - latency(&before), 4.0);
+
+    // The refused export is one log line with its reason.
+    let refused: Vec<String> = daemon
+        .log()
+        .into_iter()
+        .filter(|line| line.contains("request refused"))
+        .collect();
+    assert_eq!(refused.len(), 1, "{refused:?}");
+    assert!(refused[0].contains("protobuf"), "{refused:?}");
 }
 
 /// Parquet files and their bytes under a table's folder.
