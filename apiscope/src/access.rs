@@ -268,33 +268,40 @@ impl Access {
 
     /// Admits one request for `scope` from a caller sending `bearer` from `peer`: the token
     /// is checked when tokens are configured, then the caller's rate (by token name, or by
-    /// address while auth is off). Answers the caller's name.
+    /// address while auth is off).
     pub(crate) fn admit(
         &self,
         bearer: Option<&str>,
         peer: Option<IpAddr>,
         scope: Scope,
-    ) -> Result<String, Denied> {
-        let caller = if self.enabled() {
-            format!("token {}", self.authenticate(bearer, scope)?)
-        } else {
-            match peer {
-                Some(ip) => format!("address {ip}"),
-                None => "address unknown".to_owned(),
-            }
+    ) -> Result<(), Denied> {
+        let token = match self.enabled() {
+            true => Some(self.authenticate(bearer, scope)?),
+            false => None,
         };
-        self.rate(&caller, scope)?;
-        Ok(caller)
+        if self.limiter(scope).is_none() {
+            return Ok(());
+        }
+        let caller = match (token, peer) {
+            (Some(name), _) => format!("token {name}"),
+            (None, Some(ip)) => format!("address {ip}"),
+            (None, None) => "address unknown".to_owned(),
+        };
+        self.rate(&caller, scope)
+    }
+
+    /// The limiter of `scope`'s kind of work, if it has one.
+    fn limiter(&self, scope: Scope) -> Option<&DefaultKeyedRateLimiter<String>> {
+        match scope {
+            Scope::Ingest => self.ingest.as_ref(),
+            Scope::Query => self.query.as_ref(),
+            Scope::Admin => None,
+        }
     }
 
     /// Counts one request of `caller` against the limit for `scope`'s kind of work.
     pub(crate) fn rate(&self, caller: &str, scope: Scope) -> Result<(), Denied> {
-        let limiter = match scope {
-            Scope::Ingest => &self.ingest,
-            Scope::Query => &self.query,
-            Scope::Admin => &None,
-        };
-        let Some(limiter) = limiter else {
+        let Some(limiter) = self.limiter(scope) else {
             return Ok(());
         };
         let key = caller.to_owned();

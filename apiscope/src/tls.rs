@@ -62,33 +62,35 @@ impl Tls {
             }
             None => None,
         };
-        let config = |alpn: Vec<Vec<u8>>| -> Result<Arc<ServerConfig>> {
-            let certs = certificates(&cert_pem, &files.cert)?;
-            let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|error| {
+        let certs = certificates(&cert_pem, &files.cert)?;
+        let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|error| {
+            Error::Config(format!(
+                "tls_key {}: no private key in it ({error})",
+                files.key.display()
+            ))
+        })?;
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|error| Error::Config(format!("TLS: {error}")))?
+            .with_no_client_auth()
+            .with_single_cert(certs, key)
+            .map_err(|error| {
                 Error::Config(format!(
-                    "tls_key {}: no private key in it ({error})",
+                    "tls_cert {} and tls_key {}: {error}",
+                    files.cert.display(),
                     files.key.display()
                 ))
             })?;
-            let provider = Arc::new(rustls::crypto::ring::default_provider());
-            let mut config = ServerConfig::builder_with_provider(provider)
-                .with_safe_default_protocol_versions()
-                .map_err(|error| Error::Config(format!("TLS: {error}")))?
-                .with_no_client_auth()
-                .with_single_cert(certs, key)
-                .map_err(|error| {
-                    Error::Config(format!(
-                        "tls_cert {} and tls_key {}: {error}",
-                        files.cert.display(),
-                        files.key.display()
-                    ))
-                })?;
+        // One identity; each listener offers its own protocols.
+        let with_alpn = |alpn: Vec<Vec<u8>>| {
+            let mut config = config.clone();
             config.alpn_protocols = alpn;
-            Ok(Arc::new(config))
+            Arc::new(config)
         };
         Ok(Self {
-            http: config(vec![b"h2".to_vec(), b"http/1.1".to_vec()])?,
-            postgres: config(vec![b"postgresql".to_vec()])?,
+            http: with_alpn(vec![b"h2".to_vec(), b"http/1.1".to_vec()]),
+            postgres: with_alpn(vec![b"postgresql".to_vec()]),
             cert_pem,
             key_pem,
             client_ca_pem,
