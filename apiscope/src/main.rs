@@ -15,6 +15,11 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+// Ingest allocates many small strings per span on several threads; mimalloc spends less CPU
+// on them than the system allocator and returns freed memory sooner.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// apiscope: how your APIs behave, from the telemetry your services already send.
 #[derive(Debug, Parser)]
 #[command(name = "apiscope", version, about)]

@@ -5,7 +5,6 @@
 //! function of the attributes so that it can be tested without any transport.
 
 use std::borrow::Cow;
-use std::fmt::Write as _;
 
 pub use schemas::routes::{template_path, version_prefix};
 
@@ -131,11 +130,14 @@ pub(crate) fn value_json(value: &Value) -> serde_json::Value {
 
 /// Lowercase hex of `bytes`.
 pub(crate) fn hex(bytes: &[u8]) -> String {
-    let mut out = String::with_capacity(bytes.len() * 2);
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = Vec::with_capacity(bytes.len() * 2);
     for byte in bytes {
-        let _ = write!(out, "{byte:02x}");
+        out.push(DIGITS[usize::from(byte >> 4)]);
+        out.push(DIGITS[usize::from(byte & 0xf)]);
     }
-    out
+    // Only ASCII digits were pushed.
+    String::from_utf8(out).unwrap_or_default()
 }
 
 /// The parts of a URL we promote.
