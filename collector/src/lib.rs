@@ -38,7 +38,6 @@ use std::time::Duration;
 use arrow::array::RecordBatch;
 use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
-use prost::Message;
 use tokio::sync::{Mutex, Notify, oneshot};
 use tokio_util::sync::CancellationToken;
 
@@ -48,6 +47,7 @@ pub use error::{Error, RETRY_AFTER, Result};
 pub use logs::decode_logs;
 pub use replay::ReplayReport;
 pub use requests::decode_requests;
+pub use signal::Received;
 pub use spans::SpanDecoder;
 pub use wal::Durability;
 pub use writer::{WAL_SEQ_KEY, Writer, covered_seq};
@@ -205,30 +205,30 @@ impl Collector {
         self.buffer.clone()
     }
 
-    /// Stores the valid spans of `request`; returns once they are logged and queryable.
+    /// Stores the valid spans of `received`; returns once they are logged and queryable.
     /// Blocking: call it off the async runtime.
-    pub fn ingest_traces(&self, request: &ExportTraceServiceRequest) -> Result<Outcome> {
-        let decoded = self.config.spans.decode(request);
+    pub fn ingest_traces(&self, received: &Received<ExportTraceServiceRequest>) -> Result<Outcome> {
+        let decoded = self.config.spans.decode(&received.request);
         self.accept(
             schemas::SPANS.name,
             wal::Kind::Traces,
             now_ns(),
             decoded,
-            || request.encode_to_vec(),
+            || received.protobuf(),
         )
     }
 
-    /// Stores the valid log records of `request`; returns once they are logged and queryable.
-    /// Blocking: call it off the async runtime.
-    pub fn ingest_logs(&self, request: &ExportLogsServiceRequest) -> Result<Outcome> {
+    /// Stores the valid log records of `received`; returns once they are logged and
+    /// queryable. Blocking: call it off the async runtime.
+    pub fn ingest_logs(&self, received: &Received<ExportLogsServiceRequest>) -> Result<Outcome> {
         let received_ns = now_ns();
-        let decoded = decode_logs(request, received_ns);
+        let decoded = decode_logs(&received.request, received_ns);
         self.accept(
             schemas::LOGS.name,
             wal::Kind::Logs,
             received_ns,
             decoded,
-            || request.encode_to_vec(),
+            || received.protobuf(),
         )
     }
 
@@ -241,7 +241,7 @@ impl Collector {
             wal::Kind::Requests,
             now_ns(),
             decoded,
-            || body.to_vec(),
+            || bytes::Bytes::copy_from_slice(body),
         )
     }
 
@@ -251,7 +251,7 @@ impl Collector {
         kind: wal::Kind,
         received_ns: i64,
         decoded: Decoded,
-        payload: impl FnOnce() -> Vec<u8>,
+        payload: impl FnOnce() -> bytes::Bytes,
     ) -> Result<Outcome> {
         if self.closed.is_cancelled() {
             return Err(Error::ShuttingDown);
@@ -278,7 +278,7 @@ impl Collector {
         // The request as received (minus transport encoding) is what the WAL keeps: replay
         // decodes it again, with the time it was first received.
         let payload = match self.config.durability {
-            Durability::None => Vec::new(),
+            Durability::None => bytes::Bytes::new(),
             Durability::Fsync | Durability::Batch(_) => payload(),
         };
         self.wal.submit(wal::Append {

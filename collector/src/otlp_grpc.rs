@@ -22,7 +22,7 @@ use tonic::server::{NamedService, UnaryService};
 use tonic::{Request, Response, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
-use crate::signal::{Logs, Signal, Traces};
+use crate::signal::{Logs, Received, Signal, Traces};
 use crate::{Collector, Error};
 
 /// The gRPC service of one signal, ready for `tonic::transport::Server::add_service`.
@@ -97,11 +97,11 @@ struct Handler<S> {
     signal: PhantomData<fn() -> S>,
 }
 
-impl<S: Signal> UnaryService<S::Request> for Handler<S> {
+impl<S: Signal> UnaryService<Received<S::Request>> for Handler<S> {
     type Response = S::Response;
     type Future = BoxFuture<Response<S::Response>, Status>;
 
-    fn call(&mut self, request: Request<S::Request>) -> Self::Future {
+    fn call(&mut self, request: Request<Received<S::Request>>) -> Self::Future {
         let collector = self.collector.clone();
         let request = request.into_inner();
         let started = std::time::Instant::now();
@@ -124,7 +124,7 @@ struct ExportCodec<S>(PhantomData<fn() -> S>);
 
 impl<S: Signal> Codec for ExportCodec<S> {
     type Encode = S::Response;
-    type Decode = S::Request;
+    type Decode = Received<S::Request>;
     type Encoder = ExportCodec<S>;
     type Decoder = ExportCodec<S>;
 
@@ -148,12 +148,12 @@ impl<S: Signal> Encoder for ExportCodec<S> {
 }
 
 impl<S: Signal> Decoder for ExportCodec<S> {
-    type Item = S::Request;
+    type Item = Received<S::Request>;
     type Error = Status;
 
-    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<S::Request>, Status> {
+    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Self::Item>, Status> {
         let payload = src.copy_to_bytes(src.remaining());
-        S::Request::decode(payload).map(Some).map_err(|error| {
+        Received::decode(payload).map(Some).map_err(|error| {
             let error = Error::InvalidInput(format!("invalid protobuf payload: {error}"));
             let now = std::time::Instant::now();
             crate::metrics::received(S::ITEMS, "grpc", now, 0, Err(&error));

@@ -21,7 +21,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::metrics;
-use crate::signal::{Logs, Signal, Traces};
+use crate::signal::{Logs, Received, Signal, Traces};
 use crate::{Collector, Error, Result};
 
 /// The OTLP/HTTP routes, served on the OTLP HTTP port.
@@ -59,7 +59,7 @@ async fn export<S: Signal>(
     // runtime's I/O threads.
     let handled = tokio::task::spawn_blocking(move || {
         let request = decompress(encoding.as_ref(), body, limit)
-            .and_then(|payload| format.decode::<S::Request>(&payload));
+            .and_then(|payload| format.decode::<S::Request>(payload));
         match request {
             Ok(request) => Ok(S::export_counted(&collector, request, "http", started)),
             Err(error) => Err(error),
@@ -184,13 +184,18 @@ impl Format {
         }
     }
 
-    fn decode<T: Message + DeserializeOwned + Default>(self, payload: &[u8]) -> Result<T> {
+    fn decode<T: Message + DeserializeOwned + Default>(
+        self,
+        payload: Bytes,
+    ) -> Result<Received<T>> {
         match self {
-            Format::Protobuf => T::decode(payload)
+            Format::Protobuf => Received::decode(payload)
                 .map_err(|error| Error::InvalidInput(format!("invalid protobuf payload: {error}"))),
-            Format::Json => serde_json::from_slice(payload).map_err(|error| {
-                Error::InvalidInput(format!("invalid OTLP/JSON payload: {error}"))
-            }),
+            Format::Json => serde_json::from_slice::<T>(&payload)
+                .map(Received::<T>::from)
+                .map_err(|error| {
+                    Error::InvalidInput(format!("invalid OTLP/JSON payload: {error}"))
+                }),
         }
     }
 

@@ -7,12 +7,15 @@ use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value::Valu
 use opentelemetry_proto::tonic::resource::v1::Resource;
 use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
 
+use prost::Message;
+
 use super::*;
 
 const HOUR_NS: u64 = 3_600_000_000_000;
 const BASE_NS: u64 = 1_795_773_600_000_000_000; // 2026-11-27T10:00:00Z
 
-fn request(first_id: u64, starts: &[u64]) -> ExportTraceServiceRequest {
+/// A trace export of spans starting at `starts`, encoded as a client would send it.
+fn request(first_id: u64, starts: &[u64]) -> Received<ExportTraceServiceRequest> {
     let spans = starts
         .iter()
         .enumerate()
@@ -25,7 +28,7 @@ fn request(first_id: u64, starts: &[u64]) -> ExportTraceServiceRequest {
             ..Default::default()
         })
         .collect();
-    ExportTraceServiceRequest {
+    let request = ExportTraceServiceRequest {
         resource_spans: vec![ResourceSpans {
             resource: Some(Resource {
                 attributes: vec![KeyValue {
@@ -43,7 +46,8 @@ fn request(first_id: u64, starts: &[u64]) -> ExportTraceServiceRequest {
             }],
             ..Default::default()
         }],
-    }
+    };
+    Received::decode(request.encode_to_vec().into()).unwrap()
 }
 
 fn config(dir: &Path) -> Config {

@@ -69,7 +69,7 @@ const GROUP_BYTES: usize = 32 * 1024 * 1024;
 pub(crate) struct Append {
     pub(crate) kind: Kind,
     pub(crate) received_ns: i64,
-    pub(crate) payload: Vec<u8>,
+    pub(crate) payload: bytes::Bytes,
     pub(crate) table: &'static str,
     pub(crate) batch: RecordBatch,
     pub(crate) done: oneshot::Sender<Result<u64>>,

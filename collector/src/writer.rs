@@ -11,7 +11,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use arrow::array::{Array, ArrayRef, Int64Array, RecordBatch, TimestampNanosecondArray};
-use arrow::compute::{SortColumn, concat_batches, lexsort_to_indices, take_record_batch};
+use arrow::compute::{concat, interleave_record_batch};
+use arrow::row::{RowConverter, SortField};
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::metadata::KeyValue;
@@ -66,39 +67,46 @@ impl Writer {
     }
 
     /// Writes `batches` of `table` as one synced temporary file per hour partition, named
-    /// after `through`, the highest WAL sequence the flush covers. Blocking: run it off the
-    /// async runtime.
+    /// after `through`, the highest WAL sequence the flush covers. Rows are sorted by the
+    /// table's sort columns within each file. Blocking: run it off the async runtime.
+    ///
+    /// Only the sort keys are copied whole; the rows are gathered in sorted order a slice at a
+    /// time as they are written, so a flush needs little memory beyond the batches it reads.
     pub fn stage(
         &self,
         table: &Table,
         batches: &[RecordBatch],
         through: u64,
     ) -> Result<Vec<Staged>> {
-        if batches.is_empty() {
-            return Ok(Vec::new());
-        }
-        let all = concat_batches(&table.schema(), batches).map_err(storage)?;
-        let (sorted, partitions) = sort_for_pruning(table, &all)?;
+        let order = sorted_order(table, batches)?;
         let mut staged = Vec::new();
         let mut start = 0;
-        while start < sorted.num_rows() {
-            let partition = partitions.value(start);
+        while start < order.len() {
+            let partition = order[start].0;
             let mut end = start + 1;
-            while end < sorted.num_rows() && partitions.value(end) == partition {
+            while end < order.len() && order[end].0 == partition {
                 end += 1;
             }
-            let part = sorted.slice(start, end - start);
-            staged.push(self.write_file(table, partition, &part, through)?);
+            let rows: Vec<(usize, usize)> = order[start..end].iter().map(|o| o.1).collect();
+            match self.write_file(table, partition, batches, &rows, through) {
+                Ok(file) => staged.push(file),
+                Err(error) => {
+                    discard(&staged);
+                    return Err(error);
+                }
+            }
             start = end;
         }
         Ok(staged)
     }
 
+    /// Writes the rows of `batches` named by `rows` (batch, row), in that order.
     fn write_file(
         &self,
         table: &Table,
         partition: i64,
-        batch: &RecordBatch,
+        batches: &[RecordBatch],
+        rows: &[(usize, usize)],
         through: u64,
     ) -> Result<Staged> {
         let dir = partition_dir(&self.data_dir, table.name, partition);
@@ -107,19 +115,32 @@ impl Writer {
         let temporary = dir.join(format!(".{name}.tmp"));
         let destination = dir.join(name);
 
-        let file = File::create(&temporary).map_err(storage)?;
-        let mut writer = ArrowWriter::try_new(file, table.schema(), Some(properties(through)))
-            .map_err(storage)?;
-        writer.write(batch).map_err(storage)?;
-        let file = writer.into_inner().map_err(storage)?;
-        file.sync_all().map_err(storage)?;
+        let written = (|| {
+            let file = File::create(&temporary).map_err(storage)?;
+            let mut writer = ArrowWriter::try_new(file, table.schema(), Some(properties(through)))
+                .map_err(storage)?;
+            let sources: Vec<&RecordBatch> = batches.iter().collect();
+            for slice in rows.chunks(ROWS_PER_WRITE) {
+                let gathered = interleave_record_batch(&sources, slice).map_err(storage)?;
+                writer.write(&gathered).map_err(storage)?;
+            }
+            let file = writer.into_inner().map_err(storage)?;
+            file.sync_all().map_err(storage)
+        })();
+        if let Err(error) = written {
+            let _ = std::fs::remove_file(&temporary);
+            return Err(error);
+        }
         Ok(Staged {
             temporary,
             destination,
-            rows: batch.num_rows(),
+            rows: rows.len(),
         })
     }
 }
+
+/// Rows gathered into one batch at a time while a file is written.
+const ROWS_PER_WRITE: usize = 16 * 1024;
 
 impl Writer {
     /// `<through, 20 digits>-<writer id>-<n>.parquet`: sorting by name sorts by WAL position,
@@ -180,6 +201,8 @@ fn properties(through: u64) -> WriterProperties {
         .set_compression(Compression::ZSTD(ZstdLevel::default()))
         .set_statistics_enabled(EnabledStatistics::Page)
         .set_column_bloom_filter_enabled(ColumnPath::from("trace_id"), true)
+        // Unique per row: a dictionary would only be built to be given up.
+        .set_column_dictionary_enabled(ColumnPath::from("span_id"), false)
         .set_key_value_metadata(Some(vec![
             KeyValue::new(SCHEMA_VERSION_KEY.to_owned(), SCHEMA_VERSION.to_owned()),
             KeyValue::new(WAL_SEQ_KEY.to_owned(), through.to_string()),
@@ -187,35 +210,45 @@ fn properties(through: u64) -> WriterProperties {
         .build()
 }
 
-/// Sorts rows by hour partition, then by the table's sort columns; returns the sorted rows
-/// and each row's partition key.
-fn sort_for_pruning(table: &Table, batch: &RecordBatch) -> Result<(RecordBatch, Int64Array)> {
-    let time = batch
-        .column_by_name("time")
-        .and_then(|c| c.as_any().downcast_ref::<TimestampNanosecondArray>())
-        .ok_or_else(|| Error::Storage(format!("table {} has no time column", table.name)))?;
-    let partitions: Int64Array = time.iter().map(|t| t.map(partition_of)).collect();
-    let mut keys = vec![SortColumn {
-        values: Arc::new(partitions) as ArrayRef,
-        options: None,
-    }];
+/// Every row of `batches` as (hour partition, (batch, row)), sorted by partition and then by
+/// the table's sort columns.
+fn sorted_order(table: &Table, batches: &[RecordBatch]) -> Result<Vec<(i64, (usize, usize))>> {
+    let mut partitions = Vec::new();
+    let mut places = Vec::new();
+    for (b, batch) in batches.iter().enumerate() {
+        let time = batch
+            .column_by_name("time")
+            .and_then(|c| c.as_any().downcast_ref::<TimestampNanosecondArray>())
+            .ok_or_else(|| Error::Storage(format!("table {} has no time column", table.name)))?;
+        // `time` is never null: the decoders always set it.
+        partitions.extend(time.values().iter().map(|t| partition_of(*t)));
+        places.extend((0..batch.num_rows()).map(|row| (b, row)));
+    }
+    // The sort columns of every batch, as one comparable byte string per row.
+    let mut keys: Vec<ArrayRef> = vec![Arc::new(Int64Array::from(partitions.clone()))];
     for name in table.sort_by {
-        if let Some(values) = batch.column_by_name(name) {
-            keys.push(SortColumn {
-                values: values.clone(),
-                options: None,
-            });
+        let columns: Vec<&dyn Array> = batches
+            .iter()
+            .filter_map(|batch| batch.column_by_name(name).map(|c| c.as_ref()))
+            .collect();
+        if columns.len() == batches.len() {
+            keys.push(concat(&columns).map_err(storage)?);
         }
     }
-    let indices = lexsort_to_indices(&keys, None).map_err(storage)?;
-    let sorted = take_record_batch(batch, &indices).map_err(storage)?;
-    let sorted_partitions = arrow::compute::take(keys[0].values.as_ref(), &indices, None)
-        .map_err(storage)?
-        .as_any()
-        .downcast_ref::<Int64Array>()
-        .cloned()
-        .ok_or_else(|| Error::Storage("partition keys are not Int64".into()))?;
-    Ok((sorted, sorted_partitions))
+    let fields = keys
+        .iter()
+        .map(|k| SortField::new(k.data_type().clone()))
+        .collect();
+    let rows = RowConverter::new(fields)
+        .and_then(|converter| converter.convert_columns(&keys))
+        .map_err(storage)?;
+    drop(keys);
+    let mut order: Vec<usize> = (0..places.len()).collect();
+    order.sort_unstable_by(|a, b| rows.row(*a).cmp(&rows.row(*b)));
+    Ok(order
+        .into_iter()
+        .map(|i| (partitions[i], places[i]))
+        .collect())
 }
 
 fn storage(error: impl std::fmt::Display) -> Error {
