@@ -142,6 +142,9 @@ impl Writer {
 /// Rows gathered into one batch at a time while a file is written.
 const ROWS_PER_WRITE: usize = 16 * 1024;
 
+/// Rows in one Parquet row group.
+const ROW_GROUP_ROWS: usize = 64 * 1024;
+
 impl Writer {
     /// `<through, 20 digits>-<writer id>-<n>.parquet`: sorting by name sorts by WAL position,
     /// and the position is readable without opening the file.
@@ -217,7 +220,11 @@ fn properties(through: u64) -> WriterProperties {
     builder
         .set_compression(Compression::ZSTD(ZstdLevel::default()))
         .set_statistics_enabled(EnabledStatistics::Page)
+        // Row groups small enough that a trace lookup, once the bloom filters have ruled
+        // out the other groups, decodes few rows.
+        .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
         .set_column_bloom_filter_enabled(ColumnPath::from("trace_id"), true)
+        .set_column_bloom_filter_max_ndv(ColumnPath::from("trace_id"), ROW_GROUP_ROWS as u64)
         .set_key_value_metadata(Some(vec![
             KeyValue::new(SCHEMA_VERSION_KEY.to_owned(), SCHEMA_VERSION.to_owned()),
             KeyValue::new(WAL_SEQ_KEY.to_owned(), through.to_string()),

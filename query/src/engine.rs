@@ -120,6 +120,11 @@ impl Engine {
             .options_mut()
             .optimizer
             .enable_join_dynamic_filter_pushdown = false;
+        // Filters are evaluated while Parquet is decoded: a selective one (a trace id, an
+        // endpoint) decodes its own columns first and the others only for the rows it keeps.
+        let parquet = &mut config.options_mut().execution.parquet;
+        parquet.pushdown_filters = true;
+        parquet.reorder_filters = true;
         // The shared session (the PostgreSQL front-end runs there) may hold what all the
         // queries allowed at once may hold; an HTTP query gets a pool of its own.
         let total = limits
