@@ -381,3 +381,110 @@ fn injected_file_faults_never_acknowledge_lost_data() {
     assert_eq!(collector.buffer().rows(), 0);
     assert_eq!(count_rows(&data_files(dir)), flushed);
 }
+
+/// A flush gathers rows from many batches: each hour's file must hold exactly that hour's
+/// rows, sorted by service, endpoint and time, in row groups of at most 65,536 rows.
+#[test]
+fn flushed_files_hold_their_hour_sorted_by_service_endpoint_and_time() {
+    use arrow::array::{AsArray, RecordBatch};
+    use arrow::datatypes::TimestampNanosecondType;
+
+    let tmp = tempfile::tempdir().unwrap();
+    let decoder = SpanDecoder::default();
+    let mut batches: Vec<RecordBatch> = Vec::new();
+    let mut sent = std::collections::BTreeSet::new();
+    let mut n: u64 = 0;
+    // 84,000 spans in 7 requests; services, names and times interleaved; one in ten in the
+    // next hour.
+    for _ in 0..7 {
+        let mut resource_spans = Vec::new();
+        for service in ["b-svc", "a-svc"] {
+            let spans = (0..6000)
+                .map(|_| {
+                    n += 1;
+                    let hour = if n.is_multiple_of(10) { HOUR_NS } else { 0 };
+                    let start = BASE_NS + hour + (n * 7919 % 3_000) * 1_000_000_000 + n;
+                    sent.insert(n);
+                    Span {
+                        trace_id: vec![2; 16],
+                        span_id: n.to_be_bytes().to_vec(),
+                        name: ["GET /b", "GET /a", "POST /c"][(n % 3) as usize].into(),
+                        start_time_unix_nano: start,
+                        end_time_unix_nano: start + 1_000,
+                        ..Default::default()
+                    }
+                })
+                .collect();
+            resource_spans.push(ResourceSpans {
+                resource: Some(Resource {
+                    attributes: vec![KeyValue {
+                        key: "service.name".into(),
+                        value: Some(AnyValue {
+                            value: Some(Value::StringValue(service.into())),
+                        }),
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                }),
+                scope_spans: vec![ScopeSpans {
+                    spans,
+                    ..Default::default()
+                }],
+                ..Default::default()
+            });
+        }
+        let request = ExportTraceServiceRequest { resource_spans };
+        batches.push(decoder.decode(&request).batch.unwrap());
+    }
+
+    let writer = Writer::new(tmp.path());
+    let staged = writer.stage(&schemas::SPANS, &batches, 7).unwrap();
+    writer::publish(&staged).unwrap();
+    let files = data_files(tmp.path());
+    assert_eq!(files.len(), 2, "one file per hour");
+
+    let mut stored = std::collections::BTreeSet::new();
+    let mut row_groups = 0;
+    for file in &files {
+        let builder = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(
+            std::fs::File::open(file).unwrap(),
+        )
+        .unwrap();
+        for group in builder.metadata().row_groups() {
+            assert!(group.num_rows() <= 65_536, "{}", group.num_rows());
+            row_groups += 1;
+        }
+        let mut previous: Option<(String, String, i64)> = None;
+        for batch in builder.build().unwrap() {
+            let batch = batch.unwrap();
+            let service = batch
+                .column_by_name("service_name")
+                .unwrap()
+                .as_string::<i32>();
+            let endpoint = batch.column_by_name("endpoint").unwrap().as_string::<i32>();
+            let time = batch.column_by_name("time").unwrap();
+            let time = time.as_primitive::<TimestampNanosecondType>();
+            let span_id = batch.column_by_name("span_id").unwrap().as_string::<i32>();
+            for row in 0..batch.num_rows() {
+                let key = (
+                    service.value(row).to_owned(),
+                    endpoint.value(row).to_owned(),
+                    time.value(row),
+                );
+                assert_eq!(
+                    schemas::partition_dir(tmp.path(), "spans", key.2),
+                    file.parent().unwrap(),
+                    "a row outside its file's hour"
+                );
+                if let Some(previous) = &previous {
+                    assert!(previous <= &key, "{previous:?} before {key:?}");
+                }
+                previous = Some(key);
+                let id = u64::from_str_radix(span_id.value(row), 16).unwrap();
+                assert!(stored.insert(id), "span {id} stored twice");
+            }
+        }
+    }
+    assert_eq!(stored, sent, "every span stored once");
+    assert!(row_groups > 2, "the larger hour spans several row groups");
+}
