@@ -29,25 +29,30 @@ fn request(first_id: u64, starts: &[u64]) -> Received<ExportTraceServiceRequest>
         })
         .collect();
     let request = ExportTraceServiceRequest {
-        resource_spans: vec![ResourceSpans {
-            resource: Some(Resource {
-                attributes: vec![KeyValue {
-                    key: "service.name".into(),
-                    value: Some(AnyValue {
-                        value: Some(Value::StringValue("svc".into())),
-                    }),
-                    ..Default::default()
-                }],
-                ..Default::default()
-            }),
-            scope_spans: vec![ScopeSpans {
-                spans,
+        resource_spans: vec![service_spans("svc", spans)],
+    };
+    Received::decode(request.encode_to_vec().into()).unwrap()
+}
+
+/// The spans of one service.
+fn service_spans(service: &str, spans: Vec<Span>) -> ResourceSpans {
+    ResourceSpans {
+        resource: Some(Resource {
+            attributes: vec![KeyValue {
+                key: "service.name".into(),
+                value: Some(AnyValue {
+                    value: Some(Value::StringValue(service.into())),
+                }),
                 ..Default::default()
             }],
             ..Default::default()
+        }),
+        scope_spans: vec![ScopeSpans {
+            spans,
+            ..Default::default()
         }],
-    };
-    Received::decode(request.encode_to_vec().into()).unwrap()
+        ..Default::default()
+    }
 }
 
 fn config(dir: &Path) -> Config {
@@ -415,23 +420,7 @@ fn flushed_files_hold_their_hour_sorted_by_service_endpoint_and_time() {
                     }
                 })
                 .collect();
-            resource_spans.push(ResourceSpans {
-                resource: Some(Resource {
-                    attributes: vec![KeyValue {
-                        key: "service.name".into(),
-                        value: Some(AnyValue {
-                            value: Some(Value::StringValue(service.into())),
-                        }),
-                        ..Default::default()
-                    }],
-                    ..Default::default()
-                }),
-                scope_spans: vec![ScopeSpans {
-                    spans,
-                    ..Default::default()
-                }],
-                ..Default::default()
-            });
+            resource_spans.push(service_spans(service, spans));
         }
         let request = ExportTraceServiceRequest { resource_spans };
         batches.push(decoder.decode(&request).batch.unwrap());
