@@ -78,17 +78,19 @@ impl Writer {
         batches: &[RecordBatch],
         through: u64,
     ) -> Result<Vec<Staged>> {
-        let order = sorted_order(table, batches)?;
+        if batches.is_empty() {
+            return Ok(Vec::new());
+        }
+        let (partitions, places) = sorted_order(table, batches)?;
         let mut staged = Vec::new();
         let mut start = 0;
-        while start < order.len() {
-            let partition = order[start].0;
+        while start < places.len() {
+            let partition = partitions[start];
             let mut end = start + 1;
-            while end < order.len() && order[end].0 == partition {
+            while end < places.len() && partitions[end] == partition {
                 end += 1;
             }
-            let rows: Vec<(usize, usize)> = order[start..end].iter().map(|o| o.1).collect();
-            match self.write_file(table, partition, batches, &rows, through) {
+            match self.write_file(table, partition, batches, &places[start..end], through) {
                 Ok(file) => staged.push(file),
                 Err(error) => {
                     discard(&staged);
@@ -106,7 +108,7 @@ impl Writer {
         table: &Table,
         partition: i64,
         batches: &[RecordBatch],
-        rows: &[(usize, usize)],
+        rows: &[Place],
         through: u64,
     ) -> Result<Staged> {
         let dir = partition_dir(&self.data_dir, table.name, partition);
@@ -138,6 +140,9 @@ impl Writer {
         })
     }
 }
+
+/// A row of a flush: (batch, row within the batch).
+type Place = (usize, usize);
 
 /// Rows gathered into one batch at a time while a file is written.
 const ROWS_PER_WRITE: usize = 16 * 1024;
@@ -232,9 +237,9 @@ fn properties(through: u64) -> WriterProperties {
         .build()
 }
 
-/// Every row of `batches` as (hour partition, (batch, row)), sorted by partition and then by
-/// the table's sort columns.
-fn sorted_order(table: &Table, batches: &[RecordBatch]) -> Result<Vec<(i64, (usize, usize))>> {
+/// Every row of `batches` as (batch, row), sorted by hour partition and then by the table's
+/// sort columns, with each sorted row's partition beside it.
+fn sorted_order(table: &Table, batches: &[RecordBatch]) -> Result<(Vec<i64>, Vec<Place>)> {
     let mut partitions = Vec::new();
     let mut places = Vec::new();
     for (b, batch) in batches.iter().enumerate() {
@@ -247,7 +252,8 @@ fn sorted_order(table: &Table, batches: &[RecordBatch]) -> Result<Vec<(i64, (usi
         places.extend((0..batch.num_rows()).map(|row| (b, row)));
     }
     // The sort columns of every batch, as one comparable byte string per row.
-    let mut keys: Vec<ArrayRef> = vec![Arc::new(Int64Array::from(partitions.clone()))];
+    let partitions = Int64Array::from(partitions);
+    let mut keys: Vec<ArrayRef> = vec![Arc::new(partitions.clone())];
     for name in table.sort_by {
         let columns: Vec<&dyn Array> = batches
             .iter()
@@ -267,10 +273,9 @@ fn sorted_order(table: &Table, batches: &[RecordBatch]) -> Result<Vec<(i64, (usi
     drop(keys);
     let mut order: Vec<usize> = (0..places.len()).collect();
     order.sort_unstable_by(|a, b| rows.row(*a).cmp(&rows.row(*b)));
-    Ok(order
-        .into_iter()
-        .map(|i| (partitions[i], places[i]))
-        .collect())
+    let sorted_partitions = order.iter().map(|&i| partitions.value(i)).collect();
+    let sorted_places = order.iter().map(|&i| places[i]).collect();
+    Ok((sorted_partitions, sorted_places))
 }
 
 fn storage(error: impl std::fmt::Display) -> Error {
