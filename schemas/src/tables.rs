@@ -98,6 +98,9 @@ pub struct Column {
     pub nullable: bool,
     /// One line for the README: what the column holds and where it comes from.
     pub doc: &'static str,
+    /// For a column computed when read rather than stored in Parquet: its SQL over the
+    /// stored columns.
+    pub computed: Option<&'static str>,
 }
 
 const fn col(name: &'static str, ty: ColumnType, nullable: bool, doc: &'static str) -> Column {
@@ -106,6 +109,15 @@ const fn col(name: &'static str, ty: ColumnType, nullable: bool, doc: &'static s
         ty,
         nullable,
         doc,
+        computed: None,
+    }
+}
+
+/// `column`, computed when read by `sql` (over the stored columns) instead of stored.
+const fn computed(column: Column, sql: &'static str) -> Column {
+    Column {
+        computed: Some(sql),
+        ..column
     }
 }
 
@@ -130,13 +142,29 @@ impl Table {
         Arc::new(Schema::new(fields))
     }
 
+    /// The Arrow schema of the table's Parquet files: its columns less the computed ones.
+    pub fn stored_schema(&self) -> SchemaRef {
+        let fields: Vec<Field> = self
+            .columns
+            .iter()
+            .filter(|c| c.computed.is_none())
+            .map(Column::field)
+            .collect();
+        Arc::new(Schema::new(fields))
+    }
+
     /// The table's columns as the README's Markdown table (kept in sync by a test).
     pub fn markdown(&self) -> String {
         let mut out = String::from("| column | type | description |\n|---|---|---|\n");
         for column in self.columns {
             let not_null = if column.nullable { "" } else { ", not null" };
+            let computed = if column.computed.is_some() {
+                " (computed when read, not stored)"
+            } else {
+                ""
+            };
             out.push_str(&format!(
-                "| `{}` | {}{not_null} | {} |\n",
+                "| `{}` | {}{not_null} | {}{computed} |\n",
                 column.name,
                 column.ty.sql_name(),
                 column.doc
@@ -164,6 +192,10 @@ impl Column {
 
 use ColumnType::*;
 
+/// `time + duration_ns` as a UTC timestamp.
+const END_TIME_SQL: &str =
+    "arrow_cast(arrow_cast(time, 'Int64') + duration_ns, 'Timestamp(Nanosecond, Some(\"UTC\"))')";
+
 /// One row per span received over OTLP.
 pub static SPANS: Table = Table {
     name: "spans",
@@ -171,18 +203,21 @@ pub static SPANS: Table = Table {
     sort_by: &["service_name", "endpoint", "time"],
     columns: &[
         col("time", Timestamp, false, "span start"),
-        col("end_time", Timestamp, false, "span end"),
+        computed(col("end_time", Timestamp, false, "span end"), END_TIME_SQL),
         col(
             "duration_ns",
             Int64,
             false,
             "end_time - time, in nanoseconds",
         ),
-        col(
-            "duration_ms",
-            Float64,
-            false,
-            "the same duration in milliseconds",
+        computed(
+            col(
+                "duration_ms",
+                Float64,
+                false,
+                "the same duration in milliseconds",
+            ),
+            "CAST(duration_ns AS DOUBLE) / 1000000.0",
         ),
         col("trace_id", Text, false, "trace id, 32 lowercase hex digits"),
         col("span_id", Text, false, "span id, 16 lowercase hex digits"),

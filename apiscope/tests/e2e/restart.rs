@@ -38,8 +38,12 @@ fn restart_serves_the_same_answers_and_late_rows_land_in_their_hour() {
         }
     }
     let body = serde_json::to_vec(&traces("restart", spans)).unwrap();
+    // `duration_ms` and `end_time` are computed when read from Parquet, from `time` and
+    // `duration_ns`; before the restart they come from the buffer, after it from files.
     let summary = "SELECT endpoint, count(*) AS calls, sum(CAST(is_error AS INT)) AS errors, \
-                   sum(duration_ms) AS total_ms FROM spans GROUP BY endpoint ORDER BY endpoint";
+                   sum(duration_ms) AS total_ms, \
+                   sum(CAST(end_time AS BIGINT) - CAST(time AS BIGINT)) AS total_ns \
+                   FROM spans GROUP BY endpoint ORDER BY endpoint";
 
     let daemon = Daemon::start(dir.path());
     let (status, _) = post(&daemon, "/v1/traces", "application/json", None, body);
@@ -47,7 +51,15 @@ fn restart_serves_the_same_answers_and_late_rows_land_in_their_hour() {
     assert_eq!(daemon.wait_for_count("SELECT count(*) FROM spans", 15), 15);
     let before = daemon.rows(summary);
     let expected: Vec<_> = (0..3)
-        .map(|i| vec![json!(format!("GET /r{i}")), json!(5), json!(1), json!(60.0)])
+        .map(|i| {
+            vec![
+                json!(format!("GET /r{i}")),
+                json!(5),
+                json!(1),
+                json!(60.0),
+                json!(60_000_000),
+            ]
+        })
         .collect();
     assert_eq!(before, expected);
     let log = daemon.stop();
