@@ -6,6 +6,7 @@ use std::time::Duration;
 use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
 use datafusion::execution::SessionStateBuilder;
+use datafusion::execution::cache::cache_manager::CacheManagerConfig;
 use datafusion::execution::context::{SQLOptions, SessionConfig, SessionContext};
 use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
 use datafusion::execution::memory_pool::GreedyMemoryPool;
@@ -227,8 +228,15 @@ impl Engine {
         let limits = &self.limits;
         // A memory pool of this query's own, over the shared session's tables and functions.
         // No spilling: a query over its memory is refused rather than filling the disk the
-        // store lives on.
+        // store lives on. The Parquet footers (statistics, page indexes) that earlier queries
+        // parsed stay in the shared session's cache: a file never changes once written, and a
+        // lookup of one trace would otherwise spend most of its time reading footers again.
+        let shared = &self.ctx.runtime_env().cache_manager;
+        let caches = CacheManagerConfig::default()
+            .with_file_metadata_cache(Some(shared.get_file_metadata_cache()))
+            .with_metadata_cache_limit(shared.get_metadata_cache_limit());
         let runtime = RuntimeEnvBuilder::new()
+            .with_cache_manager(caches)
             .with_memory_pool(Arc::new(GreedyMemoryPool::new(limits.memory_per_query)))
             .with_disk_manager_builder(
                 DiskManagerBuilder::default().with_mode(DiskManagerMode::Disabled),
