@@ -3,8 +3,8 @@
 use std::sync::Arc;
 
 use arrow::array::{
-    ArrayRef, BooleanBuilder, Float64Builder, Int32Builder, Int64Builder, RecordBatch,
-    StringBuilder, TimestampNanosecondBuilder,
+    ArrayRef, BooleanBuilder, Int32Builder, Int64Builder, RecordBatch, StringBuilder,
+    TimestampNanosecondBuilder,
 };
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::trace::v1::{Span, span::SpanKind, status::StatusCode};
@@ -77,10 +77,9 @@ impl SpanDecoder {
         let start = span.start_time_unix_nano as i64;
         let end = span.end_time_unix_nano as i64;
         let duration = end - start;
+        // `end_time` and `duration_ms` are computed from these when read.
         c.time.append_value(start);
-        c.end_time.append_value(end);
         c.duration_ns.append_value(duration);
-        c.duration_ms.append_value(duration as f64 / 1e6);
         c.trace_id.append_value(hex(&span.trace_id));
         c.span_id.append_value(hex(&span.span_id));
         if span.parent_span_id.is_empty() {
@@ -261,9 +260,7 @@ fn kind_name(kind: SpanKind) -> &'static str {
 struct SpanColumns {
     rows: usize,
     time: TimestampNanosecondBuilder,
-    end_time: TimestampNanosecondBuilder,
     duration_ns: Int64Builder,
-    duration_ms: Float64Builder,
     trace_id: StringBuilder,
     span_id: StringBuilder,
     parent_span_id: StringBuilder,
@@ -299,9 +296,7 @@ impl Default for SpanColumns {
         Self {
             rows: 0,
             time: timestamp_builder(),
-            end_time: timestamp_builder(),
             duration_ns: Int64Builder::new(),
-            duration_ms: Float64Builder::new(),
             trace_id: StringBuilder::new(),
             span_id: StringBuilder::new(),
             parent_span_id: StringBuilder::new(),
@@ -338,9 +333,7 @@ impl SpanColumns {
     fn finish(mut self) -> RecordBatch {
         let columns: Vec<ArrayRef> = vec![
             Arc::new(self.time.finish()),
-            Arc::new(self.end_time.finish()),
             Arc::new(self.duration_ns.finish()),
-            Arc::new(self.duration_ms.finish()),
             Arc::new(self.trace_id.finish()),
             Arc::new(self.span_id.finish()),
             Arc::new(self.parent_span_id.finish()),
@@ -372,7 +365,7 @@ impl SpanColumns {
         ];
         // The columns above follow schemas::SPANS one for one; a mismatch is a bug caught
         // by the decoder's tests, not something input can cause.
-        RecordBatch::try_new(schemas::SPANS.schema(), columns)
+        RecordBatch::try_new(schemas::SPANS.stored_schema(), columns)
             .unwrap_or_else(|error| panic!("spans columns do not match the schema: {error}"))
     }
 }

@@ -12,7 +12,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use arrow::array::{Array, ArrayRef, Int64Array, RecordBatch, TimestampNanosecondArray};
 use arrow::compute::{concat, interleave_record_batch};
-use arrow::datatypes::SchemaRef;
 use arrow::row::{RowConverter, SortField};
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, Encoding, ZstdLevel};
@@ -67,9 +66,10 @@ impl Writer {
         &self.data_dir
     }
 
-    /// Writes `batches` of `table` as one synced temporary file per hour partition, named
-    /// after `through`, the highest WAL sequence the flush covers. Rows are sorted by the
-    /// table's sort columns within each file. Blocking: run it off the async runtime.
+    /// Writes `batches` of `table` (of its stored schema) as one synced temporary file per
+    /// hour partition, named after `through`, the highest WAL sequence the flush covers. Rows
+    /// are sorted by the table's sort columns within each file. Blocking: run it off the
+    /// async runtime.
     ///
     /// Only the sort keys are copied whole; the rows are gathered in sorted order a slice at a
     /// time as they are written, so a flush needs little memory beyond the batches it reads.
@@ -119,16 +119,11 @@ impl Writer {
         let destination = dir.join(name);
 
         let written = (|| {
-            // Computed columns (`duration_ms`, `end_time`) are not written.
-            let schema = table.stored_schema();
-            let sources = batches
-                .iter()
-                .map(|batch| stored_columns(batch, &schema))
-                .collect::<Result<Vec<_>>>()?;
-            let sources: Vec<&RecordBatch> = sources.iter().collect();
             let file = File::create(&temporary).map_err(storage)?;
-            let mut writer = ArrowWriter::try_new(file, schema.clone(), Some(properties(through)))
-                .map_err(storage)?;
+            let schema = table.stored_schema();
+            let mut writer =
+                ArrowWriter::try_new(file, schema, Some(properties(through))).map_err(storage)?;
+            let sources: Vec<&RecordBatch> = batches.iter().collect();
             for slice in rows.chunks(ROWS_PER_WRITE) {
                 let gathered = interleave_record_batch(&sources, slice).map_err(storage)?;
                 writer.write(&gathered).map_err(storage)?;
@@ -146,20 +141,6 @@ impl Writer {
             rows: rows.len(),
         })
     }
-}
-
-/// The columns of `batch` that `stored` (a table's stored schema) names, in its order.
-fn stored_columns(batch: &RecordBatch, stored: &SchemaRef) -> Result<RecordBatch> {
-    let columns = stored
-        .fields()
-        .iter()
-        .map(|field| {
-            batch.column_by_name(field.name()).cloned().ok_or_else(|| {
-                Error::Storage(format!("a batch to write has no column {}", field.name()))
-            })
-        })
-        .collect::<Result<Vec<_>>>()?;
-    RecordBatch::try_new(stored.clone(), columns).map_err(storage)
 }
 
 /// A row of a flush: (batch, row within the batch).

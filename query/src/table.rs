@@ -1,7 +1,6 @@
 //! The table provider behind `spans` and `logs`: Parquet files of the hours a query's time
 //! filter keeps, united with the rows not yet flushed.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use arrow::datatypes::SchemaRef;
@@ -33,6 +32,8 @@ use crate::source::{Source, TimeRange};
 pub(crate) struct StoreTable {
     table: &'static Table,
     schema: SchemaRef,
+    /// The schema of its files and buffered rows: no computed columns.
+    stored: SchemaRef,
     source: Arc<dyn Source>,
 }
 
@@ -41,6 +42,7 @@ impl StoreTable {
         Self {
             table,
             schema: table.schema(),
+            stored: table.stored_schema(),
             source,
         }
     }
@@ -77,75 +79,12 @@ impl TableProvider for StoreTable {
             .snapshot(self.table, range)
             .map_err(|error| DataFusionError::External(Box::new(error)))?;
 
-        let mut inputs = Vec::new();
-        if !snapshot.files.is_empty() {
-            inputs.push(
-                self.scan_files(state, &snapshot.files, projection, filters, limit)
-                    .await?,
-            );
-        }
-        if !snapshot.batches.is_empty() || inputs.is_empty() {
-            let buffered = MemTable::try_new(self.schema.clone(), vec![snapshot.batches])?;
-            inputs.push(buffered.scan(state, projection, filters, limit).await?);
-        }
-        UnionExec::try_new(inputs)
-    }
-}
-
-impl StoreTable {
-    /// The Parquet files' part of a scan: the stored columns read, then the computed columns
-    /// (`Column::computed`) evaluated over them, giving the columns of `projection`.
-    async fn scan_files(
-        &self,
-        state: &dyn Session,
-        files: &[PathBuf],
-        projection: Option<&Vec<usize>>,
-        filters: &[Expr],
-        limit: Option<usize>,
-    ) -> Result<Arc<dyn ExecutionPlan>> {
-        let stored = self.table.stored_schema();
-        let stored_df = DFSchema::try_from(stored.clone())?;
-        let simplifier = ExprSimplifier::new(
-            SimplifyContext::builder()
-                .with_schema(Arc::new(stored_df.clone()))
-                .build(),
-        );
+        // Files and buffer hold the stored columns; the computed ones (`Column::computed`)
+        // are evaluated over them in one projection on top.
         let wanted = projection
             .cloned()
             .unwrap_or_else(|| (0..self.schema.fields().len()).collect());
-        // Each wanted column: a stored one by name, or a computed one's expression.
-        let mut outputs = Vec::with_capacity(wanted.len());
-        // Stored columns to read, in the order first needed: without computed columns, the
-        // order of `projection`.
-        let mut read = Vec::new();
-        for &index in &wanted {
-            let column = &self.table.columns[index];
-            let expr = match column.computed {
-                None => col(column.name),
-                Some(sql) => {
-                    let expr = session_state(state)?.create_logical_expr(sql, &stored_df)?;
-                    // Simplified, as a query's expressions are (`arrow_cast` becomes a cast).
-                    simplifier.simplify(simplifier.coerce(expr, &stored_df)?)?
-                }
-            };
-            for used in expr.column_refs() {
-                let index = stored.index_of(&used.name)?;
-                if !read.contains(&index) {
-                    read.push(index);
-                }
-            }
-            outputs.push((expr, column.name));
-        }
-
-        let mut urls = Vec::with_capacity(files.len());
-        for file in files {
-            urls.push(ListingTableUrl::parse(file.to_string_lossy())?);
-        }
-        let options =
-            ListingOptions::new(Arc::new(ParquetFormat::default())).with_file_extension(".parquet");
-        let config = ListingTableConfig::new_with_multi_paths(urls)
-            .with_listing_options(options)
-            .with_schema(stored.clone());
+        let (read, outputs) = self.plan_columns(state, &wanted)?;
         // A filter on a computed column cannot prune the files; it is applied to the rows.
         let filters: Vec<Expr> = filters
             .iter()
@@ -153,13 +92,30 @@ impl StoreTable {
                 filter
                     .column_refs()
                     .iter()
-                    .all(|used| stored.index_of(&used.name).is_ok())
+                    .all(|used| self.stored.index_of(&used.name).is_ok())
             })
             .cloned()
             .collect();
-        let scan = ListingTable::try_new(config)?
-            .scan(state, Some(&read), &filters, limit)
-            .await?;
+
+        let mut inputs = Vec::new();
+        if !snapshot.files.is_empty() {
+            let mut urls = Vec::with_capacity(snapshot.files.len());
+            for file in &snapshot.files {
+                urls.push(ListingTableUrl::parse(file.to_string_lossy())?);
+            }
+            let options = ListingOptions::new(Arc::new(ParquetFormat::default()))
+                .with_file_extension(".parquet");
+            let config = ListingTableConfig::new_with_multi_paths(urls)
+                .with_listing_options(options)
+                .with_schema(self.stored.clone());
+            let files = ListingTable::try_new(config)?;
+            inputs.push(files.scan(state, Some(&read), &filters, limit).await?);
+        }
+        if !snapshot.batches.is_empty() || inputs.is_empty() {
+            let buffered = MemTable::try_new(self.stored.clone(), vec![snapshot.batches])?;
+            inputs.push(buffered.scan(state, Some(&read), &filters, limit).await?);
+        }
+        let scan = UnionExec::try_new(inputs)?;
         if outputs
             .iter()
             .all(|(expr, _)| matches!(expr, Expr::Column(_)))
@@ -172,6 +128,48 @@ impl StoreTable {
             exprs.push((state.create_physical_expr(expr, &scanned)?, name.to_owned()));
         }
         Ok(Arc::new(ProjectionExec::try_new(exprs, scan)?))
+    }
+}
+
+/// A column a scan gives: its expression over the stored columns, and its name.
+type Output = (Expr, &'static str);
+
+impl StoreTable {
+    /// For the table's columns `wanted`: the stored columns to read (in the order first
+    /// needed, so without computed columns the order of `wanted`), and each wanted column as
+    /// an expression over them, with its name.
+    fn plan_columns(
+        &self,
+        state: &dyn Session,
+        wanted: &[usize],
+    ) -> Result<(Vec<usize>, Vec<Output>)> {
+        let stored_df = DFSchema::try_from(self.stored.clone())?;
+        let simplifier = ExprSimplifier::new(
+            SimplifyContext::builder()
+                .with_schema(Arc::new(stored_df.clone()))
+                .build(),
+        );
+        let mut read = Vec::new();
+        let mut outputs = Vec::with_capacity(wanted.len());
+        for &index in wanted {
+            let column = &self.table.columns[index];
+            let expr = match column.computed {
+                None => col(column.name),
+                Some(sql) => {
+                    let expr = session_state(state)?.create_logical_expr(sql, &stored_df)?;
+                    // Simplified, as a query's expressions are (`arrow_cast` becomes a cast).
+                    simplifier.simplify(simplifier.coerce(expr, &stored_df)?)?
+                }
+            };
+            for used in expr.column_refs() {
+                let index = self.stored.index_of(&used.name)?;
+                if !read.contains(&index) {
+                    read.push(index);
+                }
+            }
+            outputs.push((expr, column.name));
+        }
+        Ok((read, outputs))
     }
 }
 
