@@ -122,15 +122,8 @@ pub async fn run(
     tls: Option<TlsAcceptor>,
     stop: impl Future<Output = ()>,
 ) {
-    // Connections run on the query runtime, so that SQL over PostgreSQL, like SQL over
-    // HTTP, never takes threads from ingest.
-    let runtime = match engine.runtime() {
-        Ok(runtime) => runtime,
-        Err(error) => {
-            tracing::error!(%error, "the PostgreSQL listener cannot start");
-            return;
-        }
-    };
+    // Connections run on the caller's runtime and the statements' work on the query runtime
+    // (see `guard`), as for HTTP: a heavy query never stalls another connection.
     let handlers = Arc::new(Handlers::new(engine, &auth, tls.is_some()));
     let mut connections = JoinSet::new();
     tokio::pin!(stop);
@@ -145,16 +138,11 @@ pub async fn run(
             Ok((socket, peer)) => {
                 let handlers = handlers.clone();
                 let tls = tls.clone();
-                connections.spawn_on(
-                    async move {
-                        if let Err(error) =
-                            pgwire::tokio::process_socket(socket, tls, handlers).await
-                        {
-                            tracing::debug!(%error, %peer, "PostgreSQL connection ended");
-                        }
-                    },
-                    &runtime,
-                );
+                connections.spawn(async move {
+                    if let Err(error) = pgwire::tokio::process_socket(socket, tls, handlers).await {
+                        tracing::debug!(%error, %peer, "PostgreSQL connection ended");
+                    }
+                });
             }
             Err(error) => {
                 // Out of file descriptors, most likely: wait instead of spinning.

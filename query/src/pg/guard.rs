@@ -1,6 +1,11 @@
 //! The query guards on the PostgreSQL protocol, where rows stream to the client as they are
 //! produced: a place among the queries running at once, held until the last row is sent,
 //! and the time and row limits checked on every row.
+//!
+//! Connections run on the daemon's main runtime; what a statement computes runs on the query
+//! runtime, as it does for HTTP. A query that computes for seconds without yielding (a cross
+//! join) then holds query threads only, never a connection: other clients are still
+//! answered or told the engine is busy, and its time limit fires on time.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -11,7 +16,9 @@ use futures::Stream;
 use pgwire::api::results::{Response, SendableRowStream};
 use pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
 use pgwire::messages::data::DataRow;
-use tokio::sync::OwnedSemaphorePermit;
+use tokio::runtime::Handle;
+use tokio::sync::{OwnedSemaphorePermit, mpsc};
+use tokio::task::AbortHandle;
 use tokio::time::{Instant, Sleep};
 
 use crate::engine::{Engine, humanize};
@@ -22,6 +29,7 @@ pub(super) struct Guard {
     permit: Arc<OwnedSemaphorePermit>,
     deadline: Instant,
     max_rows: usize,
+    runtime: Handle,
 }
 
 impl Guard {
@@ -30,20 +38,30 @@ impl Guard {
         let permit = engine
             .admit()
             .map_err(|error| user_error("53000", &error))?;
+        let runtime = engine
+            .runtime()
+            .map_err(|error| PgWireError::ApiError(Box::new(error)))?;
         let limits = engine.limits();
         Ok(Self {
             permit: Arc::new(permit),
             deadline: Instant::now() + limits.timeout,
             max_rows: limits.max_rows,
+            runtime,
         })
     }
 
-    /// Runs `work` (planning, and the start of execution) within the time limit.
+    /// Runs `work` (planning, and the start of execution) within the time limit. It borrows
+    /// the connection, so it is polled here, but inside the query runtime: the tasks
+    /// DataFusion spawns for the plan's partitions start there.
     pub(super) async fn run<T>(
         &self,
         engine: &Engine,
         work: impl Future<Output = PgWireResult<T>>,
     ) -> PgWireResult<T> {
+        let work = OnRuntime {
+            runtime: &self.runtime,
+            work: std::pin::pin!(work),
+        };
         match tokio::time::timeout_at(self.deadline, work).await {
             Ok(answer) => answer,
             Err(_) => Err(timed_out(engine)),
@@ -55,9 +73,21 @@ impl Guard {
         let Response::Query(mut query) = response else {
             return response;
         };
-        let rows = std::mem::replace(&mut query.data_rows, Box::pin(futures::stream::empty()));
+        let mut rows = std::mem::replace(&mut query.data_rows, Box::pin(futures::stream::empty()));
+        // The rows are computed by a task on the query runtime and handed over a short
+        // queue; the connection only sends them.
+        let (sender, received) = mpsc::channel(ROWS_IN_FLIGHT);
+        let producer = self.runtime.spawn(async move {
+            use futures::StreamExt;
+            while let Some(row) = rows.next().await {
+                if sender.send(row).await.is_err() {
+                    break;
+                }
+            }
+        });
         query.data_rows = Box::pin(Rows {
-            rows,
+            received,
+            producer: producer.abort_handle(),
             deadline: Box::pin(tokio::time::sleep_until(self.deadline)),
             sent: 0,
             max_rows: self.max_rows,
@@ -69,8 +99,29 @@ impl Guard {
     }
 }
 
+/// Rows computed ahead of the client.
+const ROWS_IN_FLIGHT: usize = 256;
+
+/// A future polled with the query runtime entered, so that what it spawns runs there.
+struct OnRuntime<'a, F> {
+    runtime: &'a Handle,
+    work: Pin<&'a mut F>,
+}
+
+impl<F: Future> Future for OnRuntime<'_, F> {
+    type Output = F::Output;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let _entered = self.runtime.enter();
+        self.work.as_mut().poll(cx)
+    }
+}
+
+/// The rows a producer task computes, checked against the limits as they are sent. The
+/// producer stops when the rows are refused or dropped (the client went away).
 struct Rows {
-    rows: SendableRowStream,
+    received: mpsc::Receiver<PgWireResult<DataRow>>,
+    producer: AbortHandle,
     deadline: Pin<Box<Sleep>>,
     sent: usize,
     max_rows: usize,
@@ -87,15 +138,15 @@ impl Stream for Rows {
             return Poll::Ready(None);
         }
         if self.deadline.as_mut().poll(cx).is_ready() {
-            self.done = true;
+            self.stop();
             let error = Error::ResourcesExhausted(self.timed_out.clone());
             return Poll::Ready(Some(Err(user_error("57014", &error))));
         }
-        match self.rows.as_mut().poll_next(cx) {
+        match self.received.poll_recv(cx) {
             Poll::Ready(Some(Ok(row))) => {
                 self.sent += 1;
                 if self.sent > self.max_rows {
-                    self.done = true;
+                    self.stop();
                     let error = Error::ResourcesExhausted(format!(
                         "the result has more than {} rows (max_result_rows); add a LIMIT, or aggregate",
                         self.max_rows
@@ -106,6 +157,19 @@ impl Stream for Rows {
             }
             other => other,
         }
+    }
+}
+
+impl Rows {
+    fn stop(&mut self) {
+        self.done = true;
+        self.producer.abort();
+    }
+}
+
+impl Drop for Rows {
+    fn drop(&mut self) {
+        self.producer.abort();
     }
 }
 
