@@ -18,7 +18,9 @@ use parquet::basic::{Compression, Encoding, ZstdLevel};
 use parquet::file::metadata::KeyValue;
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
 use parquet::schema::types::ColumnPath;
-use schemas::{SCHEMA_VERSION, SCHEMA_VERSION_KEY, Table, partition_dir, partition_of};
+use schemas::{
+    BLOOM_COLUMN, SCHEMA_VERSION, SCHEMA_VERSION_KEY, Table, partition_dir, partition_of,
+};
 
 use crate::error::{Error, Result};
 use crate::faults::{self, Point};
@@ -234,12 +236,12 @@ fn properties(through: u64) -> WriterProperties {
         // Row groups small enough that a trace lookup, once the bloom filters have ruled
         // out the other groups, decodes few rows.
         .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
-        .set_column_bloom_filter_enabled(ColumnPath::from("trace_id"), true)
-        .set_column_bloom_filter_max_ndv(ColumnPath::from("trace_id"), ROW_GROUP_ROWS as u64)
+        .set_column_bloom_filter_enabled(ColumnPath::from(BLOOM_COLUMN), true)
+        .set_column_bloom_filter_max_ndv(ColumnPath::from(BLOOM_COLUMN), ROW_GROUP_ROWS as u64)
         // At 1% (128 KiB for a full group) a trace lookup over 8M spans decodes the groups
         // holding the trace and no others; at the default 5%, four more. Pages of at most
         // 8,192 rows: the columns of the rows found are decoded a page at a time.
-        .set_column_bloom_filter_fpp(ColumnPath::from("trace_id"), 0.01)
+        .set_column_bloom_filter_fpp(ColumnPath::from(BLOOM_COLUMN), 0.01)
         .set_data_page_row_count_limit(8192)
         .set_key_value_metadata(Some(vec![
             KeyValue::new(SCHEMA_VERSION_KEY.to_owned(), SCHEMA_VERSION.to_owned()),

@@ -11,6 +11,7 @@
 //! `schemas` defines, and unflushed rows through the [`Source`] trait, which the binary wires
 //! to the collector's buffer.
 
+mod blooms;
 mod engine;
 mod error;
 mod functions;

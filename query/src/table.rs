@@ -25,6 +25,7 @@ use datafusion::physical_plan::projection::ProjectionExec;
 use datafusion::physical_plan::union::UnionExec;
 use schemas::Table;
 
+use crate::blooms::{self, Blooms};
 use crate::source::{Source, TimeRange};
 
 /// One stored table.
@@ -35,6 +36,8 @@ pub(crate) struct StoreTable {
     /// The schema of its files and buffered rows: no computed columns.
     stored: SchemaRef,
     source: Arc<dyn Source>,
+    /// The files' trace id filters, for lookups by trace id.
+    blooms: Arc<Blooms>,
 }
 
 impl StoreTable {
@@ -44,6 +47,7 @@ impl StoreTable {
             schema: table.schema(),
             stored: table.stored_schema(),
             source,
+            blooms: Arc::default(),
         }
     }
 }
@@ -97,10 +101,18 @@ impl TableProvider for StoreTable {
             .cloned()
             .collect();
 
+        let mut files = snapshot.files;
+        if let Some(trace_ids) = blooms::wanted(&filters) {
+            let blooms = self.blooms.clone();
+            files = tokio::task::spawn_blocking(move || blooms.keep(files, &trace_ids))
+                .await
+                .map_err(|error| DataFusionError::External(Box::new(error)))?;
+        }
+
         let mut inputs = Vec::new();
-        if !snapshot.files.is_empty() {
-            let mut urls = Vec::with_capacity(snapshot.files.len());
-            for file in &snapshot.files {
+        if !files.is_empty() {
+            let mut urls = Vec::with_capacity(files.len());
+            for file in &files {
                 urls.push(ListingTableUrl::parse(file.to_string_lossy())?);
             }
             let options = ListingOptions::new(Arc::new(ParquetFormat::default()))
@@ -298,7 +310,10 @@ mod tests {
                     "duration_ms" => Arc::new(Float64Array::from_iter_values(
                         rows.iter().map(|r| r.2 as f64 / 1e6),
                     )),
-                    "span_id" => Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.0))),
+                    // A span of its own trace.
+                    "span_id" | "trace_id" => {
+                        Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.0)))
+                    }
                     _ if field.is_nullable() => new_null_array(field.data_type(), n),
                     _ if field.data_type() == &DataType::Boolean => {
                         Arc::new(BooleanArray::from(vec![false; n]))
@@ -375,6 +390,109 @@ mod tests {
             ],
             "{rows}"
         );
+    }
+
+    /// Cells of a pretty-printed answer, without the header.
+    fn cells(batches: &[RecordBatch]) -> Vec<Vec<String>> {
+        arrow::util::pretty::pretty_format_batches(batches)
+            .unwrap()
+            .to_string()
+            .lines()
+            .filter(|l| l.starts_with("| "))
+            .skip(1)
+            .map(|l| {
+                l.split('|')
+                    .map(str::trim)
+                    .filter(|c| !c.is_empty())
+                    .map(str::to_owned)
+                    .collect()
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn trace_lookups_skip_files_whose_filters_rule_the_trace_out() {
+        use datafusion::parquet::file::properties::WriterProperties;
+        let dir = tempfile::tempdir().unwrap();
+        let hour = 1_764_237_600_000_000_000; // 2025-11-27T10:00:00Z
+        let folder = schemas::partition_dir(dir.path(), "spans", hour);
+        std::fs::create_dir_all(&folder).unwrap();
+        let schema = schemas::SPANS.stored_schema();
+        let write = |name: &str, ids: &[&str], bloom: bool| {
+            let rows: Vec<_> = ids.iter().map(|id| (*id, hour + 1, 1_000)).collect();
+            let properties = WriterProperties::builder()
+                .set_bloom_filter_enabled(bloom)
+                .build();
+            let file = std::fs::File::create(folder.join(name)).unwrap();
+            let mut writer = ArrowWriter::try_new(file, schema.clone(), Some(properties)).unwrap();
+            writer.write(&spans(&schema, &rows)).unwrap();
+            writer.close().unwrap();
+        };
+        write("a.parquet", &["a1", "a2"], true);
+        write("b.parquet", &["b1", "b2"], true);
+        // No filters (an older or foreign writer): never skipped.
+        write("c.parquet", &["c1"], false);
+
+        let source = Arc::new(crate::source::DataDir(dir.path().to_owned()));
+        let engine = crate::Engine::new(source, Default::default(), Default::default())
+            .await
+            .unwrap();
+        let engine = &engine;
+        let answer = |sql: &'static str| async move {
+            let plan = engine.query(&format!("EXPLAIN {sql}")).await.unwrap();
+            let plan = cells(&plan.batches).concat().join(" ");
+            let files: Vec<&str> = ["a.parquet", "b.parquet", "c.parquet"]
+                .into_iter()
+                .filter(|f| plan.contains(f))
+                .collect();
+            let rows = cells(&engine.query(sql).await.unwrap().batches).concat();
+            (rows, files)
+        };
+        // Twice: the second time the filters come from memory.
+        for _ in 0..2 {
+            assert_eq!(
+                answer("SELECT span_id FROM spans WHERE trace_id = 'b2'").await,
+                (vec!["b2".to_owned()], vec!["b.parquet", "c.parquet"])
+            );
+            assert_eq!(
+                answer(
+                    "SELECT span_id FROM spans WHERE 'a1' = trace_id OR trace_id = 'c1' \
+                     ORDER BY span_id"
+                )
+                .await,
+                (
+                    vec!["a1".to_owned(), "c1".to_owned()],
+                    vec!["a.parquet", "c.parquet"]
+                )
+            );
+            // Another column in the disjunction: any file may answer.
+            assert_eq!(
+                answer(
+                    "SELECT span_id FROM spans WHERE trace_id = 'a1' OR span_id = 'b1' \
+                     ORDER BY span_id"
+                )
+                .await,
+                (
+                    vec!["a1".to_owned(), "b1".to_owned()],
+                    vec!["a.parquet", "b.parquet", "c.parquet"]
+                )
+            );
+            assert_eq!(
+                answer(
+                    "SELECT span_id FROM spans WHERE trace_id IN ('a1', 'c1', 'x', 'y', 'z') \
+                     AND duration_ns > 0 ORDER BY span_id"
+                )
+                .await,
+                (
+                    vec!["a1".to_owned(), "c1".to_owned()],
+                    vec!["a.parquet", "c.parquet"]
+                )
+            );
+            assert_eq!(
+                answer("SELECT span_id FROM spans WHERE trace_id = 'zz'").await,
+                (vec![], vec!["c.parquet"])
+            );
+        }
     }
 
     #[test]

@@ -30,5 +30,9 @@ pub const SCHEMA_VERSION: &str = "2";
 /// Parquet key-value metadata key holding [`SCHEMA_VERSION`].
 pub const SCHEMA_VERSION_KEY: &str = "apiscope.schema_version";
 
+/// The column whose chunks carry bloom filters in every file (where a table has it): the
+/// writer gives them, and trace lookups skip files and row groups with them.
+pub const BLOOM_COLUMN: &str = "trace_id";
+
 /// All stored tables, in the order the README documents them.
 pub const TABLES: &[&Table] = &[&SPANS, &LOGS, &REQUESTS];
