@@ -362,22 +362,8 @@ mod tests {
             )
             .await
             .unwrap();
-        let rows = arrow::util::pretty::pretty_format_batches(&answer.batches)
-            .unwrap()
-            .to_string();
-        let cells: Vec<Vec<&str>> = rows
-            .lines()
-            .filter(|l| l.starts_with("| "))
-            .skip(1)
-            .map(|l| {
-                l.split('|')
-                    .map(str::trim)
-                    .filter(|c| !c.is_empty())
-                    .collect()
-            })
-            .collect();
         assert_eq!(
-            cells,
+            cells(&answer.batches),
             [
                 [
                     "new",
@@ -387,8 +373,7 @@ mod tests {
                     "Timestamp(ns, \"UTC\")"
                 ],
                 ["old", "2.5", "2500000", "true", "Timestamp(ns, \"UTC\")"],
-            ],
-            "{rows}"
+            ]
         );
     }
 
