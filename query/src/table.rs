@@ -279,6 +279,7 @@ mod tests {
     use arrow::datatypes::DataType;
     use datafusion::logical_expr::{col, lit};
     use datafusion::parquet::arrow::ArrowWriter;
+    use datafusion::parquet::file::properties::WriterProperties;
 
     use super::*;
 
@@ -325,35 +326,53 @@ mod tests {
         RecordBatch::try_new(schema.clone(), columns).unwrap()
     }
 
+    /// A data directory whose `spans` hold the files written with [`Store::write`], all in one
+    /// hour.
+    struct Store {
+        dir: tempfile::TempDir,
+        hour: i64,
+    }
+
+    impl Store {
+        fn new() -> Self {
+            Self {
+                dir: tempfile::tempdir().unwrap(),
+                hour: 1_764_237_600_000_000_000, // 2025-11-27T10:00:00Z
+            }
+        }
+
+        /// Writes `batch` as the file `name` of the hour.
+        fn write(&self, name: &str, batch: &RecordBatch, properties: Option<WriterProperties>) {
+            let folder = schemas::partition_dir(self.dir.path(), "spans", self.hour);
+            std::fs::create_dir_all(&folder).unwrap();
+            let file = std::fs::File::create(folder.join(name)).unwrap();
+            let mut writer = ArrowWriter::try_new(file, batch.schema(), properties).unwrap();
+            writer.write(batch).unwrap();
+            writer.close().unwrap();
+        }
+
+        async fn engine(&self) -> crate::Engine {
+            let source = Arc::new(crate::source::DataDir(self.dir.path().to_owned()));
+            crate::Engine::new(source, Default::default(), Default::default())
+                .await
+                .unwrap()
+        }
+    }
+
     #[tokio::test]
     async fn computed_columns_read_alike_from_old_and_new_files() {
-        let dir = tempfile::tempdir().unwrap();
-        let hour = 1_764_237_600_000_000_000; // 2025-11-27T10:00:00Z
-        let folder = schemas::partition_dir(dir.path(), "spans", hour);
-        std::fs::create_dir_all(&folder).unwrap();
-        let write = |name: &str, batch: RecordBatch| {
-            let file = std::fs::File::create(folder.join(name)).unwrap();
-            let mut writer = ArrowWriter::try_new(file, batch.schema(), None).unwrap();
-            writer.write(&batch).unwrap();
-            writer.close().unwrap();
-        };
+        let store = Store::new();
+        let hour = store.hour;
         // Version 1 stored `end_time` and `duration_ms`; version 2 computes them.
-        write(
-            "a.parquet",
-            spans(&schemas::SPANS.schema(), &[("old", hour + 5, 2_500_000)]),
+        let old = spans(&schemas::SPANS.schema(), &[("old", hour + 5, 2_500_000)]);
+        store.write("a.parquet", &old, None);
+        let new = spans(
+            &schemas::SPANS.stored_schema(),
+            &[("new", hour + 7, 40_000_001)],
         );
-        write(
-            "b.parquet",
-            spans(
-                &schemas::SPANS.stored_schema(),
-                &[("new", hour + 7, 40_000_001)],
-            ),
-        );
+        store.write("b.parquet", &new, None);
 
-        let source = Arc::new(crate::source::DataDir(dir.path().to_owned()));
-        let engine = crate::Engine::new(source, Default::default(), Default::default())
-            .await
-            .unwrap();
+        let engine = store.engine().await;
         let answer = engine
             .query(
                 "SELECT span_id, duration_ms, CAST(end_time AS BIGINT) - CAST(time AS BIGINT), \
@@ -397,32 +416,21 @@ mod tests {
 
     #[tokio::test]
     async fn trace_lookups_skip_files_whose_filters_rule_the_trace_out() {
-        use datafusion::parquet::file::properties::WriterProperties;
-        let dir = tempfile::tempdir().unwrap();
-        let hour = 1_764_237_600_000_000_000; // 2025-11-27T10:00:00Z
-        let folder = schemas::partition_dir(dir.path(), "spans", hour);
-        std::fs::create_dir_all(&folder).unwrap();
+        let store = Store::new();
         let schema = schemas::SPANS.stored_schema();
         let write = |name: &str, ids: &[&str], bloom: bool| {
-            let rows: Vec<_> = ids.iter().map(|id| (*id, hour + 1, 1_000)).collect();
+            let rows: Vec<_> = ids.iter().map(|id| (*id, store.hour + 1, 1_000)).collect();
             let properties = WriterProperties::builder()
                 .set_bloom_filter_enabled(bloom)
                 .build();
-            let file = std::fs::File::create(folder.join(name)).unwrap();
-            let mut writer = ArrowWriter::try_new(file, schema.clone(), Some(properties)).unwrap();
-            writer.write(&spans(&schema, &rows)).unwrap();
-            writer.close().unwrap();
+            store.write(name, &spans(&schema, &rows), Some(properties));
         };
         write("a.parquet", &["a1", "a2"], true);
         write("b.parquet", &["b1", "b2"], true);
         // No filters (an older or foreign writer): never skipped.
         write("c.parquet", &["c1"], false);
 
-        let source = Arc::new(crate::source::DataDir(dir.path().to_owned()));
-        let engine = crate::Engine::new(source, Default::default(), Default::default())
-            .await
-            .unwrap();
-        let engine = &engine;
+        let engine = &store.engine().await;
         let answer = |sql: &'static str| async move {
             let plan = engine.query(&format!("EXPLAIN {sql}")).await.unwrap();
             let plan = cells(&plan.batches).concat().join(" ");
