@@ -1,6 +1,7 @@
 //! SQL functions apiscope adds to DataFusion's: `current_setting(name)` for PostgreSQL
 //! clients, `to_json(value)`, and the route helpers the `api_calls` view and
-//! `contract_drift` use (`route_template(path)`, `route_shape(route)`, `api_version(route)`).
+//! `contract_drift` use (`route_template(path)`, `route_shape(route)`, `api_version(route)`);
+//! and one it replaces, `approx_percentile_cont` (see [`crate::percentile`]).
 
 use std::sync::Arc;
 
@@ -29,6 +30,7 @@ pub(crate) fn register(ctx: &SessionContext, openapi: Arc<OpenApi>) {
         Ok(schemas::routes::version_prefix(route).map(str::to_owned))
     }));
     ctx.register_udf(crate::json::TO_JSON.as_ref().clone());
+    ctx.register_udaf(crate::percentile::approx_percentile_cont());
 }
 
 /// A function from text to text; NULL in, NULL out.

@@ -17,6 +17,7 @@ mod error;
 mod functions;
 pub mod http;
 mod json;
+mod percentile;
 pub mod pg;
 mod questions;
 mod source;

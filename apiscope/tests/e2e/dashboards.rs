@@ -14,7 +14,7 @@ use tokio_postgres::types::Type;
 use tokio_postgres::{Client, Row, SimpleQueryMessage};
 
 use crate::daemon::Daemon;
-use crate::fleet::{Fleet, quantile};
+use crate::fleet::{Fleet, percentile_tolerance, quantile};
 use crate::pg::{connect, runtime};
 use crate::python_sdk::python;
 
@@ -388,6 +388,13 @@ fn assert_close(what: &str, seen: f64, expected: f64, tolerance: f64) {
     );
 }
 
+/// An approximate percentile against the exact one over `values`, within the error the
+/// README promises.
+fn assert_percentile(what: &str, seen: f64, values: &[f64], q: f64) {
+    let expected = quantile(values, q);
+    assert_close(what, seen, expected, percentile_tolerance(expected));
+}
+
 /// Each row's `calls` and `errors` against the fleet's, per value of `column` (which
 /// `key` computes from a request).
 fn check_calls_and_errors(
@@ -425,8 +432,6 @@ fn check_values(dashboard: &str, panel: &str, rows: &[Row], fleet: &Fleet, range
             .map(|r| r.duration_ms as f64)
             .collect()
     };
-    // t-digest percentiles over a few dozen distinct values: within a few milliseconds.
-    let p_tolerance = 4.0;
     match (dashboard, panel) {
         ("apiscope-overview", "Requests") => {
             assert_eq!(
@@ -447,11 +452,11 @@ fn check_values(dashboard: &str, panel: &str, rows: &[Row], fleet: &Fleet, range
             fleet.errors().len() as f64 / fleet.requests.len() as f64,
             1e-9,
         ),
-        ("apiscope-overview", "p95 latency") => assert_close(
+        ("apiscope-overview", "p95 latency") => assert_percentile(
             &what,
             number(&rows[0], "p95_ms"),
-            quantile(&durations(&|_| true), 0.95),
-            p_tolerance,
+            &durations(&|_| true),
+            0.95,
         ),
         ("apiscope-overview", "Request rate by service") => assert_eq!(
             series_totals(rows, "rate", interval),
@@ -470,12 +475,7 @@ fn check_values(dashboard: &str, panel: &str, rows: &[Row], fleet: &Fleet, range
                     1e-9,
                 );
                 let own = durations(&|r| r.endpoint() == endpoint);
-                assert_close(
-                    &what,
-                    number(row, "p95_ms"),
-                    quantile(&own, 0.95),
-                    p_tolerance,
-                );
+                assert_percentile(&what, number(row, "p95_ms"), &own, 0.95);
                 let max = own.iter().cloned().fold(0.0, f64::max);
                 assert_eq!(number(row, "max_ms"), max, "{what}: {endpoint}");
             }
@@ -534,7 +534,7 @@ fn check_values(dashboard: &str, panel: &str, rows: &[Row], fleet: &Fleet, range
                     .filter(|r| r.dependency == dependency)
                     .map(|r| r.dependency_ms as f64)
                     .collect();
-                assert_close(&what, number(row, "p95_ms"), quantile(&own, 0.95), 1.0);
+                assert_percentile(&what, number(row, "p95_ms"), &own, 0.95);
             }
         }
         ("apiscope-errors", "Failed requests by status code") => {

@@ -189,11 +189,18 @@ impl Fleet {
     }
 }
 
-/// The `q` quantile of `values` by the nearest-rank method; approximate percentiles are
-/// compared with it within a tolerance.
+/// The `q` quantile of `values` as PostgreSQL's `percentile_cont` defines it (at rank
+/// `q * (n - 1)`, interpolated), which is what apiscope's approximate percentiles estimate.
 pub(crate) fn quantile(values: &[f64], q: f64) -> f64 {
     let mut sorted = values.to_vec();
-    sorted.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
-    sorted[rank - 1]
+    sorted.sort_by(f64::total_cmp);
+    let rank = q * (sorted.len() - 1) as f64;
+    let (below, above) = (rank.floor() as usize, rank.ceil() as usize);
+    sorted[below] + (sorted[above] - sorted[below]) * (rank - below as f64)
+}
+
+/// How far an approximate percentile may be from [`quantile`]: 0.4% of the value, as the
+/// README promises, and a little for rounding.
+pub(crate) fn percentile_tolerance(expected: f64) -> f64 {
+    0.004 * expected.abs() + 1e-9
 }
