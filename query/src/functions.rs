@@ -1,7 +1,8 @@
 //! SQL functions apiscope adds to DataFusion's: `current_setting(name)` for PostgreSQL
 //! clients, `to_json(value)`, and the route helpers the `api_calls` view and
 //! `contract_drift` use (`route_template(path)`, `route_shape(route)`, `api_version(route)`);
-//! and one it replaces, `approx_percentile_cont` (see [`crate::percentile`]).
+//! and two it replaces, `approx_percentile_cont` and `approx_median` (see
+//! [`crate::percentile`]).
 
 use std::sync::Arc;
 
@@ -31,6 +32,7 @@ pub(crate) fn register(ctx: &SessionContext, openapi: Arc<OpenApi>) {
     }));
     ctx.register_udf(crate::json::TO_JSON.as_ref().clone());
     ctx.register_udaf(crate::percentile::approx_percentile_cont());
+    ctx.register_udaf(crate::percentile::approx_median());
 }
 
 /// A function from text to text; NULL in, NULL out.

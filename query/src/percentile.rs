@@ -1,5 +1,5 @@
-//! `approx_percentile_cont`, answered with a logarithmic histogram instead of DataFusion's
-//! t-digest.
+//! `approx_percentile_cont` and `approx_median`, answered with a logarithmic histogram
+//! instead of DataFusion's t-digest.
 //!
 //! Latency percentiles are what apiscope's questions and dashboards compute most, and
 //! DataFusion's t-digest sorts every input batch, once per percentile asked: three
@@ -17,9 +17,10 @@
 //! interpolating between the two values around it. Sketches merge by adding counts, so
 //! partial aggregates (and, later, stored per-minute rollups) combine without loss.
 //!
-//! The function keeps DataFusion's name, arguments (the optional third, the t-digest's
-//! centroid count, is accepted and has no effect), `WITHIN GROUP (ORDER BY ...)` form,
-//! window use and return type, so users' queries and dashboards need no change.
+//! The functions keep DataFusion's names, arguments (`approx_percentile_cont`'s optional
+//! third, the t-digest's centroid count, is accepted and has no effect), `WITHIN GROUP
+//! (ORDER BY ...)` form, window use and return types, so users' queries and dashboards need
+//! no change. DISTINCT is refused rather than ignored.
 
 use std::sync::Arc;
 
@@ -27,6 +28,7 @@ use arrow::array::{Array, ArrayRef, AsArray, BinaryArray, BinaryBuilder, Boolean
 use arrow::compute::cast;
 use arrow::datatypes::{DataType, Field, FieldRef, Float64Type};
 use datafusion::common::{Result, ScalarValue, exec_err, plan_err};
+use datafusion::functions_aggregate::approx_median::ApproxMedian;
 use datafusion::functions_aggregate::approx_percentile_cont::ApproxPercentileCont;
 use datafusion::logical_expr::function::{AccumulatorArgs, StateFieldsArgs};
 use datafusion::logical_expr::utils::format_state_name;
@@ -51,35 +53,62 @@ const FORMAT: u8 = 1;
 /// `approx_percentile_cont` for registering in a session, replacing DataFusion's.
 pub(crate) fn approx_percentile_cont() -> AggregateUDF {
     AggregateUDF::new_from_impl(ApproxPercentile {
-        like: ApproxPercentileCont::new(),
+        like: Like::Percentile(ApproxPercentileCont::new()),
     })
 }
 
-/// The function: DataFusion's for its signature and return type, this module's sketch for
-/// the work.
+/// `approx_median(x)`, the same as `approx_percentile_cont(x, 0.5)`, replacing DataFusion's.
+pub(crate) fn approx_median() -> AggregateUDF {
+    AggregateUDF::new_from_impl(ApproxPercentile {
+        like: Like::Median(ApproxMedian::new()),
+    })
+}
+
+/// A function: DataFusion's for its name, signature and return type, this module's sketch
+/// for the work.
 #[derive(Debug, PartialEq, Eq, Hash)]
 struct ApproxPercentile {
-    like: ApproxPercentileCont,
+    like: Like,
+}
+
+/// The DataFusion function replaced.
+#[derive(Debug, PartialEq, Eq, Hash)]
+enum Like {
+    Percentile(ApproxPercentileCont),
+    Median(ApproxMedian),
 }
 
 impl ApproxPercentile {
+    fn like(&self) -> &dyn AggregateUDFImpl {
+        match &self.like {
+            Like::Percentile(like) => like,
+            Like::Median(like) => like,
+        }
+    }
+
     /// The percentile asked for (mirrored by `WITHIN GROUP (ORDER BY x DESC)`) and the
     /// type to answer in.
-    fn parameters(args: &AccumulatorArgs) -> Result<(f64, DataType)> {
+    fn parameters(&self, args: &AccumulatorArgs) -> Result<(f64, DataType)> {
+        let name = self.name();
+        if args.is_distinct {
+            return plan_err!("{name}(DISTINCT ...) is not supported");
+        }
+        let answer_type = args.return_field.data_type().clone();
+        if let Like::Median(_) = self.like {
+            return Ok((0.5, answer_type));
+        }
         let Some(expr) = args.exprs.get(1) else {
-            return plan_err!("approx_percentile_cont needs a percentile");
+            return plan_err!("{name} needs a percentile");
         };
         let percentile = match expr.downcast_ref::<Literal>().map(Literal::value) {
             Some(value) => match value.cast_to(&DataType::Float64)? {
                 ScalarValue::Float64(Some(percentile)) => percentile,
-                _ => return plan_err!("approx_percentile_cont's percentile must not be null"),
+                _ => return plan_err!("{name}'s percentile must not be null"),
             },
-            None => return plan_err!("approx_percentile_cont's percentile must be a constant"),
+            None => return plan_err!("{name}'s percentile must be a constant"),
         };
         if !(0.0..=1.0).contains(&percentile) {
-            return plan_err!(
-                "approx_percentile_cont's percentile must be between 0 and 1, not {percentile}"
-            );
+            return plan_err!("{name}'s percentile must be between 0 and 1, not {percentile}");
         }
         let descending = args
             .order_bys
@@ -90,29 +119,29 @@ impl ApproxPercentile {
         } else {
             percentile
         };
-        Ok((percentile, args.return_field.data_type().clone()))
+        Ok((percentile, answer_type))
     }
 }
 
 impl AggregateUDFImpl for ApproxPercentile {
     fn name(&self) -> &str {
-        self.like.name()
+        self.like().name()
     }
 
     fn signature(&self) -> &Signature {
-        self.like.signature()
+        self.like().signature()
     }
 
     fn return_type(&self, arg_types: &[DataType]) -> Result<DataType> {
-        self.like.return_type(arg_types)
+        self.like().return_type(arg_types)
     }
 
     fn supports_within_group_clause(&self) -> bool {
-        true
+        self.like().supports_within_group_clause()
     }
 
     fn documentation(&self) -> Option<&Documentation> {
-        self.like.documentation()
+        self.like().documentation()
     }
 
     fn state_fields(&self, args: StateFieldsArgs) -> Result<Vec<FieldRef>> {
@@ -121,7 +150,7 @@ impl AggregateUDFImpl for ApproxPercentile {
     }
 
     fn accumulator(&self, args: AccumulatorArgs) -> Result<Box<dyn Accumulator>> {
-        let (percentile, answer_type) = Self::parameters(&args)?;
+        let (percentile, answer_type) = self.parameters(&args)?;
         Ok(Box::new(OneSketch {
             sketch: Sketch::default(),
             percentile,
@@ -129,15 +158,16 @@ impl AggregateUDFImpl for ApproxPercentile {
         }))
     }
 
-    fn groups_accumulator_supported(&self, _args: AccumulatorArgs) -> bool {
-        true
+    fn groups_accumulator_supported(&self, args: AccumulatorArgs) -> bool {
+        // DISTINCT goes to `accumulator`, which refuses it.
+        !args.is_distinct
     }
 
     fn create_groups_accumulator(
         &self,
         args: AccumulatorArgs,
     ) -> Result<Box<dyn GroupsAccumulator>> {
-        let (percentile, answer_type) = Self::parameters(&args)?;
+        let (percentile, answer_type) = self.parameters(&args)?;
         Ok(Box::new(GroupSketches {
             groups: Vec::new(),
             heap_bytes: 0,
@@ -342,13 +372,19 @@ impl Default for Sketch {
 
 impl Sketch {
     /// Counts `value` (NaN is ignored); returns how many bytes the sketch grew on the heap.
+    #[inline]
     pub(crate) fn add(&mut self, value: f64) -> usize {
         if value.is_nan() {
             return 0;
         }
         self.count += 1;
-        self.min = self.min.min(value);
-        self.max = self.max.max(value);
+        // Branches rather than `f64::min`: a new extreme is rare, and this is the hot loop.
+        if value < self.min {
+            self.min = value;
+        }
+        if value > self.max {
+            self.max = value;
+        }
         // The common case, kept short: a positive value in a bucket already counting.
         if value > 0.0
             && let Some(count) = self.positive.slot(bucket_of(value))

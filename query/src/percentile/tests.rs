@@ -145,6 +145,7 @@ fn damaged_sketches_are_refused() {
 async fn session(groups: &[&str], values: &[Option<f64>]) -> SessionContext {
     let ctx = SessionContext::new();
     ctx.register_udaf(approx_percentile_cont());
+    ctx.register_udaf(approx_median());
     let batch = RecordBatch::try_from_iter([
         (
             "g",
@@ -239,6 +240,15 @@ async fn sql_answers_by_group_alone_within_group_and_over_a_window() {
     .await;
     assert_eq!(found, [Some(6.0), Some(6.0)]);
 
+    let (_, found) = answers(
+        &ctx,
+        "SELECT g, approx_median(x) FROM t GROUP BY g ORDER BY g",
+    )
+    .await;
+    assert_eq!(found, [Some(20.0), Some(6.0), None]);
+    let (_, found) = answers(&ctx, "SELECT approx_median(x) FROM t").await;
+    assert_eq!(found, [Some(10.0)]);
+
     // Other numeric types: answered in the type DataFusion's function answers in.
     let (schema, found) = answers(&ctx, "SELECT approx_percentile_cont(x32, 0.5) FROM t").await;
     assert_eq!(schema.field(0).data_type(), &DataType::Float32);
@@ -248,17 +258,29 @@ async fn sql_answers_by_group_alone_within_group_and_over_a_window() {
 }
 
 #[tokio::test]
-async fn sql_refuses_a_percentile_out_of_range_or_not_constant() {
+async fn sql_refuses_a_percentile_out_of_range_or_not_constant_and_distinct() {
     let ctx = session(&["a"], &[Some(1.0)]).await;
-    for sql in [
-        "SELECT approx_percentile_cont(x, 1.5) FROM t",
-        "SELECT approx_percentile_cont(x, x) FROM t",
+    for (sql, reason) in [
+        (
+            "SELECT approx_percentile_cont(x, 1.5) FROM t",
+            "between 0 and 1",
+        ),
+        ("SELECT approx_percentile_cont(x, x) FROM t", "constant"),
+        (
+            "SELECT approx_percentile_cont(DISTINCT x, 0.5) FROM t",
+            "DISTINCT ...) is not supported",
+        ),
+        // Two DISTINCT aggregates: DataFusion cannot turn them into a grouping first.
+        (
+            "SELECT approx_median(DISTINCT x), count(DISTINCT g) FROM t",
+            "DISTINCT ...) is not supported",
+        ),
     ] {
         let error = match ctx.sql(sql).await {
             Ok(frame) => frame.collect().await.unwrap_err(),
             Err(error) => error,
         };
-        assert!(error.to_string().contains("percentile"), "{sql}: {error}");
+        assert!(error.to_string().contains(reason), "{sql}: {error}");
     }
 }
 
