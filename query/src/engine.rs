@@ -229,12 +229,16 @@ impl Engine {
         // A memory pool of this query's own, over the shared session's tables and functions.
         // No spilling: a query over its memory is refused rather than filling the disk the
         // store lives on. The Parquet footers (statistics, page indexes) that earlier queries
-        // parsed stay in the shared session's cache: a file never changes once written, and a
-        // lookup of one trace would otherwise spend most of its time reading footers again.
+        // parsed, and the file statistics planning derives from them, stay in the shared
+        // session's caches: a file never changes once written, and a lookup of one trace would
+        // otherwise spend most of its time reading footers again, and every query over an
+        // hour of small files some milliseconds per file converting their statistics.
         let shared = &self.ctx.runtime_env().cache_manager;
         let caches = CacheManagerConfig::default()
             .with_file_metadata_cache(Some(shared.get_file_metadata_cache()))
-            .with_metadata_cache_limit(shared.get_metadata_cache_limit());
+            .with_metadata_cache_limit(shared.get_metadata_cache_limit())
+            .with_file_statistics_cache(shared.get_file_statistic_cache())
+            .with_file_statistics_cache_limit(shared.get_file_statistic_cache_limit());
         let runtime = RuntimeEnvBuilder::new()
             .with_cache_manager(caches)
             .with_memory_pool(Arc::new(GreedyMemoryPool::new(limits.memory_per_query)))

@@ -120,7 +120,10 @@ impl TableProvider for StoreTable {
             let config = ListingTableConfig::new_with_multi_paths(urls)
                 .with_listing_options(options)
                 .with_schema(self.stored.clone());
-            let files = ListingTable::try_new(config)?;
+            // File statistics (for planning) are kept across queries in the session's cache,
+            // checked against each file's size and modification time.
+            let statistics = state.runtime_env().cache_manager.get_file_statistic_cache();
+            let files = ListingTable::try_new(config)?.with_cache(statistics);
             inputs.push(files.scan(state, Some(&read), &filters, limit).await?);
         }
         if !snapshot.batches.is_empty() || inputs.is_empty() {
