@@ -552,7 +552,7 @@ impl Sketch {
             return sorted[rank as usize];
         }
         let mut seen = 0;
-        for (index, &count) in self.negative.iter_rev() {
+        for (index, &count) in self.negative.iter().rev() {
             seen += count;
             if rank < seen {
                 return -midpoint(index);
@@ -633,12 +633,13 @@ impl Buckets {
         self.counts.iter().sum()
     }
 
-    fn iter(&self) -> impl Iterator<Item = (i64, &u64)> {
-        (self.first..).zip(&self.counts)
-    }
-
-    fn iter_rev(&self) -> impl Iterator<Item = (i64, &u64)> {
-        self.iter().collect::<Vec<_>>().into_iter().rev()
+    /// The buckets with their indexes, lowest first; `.rev()` walks them highest first.
+    fn iter(&self) -> impl DoubleEndedIterator<Item = (i64, &u64)> {
+        let first = self.first;
+        self.counts
+            .iter()
+            .enumerate()
+            .map(move |(slot, count)| (first + slot as i64, count))
     }
 
     fn write(&self, bytes: &mut Vec<u8>) {
