@@ -420,22 +420,9 @@ impl Sketch {
 
     /// Adds another sketch's values.
     pub(crate) fn merge(&mut self, other: &Sketch) {
-        if other.count == 0 {
-            return;
-        }
-        self.min = self.min.min(other.min);
-        self.max = self.max.max(other.max);
         if other.is_exact() {
-            self.count += other.exact.len() as u64;
             for &value in &other.exact {
-                if self.is_exact() {
-                    self.exact.push(value);
-                } else {
-                    self.bucket(value);
-                }
-            }
-            if self.exact.len() > EXACT {
-                self.move_to_buckets();
+                self.add(value);
             }
             return;
         }
@@ -443,6 +430,8 @@ impl Sketch {
             self.move_to_buckets();
         }
         self.count += other.count;
+        self.min = self.min.min(other.min);
+        self.max = self.max.max(other.max);
         self.zeros += other.zeros;
         self.positive.add_all(&other.positive);
         self.negative.add_all(&other.negative);
@@ -450,8 +439,9 @@ impl Sketch {
 
     /// The sketch as bytes: the format version, then little-endian fields.
     pub(crate) fn to_bytes(&self) -> Vec<u8> {
+        // The fixed fields (37 bytes), each bucket set's start and length (12), the values.
         let mut bytes = Vec::with_capacity(
-            41 + 8 * (self.exact.len() + self.positive.counts.len() + self.negative.counts.len()),
+            61 + 8 * (self.exact.len() + self.positive.counts.len() + self.negative.counts.len()),
         );
         bytes.push(FORMAT);
         bytes.extend_from_slice(&self.count.to_le_bytes());
