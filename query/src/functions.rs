@@ -33,6 +33,9 @@ pub(crate) fn register(ctx: &SessionContext, openapi: Arc<OpenApi>) {
     ctx.register_udf(crate::json::TO_JSON.as_ref().clone());
     ctx.register_udaf(crate::percentile::approx_percentile_cont());
     ctx.register_udaf(crate::percentile::approx_median());
+    ctx.register_udaf(crate::percentile::percentile_sketch());
+    ctx.register_udaf(crate::percentile::sketch_merge());
+    ctx.register_udaf(crate::percentile::sketch_percentile());
 }
 
 /// A function from text to text; NULL in, NULL out.

@@ -34,7 +34,7 @@ use datafusion::logical_expr::function::{AccumulatorArgs, StateFieldsArgs};
 use datafusion::logical_expr::utils::format_state_name;
 use datafusion::logical_expr::{
     Accumulator, AggregateUDF, AggregateUDFImpl, Documentation, EmitTo, GroupsAccumulator,
-    Signature,
+    Signature, Volatility,
 };
 use datafusion::physical_expr::expressions::Literal;
 
@@ -62,6 +62,145 @@ pub(crate) fn approx_median() -> AggregateUDF {
     AggregateUDF::new_from_impl(ApproxPercentile {
         like: Like::Median(ApproxMedian::new()),
     })
+}
+
+/// `percentile_sketch(x)`: the values' sketch, serialized; what rollups store.
+pub(crate) fn percentile_sketch() -> AggregateUDF {
+    SketchFunction::udaf(Stage::Build)
+}
+
+/// `sketch_merge(sketch)`: the sketches merged into one, serialized.
+pub(crate) fn sketch_merge() -> AggregateUDF {
+    SketchFunction::udaf(Stage::Merge)
+}
+
+/// `sketch_percentile(sketch, q)`: the `q` percentile of the sketches merged, as
+/// `approx_percentile_cont` would answer it over all their values.
+pub(crate) fn sketch_percentile() -> AggregateUDF {
+    SketchFunction::udaf(Stage::Percentile)
+}
+
+/// The functions over stored sketches.
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct SketchFunction {
+    stage: Stage,
+    signature: Signature,
+}
+
+#[derive(Debug, PartialEq, Eq, Hash, Clone, Copy)]
+enum Stage {
+    Build,
+    Merge,
+    Percentile,
+}
+
+impl SketchFunction {
+    fn udaf(stage: Stage) -> AggregateUDF {
+        AggregateUDF::new_from_impl(SketchFunction {
+            stage,
+            signature: Signature::user_defined(Volatility::Immutable),
+        })
+    }
+
+    fn parts(&self, args: &AccumulatorArgs) -> Result<(Input, Output)> {
+        if args.is_distinct {
+            return plan_err!("{}(DISTINCT ...) is not supported", self.name());
+        }
+        Ok(match self.stage {
+            Stage::Build => (Input::Values, Output::Sketch),
+            Stage::Merge => (Input::Sketches, Output::Sketch),
+            Stage::Percentile => {
+                let percentile = constant_percentile(self.name(), args)?;
+                (
+                    Input::Sketches,
+                    Output::Percentile(percentile, DataType::Float64),
+                )
+            }
+        })
+    }
+}
+
+impl AggregateUDFImpl for SketchFunction {
+    fn name(&self) -> &str {
+        match self.stage {
+            Stage::Build => "percentile_sketch",
+            Stage::Merge => "sketch_merge",
+            Stage::Percentile => "sketch_percentile",
+        }
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn coerce_types(&self, arg_types: &[DataType]) -> Result<Vec<DataType>> {
+        let (wanted, usage) = match self.stage {
+            Stage::Build => (vec![DataType::Float64], "percentile_sketch(number)"),
+            Stage::Merge => (vec![DataType::Binary], "sketch_merge(sketch)"),
+            Stage::Percentile => (
+                vec![DataType::Binary, DataType::Float64],
+                "sketch_percentile(sketch, percentile)",
+            ),
+        };
+        let numeric = |t: &DataType| t.is_numeric() || t.is_null();
+        let binary = |t: &DataType| {
+            t.is_null()
+                || matches!(
+                    t,
+                    DataType::Binary | DataType::LargeBinary | DataType::BinaryView
+                )
+        };
+        let fits = arg_types.len() == wanted.len()
+            && arg_types
+                .iter()
+                .zip(&wanted)
+                .all(|(given, wanted)| match wanted {
+                    DataType::Binary => binary(given),
+                    _ => numeric(given),
+                });
+        if !fits {
+            return plan_err!("{usage} was called with ({})", type_list(arg_types));
+        }
+        Ok(wanted)
+    }
+
+    fn return_type(&self, _arg_types: &[DataType]) -> Result<DataType> {
+        Ok(match self.stage {
+            Stage::Build | Stage::Merge => DataType::Binary,
+            Stage::Percentile => DataType::Float64,
+        })
+    }
+
+    fn state_fields(&self, args: StateFieldsArgs) -> Result<Vec<FieldRef>> {
+        let name = format_state_name(args.name, "sketch");
+        Ok(vec![Arc::new(Field::new(name, DataType::Binary, true))])
+    }
+
+    fn accumulator(&self, args: AccumulatorArgs) -> Result<Box<dyn Accumulator>> {
+        let (input, output) = self.parts(&args)?;
+        Ok(Box::new(OneSketch::new(input, output)))
+    }
+
+    fn groups_accumulator_supported(&self, args: AccumulatorArgs) -> bool {
+        !args.is_distinct
+    }
+
+    fn create_groups_accumulator(
+        &self,
+        args: AccumulatorArgs,
+    ) -> Result<Box<dyn GroupsAccumulator>> {
+        let (input, output) = self.parts(&args)?;
+        Ok(Box::new(GroupSketches::new(input, output)))
+    }
+}
+
+/// Argument types as SQL writes them in an error.
+fn type_list(types: &[DataType]) -> String {
+    types
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// A function: DataFusion's for its name, signature and return type, this module's sketch
@@ -97,19 +236,7 @@ impl ApproxPercentile {
         if let Like::Median(_) = self.like {
             return Ok((0.5, answer_type));
         }
-        let Some(expr) = args.exprs.get(1) else {
-            return plan_err!("{name} needs a percentile");
-        };
-        let percentile = match expr.downcast_ref::<Literal>().map(Literal::value) {
-            Some(value) => match value.cast_to(&DataType::Float64)? {
-                ScalarValue::Float64(Some(percentile)) => percentile,
-                _ => return plan_err!("{name}'s percentile must not be null"),
-            },
-            None => return plan_err!("{name}'s percentile must be a constant"),
-        };
-        if !(0.0..=1.0).contains(&percentile) {
-            return plan_err!("{name}'s percentile must be between 0 and 1, not {percentile}");
-        }
+        let percentile = constant_percentile(name, args)?;
         let descending = args
             .order_bys
             .first()
@@ -151,11 +278,10 @@ impl AggregateUDFImpl for ApproxPercentile {
 
     fn accumulator(&self, args: AccumulatorArgs) -> Result<Box<dyn Accumulator>> {
         let (percentile, answer_type) = self.parameters(&args)?;
-        Ok(Box::new(OneSketch {
-            sketch: Sketch::default(),
-            percentile,
-            answer_type,
-        }))
+        Ok(Box::new(OneSketch::new(
+            Input::Values,
+            Output::Percentile(percentile, answer_type),
+        )))
     }
 
     fn groups_accumulator_supported(&self, args: AccumulatorArgs) -> bool {
@@ -168,13 +294,29 @@ impl AggregateUDFImpl for ApproxPercentile {
         args: AccumulatorArgs,
     ) -> Result<Box<dyn GroupsAccumulator>> {
         let (percentile, answer_type) = self.parameters(&args)?;
-        Ok(Box::new(GroupSketches {
-            groups: Vec::new(),
-            heap_bytes: 0,
-            percentile,
-            answer_type,
-        }))
+        Ok(Box::new(GroupSketches::new(
+            Input::Values,
+            Output::Percentile(percentile, answer_type),
+        )))
     }
+}
+
+/// The percentile a function's second argument asks for: a constant from 0 to 1.
+fn constant_percentile(name: &str, args: &AccumulatorArgs) -> Result<f64> {
+    let Some(expr) = args.exprs.get(1) else {
+        return plan_err!("{name} needs a percentile");
+    };
+    let percentile = match expr.downcast_ref::<Literal>().map(Literal::value) {
+        Some(value) => match value.cast_to(&DataType::Float64)? {
+            ScalarValue::Float64(Some(percentile)) => percentile,
+            _ => return plan_err!("{name}'s percentile must not be null"),
+        },
+        None => return plan_err!("{name}'s percentile must be a constant"),
+    };
+    if !(0.0..=1.0).contains(&percentile) {
+        return plan_err!("{name}'s percentile must be between 0 and 1, not {percentile}");
+    }
+    Ok(percentile)
 }
 
 /// The values of an argument as 64-bit floats (the signature has made them floats).
@@ -182,22 +324,69 @@ fn floats(values: &ArrayRef) -> Result<ArrayRef> {
     Ok(cast(values, &DataType::Float64)?)
 }
 
-/// Answers as floats, cast to the type the function returns.
-fn answers(answers: Vec<Option<f64>>, answer_type: &DataType) -> Result<ArrayRef> {
-    let answers: ArrayRef = Arc::new(arrow::array::Float64Array::from(answers));
-    Ok(cast(&answers, answer_type)?)
+/// What an accumulator is fed.
+#[derive(Debug, Clone, Copy)]
+enum Input {
+    /// Numbers, each counted.
+    Values,
+    /// Serialized sketches, each merged.
+    Sketches,
+}
+
+/// What an accumulator answers.
+#[derive(Debug, Clone)]
+enum Output {
+    /// A percentile (0 to 1), in a numeric type.
+    Percentile(f64, DataType),
+    /// The sketch itself, serialized.
+    Sketch,
+}
+
+impl Output {
+    fn answer(&self, sketches: &[Sketch]) -> Result<ArrayRef> {
+        match self {
+            Output::Percentile(percentile, answer_type) => {
+                let found: Vec<_> = sketches.iter().map(|s| s.quantile(*percentile)).collect();
+                let found: ArrayRef = Arc::new(arrow::array::Float64Array::from(found));
+                Ok(cast(&found, answer_type)?)
+            }
+            Output::Sketch => Ok(serialized(sketches)),
+        }
+    }
+}
+
+/// Sketches as a binary column.
+fn serialized(sketches: &[Sketch]) -> ArrayRef {
+    let mut states = BinaryBuilder::new();
+    for sketch in sketches {
+        states.append_value(sketch.to_bytes());
+    }
+    Arc::new(states.finish())
 }
 
 /// The accumulator without GROUP BY, and for window frames.
 #[derive(Debug)]
 struct OneSketch {
     sketch: Sketch,
-    percentile: f64,
-    answer_type: DataType,
+    input: Input,
+    output: Output,
+}
+
+impl OneSketch {
+    fn new(input: Input, output: Output) -> Self {
+        Self {
+            sketch: Sketch::default(),
+            input,
+            output,
+        }
+    }
 }
 
 impl Accumulator for OneSketch {
     fn update_batch(&mut self, values: &[ArrayRef]) -> Result<()> {
+        if let Input::Sketches = self.input {
+            return self.merge_batch(values);
+        }
         let values = floats(&values[0])?;
         for value in values.as_primitive::<Float64Type>().iter().flatten() {
             self.sketch.add(value);
@@ -218,10 +407,7 @@ impl Accumulator for OneSketch {
     }
 
     fn evaluate(&mut self) -> Result<ScalarValue> {
-        let answer = answers(
-            vec![self.sketch.quantile(self.percentile)],
-            &self.answer_type,
-        )?;
+        let answer = self.output.answer(std::slice::from_ref(&self.sketch))?;
         ScalarValue::try_from_array(&answer, 0)
     }
 
@@ -235,17 +421,49 @@ struct GroupSketches {
     groups: Vec<Sketch>,
     /// What the groups' sketches hold on the heap, kept up to date as they grow.
     heap_bytes: usize,
-    percentile: f64,
-    answer_type: DataType,
+    input: Input,
+    output: Output,
 }
 
 impl GroupSketches {
+    fn new(input: Input, output: Output) -> Self {
+        Self {
+            groups: Vec::new(),
+            heap_bytes: 0,
+            input,
+            output,
+        }
+    }
+
     /// Takes the groups `emit_to` names out of the accumulator.
     fn take(&mut self, emit_to: EmitTo) -> Vec<Sketch> {
         let taken = emit_to.take_needed(&mut self.groups);
         let freed: usize = taken.iter().map(Sketch::heap_bytes).sum();
         self.heap_bytes = self.heap_bytes.saturating_sub(freed);
         taken
+    }
+
+    /// Merges serialized sketches into their groups, skipping nulls and rows filtered out.
+    fn merge_sketches(
+        &mut self,
+        values: &[ArrayRef],
+        group_indices: &[usize],
+        opt_filter: Option<&BooleanArray>,
+        total_num_groups: usize,
+    ) -> Result<()> {
+        self.groups.resize_with(total_num_groups, Sketch::default);
+        let states: &BinaryArray = values[0].as_binary();
+        for (row, &group) in group_indices.iter().enumerate() {
+            let filtered_out = opt_filter.is_some_and(|keep| !keep.value(row) || keep.is_null(row));
+            if filtered_out || states.is_null(row) {
+                continue;
+            }
+            let sketch = &mut self.groups[group];
+            let before = sketch.heap_bytes();
+            sketch.merge_bytes(states.value(row))?;
+            self.heap_bytes += sketch.heap_bytes().saturating_sub(before);
+        }
+        Ok(())
     }
 }
 
@@ -257,6 +475,9 @@ impl GroupsAccumulator for GroupSketches {
         opt_filter: Option<&BooleanArray>,
         total_num_groups: usize,
     ) -> Result<()> {
+        if let Input::Sketches = self.input {
+            return self.merge_sketches(values, group_indices, opt_filter, total_num_groups);
+        }
         self.groups.resize_with(total_num_groups, Sketch::default);
         let values = floats(&values[0])?;
         let values = values.as_primitive::<Float64Type>();
@@ -285,37 +506,16 @@ impl GroupsAccumulator for GroupSketches {
         group_indices: &[usize],
         total_num_groups: usize,
     ) -> Result<()> {
-        self.groups.resize_with(total_num_groups, Sketch::default);
-        let states: &BinaryArray = values[0].as_binary();
-        for (row, &group) in group_indices.iter().enumerate() {
-            if states.is_null(row) {
-                continue;
-            }
-            let sketch = &mut self.groups[group];
-            let before = sketch.heap_bytes();
-            sketch.merge_bytes(states.value(row))?;
-            self.heap_bytes += sketch.heap_bytes().saturating_sub(before);
-        }
-        Ok(())
+        self.merge_sketches(values, group_indices, None, total_num_groups)
     }
 
     fn evaluate(&mut self, emit_to: EmitTo) -> Result<ArrayRef> {
         let groups = self.take(emit_to);
-        let percentile = self.percentile;
-        let found = groups
-            .iter()
-            .map(|sketch| sketch.quantile(percentile))
-            .collect();
-        answers(found, &self.answer_type)
+        self.output.answer(&groups)
     }
 
     fn state(&mut self, emit_to: EmitTo) -> Result<Vec<ArrayRef>> {
-        let groups = self.take(emit_to);
-        let mut states = BinaryBuilder::new();
-        for sketch in &groups {
-            states.append_value(sketch.to_bytes());
-        }
-        Ok(vec![Arc::new(states.finish())])
+        Ok(vec![serialized(&self.take(emit_to))])
     }
 
     fn convert_to_state(
@@ -323,6 +523,15 @@ impl GroupsAccumulator for GroupSketches {
         values: &[ArrayRef],
         opt_filter: Option<&BooleanArray>,
     ) -> Result<Vec<ArrayRef>> {
+        if let Input::Sketches = self.input {
+            // A sketch is its own state; one filtered out is no sketch.
+            let states = values[0].as_binary::<i32>();
+            let states = match opt_filter {
+                Some(keep) => arrow::compute::nullif(states, &arrow::compute::not(keep)?)?,
+                None => Arc::new(states.clone()),
+            };
+            return Ok(vec![states]);
+        }
         let values = floats(&values[0])?;
         let values = values.as_primitive::<Float64Type>();
         let mut states = BinaryBuilder::new();

@@ -146,6 +146,9 @@ async fn session(groups: &[&str], values: &[Option<f64>]) -> SessionContext {
     let ctx = SessionContext::new();
     ctx.register_udaf(approx_percentile_cont());
     ctx.register_udaf(approx_median());
+    ctx.register_udaf(percentile_sketch());
+    ctx.register_udaf(sketch_merge());
+    ctx.register_udaf(sketch_percentile());
     let batch = RecordBatch::try_from_iter([
         (
             "g",
@@ -307,5 +310,83 @@ async fn sql_answers_many_groups_as_the_sketches_do() {
             (found - expected).abs() <= 0.004 * expected,
             "{found} for {expected}"
         );
+    }
+}
+
+#[tokio::test]
+async fn stored_sketches_answer_as_the_values_would() {
+    // Three groups of values, sketched in parts of different sizes (some exact, some
+    // bucketed), merged in SQL: the same answers as over the values at once.
+    let values = latencies(3_000, 23);
+    let groups: Vec<&str> = (0..values.len())
+        .map(|i| match i % 7 {
+            0 => "few",
+            1..=3 => "some",
+            _ => "many",
+        })
+        .collect();
+    let ctx = session(
+        &groups,
+        &values.iter().copied().map(Some).collect::<Vec<_>>(),
+    )
+    .await;
+    let parts = "SELECT g, percentile_sketch(x) AS s FROM \
+                 (SELECT g, x, row_number() OVER (ORDER BY x) % 50 AS part FROM t) \
+                 GROUP BY g, part";
+    for q in [0.0, 0.5, 0.95, 0.99, 1.0] {
+        let (_, expected) = answers(
+            &ctx,
+            &format!("SELECT g, approx_percentile_cont(x, {q}) FROM t GROUP BY g ORDER BY g"),
+        )
+        .await;
+        let (schema, found) = answers(
+            &ctx,
+            &format!("SELECT g, sketch_percentile(s, {q}) FROM ({parts}) GROUP BY g ORDER BY g"),
+        )
+        .await;
+        assert_eq!(found, expected, "q {q}");
+        assert_eq!(schema.field(1).data_type(), &DataType::Float64);
+        // Merged first, then asked: the same again.
+        let (_, found) = answers(
+            &ctx,
+            &format!(
+                "SELECT g, sketch_percentile(m, {q}) FROM \
+                 (SELECT g, sketch_merge(s) AS m FROM ({parts}) GROUP BY g) GROUP BY g ORDER BY g"
+            ),
+        )
+        .await;
+        assert_eq!(found, expected, "q {q}, merged");
+    }
+    let (_, found) = answers(
+        &ctx,
+        &format!("SELECT sketch_percentile(s, 0.5) FROM ({parts}) WHERE g = 'none'"),
+    )
+    .await;
+    assert_eq!(found, [None], "no sketches, no answer");
+
+    for (sql, reason) in [
+        (
+            "SELECT sketch_percentile(x, 0.5) FROM t",
+            "sketch_percentile(sketch, percentile)",
+        ),
+        ("SELECT sketch_merge(g) FROM t", "sketch_merge(sketch)"),
+        (
+            "SELECT percentile_sketch(g) FROM t",
+            "percentile_sketch(number)",
+        ),
+        (
+            "SELECT sketch_percentile(CAST('abc' AS BYTEA), 0.5)",
+            "not a latency sketch",
+        ),
+        (
+            "SELECT sketch_percentile(s, 2) FROM (SELECT percentile_sketch(x) AS s FROM t)",
+            "between 0 and 1",
+        ),
+    ] {
+        let error = match ctx.sql(sql).await {
+            Ok(frame) => frame.collect().await.unwrap_err(),
+            Err(error) => error,
+        };
+        assert!(error.to_string().contains(reason), "{sql}: {error}");
     }
 }
