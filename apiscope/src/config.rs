@@ -152,6 +152,9 @@ pub(crate) struct ServeArgs {
     /// How long files replaced by compaction stay for queries already reading them [default: 5m].
     #[arg(long, env = "APISCOPE_COMPACTION_GRACE", value_parser = parse_duration)]
     compaction_grace: Option<Duration>,
+    /// How often new files get their per-minute rollups; 0s writes none [default: 5s].
+    #[arg(long, env = "APISCOPE_ROLLUP_INTERVAL", value_parser = parse_duration)]
+    rollup_interval: Option<Duration>,
 }
 
 /// The same settings as read from the TOML file.
@@ -197,6 +200,8 @@ struct FileConfig {
     compaction_interval: Option<Duration>,
     #[serde(default, deserialize_with = "de_duration")]
     compaction_grace: Option<Duration>,
+    #[serde(default, deserialize_with = "de_duration")]
+    rollup_interval: Option<Duration>,
 }
 
 /// Settings in force for `apiscope serve`.
@@ -215,6 +220,8 @@ pub(crate) struct Settings {
     pub(crate) log_format: LogFormat,
     pub(crate) query_limits: query::QueryLimits,
     pub(crate) collector: collector::Config,
+    /// How often new files get their rollups; zero writes none.
+    pub(crate) rollup_interval: Duration,
 }
 
 impl ServeArgs {
@@ -391,6 +398,10 @@ impl ServeArgs {
             log_format: self.log_format.or(file.log_format).unwrap_or_default(),
             query_limits,
             collector,
+            rollup_interval: self
+                .rollup_interval
+                .or(file.rollup_interval)
+                .unwrap_or(Duration::from_secs(5)),
         })
     }
 }
@@ -425,6 +436,7 @@ impl Settings {
             format!("durability = {:?}", c.durability),
             format!("flush_interval = {:?}", c.flush_interval),
             format!("retention = {:?}", c.retention),
+            format!("rollup_interval = {:?}", self.rollup_interval),
             format!(
                 "openapi operations = {}",
                 self.questions.openapi.operations().len()

@@ -166,7 +166,7 @@ pub(crate) async fn run(mut settings: Settings) -> Result<()> {
     }
     front_ends.spawn(query::pg::run(
         pg,
-        engine,
+        engine.clone(),
         settings.pg_auth.clone(),
         settings.tls.as_ref().map(|tls| tls.postgres()),
         stop_accepting.clone().cancelled_owned(),
@@ -176,6 +176,11 @@ pub(crate) async fn run(mut settings: Settings) -> Result<()> {
     let stop_flushing = CancellationToken::new();
     let flusher = tokio::spawn(collector.clone().run_flusher(stop_flushing.clone()));
     let maintenance = tokio::spawn(collector.clone().run_maintenance(stop_flushing.clone()));
+    let rolling = tokio::spawn(roll_up(
+        engine.clone(),
+        settings.rollup_interval,
+        stop_flushing.clone(),
+    ));
     let forgetting = stop_flushing.clone();
     tokio::spawn(async move {
         let mut every_minute = tokio::time::interval(std::time::Duration::from_secs(60));
@@ -202,8 +207,35 @@ pub(crate) async fn run(mut settings: Settings) -> Result<()> {
         .await
         .map_err(|error| Error::Server(format!("flush task failed: {error}")))?;
     let _ = maintenance.await;
+    let _ = rolling.await;
     tracing::info!("apiscope stopped");
     Ok(())
+}
+
+/// Keeps the per-minute rollups up to date with the files, every `every` (never when zero).
+async fn roll_up(engine: Engine, every: std::time::Duration, stop: CancellationToken) {
+    if every.is_zero() {
+        return;
+    }
+    let mut interval = tokio::time::interval(every);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    while stop.run_until_cancelled(interval.tick()).await.is_some() {
+        let outcome = match stop.run_until_cancelled(engine.roll_up()).await {
+            None => return,
+            Some(Ok(report)) => {
+                metrics::counter!("apiscope_rollups_written_total")
+                    .increment(report.written as u64);
+                metrics::counter!("apiscope_rollups_removed_total")
+                    .increment(report.removed as u64);
+                "ok"
+            }
+            Some(Err(error)) => {
+                tracing::warn!(%error, "writing rollups failed; retried next pass");
+                "error"
+            }
+        };
+        metrics::counter!("apiscope_rollup_passes_total", "outcome" => outcome).increment(1);
+    }
 }
 
 async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener> {

@@ -62,6 +62,7 @@ pub const CATALOG: &str = "apiscope";
 #[derive(Clone)]
 pub struct Engine {
     ctx: Arc<SessionContext>,
+    source: Arc<dyn Source>,
     limits: QueryLimits,
     running: Arc<Semaphore>,
     runtime: Arc<QueryRuntime>,
@@ -147,14 +148,36 @@ impl Engine {
             .map_err(|error| Error::Internal(format!("pg_catalog: {error}")))?;
         crate::functions::register(&ctx, settings.openapi.clone());
         ctx.register_table("openapi_operations", openapi_operations(&settings.openapi)?)?;
+        let schema = crate::rollups::schema(&ctx.state()).await?;
+        ctx.register_udtf(
+            "api_call_minutes",
+            Arc::new(crate::rollups::ApiCallMinutes {
+                source: source.clone(),
+                schema,
+            }),
+        );
         crate::questions::register(&ctx, &settings).await?;
         let running = Arc::new(Semaphore::new(limits.max_concurrent.max(1)));
         Ok(Self {
             ctx: Arc::new(ctx),
+            source,
             limits,
             running,
             runtime: Arc::new(QueryRuntime::new()?),
         })
+    }
+
+    /// Writes the per-minute rollups that the store's files lack, and removes those whose
+    /// file is gone (see `api_call_minutes`). Runs on the query threads.
+    pub async fn roll_up(&self) -> Result<crate::rollups::RollupReport> {
+        let engine = self.clone();
+        let task = self
+            .runtime()?
+            .spawn(async move { crate::rollups::build(&engine.ctx.state(), &engine.source).await });
+        let report = task
+            .await
+            .map_err(|error| Error::Internal(format!("rollup task failed: {error}")))??;
+        Ok(report)
     }
 
     /// The session, shared by the HTTP and PostgreSQL front-ends.

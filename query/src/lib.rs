@@ -20,6 +20,7 @@ mod json;
 mod percentile;
 pub mod pg;
 mod questions;
+mod rollups;
 mod source;
 mod table;
 
@@ -29,4 +30,5 @@ pub use json::to_json;
 pub use questions::{
     API_CALLS, QUESTIONS, Question, QuestionSettings, REGRESSION_MIN_CALLS, RETRY_GAP_S,
 };
+pub use rollups::{COLUMNS as API_CALL_MINUTES_COLUMNS, RollupReport};
 pub use source::{DataDir, Snapshot, Source, TimeRange, list_files};

@@ -46,7 +46,8 @@ pub struct Question {
     /// Its columns, with what each holds.
     pub columns: &'static [(&'static str, &'static str)],
     /// SQL with `{window}` (the window as a filter on `time`; `{window_d}` on `d.time`),
-    /// `{previous}` (the window of equal length before it), `{seconds}` (the window's
+    /// `{previous}` (the window of equal length before it), `{minutes}` and
+    /// `{previous_minutes}` (`api_call_minutes` over either window), `{seconds}` (the window's
     /// length), `{deprecated}` (the deprecated versions as a SQL list), and the constants
     /// `{min_calls}` and `{retry_gap_s}`. A view has no placeholders.
     sql: &'static str,
@@ -57,12 +58,17 @@ pub struct Question {
 impl Question {
     /// The documentation table of the question's columns, as the README holds it.
     pub fn markdown(&self) -> String {
-        let mut text = String::from("| column | what it holds |\n|---|---|\n");
-        for (name, doc) in self.columns {
-            text.push_str(&format!("| `{name}` | {doc} |\n"));
-        }
-        text
+        columns_markdown(self.columns)
     }
+}
+
+/// A documentation table of columns, as the README holds it.
+pub(crate) fn columns_markdown(columns: &[(&str, &str)]) -> String {
+    let mut text = String::from("| column | what it holds |\n|---|---|\n");
+    for (name, doc) in columns {
+        text.push_str(&format!("| `{name}` | {doc} |\n"));
+    }
+    text
 }
 
 /// Every call seen, from server spans, request logs and HTTP log records, as one table: what
@@ -160,14 +166,13 @@ pub static QUESTIONS: &[Question] = &[
             ("p99_ms", "99th percentile duration (approximate)"),
             ("max_ms", "longest call"),
         ],
-        sql: "SELECT service_name, endpoint, count(*) AS calls, count(*) / {seconds} AS rate_per_s, \
-              sum(CASE WHEN is_error THEN 1 ELSE 0 END) AS errors, \
-              avg(CASE WHEN is_error THEN 1.0 ELSE 0.0 END) AS error_rate, \
-              approx_percentile_cont(duration_ms, 0.5) AS p50_ms, \
-              approx_percentile_cont(duration_ms, 0.95) AS p95_ms, \
-              approx_percentile_cont(duration_ms, 0.99) AS p99_ms, \
-              max(duration_ms) AS max_ms \
-              FROM api_calls WHERE {window} \
+        sql: "SELECT service_name, endpoint, sum(calls) AS calls, sum(calls) / {seconds} AS rate_per_s, \
+              sum(errors) AS errors, sum(errors) * 1.0 / sum(calls) AS error_rate, \
+              sketch_percentile(latency, 0.5) AS p50_ms, \
+              sketch_percentile(latency, 0.95) AS p95_ms, \
+              sketch_percentile(latency, 0.99) AS p99_ms, \
+              max(max_ms) AS max_ms \
+              FROM {minutes} \
               GROUP BY service_name, endpoint \
               ORDER BY calls DESC, service_name, endpoint",
         needs_openapi: false,
@@ -280,13 +285,13 @@ pub static QUESTIONS: &[Question] = &[
             ),
         ],
         sql: "WITH now_ AS ( \
-                SELECT service_name, endpoint, count(*) AS calls, \
-                approx_percentile_cont(duration_ms, 0.95) AS p95 \
-                FROM api_calls WHERE {window} GROUP BY service_name, endpoint), \
+                SELECT service_name, endpoint, sum(calls) AS calls, \
+                sketch_percentile(latency, 0.95) AS p95 \
+                FROM {minutes} GROUP BY service_name, endpoint), \
               before_ AS ( \
-                SELECT service_name, endpoint, count(*) AS calls, \
-                approx_percentile_cont(duration_ms, 0.95) AS p95 \
-                FROM api_calls WHERE {previous} GROUP BY service_name, endpoint) \
+                SELECT service_name, endpoint, sum(calls) AS calls, \
+                sketch_percentile(latency, 0.95) AS p95 \
+                FROM {previous_minutes} GROUP BY service_name, endpoint) \
               SELECT n.service_name, n.endpoint, n.calls, b.calls AS previous_calls, \
               n.p95 AS p95_ms, b.p95 AS previous_p95_ms, n.p95 - b.p95 AS change_ms, \
               n.p95 / b.p95 AS change_ratio \
@@ -493,19 +498,25 @@ pub static QUESTIONS: &[Question] = &[
 /// A time window, `from <= time < to`, in nanoseconds since the epoch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Window {
-    from: i64,
-    to: i64,
+    pub(crate) from: i64,
+    pub(crate) to: i64,
 }
 
 impl Window {
     const HOUR_NS: i64 = 3_600_000_000_000;
 
-    fn filter(column: &str, from: i64, to: i64) -> String {
+    /// `column` within `from <= column < to`, as SQL.
+    pub(crate) fn filter(column: &str, from: i64, to: i64) -> String {
         format!(
             "{column} >= '{}' AND {column} < '{}'",
             rfc3339(from),
             rfc3339(to)
         )
+    }
+
+    /// `api_call_minutes` over `from <= time < to`.
+    fn minutes(from: i64, to: i64) -> String {
+        format!("api_call_minutes('{}', '{}')", rfc3339(from), rfc3339(to))
     }
 
     /// `question`'s SQL for this window.
@@ -523,6 +534,11 @@ impl Window {
         };
         question
             .sql
+            .replace("{minutes}", &Self::minutes(self.from, self.to))
+            .replace(
+                "{previous_minutes}",
+                &Self::minutes(self.from - length, self.from),
+            )
             .replace("{window}", &Self::filter("time", self.from, self.to))
             .replace("{window_d}", &Self::filter("d.time", self.from, self.to))
             .replace(
@@ -544,14 +560,7 @@ fn rfc3339(ns: i64) -> String {
 /// planning each question once, so they are the schemas a scan produces.
 pub(crate) async fn register(ctx: &SessionContext, settings: &QuestionSettings) -> Result<()> {
     let state = ctx.state();
-    let view_plan = state.create_logical_plan(API_CALLS.sql).await?;
-    ctx.register_table(
-        API_CALLS.name,
-        Arc::new(QuestionTable {
-            sql: API_CALLS.sql.to_owned(),
-            schema: Arc::new(view_plan.schema().as_arrow().clone()),
-        }),
-    )?;
+    register_api_calls(ctx).await?;
     let sample = Window {
         from: 0,
         to: Window::HOUR_NS,
@@ -570,6 +579,19 @@ pub(crate) async fn register(ctx: &SessionContext, settings: &QuestionSettings) 
             }),
         );
     }
+    Ok(())
+}
+
+/// Registers the `api_calls` view in `ctx`, over its tables.
+pub(crate) async fn register_api_calls(ctx: &SessionContext) -> Result<()> {
+    let view_plan = ctx.state().create_logical_plan(API_CALLS.sql).await?;
+    ctx.register_table(
+        API_CALLS.name,
+        Arc::new(QuestionTable {
+            sql: API_CALLS.sql.to_owned(),
+            schema: Arc::new(view_plan.schema().as_arrow().clone()),
+        }),
+    )?;
     Ok(())
 }
 
@@ -598,7 +620,7 @@ impl TableFunctionImpl for QuestionFunction {
 }
 
 /// The window a table function's arguments name.
-fn window_of(name: &str, args: &[Expr], session: &dyn Session) -> Result<Window> {
+pub(crate) fn window_of(name: &str, args: &[Expr], session: &dyn Session) -> Result<Window> {
     let now = session
         .execution_props()
         .query_execution_start_time
@@ -761,9 +783,12 @@ mod tests {
             json["rows"],
             serde_json::json!([["unused_operation", "/a/{id}"]])
         );
-        let view = std::iter::once(("api_calls".to_owned(), &API_CALLS));
-        let functions = QUESTIONS.iter().map(|q| (format!("{}()", q.name), q));
-        for (from, question) in view.chain(functions) {
+        let view = std::iter::once(("api_calls".to_owned(), API_CALLS.columns));
+        let functions = QUESTIONS
+            .iter()
+            .map(|q| (format!("{}()", q.name), q.columns));
+        let minutes = std::iter::once(("api_call_minutes()".to_owned(), crate::rollups::COLUMNS));
+        for (from, documented) in view.chain(functions).chain(minutes) {
             let output = engine
                 .query(&format!("SELECT * FROM {from}"))
                 .await
@@ -774,20 +799,25 @@ mod tests {
                 .iter()
                 .map(|f| f.name().as_str())
                 .collect();
-            let documented: Vec<&str> = question.columns.iter().map(|(name, _)| *name).collect();
-            assert_eq!(columns, documented, "{}", question.name);
+            let documented: Vec<&str> = documented.iter().map(|(name, _)| *name).collect();
+            assert_eq!(columns, documented, "{from}");
         }
     }
 
     #[test]
     fn readme_documents_every_question() {
         let readme = include_str!("../../README.md");
-        for question in std::iter::once(&API_CALLS).chain(QUESTIONS) {
-            let markdown = question.markdown();
+        let documented = std::iter::once(&API_CALLS)
+            .chain(QUESTIONS)
+            .map(|q| (q.name, q.markdown()))
+            .chain([(
+                "api_call_minutes",
+                columns_markdown(crate::rollups::COLUMNS),
+            )]);
+        for (name, markdown) in documented {
             assert!(
                 readme.contains(&markdown),
-                "README.md must hold the column table of `{}`, exactly:\n{markdown}",
-                question.name
+                "README.md must hold the column table of `{name}`, exactly:\n{markdown}"
             );
         }
     }
@@ -813,7 +843,7 @@ mod tests {
         let regressions = window.sql(&QUESTIONS[4], &settings);
         assert!(
             regressions.contains(
-                "time >= '2025-11-24T15:00:00.000000000Z' AND time < '2025-11-24T16:00:00.000000000Z'"
+                "api_call_minutes('2025-11-24T15:00:00.000000000Z', '2025-11-24T16:00:00.000000000Z')"
             ),
             "{regressions}"
         );

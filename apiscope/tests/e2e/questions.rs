@@ -424,7 +424,11 @@ fn s(value: &Value) -> String {
 #[test]
 fn question_functions_answer_the_story() {
     let dir = tempfile::tempdir().unwrap();
-    let daemon = Daemon::start_with(dir.path(), &["--deprecated-version", "v1"]);
+    // No rollups at first: every answer below comes from the calls themselves.
+    let daemon = Daemon::start_with(
+        dir.path(),
+        &["--deprecated-version", "v1", "--rollup-interval", "0s"],
+    );
     let now_s = crate::now_ns() / 1_000_000_000;
     let start_s = (now_s - 40 * 60) / 60 * 60;
     let end_s = start_s + WINDOW_S;
@@ -729,4 +733,67 @@ fn question_functions_answer_the_story() {
             "{body}"
         );
     }
+
+    // With per-minute rollups: the same answers, over whole minutes and over windows that
+    // cut minutes, once every file has its rollup.
+    let cut = format!("'{}', '{}'", rfc3339(start_s + 17), rfc3339(end_s - 23));
+    let asked: Vec<String> = [&window, &cut]
+        .iter()
+        .flat_map(|window| {
+            [
+                format!("SELECT * FROM endpoint_stats({window})"),
+                format!("SELECT * FROM latency_regressions({window})"),
+                format!(
+                    "SELECT minute, service_name, endpoint, sum(calls), sum(errors), max(max_ms), \
+                     sketch_percentile(latency, 0.9) FROM api_call_minutes({window}) \
+                     GROUP BY 1, 2, 3 ORDER BY 1, 2, 3"
+                ),
+            ]
+        })
+        .collect();
+    let answered: Vec<_> = asked.iter().map(|sql| daemon.rows(sql)).collect();
+    // api_call_minutes agrees with api_calls, minute by minute.
+    let per_minute = |from: &str| {
+        format!("SELECT minute, sum(calls) FROM {from} GROUP BY minute ORDER BY minute")
+    };
+    let by_minute = daemon.rows(&per_minute(&format!(
+        "(SELECT date_trunc('minute', time) AS minute, 1 AS calls FROM api_calls \
+         WHERE time >= '{}' AND time < '{}')",
+        rfc3339(start_s + 17),
+        rfc3339(end_s - 23)
+    )));
+    assert_eq!(
+        daemon.rows(&per_minute(&format!("api_call_minutes({cut})"))),
+        by_minute
+    );
+    assert!(by_minute.len() >= 29, "{by_minute:?}");
+    daemon.stop();
+
+    let daemon = Daemon::start_with(
+        dir.path(),
+        &["--deprecated-version", "v1", "--rollup-interval", "1s"],
+    );
+    let plan = format!("EXPLAIN SELECT * FROM endpoint_stats({window})");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        // The Parquet files the question reads: rollups only, once all are written.
+        let text = serde_json::to_string(&daemon.rows(&plan)).unwrap();
+        let files: Vec<&str> = text
+            .split(|c: char| c == '[' || c == ']' || c == ',' || c.is_whitespace())
+            .filter(|word| word.ends_with(".parquet"))
+            .collect();
+        let rolled = |file: &&str| file.contains("/.rollup/");
+        if !files.is_empty() && files.iter().all(rolled) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "rollups were not all written in 30 s: {files:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    for (sql, expected) in asked.iter().zip(&answered) {
+        assert_eq!(&daemon.rows(sql), expected, "{sql}");
+    }
+    daemon.stop();
 }

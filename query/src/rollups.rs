@@ -1,0 +1,397 @@
+//! Per-minute rollups of the API calls: what `api_call_minutes(...)` answers from, so that a
+//! question over a day reads thousands of rollup rows instead of millions of calls.
+//!
+//! Each data file of the tables `api_calls` reads (`spans`, `requests`, `logs`) gets a
+//! rollup file beside it, `.rollup/<same name>`: its calls per minute, service and endpoint,
+//! with their count, errors, longest duration and a latency sketch (the one
+//! `approx_percentile_cont` uses, serialized). A rollup is derived data: it is written after
+//! its file, from it alone, and removed after it; losing one costs only speed.
+//!
+//! `api_call_minutes(from, to)` takes one snapshot of the three tables and reads
+//!
+//! - the rollups of the files that have one, for the whole minutes inside the window;
+//! - the calls themselves for everything else: the files without a rollup yet, the rows not
+//!   yet flushed, and the parts of minutes that the window cuts.
+//!
+//! Sketches merge by adding counts, so a percentile from rollups equals the one computed
+//! over the calls; counts, errors and maxima add up the same way.
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arrow::array::RecordBatch;
+use arrow::datatypes::SchemaRef;
+use async_trait::async_trait;
+use datafusion::catalog::{
+    MemoryCatalogProvider, MemoryCatalogProviderList, MemorySchemaProvider, Session,
+    TableFunctionArgs, TableFunctionImpl, TableProvider,
+};
+use datafusion::common::{DataFusionError, ScalarValue, plan_err};
+use datafusion::datasource::TableType;
+use datafusion::datasource::file_format::parquet::ParquetFormat;
+use datafusion::datasource::listing::{
+    ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl,
+};
+use datafusion::error::Result;
+use datafusion::execution::{SessionState, SessionStateBuilder};
+use datafusion::logical_expr::Expr;
+use datafusion::parquet::arrow::ArrowWriter;
+use datafusion::parquet::basic::{Compression, ZstdLevel};
+use datafusion::parquet::file::properties::WriterProperties;
+use datafusion::physical_expr::PhysicalExpr;
+use datafusion::physical_expr::expressions::Column;
+use datafusion::physical_plan::ExecutionPlan;
+use datafusion::physical_plan::projection::ProjectionExec;
+use datafusion::physical_plan::union::UnionExec;
+use datafusion::prelude::{SessionContext, col, lit};
+
+use crate::engine::CATALOG;
+use crate::questions::{self, Window};
+use crate::source::{Snapshot, Source, TimeRange};
+use crate::table::StoreTable;
+
+/// The folder, inside each hour partition, that holds its files' rollups.
+pub(crate) const DIR: &str = ".rollup";
+
+const MINUTE_NS: i64 = 60_000_000_000;
+
+/// The calls of `api_calls` matching `{filter}`, per minute, service and endpoint: the rows
+/// of a rollup, and of the parts `api_call_minutes` reads from the calls themselves.
+const PER_MINUTE: &str = "SELECT date_trunc('minute', time) AS minute, service_name, endpoint, \
+    count(*) AS calls, sum(CASE WHEN is_error THEN 1 ELSE 0 END) AS errors, \
+    max(duration_ms) AS max_ms, percentile_sketch(duration_ms) AS latency \
+    FROM api_calls WHERE {filter} GROUP BY 1, 2, 3";
+
+/// The columns of `api_call_minutes`, with what each holds, as the README documents them.
+pub const COLUMNS: &[(&str, &str)] = &[
+    (
+        "minute",
+        "the minute the calls started in (calls in the window only)",
+    ),
+    ("service_name", "the service that served them"),
+    ("endpoint", "`METHOD route`"),
+    ("calls", "calls"),
+    (
+        "errors",
+        "failed calls (HTTP 5xx, or an error status on a span)",
+    ),
+    ("max_ms", "the longest call, in milliseconds"),
+    (
+        "latency",
+        "the calls' durations (ms) as a sketch, for `sketch_percentile` and `sketch_merge`",
+    ),
+];
+
+/// Where the rollup of data file `file` lives.
+pub(crate) fn path_of(file: &Path) -> Option<PathBuf> {
+    Some(file.parent()?.join(DIR).join(file.file_name()?))
+}
+
+/// The data file a rollup was made from.
+fn file_of(rollup: &Path) -> Option<PathBuf> {
+    Some(rollup.parent()?.parent()?.join(rollup.file_name()?))
+}
+
+/// Fixed files and rows per table: what one part of a rollup reads.
+#[derive(Debug, Default)]
+struct Fixed {
+    tables: Vec<(&'static str, Snapshot)>,
+}
+
+impl Fixed {
+    fn part(&mut self, table: &'static str) -> &mut Snapshot {
+        if let Some(index) = self.tables.iter().position(|(name, _)| *name == table) {
+            return &mut self.tables[index].1;
+        }
+        self.tables.push((table, Snapshot::default()));
+        &mut self.tables.last_mut().expect("just pushed").1
+    }
+}
+
+impl Source for Fixed {
+    fn snapshot(&self, table: &'static schemas::Table, _: TimeRange) -> io::Result<Snapshot> {
+        let part = self.tables.iter().find(|(name, _)| *name == table.name);
+        Ok(part.map_or_else(Snapshot::default, |(_, part)| Snapshot {
+            files: part.files.clone(),
+            batches: part.batches.clone(),
+        }))
+    }
+}
+
+/// A session with `state`'s settings, functions and runtime, whose tables (and `api_calls`)
+/// read `source`.
+async fn session_over(state: &SessionState, source: Arc<dyn Source>) -> Result<SessionContext> {
+    let state = SessionStateBuilder::new_from_existing(state.clone())
+        .with_catalog_list(Arc::new(MemoryCatalogProviderList::new()))
+        .build();
+    let ctx = SessionContext::new_with_state(state);
+    let catalog = MemoryCatalogProvider::new();
+    datafusion::catalog::CatalogProvider::register_schema(
+        &catalog,
+        "public",
+        Arc::new(MemorySchemaProvider::new()),
+    )?;
+    ctx.register_catalog(CATALOG, Arc::new(catalog));
+    for table in schemas::TABLES {
+        ctx.register_table(table.name, Arc::new(StoreTable::new(table, source.clone())))?;
+    }
+    questions::register_api_calls(&ctx).await?;
+    Ok(ctx)
+}
+
+/// The rows of `PER_MINUTE` with `filter`, over `source`, planned in `state`.
+async fn per_minute(
+    state: &SessionState,
+    source: Fixed,
+    filter: &str,
+) -> Result<Arc<dyn ExecutionPlan>> {
+    let ctx = session_over(state, Arc::new(source)).await?;
+    let sql = PER_MINUTE.replace("{filter}", filter);
+    ctx.sql(&sql).await?.create_physical_plan().await
+}
+
+/// The schema of a rollup, and of `api_call_minutes`.
+pub(crate) async fn schema(state: &SessionState) -> Result<SchemaRef> {
+    let plan = per_minute(state, Fixed::default(), "true").await?;
+    Ok(plan.schema())
+}
+
+/// What one pass of [`build`] did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct RollupReport {
+    /// Rollups written.
+    pub written: usize,
+    /// Rollups removed because their file is gone.
+    pub removed: usize,
+}
+
+/// Writes the rollups missing for the live files in `source`, and removes those whose file
+/// is gone.
+pub(crate) async fn build(state: &SessionState, source: &Arc<dyn Source>) -> Result<RollupReport> {
+    let schema = schema(state).await?;
+    let mut report = RollupReport::default();
+    let mut dirs = Vec::new();
+    for table in schemas::TABLES {
+        let files = source
+            .snapshot(table, TimeRange::default())
+            .map_err(|error| DataFusionError::External(Box::new(error)))?
+            .files;
+        for file in files {
+            let Some(rollup) = path_of(&file) else {
+                continue;
+            };
+            if let Some(dir) = rollup.parent()
+                && !dirs.iter().any(|known: &PathBuf| known == dir)
+            {
+                dirs.push(dir.to_owned());
+            }
+            if rollup.exists() {
+                continue;
+            }
+            let mut fixed = Fixed::default();
+            fixed.part(table.name).files.push(file.clone());
+            let plan = per_minute(state, fixed, "true").await?;
+            let batches = datafusion::physical_plan::collect(plan, state.task_ctx()).await?;
+            let schema = schema.clone();
+            tokio::task::spawn_blocking(move || write(&rollup, schema, &batches))
+                .await
+                .map_err(|error| DataFusionError::External(Box::new(error)))?
+                .map_err(|error| DataFusionError::External(Box::new(error)))?;
+            report.written += 1;
+        }
+    }
+    for dir in dirs {
+        report.removed += remove_orphans(&dir)?;
+    }
+    Ok(report)
+}
+
+/// Writes `batches` to `path`, complete or not at all.
+fn write(path: &Path, schema: SchemaRef, batches: &[RecordBatch]) -> io::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir)?;
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    let temporary = dir.join(format!(".{name}.tmp"));
+    let file = std::fs::File::create(&temporary)?;
+    let properties = WriterProperties::builder()
+        .set_compression(Compression::ZSTD(ZstdLevel::default()))
+        .build();
+    let mut writer =
+        ArrowWriter::try_new(file, schema, Some(properties)).map_err(io::Error::other)?;
+    for batch in batches {
+        writer.write(batch).map_err(io::Error::other)?;
+    }
+    let file = writer.into_inner().map_err(io::Error::other)?;
+    file.sync_all()?;
+    std::fs::rename(&temporary, path)
+}
+
+/// Removes the rollups in `dir` whose file is gone, and temporary files a crash left.
+fn remove_orphans(dir: &Path) -> Result<usize> {
+    let storage = |error: io::Error| DataFusionError::External(Box::new(error));
+    let mut removed = 0;
+    for entry in std::fs::read_dir(dir).map_err(storage)? {
+        let path = entry.map_err(storage)?.path();
+        let temporary = path
+            .file_name()
+            .is_some_and(|name| name.to_string_lossy().starts_with('.'));
+        let orphan = file_of(&path).is_some_and(|file| !file.exists());
+        if temporary || orphan {
+            match std::fs::remove_file(&path) {
+                Ok(()) => removed += 1,
+                Err(error) if error.kind() == io::ErrorKind::NotFound => {}
+                Err(error) => return Err(storage(error)),
+            }
+        }
+    }
+    Ok(removed)
+}
+
+/// `api_call_minutes([from [, to]])`: the calls in the window per minute, service and
+/// endpoint, from rollups where they exist.
+#[derive(Debug)]
+pub(crate) struct ApiCallMinutes {
+    pub(crate) source: Arc<dyn Source>,
+    pub(crate) schema: SchemaRef,
+}
+
+impl TableFunctionImpl for ApiCallMinutes {
+    fn call_with_args(&self, args: TableFunctionArgs) -> Result<Arc<dyn TableProvider>> {
+        let window = questions::window_of("api_call_minutes", args.exprs(), args.session())?;
+        Ok(Arc::new(MinutesTable {
+            window,
+            source: self.source.clone(),
+            schema: self.schema.clone(),
+        }))
+    }
+}
+
+/// One window of `api_call_minutes`.
+#[derive(Debug)]
+struct MinutesTable {
+    window: Window,
+    source: Arc<dyn Source>,
+    schema: SchemaRef,
+}
+
+#[async_trait]
+impl TableProvider for MinutesTable {
+    fn schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::View
+    }
+
+    async fn scan(
+        &self,
+        session: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        _filters: &[Expr],
+        _limit: Option<usize>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        let Some(state) = session.as_any().downcast_ref::<SessionState>() else {
+            return plan_err!("api_call_minutes runs inside a DataFusion session");
+        };
+        let Window { from, to } = self.window;
+        // The whole minutes inside the window, which rollups can answer.
+        let first = from.div_euclid(MINUTE_NS) * MINUTE_NS
+            + if from.rem_euclid(MINUTE_NS) == 0 {
+                0
+            } else {
+                MINUTE_NS
+            };
+        let end = to.div_euclid(MINUTE_NS) * MINUTE_NS;
+        let whole = first < end;
+
+        let range = TimeRange {
+            lo: Some(from),
+            hi: Some(to),
+        };
+        let mut rolled = Fixed::default();
+        let mut raw = Fixed::default();
+        let mut rollups = Vec::new();
+        for table in schemas::TABLES {
+            let snapshot = self
+                .source
+                .snapshot(table, range)
+                .map_err(|error| DataFusionError::External(Box::new(error)))?;
+            for file in snapshot.files {
+                match path_of(&file).filter(|rollup| whole && rollup.exists()) {
+                    Some(rollup) => {
+                        rollups.push(rollup);
+                        rolled.part(table.name).files.push(file);
+                    }
+                    None => raw.part(table.name).files.push(file),
+                }
+            }
+            raw.part(table.name).batches.extend(snapshot.batches);
+        }
+
+        let mut inputs = vec![per_minute(state, raw, &Window::filter("time", from, to)).await?];
+        if !rollups.is_empty() {
+            inputs.push(self.read_rollups(state, &rollups, first, end).await?);
+            // The parts of the minutes the window cuts, from the calls themselves.
+            let mut cuts = Vec::new();
+            if from < first {
+                cuts.push(format!("({})", Window::filter("time", from, first)));
+            }
+            if end < to {
+                cuts.push(format!("({})", Window::filter("time", end, to)));
+            }
+            if !cuts.is_empty() {
+                inputs.push(per_minute(state, rolled, &cuts.join(" OR ")).await?);
+            }
+        }
+        let union = UnionExec::try_new(inputs)?;
+        let Some(projection) = projection else {
+            return Ok(union);
+        };
+        let mut columns = Vec::with_capacity(projection.len());
+        for &index in projection {
+            let name = self.schema.field(index).name();
+            let column: Arc<dyn PhysicalExpr> = Arc::new(Column::new(name, index));
+            columns.push((column, name.clone()));
+        }
+        Ok(Arc::new(ProjectionExec::try_new(columns, union)?))
+    }
+}
+
+impl MinutesTable {
+    /// The rows of `rollups` for the minutes `first <= minute < end`.
+    async fn read_rollups(
+        &self,
+        state: &SessionState,
+        rollups: &[PathBuf],
+        first: i64,
+        end: i64,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        let mut urls = Vec::with_capacity(rollups.len());
+        for rollup in rollups {
+            urls.push(ListingTableUrl::parse(rollup.to_string_lossy())?);
+        }
+        let options =
+            ListingOptions::new(Arc::new(ParquetFormat::default())).with_file_extension(".parquet");
+        let config = ListingTableConfig::new_with_multi_paths(urls)
+            .with_listing_options(options)
+            .with_schema(self.schema.clone());
+        let statistics = state.runtime_env().cache_manager.get_file_statistic_cache();
+        let table = ListingTable::try_new(config)?.with_cache(statistics);
+        let ctx = SessionContext::new_with_state(state.clone());
+        let frame = ctx.read_table(Arc::new(table))?.filter(
+            col("minute")
+                .gt_eq(time_literal(first))
+                .and(col("minute").lt(time_literal(end))),
+        )?;
+        frame.create_physical_plan().await
+    }
+}
+
+fn time_literal(ns: i64) -> Expr {
+    lit(ScalarValue::TimestampNanosecond(
+        Some(ns),
+        Some("UTC".into()),
+    ))
+}
