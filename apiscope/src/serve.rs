@@ -39,6 +39,14 @@ impl Source for Live {
             batches,
         })
     }
+
+    fn files(
+        &self,
+        table: &'static schemas::Table,
+        range: TimeRange,
+    ) -> std::io::Result<Vec<std::path::PathBuf>> {
+        query::list_files(&self.data_dir, table, range)
+    }
 }
 
 pub(crate) async fn run(mut settings: Settings) -> Result<()> {

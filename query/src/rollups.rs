@@ -2,8 +2,8 @@
 //! question over a day reads thousands of rollup rows instead of millions of calls.
 //!
 //! Each data file of the tables `api_calls` reads (`spans`, `requests`, `logs`) gets a
-//! rollup file beside it, `.rollup/<same name>`: its calls per minute, service and endpoint,
-//! with their count, errors, longest duration and a latency sketch (the one
+//! rollup file beside it, `.rollup/<same name>`: its calls per minute, service, endpoint and
+//! source, with their count, errors, longest duration and a latency sketch (the one
 //! `approx_percentile_cont` uses, serialized). A rollup is derived data: it is written after
 //! its file, from it alone, and removed after it; losing one costs only speed.
 //!
@@ -59,9 +59,9 @@ const MINUTE_NS: i64 = 60_000_000_000;
 /// The calls of `api_calls` matching `{filter}`, per minute, service and endpoint: the rows
 /// of a rollup, and of the parts `api_call_minutes` reads from the calls themselves.
 const PER_MINUTE: &str = "SELECT date_trunc('minute', time) AS minute, service_name, endpoint, \
-    count(*) AS calls, sum(CASE WHEN is_error THEN 1 ELSE 0 END) AS errors, \
+    source, count(*) AS calls, sum(CASE WHEN is_error THEN 1 ELSE 0 END) AS errors, \
     max(duration_ms) AS max_ms, percentile_sketch(duration_ms) AS latency \
-    FROM api_calls WHERE {filter} GROUP BY 1, 2, 3";
+    FROM api_calls WHERE {filter} GROUP BY 1, 2, 3, 4";
 
 /// The columns of `api_call_minutes`, with what each holds, as the README documents them.
 pub const COLUMNS: &[(&str, &str)] = &[
@@ -71,6 +71,10 @@ pub const COLUMNS: &[(&str, &str)] = &[
     ),
     ("service_name", "the service that served them"),
     ("endpoint", "`METHOD route`"),
+    (
+        "source",
+        "where the calls were seen: `span`, `request_log` or `log`, as in `api_calls`",
+    ),
     ("calls", "calls"),
     (
         "errors",
@@ -174,9 +178,8 @@ pub(crate) async fn build(state: &SessionState, source: &Arc<dyn Source>) -> Res
     let mut dirs = Vec::new();
     for table in schemas::TABLES {
         let files = source
-            .snapshot(table, TimeRange::default())
-            .map_err(|error| DataFusionError::External(Box::new(error)))?
-            .files;
+            .files(table, TimeRange::default())
+            .map_err(|error| DataFusionError::External(Box::new(error)))?;
         for file in files {
             let Some(rollup) = path_of(&file) else {
                 continue;
@@ -210,7 +213,11 @@ pub(crate) async fn build(state: &SessionState, source: &Arc<dyn Source>) -> Res
 /// Writes `batches` to `path`, complete or not at all.
 fn write(path: &Path, schema: SchemaRef, batches: &[RecordBatch]) -> io::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir)?;
+    // Not `create_dir_all`: a partition that retention has just dropped stays dropped.
+    match std::fs::create_dir(dir) {
+        Err(error) if error.kind() != io::ErrorKind::AlreadyExists => return Err(error),
+        _ => {}
+    }
     let name = path.file_name().unwrap_or_default().to_string_lossy();
     let temporary = dir.join(format!(".{name}.tmp"));
     let file = std::fs::File::create(&temporary)?;
@@ -330,7 +337,14 @@ impl TableProvider for MinutesTable {
             raw.part(table.name).batches.extend(snapshot.batches);
         }
 
-        let mut inputs = vec![per_minute(state, raw, &Window::filter("time", from, to)).await?];
+        let mut inputs = Vec::new();
+        let nothing_raw = raw
+            .tables
+            .iter()
+            .all(|(_, part)| part.files.is_empty() && part.batches.is_empty());
+        if rollups.is_empty() || !nothing_raw {
+            inputs.push(per_minute(state, raw, &Window::filter("time", from, to)).await?);
+        }
         if !rollups.is_empty() {
             inputs.push(self.read_rollups(state, &rollups, first, end).await?);
             // The parts of the minutes the window cuts, from the calls themselves.

@@ -29,6 +29,12 @@ pub struct Snapshot {
 pub trait Source: Send + Sync + std::fmt::Debug {
     /// The files and buffered rows of `table` that may hold rows in `range`.
     fn snapshot(&self, table: &'static Table, range: TimeRange) -> std::io::Result<Snapshot>;
+
+    /// The files of `table` that may hold rows in `range`, for work that does not need
+    /// the buffered rows beside them (a source may list them without holding up writers).
+    fn files(&self, table: &'static Table, range: TimeRange) -> std::io::Result<Vec<PathBuf>> {
+        Ok(self.snapshot(table, range)?.files)
+    }
 }
 
 /// A data directory with nobody writing to it, or whose writer's buffer is not visible:
