@@ -409,3 +409,42 @@ fn time_literal(ns: i64) -> Expr {
         Some("UTC".into()),
     ))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rollups_live_beside_their_files_and_go_with_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let hour = dir.path().join("spans/date=2026-11-30/hour=17");
+        let rollups = hour.join(DIR);
+        std::fs::create_dir_all(&rollups).unwrap();
+        let kept = hour.join("1-a-0.parquet");
+        std::fs::write(&kept, b"data").unwrap();
+        let rollup = path_of(&kept).unwrap();
+        assert_eq!(rollup, rollups.join("1-a-0.parquet"));
+        assert_eq!(file_of(&rollup).unwrap(), kept);
+        std::fs::write(&rollup, b"rollup").unwrap();
+        // The rollup of a file compaction has deleted, and a write a crash cut short.
+        std::fs::write(rollups.join("0-a-0.parquet"), b"rollup").unwrap();
+        std::fs::write(rollups.join(".2-a-0.parquet.tmp"), b"part").unwrap();
+
+        assert_eq!(remove_orphans(&rollups).unwrap(), 2);
+        let left: Vec<_> = std::fs::read_dir(&rollups)
+            .unwrap()
+            .map(|entry| entry.unwrap().path())
+            .collect();
+        assert_eq!(left, [rollup]);
+    }
+
+    #[test]
+    fn a_rollup_is_not_written_into_a_dropped_partition() {
+        let dir = tempfile::tempdir().unwrap();
+        let gone = dir.path().join("spans/date=2026-11-30/hour=17");
+        let schema = Arc::new(arrow::datatypes::Schema::empty());
+        let error = write(&gone.join(DIR).join("1-a-0.parquet"), schema, &[]).unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::NotFound);
+        assert!(!gone.exists());
+    }
+}
