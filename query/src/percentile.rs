@@ -797,21 +797,24 @@ struct Buckets {
 
 impl Buckets {
     fn add(&mut self, index: i64, count: u64) {
+        self.cover(index, index);
+        self.counts[(index - self.first) as usize] += count;
+    }
+
+    /// Grows the buckets held to take in buckets `low..=high`.
+    fn cover(&mut self, low: i64, high: i64) {
         if self.counts.is_empty() {
-            self.first = index;
-            self.counts.push(count);
-            return;
+            self.first = low;
         }
-        if index < self.first {
-            let missing = (self.first - index) as usize;
+        if low < self.first {
+            let missing = (self.first - low) as usize;
             self.counts.splice(0..0, std::iter::repeat_n(0, missing));
-            self.first = index;
+            self.first = low;
         }
-        let slot = (index - self.first) as usize;
-        if slot >= self.counts.len() {
-            self.counts.resize(slot + 1, 0);
+        let len = (high - self.first + 1) as usize;
+        if len > self.counts.len() {
+            self.counts.resize(len, 0);
         }
-        self.counts[slot] += count;
     }
 
     /// The count of bucket `index`, if it lies within the buckets held.
@@ -821,10 +824,13 @@ impl Buckets {
     }
 
     fn add_all(&mut self, other: &Buckets) {
-        for (index, &count) in other.iter() {
-            if count > 0 {
-                self.add(index, count);
-            }
+        if other.counts.is_empty() {
+            return;
+        }
+        self.cover(other.first, other.first + other.counts.len() as i64 - 1);
+        let offset = (other.first - self.first) as usize;
+        for (mine, theirs) in self.counts[offset..].iter_mut().zip(&other.counts) {
+            *mine += theirs;
         }
     }
 
@@ -852,13 +858,15 @@ impl Buckets {
     fn read(reader: &mut Reader) -> Result<Buckets> {
         let first = i64::from_le_bytes(reader.take()?);
         let len = u32::from_le_bytes(reader.take()?) as usize;
-        if len > reader.bytes.len() / 8 {
+        let Some((counts, rest)) = reader.bytes.split_at_checked(len.saturating_mul(8)) else {
             return exec_err!("damaged latency sketch");
-        }
-        let mut counts = Vec::with_capacity(len);
-        for _ in 0..len {
-            counts.push(u64::from_le_bytes(reader.take()?));
-        }
+        };
+        reader.bytes = rest;
+        let (counts, _) = counts.as_chunks::<8>();
+        let counts = counts
+            .iter()
+            .map(|count| u64::from_le_bytes(*count))
+            .collect();
         Ok(Buckets { first, counts })
     }
 }

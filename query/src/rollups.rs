@@ -37,10 +37,9 @@ use datafusion::error::Result;
 use datafusion::execution::{SessionState, SessionStateBuilder};
 use datafusion::logical_expr::Expr;
 use datafusion::parquet::arrow::ArrowWriter;
-use datafusion::parquet::basic::{Compression, ZstdLevel};
+use datafusion::parquet::basic::Compression;
 use datafusion::parquet::file::properties::WriterProperties;
 use datafusion::physical_expr::PhysicalExpr;
-use datafusion::physical_expr::expressions::Column;
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::projection::ProjectionExec;
 use datafusion::physical_plan::union::UnionExec;
@@ -149,15 +148,20 @@ async fn per_minute(
     state: &SessionState,
     source: Fixed,
     filter: &str,
+    columns: Option<&[&str]>,
 ) -> Result<Arc<dyn ExecutionPlan>> {
     let ctx = session_over(state, Arc::new(source)).await?;
     let sql = PER_MINUTE.replace("{filter}", filter);
-    ctx.sql(&sql).await?.create_physical_plan().await
+    let mut frame = ctx.sql(&sql).await?;
+    if let Some(columns) = columns {
+        frame = frame.select_columns(columns)?;
+    }
+    frame.create_physical_plan().await
 }
 
 /// The schema of a rollup, and of `api_call_minutes`.
 pub(crate) async fn schema(state: &SessionState) -> Result<SchemaRef> {
-    let plan = per_minute(state, Fixed::default(), "true").await?;
+    let plan = per_minute(state, Fixed::default(), "true", None).await?;
     Ok(plan.schema())
 }
 
@@ -194,7 +198,7 @@ pub(crate) async fn build(state: &SessionState, source: &Arc<dyn Source>) -> Res
             }
             let mut fixed = Fixed::default();
             fixed.part(table.name).files.push(file.clone());
-            let plan = per_minute(state, fixed, "true").await?;
+            let plan = per_minute(state, fixed, "true", None).await?;
             let batches = datafusion::physical_plan::collect(plan, state.task_ctx()).await?;
             let schema = schema.clone();
             tokio::task::spawn_blocking(move || write(&rollup, schema, &batches))
@@ -221,8 +225,10 @@ fn write(path: &Path, schema: SchemaRef, batches: &[RecordBatch]) -> io::Result<
     let name = path.file_name().unwrap_or_default().to_string_lossy();
     let temporary = dir.join(format!(".{name}.tmp"));
     let file = std::fs::File::create(&temporary)?;
+    // LZ4: rollups are small, and a zstd column costs more to open (the Parquet reader makes
+    // zstd contexts for every column chunk) than it saves in reading.
     let properties = WriterProperties::builder()
-        .set_compression(Compression::ZSTD(ZstdLevel::default()))
+        .set_compression(Compression::LZ4_RAW)
         .build();
     let mut writer =
         ArrowWriter::try_new(file, schema, Some(properties)).map_err(io::Error::other)?;
@@ -337,16 +343,38 @@ impl TableProvider for MinutesTable {
             raw.part(table.name).batches.extend(snapshot.batches);
         }
 
+        // Each part reads only the columns asked for (none for `count(*)`: then the
+        // narrowest, dropped on top).
+        let all: Vec<&str> = self
+            .schema
+            .fields()
+            .iter()
+            .map(|f| f.name().as_str())
+            .collect();
+        let mut columns: Vec<&str> = match projection {
+            Some(projection) => projection.iter().map(|&index| all[index]).collect(),
+            None => all.clone(),
+        };
+        let counting = columns.is_empty();
+        if counting {
+            columns.push("minute");
+        }
+        let columns = Some(columns.as_slice());
+
         let mut inputs = Vec::new();
         let nothing_raw = raw
             .tables
             .iter()
             .all(|(_, part)| part.files.is_empty() && part.batches.is_empty());
         if rollups.is_empty() || !nothing_raw {
-            inputs.push(per_minute(state, raw, &Window::filter("time", from, to)).await?);
+            let filter = Window::filter("time", from, to);
+            inputs.push(per_minute(state, raw, &filter, columns).await?);
         }
         if !rollups.is_empty() {
-            inputs.push(self.read_rollups(state, &rollups, first, end).await?);
+            inputs.push(
+                self.read_rollups(state, &rollups, first, end, columns)
+                    .await?,
+            );
             // The parts of the minutes the window cuts, from the calls themselves.
             let mut cuts = Vec::new();
             if from < first {
@@ -356,20 +384,15 @@ impl TableProvider for MinutesTable {
                 cuts.push(format!("({})", Window::filter("time", end, to)));
             }
             if !cuts.is_empty() {
-                inputs.push(per_minute(state, rolled, &cuts.join(" OR ")).await?);
+                inputs.push(per_minute(state, rolled, &cuts.join(" OR "), columns).await?);
             }
         }
         let union = UnionExec::try_new(inputs)?;
-        let Some(projection) = projection else {
-            return Ok(union);
-        };
-        let mut columns = Vec::with_capacity(projection.len());
-        for &index in projection {
-            let name = self.schema.field(index).name();
-            let column: Arc<dyn PhysicalExpr> = Arc::new(Column::new(name, index));
-            columns.push((column, name.clone()));
+        if counting {
+            let nothing: Vec<(Arc<dyn PhysicalExpr>, String)> = Vec::new();
+            return Ok(Arc::new(ProjectionExec::try_new(nothing, union)?));
         }
-        Ok(Arc::new(ProjectionExec::try_new(columns, union)?))
+        Ok(union)
     }
 }
 
@@ -381,6 +404,7 @@ impl MinutesTable {
         rollups: &[PathBuf],
         first: i64,
         end: i64,
+        columns: Option<&[&str]>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
         let mut urls = Vec::with_capacity(rollups.len());
         for rollup in rollups {
@@ -394,11 +418,14 @@ impl MinutesTable {
         let statistics = state.runtime_env().cache_manager.get_file_statistic_cache();
         let table = ListingTable::try_new(config)?.with_cache(statistics);
         let ctx = SessionContext::new_with_state(state.clone());
-        let frame = ctx.read_table(Arc::new(table))?.filter(
+        let mut frame = ctx.read_table(Arc::new(table))?.filter(
             col("minute")
                 .gt_eq(time_literal(first))
                 .and(col("minute").lt(time_literal(end))),
         )?;
+        if let Some(columns) = columns {
+            frame = frame.select_columns(columns)?;
+        }
         frame.create_physical_plan().await
     }
 }
