@@ -7,15 +7,16 @@
 //! Files never change once written, so their filters are read once, on the first lookup
 //! that needs them, and kept up to a budget (least recently used go first).
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::Arc;
 
 use datafusion::common::ScalarValue;
 use datafusion::logical_expr::utils::split_conjunction;
 use datafusion::logical_expr::{BinaryExpr, Expr, Operator};
 use datafusion::parquet::bloom_filter::Sbbf;
 use datafusion::parquet::file::metadata::ParquetMetaDataReader;
+
+use crate::file_cache::FileCache;
 
 // The column whose bloom filters are kept; files without them are never skipped.
 use schemas::BLOOM_COLUMN as COLUMN;
@@ -26,39 +27,25 @@ const BUDGET: usize = 128 << 20;
 /// The files' filters, by path.
 #[derive(Debug)]
 pub(crate) struct Blooms {
-    cache: Mutex<Cache>,
-    budget: usize,
+    cache: FileCache<Filters>,
 }
 
 impl Default for Blooms {
     fn default() -> Self {
         Self {
-            cache: Mutex::default(),
-            budget: BUDGET,
+            cache: FileCache::new(BUDGET),
         }
     }
 }
 
-#[derive(Debug, Default)]
-struct Cache {
-    files: HashMap<PathBuf, Filters>,
-    bytes: usize,
-    /// Incremented on every use; an entry's `used` is the tick it was last used at.
-    tick: u64,
-}
-
+/// One filter per row group of a file; `None` where a group has none (it may hold anything).
 #[derive(Debug)]
-struct Filters {
-    /// One per row group; `None` where a group has no filter (it may hold anything).
-    groups: Vec<Option<Sbbf>>,
-    bytes: usize,
-    used: u64,
-}
+struct Filters(Vec<Option<Sbbf>>);
 
 impl Filters {
     /// Whether the file may hold any of `values`.
     fn may_hold(&self, values: &[String]) -> bool {
-        self.groups.iter().any(|group| match group {
+        self.0.iter().any(|group| match group {
             None => true,
             Some(filter) => values.iter().any(|v| filter.check(v.as_bytes())),
         })
@@ -76,16 +63,10 @@ impl Blooms {
     }
 
     fn may_hold(&self, file: &Path, values: &[String]) -> bool {
-        {
-            let mut cache = self.cache.lock().expect("bloom cache lock");
-            cache.tick += 1;
-            let tick = cache.tick;
-            if let Some(filters) = cache.files.get_mut(file) {
-                filters.used = tick;
-                return filters.may_hold(values);
-            }
+        if let Some(filters) = self.cache.get(file) {
+            return filters.may_hold(values);
         }
-        // Read outside the lock; a file that cannot be read is left to the scan to report.
+        // A file that cannot be read is left to the scan to report.
         let Ok(groups) = read(file) else {
             return true;
         };
@@ -94,40 +75,9 @@ impl Blooms {
             .flatten()
             .map(|filter| filter.num_blocks() * 32)
             .sum();
-        let filters = Filters {
-            groups,
-            bytes,
-            used: 0,
-        };
-        let answer = filters.may_hold(values);
-        self.insert(file, filters);
-        answer
-    }
-
-    fn insert(&self, file: &Path, mut filters: Filters) {
-        let mut cache = self.cache.lock().expect("bloom cache lock");
-        if filters.bytes > self.budget {
-            return;
-        }
-        while cache.bytes + filters.bytes > self.budget {
-            let Some(oldest) = cache
-                .files
-                .iter()
-                .min_by_key(|(_, f)| f.used)
-                .map(|(path, _)| path.clone())
-            else {
-                break;
-            };
-            if let Some(gone) = cache.files.remove(&oldest) {
-                cache.bytes -= gone.bytes;
-            }
-        }
-        cache.tick += 1;
-        filters.used = cache.tick;
-        cache.bytes += filters.bytes;
-        if let Some(old) = cache.files.insert(file.to_owned(), filters) {
-            cache.bytes -= old.bytes;
-        }
+        let filters = Arc::new(Filters(groups));
+        self.cache.insert(file, filters.clone(), bytes);
+        filters.may_hold(values)
     }
 }
 
@@ -213,8 +163,6 @@ fn text(expr: &Expr) -> Option<String> {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
     use arrow::array::{RecordBatch, StringArray};
     use arrow::datatypes::{DataType, Field, Schema};
     use datafusion::logical_expr::{col, lit};
@@ -255,8 +203,7 @@ mod tests {
         let one = read(&b).unwrap()[0].as_ref().unwrap().num_blocks() * 32;
         // Room for two single-group files, or for `a` alone.
         let blooms = Blooms {
-            cache: Mutex::default(),
-            budget: 2 * one,
+            cache: FileCache::new(2 * one),
         };
         let all = vec![a.clone(), b.clone(), c.clone()];
         let ids = |ids: &[&str]| ids.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
@@ -270,13 +217,8 @@ mod tests {
                 blooms.keep(all.clone(), &ids(&["nope"])),
                 Vec::<PathBuf>::new()
             );
-            let cache = blooms.cache.lock().unwrap();
-            assert!(cache.bytes <= blooms.budget);
-            assert!(cache.files.len() < 3, "nothing was let go");
-            assert_eq!(
-                cache.bytes,
-                cache.files.values().map(|f| f.bytes).sum::<usize>()
-            );
+            let (files, _) = blooms.cache.held();
+            assert!(files < 3, "nothing was let go");
         }
         // A file that cannot be read is kept, for the scan to report.
         let gone = dir.path().join("gone.parquet");

@@ -154,6 +154,7 @@ impl Engine {
             Arc::new(crate::rollups::ApiCallMinutes {
                 source: source.clone(),
                 schema,
+                cache: Arc::new(crate::file_cache::FileCache::new(crate::rollups::BUDGET)),
             }),
         );
         crate::questions::register(&ctx, &settings).await?;

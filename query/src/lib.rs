@@ -14,6 +14,7 @@
 mod blooms;
 mod engine;
 mod error;
+mod file_cache;
 mod functions;
 pub mod http;
 mod json;

@@ -48,7 +48,7 @@ pub(crate) const MANTISSA_BITS: u32 = 7;
 const SHIFT: u32 = 52 - MANTISSA_BITS;
 
 /// The first byte of a serialized sketch; a stored sketch of another version is refused.
-const FORMAT: u8 = 1;
+const FORMAT: u8 = 2;
 
 /// `approx_percentile_cont` for registering in a session, replacing DataFusion's.
 pub(crate) fn approx_percentile_cont() -> AggregateUDF {
@@ -650,7 +650,8 @@ impl Sketch {
     pub(crate) fn to_bytes(&self) -> Vec<u8> {
         // The fixed fields (37 bytes), each bucket set's start and length (12), the values.
         let mut bytes = Vec::with_capacity(
-            61 + 8 * (self.exact.len() + self.positive.counts.len() + self.negative.counts.len()),
+            61 + 8 * self.exact.len()
+                + 2 * (self.positive.counts.len() + self.negative.counts.len()),
         );
         bytes.push(FORMAT);
         bytes.extend_from_slice(&self.count.to_le_bytes());
@@ -850,23 +851,28 @@ impl Buckets {
     fn write(&self, bytes: &mut Vec<u8>) {
         bytes.extend_from_slice(&self.first.to_le_bytes());
         bytes.extend_from_slice(&(self.counts.len() as u32).to_le_bytes());
-        for count in &self.counts {
-            bytes.extend_from_slice(&count.to_le_bytes());
+        // Counts as LEB128 varints: most are small, and many are zero.
+        for &count in &self.counts {
+            let mut rest = count;
+            while rest >= 0x80 {
+                bytes.push((rest as u8) | 0x80);
+                rest >>= 7;
+            }
+            bytes.push(rest as u8);
         }
     }
 
     fn read(reader: &mut Reader) -> Result<Buckets> {
         let first = i64::from_le_bytes(reader.take()?);
         let len = u32::from_le_bytes(reader.take()?) as usize;
-        let Some((counts, rest)) = reader.bytes.split_at_checked(len.saturating_mul(8)) else {
+        // Each count takes at least a byte.
+        if len > reader.bytes.len() {
             return exec_err!("damaged latency sketch");
-        };
-        reader.bytes = rest;
-        let (counts, _) = counts.as_chunks::<8>();
-        let counts = counts
-            .iter()
-            .map(|count| u64::from_le_bytes(*count))
-            .collect();
+        }
+        let mut counts = Vec::with_capacity(len);
+        for _ in 0..len {
+            counts.push(reader.varint()?);
+        }
         Ok(Buckets { first, counts })
     }
 }
@@ -883,6 +889,19 @@ impl Reader<'_> {
         };
         self.bytes = rest;
         Ok(*head)
+    }
+
+    /// A LEB128 varint of at most ten bytes.
+    fn varint(&mut self) -> Result<u64> {
+        let mut value = 0;
+        for (at, &byte) in self.bytes.iter().take(10).enumerate() {
+            value |= u64::from(byte & 0x7f) << (7 * at);
+            if byte < 0x80 {
+                self.bytes = &self.bytes[at + 1..];
+                return Ok(value);
+            }
+        }
+        exec_err!("damaged latency sketch")
     }
 }
 

@@ -28,15 +28,13 @@ use datafusion::catalog::{
     TableFunctionArgs, TableFunctionImpl, TableProvider,
 };
 use datafusion::common::{DataFusionError, ScalarValue, plan_err};
+use datafusion::datasource::MemTable;
 use datafusion::datasource::TableType;
-use datafusion::datasource::file_format::parquet::ParquetFormat;
-use datafusion::datasource::listing::{
-    ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl,
-};
 use datafusion::error::Result;
 use datafusion::execution::{SessionState, SessionStateBuilder};
 use datafusion::logical_expr::Expr;
 use datafusion::parquet::arrow::ArrowWriter;
+use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use datafusion::parquet::basic::Compression;
 use datafusion::parquet::file::properties::WriterProperties;
 use datafusion::physical_expr::PhysicalExpr;
@@ -46,9 +44,14 @@ use datafusion::physical_plan::union::UnionExec;
 use datafusion::prelude::{SessionContext, col, lit};
 
 use crate::engine::CATALOG;
+use crate::file_cache::FileCache;
 use crate::questions::{self, Window};
 use crate::source::{Snapshot, Source, TimeRange};
 use crate::table::StoreTable;
+
+/// Bytes of rollups kept in memory at most: about 1.5 MB per 8M spans as flushed (fewer
+/// once compacted), so some days of a busy fleet.
+pub(crate) const BUDGET: usize = 256 << 20;
 
 /// The folder, inside each hour partition, that holds its files' rollups.
 pub(crate) const DIR: &str = ".rollup";
@@ -267,6 +270,8 @@ fn remove_orphans(dir: &Path) -> Result<usize> {
 pub(crate) struct ApiCallMinutes {
     pub(crate) source: Arc<dyn Source>,
     pub(crate) schema: SchemaRef,
+    /// Rollups read, kept in memory.
+    pub(crate) cache: Arc<FileCache<Vec<RecordBatch>>>,
 }
 
 impl TableFunctionImpl for ApiCallMinutes {
@@ -276,6 +281,7 @@ impl TableFunctionImpl for ApiCallMinutes {
             window,
             source: self.source.clone(),
             schema: self.schema.clone(),
+            cache: self.cache.clone(),
         }))
     }
 }
@@ -286,6 +292,7 @@ struct MinutesTable {
     window: Window,
     source: Arc<dyn Source>,
     schema: SchemaRef,
+    cache: Arc<FileCache<Vec<RecordBatch>>>,
 }
 
 #[async_trait]
@@ -323,25 +330,47 @@ impl TableProvider for MinutesTable {
             lo: Some(from),
             hi: Some(to),
         };
-        let mut rolled = Fixed::default();
         let mut raw = Fixed::default();
-        let mut rollups = Vec::new();
+        let mut candidates = Vec::new();
         for table in schemas::TABLES {
             let snapshot = self
                 .source
                 .snapshot(table, range)
                 .map_err(|error| DataFusionError::External(Box::new(error)))?;
             for file in snapshot.files {
-                match path_of(&file).filter(|rollup| whole && rollup.exists()) {
-                    Some(rollup) => {
-                        rollups.push(rollup);
-                        rolled.part(table.name).files.push(file);
-                    }
-                    None => raw.part(table.name).files.push(file),
+                if whole {
+                    candidates.push((table.name, file));
+                } else {
+                    raw.part(table.name).files.push(file);
                 }
             }
             raw.part(table.name).batches.extend(snapshot.batches);
         }
+        // The rollups, from memory or read now; a file whose rollup is missing (not written
+        // yet) or unreadable is read itself.
+        let cache = self.cache.clone();
+        let schema = self.schema.clone();
+        let files: Vec<PathBuf> = candidates.iter().map(|(_, file)| file.clone()).collect();
+        let loaded = tokio::task::spawn_blocking(move || {
+            files
+                .iter()
+                .map(|file| load(&cache, file, &schema))
+                .collect::<Vec<_>>()
+        })
+        .await
+        .map_err(|error| DataFusionError::External(Box::new(error)))?;
+        let mut rolled = Fixed::default();
+        let mut rows = Vec::new();
+        for ((table, file), rollup) in candidates.into_iter().zip(loaded) {
+            match rollup {
+                Some(batches) => {
+                    rows.extend(batches.iter().cloned());
+                    rolled.part(table).files.push(file);
+                }
+                None => raw.part(table).files.push(file),
+            }
+        }
+        let any_rolled = !rolled.tables.is_empty();
 
         // Each part reads only the columns asked for (none for `count(*)`: then the
         // narrowest, dropped on top).
@@ -366,15 +395,12 @@ impl TableProvider for MinutesTable {
             .tables
             .iter()
             .all(|(_, part)| part.files.is_empty() && part.batches.is_empty());
-        if rollups.is_empty() || !nothing_raw {
+        if !any_rolled || !nothing_raw {
             let filter = Window::filter("time", from, to);
             inputs.push(per_minute(state, raw, &filter, columns).await?);
         }
-        if !rollups.is_empty() {
-            inputs.push(
-                self.read_rollups(state, &rollups, first, end, columns)
-                    .await?,
-            );
+        if any_rolled {
+            inputs.push(self.read_rollups(state, rows, first, end, columns).await?);
             // The parts of the minutes the window cuts, from the calls themselves.
             let mut cuts = Vec::new();
             if from < first {
@@ -397,26 +423,16 @@ impl TableProvider for MinutesTable {
 }
 
 impl MinutesTable {
-    /// The rows of `rollups` for the minutes `first <= minute < end`.
+    /// The rollup rows `rows` of the minutes `first <= minute < end`.
     async fn read_rollups(
         &self,
         state: &SessionState,
-        rollups: &[PathBuf],
+        rows: Vec<RecordBatch>,
         first: i64,
         end: i64,
         columns: Option<&[&str]>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
-        let mut urls = Vec::with_capacity(rollups.len());
-        for rollup in rollups {
-            urls.push(ListingTableUrl::parse(rollup.to_string_lossy())?);
-        }
-        let options =
-            ListingOptions::new(Arc::new(ParquetFormat::default())).with_file_extension(".parquet");
-        let config = ListingTableConfig::new_with_multi_paths(urls)
-            .with_listing_options(options)
-            .with_schema(self.schema.clone());
-        let statistics = state.runtime_env().cache_manager.get_file_statistic_cache();
-        let table = ListingTable::try_new(config)?.with_cache(statistics);
+        let table = MemTable::try_new(self.schema.clone(), vec![rows])?;
         let ctx = SessionContext::new_with_state(state.clone());
         let mut frame = ctx.read_table(Arc::new(table))?.filter(
             col("minute")
@@ -427,6 +443,46 @@ impl MinutesTable {
             frame = frame.select_columns(columns)?;
         }
         frame.create_physical_plan().await
+    }
+}
+
+/// The rows of `file`'s rollup, from `cache` or read now; `None` when it has none that
+/// reads as `schema` (not written yet, or damaged).
+fn load(
+    cache: &FileCache<Vec<RecordBatch>>,
+    file: &Path,
+    schema: &SchemaRef,
+) -> Option<Arc<Vec<RecordBatch>>> {
+    let path = path_of(file)?;
+    if let Some(rows) = cache.get(&path) {
+        return Some(rows);
+    }
+    let read = || -> std::result::Result<Vec<RecordBatch>, Box<dyn std::error::Error>> {
+        let reader =
+            ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(&path)?)?.build()?;
+        let mut rows = Vec::new();
+        for batch in reader {
+            // The columns by position, under the names and types of `schema`.
+            rows.push(RecordBatch::try_new(
+                schema.clone(),
+                batch?.columns().to_vec(),
+            )?);
+        }
+        Ok(rows)
+    };
+    match read() {
+        Ok(rows) => {
+            let bytes = rows.iter().map(RecordBatch::get_array_memory_size).sum();
+            let rows = Arc::new(rows);
+            cache.insert(&path, rows.clone(), bytes);
+            Some(rows)
+        }
+        Err(error) => {
+            if path.exists() {
+                tracing::warn!(rollup = %path.display(), %error, "unreadable rollup; its file is read instead");
+            }
+            None
+        }
     }
 }
 
@@ -463,6 +519,41 @@ mod tests {
             .map(|entry| entry.unwrap().path())
             .collect();
         assert_eq!(left, [rollup]);
+    }
+
+    #[test]
+    fn a_damaged_or_missing_rollup_is_no_rollup_and_a_read_one_is_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("1-a-0.parquet");
+        let schema = Arc::new(arrow::datatypes::Schema::new(vec![
+            arrow::datatypes::Field::new("calls", arrow::datatypes::DataType::Int64, false),
+        ]));
+        let cache = FileCache::new(1 << 20);
+        assert!(load(&cache, &file, &schema).is_none(), "not written yet");
+        std::fs::create_dir(dir.path().join(DIR)).unwrap();
+        let rollup = path_of(&file).unwrap();
+        std::fs::write(&rollup, b"PAR1 not parquet").unwrap();
+        assert!(load(&cache, &file, &schema).is_none(), "damaged");
+
+        let batch = RecordBatch::try_new(
+            schema.clone(),
+            vec![Arc::new(arrow::array::Int64Array::from(vec![3, 4]))],
+        )
+        .unwrap();
+        std::fs::remove_file(&rollup).unwrap();
+        write(&rollup, schema.clone(), std::slice::from_ref(&batch)).unwrap();
+        let other = Arc::new(arrow::datatypes::Schema::new(vec![
+            arrow::datatypes::Field::new("calls", arrow::datatypes::DataType::Utf8, false),
+        ]));
+        assert!(load(&cache, &file, &other).is_none(), "another format");
+        assert_eq!(
+            *load(&cache, &file, &schema).unwrap(),
+            std::slice::from_ref(&batch)
+        );
+        // Kept in memory: read again without the file.
+        std::fs::remove_file(&rollup).unwrap();
+        assert_eq!(*load(&cache, &file, &schema).unwrap(), [batch]);
+        assert_eq!(cache.held().0, 1);
     }
 
     #[test]

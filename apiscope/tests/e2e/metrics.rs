@@ -308,6 +308,13 @@ fn parquet_on_disk(dir: &std::path::Path) -> (u64, u64) {
     };
     for entry in entries {
         let path = entry.unwrap().path();
+        let hidden = path
+            .file_name()
+            .is_some_and(|name| name.to_string_lossy().starts_with('.'));
+        if hidden {
+            // Per-minute rollups (`.rollup/`) and temporary files are not the table's files.
+            continue;
+        }
         if path.is_dir() {
             let (files, bytes) = parquet_on_disk(&path);
             found = (found.0 + files, found.1 + bytes);

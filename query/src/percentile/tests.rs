@@ -135,6 +135,12 @@ fn damaged_sketches_are_refused() {
     let mut longer = bytes.clone();
     longer.push(0);
     assert!(Sketch::from_bytes(&longer).is_err());
+    // A count whose varint never ends.
+    let mut endless = sketch_of(&[]).to_bytes();
+    let at = endless.len() - 4;
+    endless[at..at + 4].copy_from_slice(&1u32.to_le_bytes());
+    endless.extend([0xff; 11]);
+    assert!(Sketch::from_bytes(&endless).is_err());
     let mut huge_length = sketch_of(&[]).to_bytes();
     let at = huge_length.len() - 4;
     huge_length[at..at + 4].copy_from_slice(&u32::MAX.to_le_bytes());
@@ -389,4 +395,19 @@ async fn stored_sketches_answer_as_the_values_would() {
         };
         assert!(error.to_string().contains(reason), "{sql}: {error}");
     }
+}
+
+#[test]
+fn sketches_keep_large_counts_through_bytes() {
+    let mut sketch = sketch_of(&latencies(EXACT + 1, 29));
+    for _ in 0..100_000 {
+        sketch.add(12.5);
+    }
+    let mut merged = Sketch::default();
+    for _ in 0..3 {
+        merged.merge(&Sketch::from_bytes(&sketch.to_bytes()).unwrap());
+    }
+    let read = Sketch::from_bytes(&merged.to_bytes()).unwrap();
+    assert_eq!(read, merged);
+    assert_eq!(read.count, 3 * (100_000 + EXACT as u64 + 1));
 }
