@@ -52,16 +52,12 @@ const FORMAT: u8 = 2;
 
 /// `approx_percentile_cont` for registering in a session, replacing DataFusion's.
 pub(crate) fn approx_percentile_cont() -> AggregateUDF {
-    AggregateUDF::new_from_impl(ApproxPercentile {
-        like: Like::Percentile(ApproxPercentileCont::new()),
-    })
+    SketchFunction::udaf(Stage::Like(Like::Percentile(ApproxPercentileCont::new())))
 }
 
 /// `approx_median(x)`, the same as `approx_percentile_cont(x, 0.5)`, replacing DataFusion's.
 pub(crate) fn approx_median() -> AggregateUDF {
-    AggregateUDF::new_from_impl(ApproxPercentile {
-        like: Like::Median(ApproxMedian::new()),
-    })
+    SketchFunction::udaf(Stage::Like(Like::Median(ApproxMedian::new())))
 }
 
 /// `percentile_sketch(x)`: the values' sketch, serialized; what rollups store.
@@ -80,41 +76,84 @@ pub(crate) fn sketch_percentile() -> AggregateUDF {
     SketchFunction::udaf(Stage::Percentile)
 }
 
-/// The functions over stored sketches.
+/// A function whose work this module's sketch does.
 #[derive(Debug, PartialEq, Eq, Hash)]
 struct SketchFunction {
     stage: Stage,
     signature: Signature,
 }
 
-#[derive(Debug, PartialEq, Eq, Hash, Clone, Copy)]
+/// What a function takes and answers.
+#[derive(Debug, PartialEq, Eq, Hash)]
 enum Stage {
+    /// Numbers in, a percentile out, under a DataFusion function's name, signature and
+    /// return type.
+    Like(Like),
+    /// Numbers in, a sketch out.
     Build,
+    /// Sketches in, a sketch out.
     Merge,
+    /// Sketches in, a percentile out.
     Percentile,
+}
+
+/// The DataFusion function replaced.
+#[derive(Debug, PartialEq, Eq, Hash)]
+enum Like {
+    Percentile(ApproxPercentileCont),
+    Median(ApproxMedian),
+}
+
+impl Like {
+    fn function(&self) -> &dyn AggregateUDFImpl {
+        match self {
+            Like::Percentile(like) => like,
+            Like::Median(like) => like,
+        }
+    }
 }
 
 impl SketchFunction {
     fn udaf(stage: Stage) -> AggregateUDF {
-        AggregateUDF::new_from_impl(SketchFunction {
-            stage,
-            signature: Signature::user_defined(Volatility::Immutable),
-        })
+        let signature = match &stage {
+            Stage::Like(like) => like.function().signature().clone(),
+            _ => Signature::user_defined(Volatility::Immutable),
+        };
+        AggregateUDF::new_from_impl(SketchFunction { stage, signature })
     }
 
+    /// What the accumulator is fed and answers, from the call's arguments.
     fn parts(&self, args: &AccumulatorArgs) -> Result<(Input, Output)> {
+        let name = self.name();
         if args.is_distinct {
-            return plan_err!("{}(DISTINCT ...) is not supported", self.name());
+            return plan_err!("{name}(DISTINCT ...) is not supported");
         }
-        Ok(match self.stage {
+        Ok(match &self.stage {
+            Stage::Like(Like::Median(_)) => (
+                Input::Values,
+                Output::Percentile(0.5, args.return_field.data_type().clone()),
+            ),
+            Stage::Like(Like::Percentile(_)) => {
+                // `WITHIN GROUP (ORDER BY x DESC)` mirrors the percentile.
+                let percentile = constant_percentile(name, args)?;
+                let descending = args
+                    .order_bys
+                    .first()
+                    .is_some_and(|order| order.options.descending);
+                let percentile = if descending {
+                    1.0 - percentile
+                } else {
+                    percentile
+                };
+                let answer_type = args.return_field.data_type().clone();
+                (Input::Values, Output::Percentile(percentile, answer_type))
+            }
             Stage::Build => (Input::Values, Output::Sketch),
             Stage::Merge => (Input::Sketches, Output::Sketch),
             Stage::Percentile => {
-                let percentile = constant_percentile(self.name(), args)?;
-                (
-                    Input::Sketches,
-                    Output::Percentile(percentile, DataType::Float64),
-                )
+                let percentile = constant_percentile(name, args)?;
+                let answer_type = DataType::Float64;
+                (Input::Sketches, Output::Percentile(percentile, answer_type))
             }
         })
     }
@@ -122,7 +161,8 @@ impl SketchFunction {
 
 impl AggregateUDFImpl for SketchFunction {
     fn name(&self) -> &str {
-        match self.stage {
+        match &self.stage {
+            Stage::Like(like) => like.function().name(),
             Stage::Build => "percentile_sketch",
             Stage::Merge => "sketch_merge",
             Stage::Percentile => "sketch_percentile",
@@ -134,7 +174,8 @@ impl AggregateUDFImpl for SketchFunction {
     }
 
     fn coerce_types(&self, arg_types: &[DataType]) -> Result<Vec<DataType>> {
-        let (wanted, usage) = match self.stage {
+        let (wanted, usage) = match &self.stage {
+            Stage::Like(like) => return like.function().coerce_types(arg_types),
             Stage::Build => (vec![DataType::Float64], "percentile_sketch(number)"),
             Stage::Merge => (vec![DataType::Binary], "sketch_merge(sketch)"),
             Stage::Percentile => (
@@ -164,11 +205,26 @@ impl AggregateUDFImpl for SketchFunction {
         Ok(wanted)
     }
 
-    fn return_type(&self, _arg_types: &[DataType]) -> Result<DataType> {
-        Ok(match self.stage {
+    fn return_type(&self, arg_types: &[DataType]) -> Result<DataType> {
+        Ok(match &self.stage {
+            Stage::Like(like) => return like.function().return_type(arg_types),
             Stage::Build | Stage::Merge => DataType::Binary,
             Stage::Percentile => DataType::Float64,
         })
+    }
+
+    fn supports_within_group_clause(&self) -> bool {
+        match &self.stage {
+            Stage::Like(like) => like.function().supports_within_group_clause(),
+            _ => false,
+        }
+    }
+
+    fn documentation(&self) -> Option<&Documentation> {
+        match &self.stage {
+            Stage::Like(like) => like.function().documentation(),
+            _ => None,
+        }
     }
 
     fn state_fields(&self, args: StateFieldsArgs) -> Result<Vec<FieldRef>> {
@@ -182,6 +238,7 @@ impl AggregateUDFImpl for SketchFunction {
     }
 
     fn groups_accumulator_supported(&self, args: AccumulatorArgs) -> bool {
+        // DISTINCT goes to `accumulator`, which refuses it.
         !args.is_distinct
     }
 
@@ -201,104 +258,6 @@ fn type_list(types: &[DataType]) -> String {
         .map(ToString::to_string)
         .collect::<Vec<_>>()
         .join(", ")
-}
-
-/// A function: DataFusion's for its name, signature and return type, this module's sketch
-/// for the work.
-#[derive(Debug, PartialEq, Eq, Hash)]
-struct ApproxPercentile {
-    like: Like,
-}
-
-/// The DataFusion function replaced.
-#[derive(Debug, PartialEq, Eq, Hash)]
-enum Like {
-    Percentile(ApproxPercentileCont),
-    Median(ApproxMedian),
-}
-
-impl ApproxPercentile {
-    fn like(&self) -> &dyn AggregateUDFImpl {
-        match &self.like {
-            Like::Percentile(like) => like,
-            Like::Median(like) => like,
-        }
-    }
-
-    /// The percentile asked for (mirrored by `WITHIN GROUP (ORDER BY x DESC)`) and the
-    /// type to answer in.
-    fn parameters(&self, args: &AccumulatorArgs) -> Result<(f64, DataType)> {
-        let name = self.name();
-        if args.is_distinct {
-            return plan_err!("{name}(DISTINCT ...) is not supported");
-        }
-        let answer_type = args.return_field.data_type().clone();
-        if let Like::Median(_) = self.like {
-            return Ok((0.5, answer_type));
-        }
-        let percentile = constant_percentile(name, args)?;
-        let descending = args
-            .order_bys
-            .first()
-            .is_some_and(|order| order.options.descending);
-        let percentile = if descending {
-            1.0 - percentile
-        } else {
-            percentile
-        };
-        Ok((percentile, answer_type))
-    }
-}
-
-impl AggregateUDFImpl for ApproxPercentile {
-    fn name(&self) -> &str {
-        self.like().name()
-    }
-
-    fn signature(&self) -> &Signature {
-        self.like().signature()
-    }
-
-    fn return_type(&self, arg_types: &[DataType]) -> Result<DataType> {
-        self.like().return_type(arg_types)
-    }
-
-    fn supports_within_group_clause(&self) -> bool {
-        self.like().supports_within_group_clause()
-    }
-
-    fn documentation(&self) -> Option<&Documentation> {
-        self.like().documentation()
-    }
-
-    fn state_fields(&self, args: StateFieldsArgs) -> Result<Vec<FieldRef>> {
-        let name = format_state_name(args.name, "sketch");
-        Ok(vec![Arc::new(Field::new(name, DataType::Binary, true))])
-    }
-
-    fn accumulator(&self, args: AccumulatorArgs) -> Result<Box<dyn Accumulator>> {
-        let (percentile, answer_type) = self.parameters(&args)?;
-        Ok(Box::new(OneSketch::new(
-            Input::Values,
-            Output::Percentile(percentile, answer_type),
-        )))
-    }
-
-    fn groups_accumulator_supported(&self, args: AccumulatorArgs) -> bool {
-        // DISTINCT goes to `accumulator`, which refuses it.
-        !args.is_distinct
-    }
-
-    fn create_groups_accumulator(
-        &self,
-        args: AccumulatorArgs,
-    ) -> Result<Box<dyn GroupsAccumulator>> {
-        let (percentile, answer_type) = self.parameters(&args)?;
-        Ok(Box::new(GroupSketches::new(
-            Input::Values,
-            Output::Percentile(percentile, answer_type),
-        )))
-    }
 }
 
 /// The percentile a function's second argument asks for: a constant from 0 to 1.
