@@ -235,6 +235,7 @@ async fn roll_up(engine: Engine, every: std::time::Duration, stop: CancellationT
                     .increment(report.written as u64);
                 metrics::counter!("apiscope_rollups_removed_total")
                     .increment(report.removed as u64);
+                metrics::counter!("apiscope_rollup_failures_total").increment(report.failed as u64);
                 "ok"
             }
             Some(Err(error)) => {

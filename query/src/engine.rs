@@ -63,6 +63,8 @@ pub const CATALOG: &str = "apiscope";
 pub struct Engine {
     ctx: Arc<SessionContext>,
     source: Arc<dyn Source>,
+    /// Files whose rollup could not be made, not tried again.
+    rollup_failures: Arc<std::sync::Mutex<std::collections::HashSet<std::path::PathBuf>>>,
     limits: QueryLimits,
     running: Arc<Semaphore>,
     runtime: Arc<QueryRuntime>,
@@ -162,6 +164,7 @@ impl Engine {
         Ok(Self {
             ctx: Arc::new(ctx),
             source,
+            rollup_failures: Arc::default(),
             limits,
             running,
             runtime: Arc::new(QueryRuntime::new()?),
@@ -172,9 +175,10 @@ impl Engine {
     /// file is gone (see `api_call_minutes`). Runs on the query threads.
     pub async fn roll_up(&self) -> Result<crate::rollups::RollupReport> {
         let engine = self.clone();
-        let task = self
-            .runtime()?
-            .spawn(async move { crate::rollups::build(&engine.ctx.state(), &engine.source).await });
+        let task = self.runtime()?.spawn(async move {
+            let state = engine.ctx.state();
+            crate::rollups::build(&state, &engine.source, &engine.rollup_failures).await
+        });
         let report = task
             .await
             .map_err(|error| Error::Internal(format!("rollup task failed: {error}")))??;

@@ -16,9 +16,10 @@
 //! Sketches merge by adding counts, so a percentile from rollups equals the one computed
 //! over the calls; counts, errors and maxima add up the same way.
 
+use std::collections::HashSet;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
@@ -175,11 +176,18 @@ pub struct RollupReport {
     pub written: usize,
     /// Rollups removed because their file is gone.
     pub removed: usize,
+    /// Files given up on: their rollup could not be made, and is not tried again.
+    pub failed: usize,
 }
 
 /// Writes the rollups missing for the live files in `source`, and removes those whose file
-/// is gone.
-pub(crate) async fn build(state: &SessionState, source: &Arc<dyn Source>) -> Result<RollupReport> {
+/// is gone. A file whose rollup cannot be made (unreadable, or deleted meanwhile) is
+/// reported once, named in `failed`, and not tried again; its calls are read instead.
+pub(crate) async fn build(
+    state: &SessionState,
+    source: &Arc<dyn Source>,
+    failed: &Mutex<HashSet<PathBuf>>,
+) -> Result<RollupReport> {
     let schema = schema(state).await?;
     let mut report = RollupReport::default();
     let mut dirs = Vec::new();
@@ -196,25 +204,43 @@ pub(crate) async fn build(state: &SessionState, source: &Arc<dyn Source>) -> Res
             {
                 dirs.push(dir.to_owned());
             }
-            if rollup.exists() {
+            let given_up = failed.lock().expect("rollup failures lock").contains(&file);
+            if given_up || rollup.exists() {
                 continue;
             }
-            let mut fixed = Fixed::default();
-            fixed.part(table.name).files.push(file.clone());
-            let plan = per_minute(state, fixed, "true", None).await?;
-            let batches = datafusion::physical_plan::collect(plan, state.task_ctx()).await?;
-            let schema = schema.clone();
-            tokio::task::spawn_blocking(move || write(&rollup, schema, &batches))
-                .await
-                .map_err(|error| DataFusionError::External(Box::new(error)))?
-                .map_err(|error| DataFusionError::External(Box::new(error)))?;
-            report.written += 1;
+            match roll_up(state, table.name, &file, &rollup, schema.clone()).await {
+                Ok(()) => report.written += 1,
+                Err(error) => {
+                    tracing::warn!(file = %file.display(), %error, "cannot write this file's rollup; its calls are read instead");
+                    failed.lock().expect("rollup failures lock").insert(file);
+                    report.failed += 1;
+                }
+            }
         }
     }
     for dir in dirs {
         report.removed += remove_orphans(&dir)?;
     }
     Ok(report)
+}
+
+/// Writes the rollup of `file`, of `table`, to `rollup`.
+async fn roll_up(
+    state: &SessionState,
+    table: &'static str,
+    file: &Path,
+    rollup: &Path,
+    schema: SchemaRef,
+) -> Result<()> {
+    let mut fixed = Fixed::default();
+    fixed.part(table).files.push(file.to_owned());
+    let plan = per_minute(state, fixed, "true", None).await?;
+    let batches = datafusion::physical_plan::collect(plan, state.task_ctx()).await?;
+    let rollup = rollup.to_owned();
+    tokio::task::spawn_blocking(move || write(&rollup, schema, &batches))
+        .await
+        .map_err(|error| DataFusionError::External(Box::new(error)))?
+        .map_err(|error| DataFusionError::External(Box::new(error)))
 }
 
 /// Writes `batches` to `path`, complete or not at all.
@@ -247,7 +273,13 @@ fn write(path: &Path, schema: SchemaRef, batches: &[RecordBatch]) -> io::Result<
 fn remove_orphans(dir: &Path) -> Result<usize> {
     let storage = |error: io::Error| DataFusionError::External(Box::new(error));
     let mut removed = 0;
-    for entry in std::fs::read_dir(dir).map_err(storage)? {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        // No rollup was written in this partition.
+        Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(0),
+        Err(error) => return Err(storage(error)),
+    };
+    for entry in entries {
         let path = entry.map_err(storage)?.path();
         let temporary = path
             .file_name()
@@ -554,6 +586,24 @@ mod tests {
         std::fs::remove_file(&rollup).unwrap();
         assert_eq!(*load(&cache, &file, &schema).unwrap(), [batch]);
         assert_eq!(cache.held().0, 1);
+    }
+
+    #[tokio::test]
+    async fn a_file_that_cannot_be_rolled_up_is_given_up_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let hour = schemas::partition_dir(dir.path(), "spans", 1_764_237_600_000_000_000);
+        std::fs::create_dir_all(&hour).unwrap();
+        let damaged = hour.join("1-a-0.parquet");
+        std::fs::write(&damaged, b"not parquet at all").unwrap();
+        let source = Arc::new(crate::source::DataDir(dir.path().to_owned()));
+        let engine = crate::Engine::new(source, Default::default(), Default::default())
+            .await
+            .unwrap();
+        let first = engine.roll_up().await.unwrap();
+        assert_eq!((first.written, first.failed), (0, 1));
+        let again = engine.roll_up().await.unwrap();
+        assert_eq!(again, RollupReport::default());
+        assert!(!path_of(&damaged).unwrap().exists());
     }
 
     #[test]
