@@ -19,6 +19,7 @@ use tokio::sync::Semaphore;
 
 use crate::error::{Error, Result};
 use crate::questions::QuestionSettings;
+use crate::rollups::Rollups;
 use crate::source::Source;
 use crate::table::StoreTable;
 
@@ -62,9 +63,8 @@ pub const CATALOG: &str = "apiscope";
 #[derive(Clone)]
 pub struct Engine {
     ctx: Arc<SessionContext>,
-    source: Arc<dyn Source>,
-    /// Files whose rollup could not be made, not tried again.
-    rollup_failures: Arc<std::sync::Mutex<std::collections::HashSet<std::path::PathBuf>>>,
+    /// The per-minute rollups: `api_call_minutes`, and what writes them.
+    rollups: Arc<Rollups>,
     limits: QueryLimits,
     running: Arc<Semaphore>,
     runtime: Arc<QueryRuntime>,
@@ -150,21 +150,13 @@ impl Engine {
             .map_err(|error| Error::Internal(format!("pg_catalog: {error}")))?;
         crate::functions::register(&ctx, settings.openapi.clone());
         ctx.register_table("openapi_operations", openapi_operations(&settings.openapi)?)?;
-        let schema = crate::rollups::schema(&ctx.state()).await?;
-        ctx.register_udtf(
-            "api_call_minutes",
-            Arc::new(crate::rollups::ApiCallMinutes {
-                source: source.clone(),
-                schema,
-                cache: Arc::new(crate::file_cache::FileCache::new(crate::rollups::BUDGET)),
-            }),
-        );
+        let rollups = Arc::new(Rollups::new(&ctx.state(), source).await?);
+        ctx.register_udtf("api_call_minutes", rollups.clone());
         crate::questions::register(&ctx, &settings).await?;
         let running = Arc::new(Semaphore::new(limits.max_concurrent.max(1)));
         Ok(Self {
             ctx: Arc::new(ctx),
-            source,
-            rollup_failures: Arc::default(),
+            rollups,
             limits,
             running,
             runtime: Arc::new(QueryRuntime::new()?),
@@ -175,10 +167,9 @@ impl Engine {
     /// file is gone (see `api_call_minutes`). Runs on the query threads.
     pub async fn roll_up(&self) -> Result<crate::rollups::RollupReport> {
         let engine = self.clone();
-        let task = self.runtime()?.spawn(async move {
-            let state = engine.ctx.state();
-            crate::rollups::build(&state, &engine.source, &engine.rollup_failures).await
-        });
+        let task = self
+            .runtime()?
+            .spawn(async move { engine.rollups.build(&engine.ctx.state()).await });
         let report = task
             .await
             .map_err(|error| Error::Internal(format!("rollup task failed: {error}")))??;

@@ -16,7 +16,7 @@
 //! Sketches merge by adding counts, so a percentile from rollups equals the one computed
 //! over the calls; counts, errors and maxima add up the same way.
 
-use std::collections::HashSet;
+use std::collections::{BTreeSet, HashSet};
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -52,7 +52,7 @@ use crate::table::StoreTable;
 
 /// Bytes of rollups kept in memory at most: about 1.5 MB per 8M spans as flushed (fewer
 /// once compacted), so some days of a busy fleet.
-pub(crate) const BUDGET: usize = 256 << 20;
+const BUDGET: usize = 256 << 20;
 
 /// The folder, inside each hour partition, that holds its files' rollups.
 pub(crate) const DIR: &str = ".rollup";
@@ -163,13 +163,7 @@ async fn per_minute(
     frame.create_physical_plan().await
 }
 
-/// The schema of a rollup, and of `api_call_minutes`.
-pub(crate) async fn schema(state: &SessionState) -> Result<SchemaRef> {
-    let plan = per_minute(state, Fixed::default(), "true", None).await?;
-    Ok(plan.schema())
-}
-
-/// What one pass of [`build`] did.
+/// What one pass of [`Rollups::build`] did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct RollupReport {
     /// Rollups written.
@@ -178,50 +172,6 @@ pub struct RollupReport {
     pub removed: usize,
     /// Files given up on: their rollup could not be made, and is not tried again.
     pub failed: usize,
-}
-
-/// Writes the rollups missing for the live files in `source`, and removes those whose file
-/// is gone. A file whose rollup cannot be made (unreadable, or deleted meanwhile) is
-/// reported once, named in `failed`, and not tried again; its calls are read instead.
-pub(crate) async fn build(
-    state: &SessionState,
-    source: &Arc<dyn Source>,
-    failed: &Mutex<HashSet<PathBuf>>,
-) -> Result<RollupReport> {
-    let schema = schema(state).await?;
-    let mut report = RollupReport::default();
-    let mut dirs = Vec::new();
-    for table in schemas::TABLES {
-        let files = source
-            .files(table, TimeRange::default())
-            .map_err(|error| DataFusionError::External(Box::new(error)))?;
-        for file in files {
-            let Some(rollup) = path_of(&file) else {
-                continue;
-            };
-            if let Some(dir) = rollup.parent()
-                && !dirs.iter().any(|known: &PathBuf| known == dir)
-            {
-                dirs.push(dir.to_owned());
-            }
-            let given_up = failed.lock().expect("rollup failures lock").contains(&file);
-            if given_up || rollup.exists() {
-                continue;
-            }
-            match roll_up(state, table.name, &file, &rollup, schema.clone()).await {
-                Ok(()) => report.written += 1,
-                Err(error) => {
-                    tracing::warn!(file = %file.display(), %error, "cannot write this file's rollup; its calls are read instead");
-                    failed.lock().expect("rollup failures lock").insert(file);
-                    report.failed += 1;
-                }
-            }
-        }
-    }
-    for dir in dirs {
-        report.removed += remove_orphans(&dir)?;
-    }
-    Ok(report)
 }
 
 /// Writes the rollup of `file`, of `table`, to `rollup`.
@@ -296,17 +246,78 @@ fn remove_orphans(dir: &Path) -> Result<usize> {
     Ok(removed)
 }
 
-/// `api_call_minutes([from [, to]])`: the calls in the window per minute, service and
-/// endpoint, from rollups where they exist.
+/// The store's per-minute rollups: what writes them, and `api_call_minutes([from [, to]])`,
+/// the calls in the window per minute, service and endpoint, from rollups where they exist.
 #[derive(Debug)]
-pub(crate) struct ApiCallMinutes {
-    pub(crate) source: Arc<dyn Source>,
-    pub(crate) schema: SchemaRef,
+pub(crate) struct Rollups {
+    source: Arc<dyn Source>,
+    /// The rows of a rollup, and of `api_call_minutes`.
+    schema: SchemaRef,
     /// Rollups read, kept in memory.
-    pub(crate) cache: Arc<FileCache<Vec<RecordBatch>>>,
+    cache: Arc<FileCache<Vec<RecordBatch>>>,
+    /// Files whose rollup could not be made, not tried again.
+    failed: Mutex<HashSet<PathBuf>>,
 }
 
-impl TableFunctionImpl for ApiCallMinutes {
+impl Rollups {
+    /// The rollups of the files in `source`, planned in `state`.
+    pub(crate) async fn new(state: &SessionState, source: Arc<dyn Source>) -> Result<Self> {
+        let plan = per_minute(state, Fixed::default(), "true", None).await?;
+        Ok(Self {
+            source,
+            schema: plan.schema(),
+            cache: Arc::new(FileCache::new(BUDGET)),
+            failed: Mutex::default(),
+        })
+    }
+
+    /// Writes the rollups missing for the store's live files, and removes those whose file
+    /// is gone. A file whose rollup cannot be made (unreadable, or deleted meanwhile) is
+    /// reported once, counted in `failed`, and not tried again; its calls are read instead.
+    pub(crate) async fn build(&self, state: &SessionState) -> Result<RollupReport> {
+        let mut report = RollupReport::default();
+        let mut dirs = BTreeSet::new();
+        for table in schemas::TABLES {
+            let files = self
+                .source
+                .files(table, TimeRange::default())
+                .map_err(|error| DataFusionError::External(Box::new(error)))?;
+            for file in files {
+                let Some(rollup) = path_of(&file) else {
+                    continue;
+                };
+                if let Some(dir) = rollup.parent() {
+                    dirs.insert(dir.to_owned());
+                }
+                let given_up = self
+                    .failed
+                    .lock()
+                    .expect("rollup failures lock")
+                    .contains(&file);
+                if given_up || rollup.exists() {
+                    continue;
+                }
+                match roll_up(state, table.name, &file, &rollup, self.schema.clone()).await {
+                    Ok(()) => report.written += 1,
+                    Err(error) => {
+                        tracing::warn!(file = %file.display(), %error, "cannot write this file's rollup; its calls are read instead");
+                        self.failed
+                            .lock()
+                            .expect("rollup failures lock")
+                            .insert(file);
+                        report.failed += 1;
+                    }
+                }
+            }
+        }
+        for dir in dirs {
+            report.removed += remove_orphans(&dir)?;
+        }
+        Ok(report)
+    }
+}
+
+impl TableFunctionImpl for Rollups {
     fn call_with_args(&self, args: TableFunctionArgs) -> Result<Arc<dyn TableProvider>> {
         let window = questions::window_of("api_call_minutes", args.exprs(), args.session())?;
         Ok(Arc::new(MinutesTable {
