@@ -416,6 +416,18 @@ fn flushed_files_hold_their_hour_sorted_by_service_endpoint_and_time() {
                         name: ["GET /b", "GET /a", "POST /c"][(n % 3) as usize].into(),
                         start_time_unix_nano: start,
                         end_time_unix_nano: start + 1_000,
+                        // On one endpoint of one service: its rows sit together.
+                        attributes: if service == "a-svc" && n % 3 == 2 {
+                            vec![KeyValue {
+                                key: "rare.key".into(),
+                                value: Some(AnyValue {
+                                    value: Some(Value::StringValue("x".into())),
+                                }),
+                                ..Default::default()
+                            }]
+                        } else {
+                            Vec::new()
+                        },
                         ..Default::default()
                     }
                 })
@@ -443,6 +455,26 @@ fn flushed_files_hold_their_hour_sorted_by_service_endpoint_and_time() {
             assert!(group.num_rows() <= 65_536, "{}", group.num_rows());
             row_groups += 1;
         }
+        // The file's key index holds every row with a key, and leaves out most without.
+        let index = builder
+            .metadata()
+            .file_metadata()
+            .key_value_metadata()
+            .and_then(|pairs| pairs.iter().find(|p| p.key == schemas::KEY_INDEX_KEY))
+            .and_then(|pair| schemas::KeyIndex::from_json(pair.value.as_deref()?))
+            .expect("a key index");
+        assert_eq!(
+            index.rows() as i64,
+            builder.metadata().file_metadata().num_rows()
+        );
+        let rare = index.rows_with("attributes", "rare.key").unwrap();
+        let indexed: usize = rare.iter().map(|rows| rows.len()).sum();
+        assert!(
+            indexed < index.rows() / 2,
+            "{indexed} of {} rows",
+            index.rows()
+        );
+        let mut file_row = 0;
         let mut previous: Option<(String, String, i64)> = None;
         for batch in builder.build().unwrap() {
             let batch = batch.unwrap();
@@ -454,7 +486,21 @@ fn flushed_files_hold_their_hour_sorted_by_service_endpoint_and_time() {
             let time = batch.column_by_name("time").unwrap();
             let time = time.as_primitive::<TimestampNanosecondType>();
             let span_id = batch.column_by_name("span_id").unwrap().as_string::<i32>();
+            let attributes = batch.column_by_name("attributes").unwrap().as_map();
             for row in 0..batch.num_rows() {
+                let keys = attributes.value(row);
+                if keys
+                    .column(0)
+                    .as_string::<i32>()
+                    .iter()
+                    .any(|k| k == Some("rare.key"))
+                {
+                    assert!(
+                        rare.iter().any(|rows| rows.contains(&file_row)),
+                        "row {file_row}"
+                    );
+                }
+                file_row += 1;
                 let key = (
                     service.value(row).to_owned(),
                     endpoint.value(row).to_owned(),

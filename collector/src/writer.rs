@@ -19,7 +19,8 @@ use parquet::file::metadata::KeyValue;
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
 use parquet::schema::types::ColumnPath;
 use schemas::{
-    BLOOM_COLUMN, SCHEMA_VERSION, SCHEMA_VERSION_KEY, Table, partition_dir, partition_of,
+    BLOOM_COLUMN, KEY_INDEX_KEY, KeyIndex, SCHEMA_VERSION, SCHEMA_VERSION_KEY, Table,
+    partition_dir, partition_of,
 };
 
 use crate::error::{Error, Result};
@@ -126,10 +127,14 @@ impl Writer {
             let mut writer =
                 ArrowWriter::try_new(file, schema, Some(properties(through))).map_err(storage)?;
             let sources: Vec<&RecordBatch> = batches.iter().collect();
+            let mut keys = KeyIndex::new();
             for slice in rows.chunks(ROWS_PER_WRITE) {
                 let gathered = interleave_record_batch(&sources, slice).map_err(storage)?;
+                keys.add(&gathered);
                 writer.write(&gathered).map_err(storage)?;
             }
+            writer
+                .append_key_value_metadata(KeyValue::new(KEY_INDEX_KEY.to_owned(), keys.to_json()));
             let file = writer.into_inner().map_err(storage)?;
             file.sync_all().map_err(storage)
         })();

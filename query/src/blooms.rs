@@ -148,7 +148,7 @@ fn is_column(expr: &Expr) -> bool {
 }
 
 /// A text literal.
-fn text(expr: &Expr) -> Option<String> {
+pub(crate) fn text(expr: &Expr) -> Option<String> {
     let Expr::Literal(value, _) = expr else {
         return None;
     };

@@ -18,6 +18,7 @@ mod file_cache;
 mod functions;
 pub mod http;
 mod json;
+mod key_index;
 mod percentile;
 pub mod pg;
 mod questions;

@@ -26,6 +26,7 @@ use datafusion::physical_plan::union::UnionExec;
 use schemas::Table;
 
 use crate::blooms::{self, Blooms};
+use crate::key_index::{self, KeyIndexes};
 use crate::source::{Source, TimeRange};
 
 /// One stored table.
@@ -38,6 +39,8 @@ pub(crate) struct StoreTable {
     source: Arc<dyn Source>,
     /// The files' trace id filters, for lookups by trace id.
     blooms: Arc<Blooms>,
+    /// Where the files hold each attribute key, for filters on attributes.
+    key_indexes: Arc<KeyIndexes>,
 }
 
 impl StoreTable {
@@ -48,6 +51,7 @@ impl StoreTable {
             stored: table.stored_schema(),
             source,
             blooms: Arc::default(),
+            key_indexes: Arc::default(),
         }
     }
 }
@@ -109,6 +113,16 @@ impl TableProvider for StoreTable {
                 .map_err(|error| DataFusionError::External(Box::new(error)))?;
         }
 
+        let keys = key_index::wanted(&filters, &self.stored);
+        let mut selected = Vec::new();
+        if !keys.is_empty() {
+            let indexes = self.key_indexes.clone();
+            selected = tokio::task::spawn_blocking(move || indexes.select(files, &keys))
+                .await
+                .map_err(|error| DataFusionError::External(Box::new(error)))?;
+            files = selected.iter().map(|(file, _)| file.clone()).collect();
+        }
+
         let mut inputs = Vec::new();
         if !files.is_empty() {
             let mut urls = Vec::with_capacity(files.len());
@@ -124,7 +138,8 @@ impl TableProvider for StoreTable {
             // checked against each file's size and modification time.
             let statistics = state.runtime_env().cache_manager.get_file_statistic_cache();
             let files = ListingTable::try_new(config)?.with_cache(statistics);
-            inputs.push(files.scan(state, Some(&read), &filters, limit).await?);
+            let scan = files.scan(state, Some(&read), &filters, limit).await?;
+            inputs.push(key_index::attach(scan, selected, state.runtime_env())?);
         }
         if !snapshot.batches.is_empty() || inputs.is_empty() {
             let buffered = MemTable::try_new(self.stored.clone(), vec![snapshot.batches])?;
@@ -276,12 +291,13 @@ fn timestamp_ns(expr: &Expr) -> Option<i64> {
 #[cfg(test)]
 mod tests {
     use arrow::array::{
-        ArrayRef, BooleanArray, Float64Array, Int64Array, RecordBatch, StringArray,
-        TimestampNanosecondArray, new_null_array,
+        ArrayRef, BooleanArray, Float64Array, Int64Array, MapBuilder, RecordBatch, StringArray,
+        StringBuilder, TimestampNanosecondArray, new_null_array,
     };
     use arrow::datatypes::DataType;
     use datafusion::logical_expr::{col, lit};
     use datafusion::parquet::arrow::ArrowWriter;
+    use datafusion::parquet::file::metadata::KeyValue;
     use datafusion::parquet::file::properties::WriterProperties;
 
     use super::*;
@@ -415,6 +431,154 @@ mod tests {
                     .collect()
             })
             .collect()
+    }
+
+    /// `batch` with its `attributes` column holding `keys(row)` (key, value) pairs.
+    fn with_attributes(
+        batch: RecordBatch,
+        keys: impl Fn(usize) -> Vec<(&'static str, String)>,
+    ) -> RecordBatch {
+        let mut map = MapBuilder::new(None, StringBuilder::new(), StringBuilder::new());
+        for row in 0..batch.num_rows() {
+            for (key, value) in keys(row) {
+                map.keys().append_value(key);
+                map.values().append_value(value);
+            }
+            map.append(true).unwrap();
+        }
+        let index = batch.schema().index_of("attributes").unwrap();
+        let mut columns = batch.columns().to_vec();
+        columns[index] = Arc::new(map.finish());
+        RecordBatch::try_new(batch.schema(), columns).unwrap()
+    }
+
+    #[tokio::test]
+    async fn attribute_filters_read_only_the_granules_holding_the_key() {
+        let store = Store::new();
+        let schema = schemas::SPANS.stored_schema();
+        let rows = |prefix: &str, n: usize| -> Vec<(String, i64, i64)> {
+            (0..n)
+                .map(|i| (format!("{prefix}{i}"), store.hour + i as i64, 1_000))
+                .collect()
+        };
+        let batch = |rows: &[(String, i64, i64)]| {
+            let rows: Vec<_> = rows
+                .iter()
+                .map(|(id, t, d)| (id.as_str(), *t, *d))
+                .collect();
+            spans(&schema, &rows)
+        };
+        let indexed = |batch: &RecordBatch| {
+            let mut index = schemas::KeyIndex::new();
+            index.add(batch);
+            let pair = KeyValue::new(schemas::KEY_INDEX_KEY.to_owned(), index.to_json());
+            Some(
+                WriterProperties::builder()
+                    .set_key_value_metadata(Some(vec![pair]))
+                    .build(),
+            )
+        };
+        let granule = schemas::GRANULE_ROWS;
+        // One file whose second granule alone holds `db.system`, half of it "redis".
+        let a = with_attributes(batch(&rows("a", 3 * granule)), |row| {
+            let mut keys = vec![("http.route", "/x".to_owned())];
+            if (granule..2 * granule).contains(&row) {
+                let system = if row % 2 == 0 { "postgresql" } else { "redis" };
+                keys.push(("db.system", system.to_owned()));
+            }
+            keys
+        });
+        store.write("a.parquet", &a, indexed(&a));
+        // A file from before the index: any row may hold any key.
+        let b = with_attributes(batch(&rows("b", 10)), |_| {
+            vec![
+                ("db.system", "postgresql".to_owned()),
+                ("http.route", "/x".to_owned()),
+            ]
+        });
+        store.write("b.parquet", &b, None);
+        // A file without the key at all.
+        let c = with_attributes(batch(&rows("c", 500)), |_| {
+            vec![("http.route", "/y".to_owned())]
+        });
+        store.write("c.parquet", &c, indexed(&c));
+
+        let engine = &store.engine().await;
+        let answer = |condition: &'static str| async move {
+            let sql = format!("SELECT count(*) FROM spans WHERE {condition}");
+            let plan = engine.query(&format!("EXPLAIN {sql}")).await.unwrap();
+            let plan = cells(&plan.batches).concat().join(" ");
+            let files: Vec<&str> = ["a.parquet", "b.parquet", "c.parquet"]
+                .into_iter()
+                .filter(|f| plan.contains(f))
+                .collect();
+            let count = cells(&engine.query(&sql).await.unwrap().batches).concat();
+            (count.concat().parse::<usize>().unwrap(), files)
+        };
+        let half = granule / 2;
+        let all = ["a.parquet", "b.parquet", "c.parquet"];
+        // Twice: the second time the indexes come from memory.
+        for _ in 0..2 {
+            let with_key = (half + 10, vec!["a.parquet", "b.parquet"]);
+            assert_eq!(
+                answer("attributes['db.system'] = 'postgresql'").await,
+                with_key
+            );
+            let redis = (half, vec!["a.parquet", "b.parquet"]);
+            assert_eq!(answer("attributes['db.system'] LIKE 'red%'").await, redis);
+            assert_eq!(
+                answer("attributes['db.system'] IN ('redis', 'x')").await,
+                redis
+            );
+            assert_eq!(
+                answer("attributes['db.system'] NOT LIKE 'post%'").await,
+                redis
+            );
+            let any = (granule + 10, vec!["a.parquet", "b.parquet"]);
+            assert_eq!(answer("attributes['db.system'] IS NOT NULL").await, any);
+            assert_eq!(
+                answer(
+                    "CAST(attributes['db.system'] AS VARCHAR) <> 'redis' \
+                     AND attributes['http.route'] = '/x'"
+                )
+                .await,
+                (half + 10, vec!["a.parquet", "b.parquet"])
+            );
+            assert_eq!(
+                answer("attributes['nope'] = 'x'").await,
+                (0, vec!["b.parquet"])
+            );
+            // Conditions that rows without the key pass read every file.
+            let without = 2 * granule + 500;
+            assert_eq!(
+                answer("attributes['db.system'] IS NULL").await,
+                (without, all.to_vec())
+            );
+            assert_eq!(
+                answer("coalesce(attributes['db.system'], 'none') = 'none'").await,
+                (without, all.to_vec())
+            );
+            assert_eq!(
+                answer("attributes['db.system'] = 'redis' OR span_id = 'c7'").await,
+                (half + 1, all.to_vec())
+            );
+        }
+
+        // The scan reads the key's granule of `a` and all of `b`, nothing else.
+        let analyzed = engine
+            .query("EXPLAIN ANALYZE SELECT count(*) FROM spans WHERE attributes['db.system'] LIKE 'red%'")
+            .await
+            .unwrap();
+        let analyzed = cells(&analyzed.batches).concat().join(" ");
+        // (Counts are shown rounded: 1,034 rows as "1.03 K"; all of `a` and `b` would be 3.08 K.)
+        let scanned: Vec<&str> = analyzed
+            .split("DataSourceExec")
+            .skip(1)
+            .filter(|scan| scan.contains("file_type=parquet"))
+            .filter_map(|scan| scan.split("output_rows=").nth(1)?.split(',').next())
+            .collect();
+        let expected = format!("{:.2} K", (granule + 10) as f64 / 1000.0);
+        assert_eq!(scanned, [expected.as_str()], "{analyzed}");
     }
 
     #[tokio::test]
