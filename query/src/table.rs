@@ -433,6 +433,22 @@ mod tests {
             .collect()
     }
 
+    /// The cells of the answer to `sql`, and which of the files `a.parquet`, `b.parquet` and
+    /// `c.parquet` its plan reads.
+    async fn answer_and_files(
+        engine: &crate::Engine,
+        sql: &str,
+    ) -> (Vec<String>, Vec<&'static str>) {
+        let plan = engine.query(&format!("EXPLAIN {sql}")).await.unwrap();
+        let plan = cells(&plan.batches).concat().join(" ");
+        let files = ["a.parquet", "b.parquet", "c.parquet"]
+            .into_iter()
+            .filter(|f| plan.contains(f))
+            .collect();
+        let rows = cells(&engine.query(sql).await.unwrap().batches).concat();
+        (rows, files)
+    }
+
     /// `batch` with its `attributes` column holding `keys(row)` (key, value) pairs.
     fn with_attributes(
         batch: RecordBatch,
@@ -506,13 +522,7 @@ mod tests {
         let engine = &store.engine().await;
         let answer = |condition: &'static str| async move {
             let sql = format!("SELECT count(*) FROM spans WHERE {condition}");
-            let plan = engine.query(&format!("EXPLAIN {sql}")).await.unwrap();
-            let plan = cells(&plan.batches).concat().join(" ");
-            let files: Vec<&str> = ["a.parquet", "b.parquet", "c.parquet"]
-                .into_iter()
-                .filter(|f| plan.contains(f))
-                .collect();
-            let count = cells(&engine.query(&sql).await.unwrap().batches).concat();
+            let (count, files) = answer_and_files(engine, &sql).await;
             (count.concat().parse::<usize>().unwrap(), files)
         };
         let half = granule / 2;
@@ -598,16 +608,7 @@ mod tests {
         write("c.parquet", &["c1"], false);
 
         let engine = &store.engine().await;
-        let answer = |sql: &'static str| async move {
-            let plan = engine.query(&format!("EXPLAIN {sql}")).await.unwrap();
-            let plan = cells(&plan.batches).concat().join(" ");
-            let files: Vec<&str> = ["a.parquet", "b.parquet", "c.parquet"]
-                .into_iter()
-                .filter(|f| plan.contains(f))
-                .collect();
-            let rows = cells(&engine.query(sql).await.unwrap().batches).concat();
-            (rows, files)
-        };
+        let answer = |sql: &'static str| answer_and_files(engine, sql);
         // Twice: the second time the filters come from memory.
         for _ in 0..2 {
             assert_eq!(

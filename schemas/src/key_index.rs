@@ -206,7 +206,10 @@ mod tests {
         assert_eq!(index.rows(), 9);
         assert_eq!(index.rows_with("attributes", "a"), Some(vec![0..4, 6..8]));
         assert_eq!(index.rows_with("attributes", "b"), Some(vec![2..4, 8..9]));
-        assert_eq!(index.rows_with("attributes", "c"), Some(vec![Range { start: 4, end: 6 }]));
+        assert_eq!(
+            index.rows_with("attributes", "c"),
+            Some(vec![Range { start: 4, end: 6 }])
+        );
         assert_eq!(index.rows_with("attributes", "nope"), Some(vec![]));
         assert_eq!(index.rows_with("resource_attributes", "a"), None);
     }
@@ -219,7 +222,10 @@ mod tests {
         };
         let same: Vec<&[&str]> = vec![&["a", "b"]; 7];
         index.add(&batch(&same));
-        assert_eq!(index.rows_with("attributes", "b"), Some(vec![Range { start: 0, end: 7 }]));
+        assert_eq!(
+            index.rows_with("attributes", "b"),
+            Some(vec![Range { start: 0, end: 7 }])
+        );
     }
 
     #[test]
