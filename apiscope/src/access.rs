@@ -369,6 +369,7 @@ macro_rules! peer_of {
 }
 
 peer_of!(tokio::net::TcpListener);
+peer_of!(crate::serve::PlainListener);
 peer_of!(crate::tls::TlsListener);
 
 /// Axum middleware: admits the request for `scope` or answers 401, 403 or 429.

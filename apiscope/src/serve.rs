@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use collector::{Buffer, Collector};
 use query::{Engine, Snapshot, Source, TimeRange};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -130,7 +130,7 @@ pub(crate) async fn run(mut settings: Settings) -> Result<()> {
             .add_service(traces)
             .add_service(logs)
             .serve_with_incoming_shutdown(
-                tonic::transport::server::TcpIncoming::from(grpc),
+                tonic::transport::server::TcpIncoming::from(grpc).with_nodelay(Some(true)),
                 stop.cancelled_owned(),
             )
             .await;
@@ -169,7 +169,7 @@ pub(crate) async fn run(mut settings: Settings) -> Result<()> {
         let stop = stop_accepting.clone();
         match &settings.tls {
             Some(tls) => front_ends.spawn(serve_http(what, tls.listener(listener), routes, stop)),
-            None => front_ends.spawn(serve_http(what, listener, routes, stop)),
+            None => front_ends.spawn(serve_http(what, PlainListener(listener), routes, stop)),
         };
     }
     front_ends.spawn(query::pg::run(
@@ -247,6 +247,34 @@ async fn roll_up(engine: Engine, every: std::time::Duration, stop: CancellationT
     }
 }
 
+/// An HTTP listener without TLS whose connections send without delay (see [`no_delay`]).
+pub(crate) struct PlainListener(TcpListener);
+
+impl axum::serve::Listener for PlainListener {
+    type Io = TcpStream;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (TcpStream, SocketAddr) {
+        let (mut socket, peer) = axum::serve::Listener::accept(&mut self.0).await;
+        no_delay(&mut socket);
+        (socket, peer)
+    }
+
+    fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.0.local_addr()
+    }
+}
+
+/// Turns Nagle's algorithm off for an accepted connection. With it on, a reply written in
+/// two pieces (gRPC's data, then its trailers) holds the second until the client acknowledges
+/// the first, which Linux delays by 40 ms: a tenth of OTLP/gRPC exports at 100k spans/s were
+/// acknowledged 40 ms late.
+pub(crate) fn no_delay(socket: &mut TcpStream) {
+    if let Err(error) = socket.set_nodelay(true) {
+        tracing::debug!(%error, "cannot turn off Nagle's algorithm on a connection");
+    }
+}
+
 async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener> {
     TcpListener::bind(addr)
         .await
@@ -290,5 +318,22 @@ pub(crate) async fn shutdown_signal() {
     tokio::select! {
         _ = ctrl_c => {}
         _ = terminate => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::serve::Listener;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn http_connections_are_accepted_without_nagle() {
+        let mut listener = PlainListener(TcpListener::bind("127.0.0.1:0").await.unwrap());
+        let addr = listener.local_addr().unwrap();
+        let client = TcpStream::connect(addr).await.unwrap();
+        let (accepted, peer) = listener.accept().await;
+        assert_eq!(peer, client.local_addr().unwrap());
+        assert!(accepted.nodelay().unwrap());
     }
 }

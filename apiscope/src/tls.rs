@@ -155,7 +155,8 @@ impl axum::serve::Listener for TlsListener {
         loop {
             tokio::select! {
                 accepted = self.listener.accept() => match accepted {
-                    Ok((socket, peer)) => {
+                    Ok((mut socket, peer)) => {
+                        crate::serve::no_delay(&mut socket);
                         let acceptor = self.acceptor.clone();
                         self.handshakes.spawn(async move {
                             let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(socket));
