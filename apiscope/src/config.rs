@@ -125,7 +125,7 @@ pub(crate) struct ServeArgs {
     /// Buffered rows that start a flush early [default: 200000].
     #[arg(long, env = "APISCOPE_FLUSH_ROWS")]
     flush_rows: Option<usize>,
-    /// Buffered rows past which ingest is refused (503 / UNAVAILABLE) until a flush [default: 2000000].
+    /// Buffered rows past which ingest is refused (503 / UNAVAILABLE) until a flush [default: 500000].
     #[arg(long, env = "APISCOPE_MAX_BUFFER_ROWS")]
     max_buffer_rows: Option<usize>,
     /// Largest request body, counted after decompression [default: 20971520].
@@ -137,7 +137,7 @@ pub(crate) struct ServeArgs {
     /// With `--durability batch`: how often the WAL is synced [default: 200ms].
     #[arg(long, env = "APISCOPE_WAL_SYNC_INTERVAL", value_parser = parse_duration)]
     wal_sync_interval: Option<Duration>,
-    /// Arrow memory of buffered rows past which ingest is refused [default: 1073741824].
+    /// Arrow memory of buffered rows past which ingest is refused [default: 536870912].
     #[arg(long, env = "APISCOPE_MAX_BUFFER_BYTES")]
     max_buffer_bytes: Option<usize>,
     /// WAL bytes on disk past which ingest is refused until a flush [default: 4294967296].

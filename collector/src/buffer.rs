@@ -11,8 +11,10 @@
 
 use std::collections::HashMap;
 use std::sync::{PoisonError, RwLock};
+use std::time::Duration;
 
 use arrow::array::RecordBatch;
+use tokio::sync::Notify;
 
 use crate::error::{Error, Result};
 
@@ -22,6 +24,8 @@ pub struct Buffer {
     inner: RwLock<Inner>,
     max_rows: usize,
     max_bytes: usize,
+    /// Told whenever a flush takes rows out.
+    emptied: Notify,
 }
 
 #[derive(Debug, Default)]
@@ -49,7 +53,24 @@ impl Buffer {
             inner: RwLock::new(Inner::default()),
             max_rows,
             max_bytes,
+            emptied: Notify::new(),
         }
+    }
+
+    /// Waits until the buffer admits a request, or `patience` has passed. A sender faster
+    /// than the flushes is slowed down to their pace instead of being refused at once (and
+    /// retrying, which costs it and us the request again).
+    pub async fn room(&self, patience: Duration) {
+        let wait = async {
+            loop {
+                let emptied = self.emptied.notified();
+                if self.admit().is_ok() {
+                    return;
+                }
+                emptied.await;
+            }
+        };
+        let _ = tokio::time::timeout(patience, wait).await;
     }
 
     /// Whether a new request may be taken; refuses (retryably) when over a limit.
@@ -160,6 +181,7 @@ impl Buffer {
                 !flushed
             });
         }
+        self.emptied.notify_waiters();
         Ok(())
     }
 }

@@ -96,6 +96,9 @@ impl Rejections {
     }
 }
 
+/// How long a request waits for room in a full buffer before it is refused.
+pub const ROOM_PATIENCE: Duration = Duration::from_secs(2);
+
 /// Settings of the ingest path.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -133,8 +136,8 @@ impl Config {
             spans: SpanDecoder::default(),
             max_body_bytes: 20 * 1024 * 1024,
             durability: Durability::Fsync,
-            max_buffer_rows: 2_000_000,
-            max_buffer_bytes: 1024 * 1024 * 1024,
+            max_buffer_rows: 500_000,
+            max_buffer_bytes: 512 * 1024 * 1024,
             max_wal_bytes: 4 * 1024 * 1024 * 1024,
             flush_rows: 200_000,
             flush_interval: Duration::from_secs(10),

@@ -23,7 +23,7 @@ use tonic::{Request, Response, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
 use crate::signal::{Logs, Received, Signal, Traces};
-use crate::{Collector, Error};
+use crate::{Collector, Error, ROOM_PATIENCE};
 
 /// The gRPC service of one signal, ready for `tonic::transport::Server::add_service`.
 #[derive(Debug)]
@@ -106,6 +106,7 @@ impl<S: Signal> UnaryService<Received<S::Request>> for Handler<S> {
         let request = request.into_inner();
         let started = std::time::Instant::now();
         Box::pin(async move {
+            collector.buffer().room(ROOM_PATIENCE).await;
             // Converting to Arrow is CPU work: keep it off the runtime's I/O threads.
             let export = move || S::export_counted(&collector, request, "grpc", started);
             match tokio::task::spawn_blocking(export).await {

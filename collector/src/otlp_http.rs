@@ -22,7 +22,7 @@ use serde::de::DeserializeOwned;
 
 use crate::metrics;
 use crate::signal::{Logs, Received, Signal, Traces};
-use crate::{Collector, Error, Result};
+use crate::{Collector, Error, ROOM_PATIENCE, Result};
 
 /// The OTLP/HTTP routes, served on the OTLP HTTP port.
 pub fn router(collector: Arc<Collector>) -> Router {
@@ -55,6 +55,7 @@ async fn export<S: Signal>(
         Err(_) => return refuse(format, Error::TooLarge { limit }),
     };
     let encoding = headers.get(header::CONTENT_ENCODING).cloned();
+    collector.buffer().room(ROOM_PATIENCE).await;
     // Decompressing, decoding and converting to Arrow are CPU work: keep them off the
     // runtime's I/O threads.
     let handled = tokio::task::spawn_blocking(move || {
@@ -113,6 +114,7 @@ async fn requests(
         Err(_) => return refuse(0, Error::TooLarge { limit }),
     };
     let encoding = headers.get(header::CONTENT_ENCODING).cloned();
+    collector.buffer().room(ROOM_PATIENCE).await;
     let handled = tokio::task::spawn_blocking(move || {
         let payload = decompress(encoding.as_ref(), body, limit).map_err(|error| (0, error))?;
         let lines = payload

@@ -178,6 +178,48 @@ fn a_clean_flush_releases_the_log_and_a_reopen_restores_nothing() {
 }
 
 #[test]
+fn a_request_waits_for_a_flush_to_make_room_in_a_full_buffer() {
+    use std::time::{Duration, Instant};
+
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let mut config = config(tmp.path());
+    config.max_buffer_rows = 3;
+    let (collector, _) = Collector::open(config).unwrap();
+    let collector = Arc::new(collector);
+    collector
+        .ingest_traces(&request(0, &[BASE_NS, BASE_NS + 1, BASE_NS + 2]))
+        .unwrap();
+    let buffer = collector.buffer();
+
+    // Nothing flushes: the wait lasts its whole patience, and the buffer is still full.
+    let started = Instant::now();
+    runtime.block_on(buffer.room(Duration::from_millis(300)));
+    assert!(started.elapsed() >= Duration::from_millis(300));
+    assert!(buffer.admit().is_err());
+
+    // A flush makes room: the waiter goes on then, long before its patience runs out.
+    let waiter = runtime.spawn({
+        let buffer = buffer.clone();
+        async move { buffer.room(Duration::from_secs(600)).await }
+    });
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(
+        !waiter.is_finished(),
+        "a full buffer keeps the request waiting"
+    );
+    assert_eq!(runtime.block_on(collector.flush()).unwrap(), 3);
+    runtime
+        .block_on(async { tokio::time::timeout(Duration::from_secs(60), waiter).await })
+        .expect("the flush lets the waiting request in")
+        .unwrap();
+    assert!(buffer.admit().is_ok());
+    collector
+        .ingest_traces(&request(10, &[BASE_NS + 3]))
+        .unwrap();
+}
+
+#[test]
 fn limits_refuse_retryably_and_keep_what_was_accepted() {
     let tmp = tempfile::tempdir().unwrap();
     let mut config = config(tmp.path());
