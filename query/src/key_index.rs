@@ -116,10 +116,13 @@ fn read(file: &Path) -> datafusion::parquet::errors::Result<(Option<KeyIndex>, u
         .key_value_metadata()
         .and_then(|pairs| pairs.iter().find(|pair| pair.key == KEY_INDEX_KEY))
         .and_then(|pair| pair.value.as_deref());
-    Ok(match text {
-        Some(text) => (KeyIndex::from_json(text), 2 * text.len()),
-        None => (None, 0),
-    })
+    // An index that does not count the file's rows is not this file's: no index.
+    let rows = metadata.file_metadata().num_rows();
+    let index = text
+        .and_then(KeyIndex::from_json)
+        .filter(|index| index.rows() as i64 == rows);
+    let bytes = text.map_or(0, str::len) * 2 + 64;
+    Ok((index, bytes))
 }
 
 /// The keys of map columns of `schema` that every row `filters` keep must hold.

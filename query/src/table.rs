@@ -592,6 +592,35 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_key_index_that_does_not_count_its_files_rows_is_ignored() {
+        let store = Store::new();
+        let schema = schemas::SPANS.stored_schema();
+        let rows: Vec<(String, i64, i64)> = (0..20)
+            .map(|i| (format!("s{i}"), store.hour + i, 1_000))
+            .collect();
+        let rows: Vec<_> = rows
+            .iter()
+            .map(|(id, t, d)| (id.as_str(), *t, *d))
+            .collect();
+        // The index of 20 rows without the key, on a file of 10 rows that all have it.
+        let mut index = schemas::KeyIndex::new();
+        index.add(&with_attributes(spans(&schema, &rows), |_| vec![]));
+        let pair = KeyValue::new(schemas::KEY_INDEX_KEY.to_owned(), index.to_json());
+        let properties = WriterProperties::builder()
+            .set_key_value_metadata(Some(vec![pair]))
+            .build();
+        let file = with_attributes(spans(&schema, &rows[..10]), |_| {
+            vec![("db.system", "redis".to_owned())]
+        });
+        store.write("a.parquet", &file, Some(properties));
+
+        let engine = store.engine().await;
+        let sql = "SELECT count(*) FROM spans WHERE attributes['db.system'] = 'redis'";
+        let (count, files) = answer_and_files(&engine, sql).await;
+        assert_eq!((count, files), (vec!["10".to_owned()], vec!["a.parquet"]));
+    }
+
+    #[tokio::test]
     async fn trace_lookups_skip_files_whose_filters_rule_the_trace_out() {
         let store = Store::new();
         let schema = schemas::SPANS.stored_schema();
