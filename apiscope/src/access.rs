@@ -368,7 +368,6 @@ macro_rules! peer_of {
     };
 }
 
-peer_of!(tokio::net::TcpListener);
 peer_of!(crate::serve::PlainListener);
 peer_of!(crate::tls::TlsListener);
 
