@@ -9,9 +9,9 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
-use arrow::datatypes::{DataType, Schema};
+use arrow::datatypes::{DataType, Schema, SchemaRef};
 use datafusion::common::tree_node::{Transformed, TreeNode};
 use datafusion::datasource::listing::ListingTableUrl;
 use datafusion::datasource::physical_plan::parquet::{
@@ -25,6 +25,7 @@ use datafusion::logical_expr::utils::split_conjunction;
 use datafusion::logical_expr::{Between, BinaryExpr, Expr, Like, Operator};
 use datafusion::parquet::arrow::arrow_reader::{ArrowReaderOptions, RowSelection};
 use datafusion::parquet::arrow::async_reader::AsyncFileReader;
+use datafusion::parquet::arrow::parquet_to_arrow_schema;
 use datafusion::parquet::file::metadata::{
     PageIndexPolicy, ParquetMetaData, ParquetMetaDataReader,
 };
@@ -36,41 +37,64 @@ use schemas::{KEY_INDEX_KEY, KeyIndex};
 
 use crate::blooms::text;
 use crate::file_cache::FileCache;
+use crate::map_reads;
 
-/// Bytes of indexes kept at most (an index is a few kilobytes a file).
+/// Bytes of footers' facts kept at most (an index is a few kilobytes a file).
 const BUDGET: usize = 64 << 20;
 
 /// A key of a map column: (column, key).
 pub(crate) type Key = (String, String);
 
-/// The key indexes of a table's files, read once and kept.
+/// What scans need from each data file's footer, read once and kept: its key index and the
+/// schema to read it with.
 #[derive(Debug)]
-pub(crate) struct KeyIndexes {
-    /// `None` for a file without an index.
-    cache: FileCache<Option<KeyIndex>>,
+pub(crate) struct Footers {
+    cache: FileCache<Footer>,
+    /// The read schemas seen, shared by the files that have them (most files have the same).
+    read_schemas: Mutex<Vec<SchemaRef>>,
 }
 
-impl Default for KeyIndexes {
+#[derive(Debug, Default)]
+struct Footer {
+    /// `None` for a file without an index.
+    index: Option<KeyIndex>,
+    /// See [`map_reads::read_schema`].
+    read_as: Option<SchemaRef>,
+}
+
+impl Default for Footers {
     fn default() -> Self {
         Self {
             cache: FileCache::new(BUDGET),
+            read_schemas: Mutex::default(),
         }
     }
 }
 
-/// The rows of one file a scan reads: `None` for all of them.
-pub(crate) type Selected = (PathBuf, Option<RowSelection>);
+/// A file a scan reads, with the rows it reads (`None` for all) and the schema it reads the
+/// file with (`None` for the file's own).
+pub(crate) struct ScanFile {
+    pub(crate) path: PathBuf,
+    rows: Option<RowSelection>,
+    read_as: Option<SchemaRef>,
+}
 
-impl KeyIndexes {
-    /// Each of `files` with the rows that may hold all of `keys`, without the files that
-    /// hold none. Reads the indexes of files not seen before: blocking I/O.
-    pub(crate) fn select(&self, files: Vec<PathBuf>, keys: &[Key]) -> Vec<Selected> {
+impl Footers {
+    /// Each of `files` with the rows that may hold all of `keys` (all rows when there are no
+    /// keys), without the files that hold none. Reads the footers of files not seen before:
+    /// blocking I/O.
+    pub(crate) fn select(&self, files: Vec<PathBuf>, keys: &[Key]) -> Vec<ScanFile> {
         files
             .into_iter()
-            .filter_map(|file| {
-                let index = self.index(&file);
-                let Some(index) = index.as_ref().as_ref() else {
-                    return Some((file, None));
+            .filter_map(|path| {
+                let footer = self.footer(&path);
+                let read_as = footer.read_as.clone();
+                let Some(index) = footer.index.as_ref() else {
+                    return Some(ScanFile {
+                        path,
+                        rows: None,
+                        read_as,
+                    });
                 };
                 let mut selection: Option<RowSelection> = None;
                 for (column, key) in keys {
@@ -84,36 +108,51 @@ impl KeyIndexes {
                         Some(before) => before.intersection(&these),
                     });
                 }
-                match selection {
-                    Some(rows) if !rows.selects_any() => None,
-                    Some(rows) if rows.row_count() == index.rows() => Some((file, None)),
-                    rows => Some((file, rows)),
-                }
+                let rows = match selection {
+                    Some(rows) if !rows.selects_any() => return None,
+                    Some(rows) if rows.row_count() == index.rows() => None,
+                    rows => rows,
+                };
+                Some(ScanFile {
+                    path,
+                    rows,
+                    read_as,
+                })
             })
             .collect()
     }
 
-    fn index(&self, file: &Path) -> Arc<Option<KeyIndex>> {
-        if let Some(index) = self.cache.get(file) {
-            return index;
+    fn footer(&self, file: &Path) -> Arc<Footer> {
+        if let Some(footer) = self.cache.get(file) {
+            return footer;
         }
         // A file that cannot be read is left to the scan to report.
-        let Ok((index, bytes)) = read(file) else {
-            return Arc::new(None);
+        let Ok((mut footer, bytes)) = read(file) else {
+            return Arc::default();
         };
-        let index = Arc::new(index);
-        self.cache.insert(file, index.clone(), bytes);
-        index
+        if let Some(schema) = footer.read_as.take() {
+            let mut seen = self.read_schemas.lock().expect("read schemas lock");
+            let shared = match seen.iter().find(|known| **known == schema) {
+                Some(known) => known.clone(),
+                None => {
+                    seen.push(schema.clone());
+                    schema
+                }
+            };
+            footer.read_as = Some(shared);
+        }
+        let footer = Arc::new(footer);
+        self.cache.insert(file, footer.clone(), bytes);
+        footer
     }
 }
 
-/// The key index of `file`, and about the memory it takes.
-fn read(file: &Path) -> datafusion::parquet::errors::Result<(Option<KeyIndex>, usize)> {
+/// The footer facts of `file`, and about the memory they take.
+fn read(file: &Path) -> datafusion::parquet::errors::Result<(Footer, usize)> {
     let reader = std::fs::File::open(file)?;
     let metadata = ParquetMetaDataReader::new().parse_and_finish(&reader)?;
-    let text = metadata
-        .file_metadata()
-        .key_value_metadata()
+    let pairs = metadata.file_metadata().key_value_metadata();
+    let text = pairs
         .and_then(|pairs| pairs.iter().find(|pair| pair.key == KEY_INDEX_KEY))
         .and_then(|pair| pair.value.as_deref());
     // An index that does not count the file's rows is not this file's: no index.
@@ -121,8 +160,10 @@ fn read(file: &Path) -> datafusion::parquet::errors::Result<(Option<KeyIndex>, u
     let index = text
         .and_then(KeyIndex::from_json)
         .filter(|index| index.rows() as i64 == rows);
+    let schema = parquet_to_arrow_schema(metadata.file_metadata().schema_descr(), pairs)?;
+    let read_as = map_reads::read_schema(&schema);
     let bytes = text.map_or(0, str::len) * 2 + 64;
-    Ok((index, bytes))
+    Ok((Footer { index, read_as }, bytes))
 }
 
 /// The keys of map columns of `schema` that every row `filters` keep must hold.
@@ -189,21 +230,24 @@ fn lookup(expr: &Expr, schema: &Schema) -> Option<Key> {
     }
 }
 
-/// `plan` with the rows of `selected` attached to their files, read with page indexes so
-/// that pages without selected rows are skipped.
+/// `plan` reading each of `files` with its read schema and only its selected rows; with
+/// page indexes where rows are selected, so that pages without selected rows are skipped.
 pub(crate) fn attach(
     plan: Arc<dyn ExecutionPlan>,
-    selected: Vec<Selected>,
+    files: Vec<ScanFile>,
     runtime: &RuntimeEnv,
 ) -> Result<Arc<dyn ExecutionPlan>> {
-    let mut rows = HashMap::new();
-    for (file, selection) in selected {
-        if let Some(selection) = selection {
-            let url = ListingTableUrl::parse(file.to_string_lossy())?;
-            rows.insert(url.prefix().clone(), selection);
+    let mut by_location = HashMap::new();
+    let mut selects = false;
+    for file in files {
+        if file.rows.is_none() && file.read_as.is_none() {
+            continue;
         }
+        selects |= file.rows.is_some();
+        let url = ListingTableUrl::parse(file.path.to_string_lossy())?;
+        by_location.insert(url.prefix().clone(), (file.rows, file.read_as));
     }
-    if rows.is_empty() {
+    if by_location.is_empty() {
         return Ok(plan);
     }
     plan.transform_down(|node| {
@@ -221,22 +265,31 @@ pub(crate) fn attach(
             let files = std::mem::take(group).into_inner();
             *group = files
                 .into_iter()
-                .map(|file| match rows.get(&file.object_meta.location) {
-                    Some(selection) => {
-                        file.with_extension(ParquetRowSelection::new(selection.clone()))
+                .map(|mut file| {
+                    let Some((rows, read_as)) = by_location.get(&file.object_meta.location) else {
+                        return file;
+                    };
+                    if let Some(rows) = rows {
+                        file = file.with_extension(ParquetRowSelection::new(rows.clone()));
                     }
-                    None => file,
+                    if let Some(schema) = read_as {
+                        file = file.with_arrow_schema(schema.clone());
+                    }
+                    file
                 })
                 .collect::<Vec<_>>()
                 .into();
         }
-        let store = runtime.object_store(&config.object_store_url)?;
-        let cached = CachedParquetFileReaderFactory::new(
-            store,
-            runtime.cache_manager.get_file_metadata_cache(),
-        );
-        let factory = Arc::new(WithPageIndex(cached));
-        config.file_source = Arc::new(parquet.clone().with_parquet_file_reader_factory(factory));
+        if selects {
+            let store = runtime.object_store(&config.object_store_url)?;
+            let cached = CachedParquetFileReaderFactory::new(
+                store,
+                runtime.cache_manager.get_file_metadata_cache(),
+            );
+            let factory = Arc::new(WithPageIndex(cached));
+            config.file_source =
+                Arc::new(parquet.clone().with_parquet_file_reader_factory(factory));
+        }
         Ok(Transformed::yes(
             DataSourceExec::from_data_source(config) as Arc<dyn ExecutionPlan>
         ))

@@ -26,7 +26,8 @@ use datafusion::physical_plan::union::UnionExec;
 use schemas::Table;
 
 use crate::blooms::{self, Blooms};
-use crate::key_index::{self, KeyIndexes};
+use crate::key_index::{self, Footers};
+use crate::map_reads::LookupBeforeCast;
 use crate::source::{Source, TimeRange};
 
 /// One stored table.
@@ -39,8 +40,9 @@ pub(crate) struct StoreTable {
     source: Arc<dyn Source>,
     /// The files' trace id filters, for lookups by trace id.
     blooms: Arc<Blooms>,
-    /// Where the files hold each attribute key, for filters on attributes.
-    key_indexes: Arc<KeyIndexes>,
+    /// Where the files hold each attribute key (for filters on attributes), and how to read
+    /// their maps.
+    footers: Arc<Footers>,
 }
 
 impl StoreTable {
@@ -51,7 +53,7 @@ impl StoreTable {
             stored: table.stored_schema(),
             source,
             blooms: Arc::default(),
-            key_indexes: Arc::default(),
+            footers: Arc::default(),
         }
     }
 }
@@ -114,32 +116,29 @@ impl TableProvider for StoreTable {
         }
 
         let keys = key_index::wanted(&filters, &self.stored);
-        let mut selected = Vec::new();
-        if !keys.is_empty() {
-            let indexes = self.key_indexes.clone();
-            selected = tokio::task::spawn_blocking(move || indexes.select(files, &keys))
-                .await
-                .map_err(|error| DataFusionError::External(Box::new(error)))?;
-            files = selected.iter().map(|(file, _)| file.clone()).collect();
-        }
+        let footers = self.footers.clone();
+        let files = tokio::task::spawn_blocking(move || footers.select(files, &keys))
+            .await
+            .map_err(|error| DataFusionError::External(Box::new(error)))?;
 
         let mut inputs = Vec::new();
         if !files.is_empty() {
             let mut urls = Vec::with_capacity(files.len());
             for file in &files {
-                urls.push(ListingTableUrl::parse(file.to_string_lossy())?);
+                urls.push(ListingTableUrl::parse(file.path.to_string_lossy())?);
             }
             let options = ListingOptions::new(Arc::new(ParquetFormat::default()))
                 .with_file_extension(".parquet");
             let config = ListingTableConfig::new_with_multi_paths(urls)
                 .with_listing_options(options)
-                .with_schema(self.stored.clone());
+                .with_schema(self.stored.clone())
+                .with_expr_adapter_factory(Arc::new(LookupBeforeCast));
             // File statistics (for planning) are kept across queries in the session's cache,
             // checked against each file's size and modification time.
             let statistics = state.runtime_env().cache_manager.get_file_statistic_cache();
-            let files = ListingTable::try_new(config)?.with_cache(statistics);
-            let scan = files.scan(state, Some(&read), &filters, limit).await?;
-            inputs.push(key_index::attach(scan, selected, state.runtime_env())?);
+            let table = ListingTable::try_new(config)?.with_cache(statistics);
+            let scan = table.scan(state, Some(&read), &filters, limit).await?;
+            inputs.push(key_index::attach(scan, files, state.runtime_env())?);
         }
         if !snapshot.batches.is_empty() || inputs.is_empty() {
             let buffered = MemTable::try_new(self.stored.clone(), vec![snapshot.batches])?;
@@ -589,6 +588,69 @@ mod tests {
             .collect();
         let expected = format!("{:.2} K", (granule + 10) as f64 / 1000.0);
         assert_eq!(scanned, [expected.as_str()], "{analyzed}");
+    }
+
+    #[tokio::test]
+    async fn maps_read_as_dictionaries_and_views_answer_as_plain_strings() {
+        let store = Store::new();
+        let schema = schemas::SPANS.stored_schema();
+        let rows = [("s0", store.hour, 1_000), ("s1", store.hour + 1, 1_000)];
+        let mut map = MapBuilder::new(None, StringBuilder::new(), StringBuilder::new());
+        // s0: {"k": "a long value, past twelve bytes", "n": null}; s1: {"j": "b"}.
+        map.keys().append_value("k");
+        map.values().append_value("a long value, past twelve bytes");
+        map.keys().append_value("n");
+        map.values().append_null();
+        map.append(true).unwrap();
+        map.keys().append_value("j");
+        map.values().append_value("b");
+        map.append(true).unwrap();
+        let batch = spans(&schema, &rows);
+        let index = schema.index_of("attributes").unwrap();
+        let mut columns = batch.columns().to_vec();
+        columns[index] = Arc::new(map.finish());
+        let batch = RecordBatch::try_new(schema.clone(), columns).unwrap();
+        store.write("a.parquet", &batch, None);
+
+        let engine = store.engine().await;
+        let answer = |sql: &'static str| {
+            let engine = &engine;
+            async move { cells(&engine.query(sql).await.unwrap().batches) }
+        };
+        assert_eq!(
+            answer(
+                "SELECT span_id, coalesce(attributes['k'], '-'), attributes['n'] IS NULL, \
+                 arrow_typeof(attributes['k']), attributes FROM spans ORDER BY span_id"
+            )
+            .await,
+            [
+                vec![
+                    "s0",
+                    "a long value, past twelve bytes",
+                    "true",
+                    "Utf8",
+                    "{k: a long value, past twelve bytes, n: }",
+                ],
+                vec!["s1", "-", "true", "Utf8", "{j: b}"],
+            ]
+        );
+        assert_eq!(
+            answer("SELECT arrow_typeof(attributes) FROM spans LIMIT 1").await,
+            [[schema.field(index).data_type().to_string()]]
+        );
+        assert_eq!(
+            answer(
+                "SELECT coalesce(attributes['k'], '') LIKE 'a long%', count(*) FROM spans \
+                 WHERE attributes['j'] = 'b' OR attributes['k'] IS NOT NULL \
+                 GROUP BY 1 ORDER BY 1"
+            )
+            .await,
+            [["false", "1"], ["true", "1"]]
+        );
+        assert_eq!(
+            answer("SELECT map_keys(attributes) FROM spans ORDER BY span_id").await,
+            [["[k, n]"], ["[j]"]]
+        );
     }
 
     #[tokio::test]
