@@ -6,6 +6,10 @@
 //! and, in the others, read only the granules that hold it: DataFusion is given those rows as
 //! a row selection, and skips whole pages of every column it reads (with the page index,
 //! loaded for these scans). The filter is still applied to the rows read.
+//!
+//! The footer read for the index also gives the schema each file is read with
+//! ([`map_reads::read_schema`]), so every scan, with or without such a filter, goes through
+//! [`Footers::select`] and [`attach`].
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
