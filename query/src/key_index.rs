@@ -7,6 +7,11 @@
 //! a row selection, and skips whole pages of every column it reads (with the page index,
 //! loaded for these scans). The filter is still applied to the rows read.
 //!
+//! A filter `map['key'] = 'text'` or `map['key'] IN ('text', ...)` ([`Exact`]) is answered
+//! outright in a file whose index lists the rows of each value of the key: the scan reads
+//! exactly those rows and does not apply the filter, so a count or any other column never
+//! decodes the map. The table applies it to the rows of the other files ([`ScanFile::answered`]).
+//!
 //! The footer read for the index also gives the schema each file is read with
 //! ([`map_reads::read_schema`]), so every scan, with or without such a filter, goes through
 //! [`Footers::select`] and [`attach`].
@@ -21,7 +26,7 @@ use datafusion::datasource::listing::ListingTableUrl;
 use datafusion::datasource::physical_plan::parquet::{
     CachedParquetFileReaderFactory, ParquetFileReaderFactory, ParquetRowSelection,
 };
-use datafusion::datasource::physical_plan::{FileScanConfig, ParquetSource};
+use datafusion::datasource::physical_plan::{FileScanConfig, FileScanConfigBuilder, ParquetSource};
 use datafusion::datasource::source::DataSourceExec;
 use datafusion::error::Result;
 use datafusion::execution::runtime_env::RuntimeEnv;
@@ -75,29 +80,45 @@ impl Default for Footers {
     }
 }
 
+/// A filter that a file's key index can answer exactly: `map['key']` is one of `values`.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Exact {
+    key: Key,
+    values: Vec<String>,
+}
+
 /// A file a scan reads, with the rows it reads (`None` for all) and the schema it reads the
 /// file with (`None` for the file's own).
 pub(crate) struct ScanFile {
     pub(crate) path: PathBuf,
     rows: Option<RowSelection>,
     read_as: Option<SchemaRef>,
+    /// For each [`Exact`] filter of the scan, whether every row selected passes it.
+    pub(crate) answered: Vec<bool>,
 }
 
 impl Footers {
     /// Each of `files` with the rows that may hold all of `keys` (all rows when there are no
-    /// keys), without the files that hold none. Reads the footers of files not seen before:
-    /// blocking I/O.
-    pub(crate) fn select(&self, files: Vec<PathBuf>, keys: &[Key]) -> Vec<ScanFile> {
+    /// keys) and that pass the `exact` filters its index answers, without the files that have
+    /// no such rows. Reads the footers of files not seen before: blocking I/O.
+    pub(crate) fn select(
+        &self,
+        files: Vec<PathBuf>,
+        keys: &[Key],
+        exact: &[Exact],
+    ) -> Vec<ScanFile> {
         files
             .into_iter()
             .filter_map(|path| {
                 let footer = self.footer(&path);
                 let read_as = footer.read_as.clone();
+                let mut answered = vec![false; exact.len()];
                 let Some(index) = footer.index.as_ref() else {
                     return Some(ScanFile {
                         path,
                         rows: None,
                         read_as,
+                        answered,
                     });
                 };
                 let mut selection: Option<RowSelection> = None;
@@ -105,6 +126,19 @@ impl Footers {
                     let Some(rows) = index.rows_with(column, key) else {
                         continue;
                     };
+                    let these =
+                        RowSelection::from_consecutive_ranges(rows.into_iter(), index.rows());
+                    selection = Some(match selection {
+                        None => these,
+                        Some(before) => before.intersection(&these),
+                    });
+                }
+                for (filter, answered) in exact.iter().zip(&mut answered) {
+                    let (column, key) = &filter.key;
+                    let Some(rows) = index.rows_with_values(column, key, &filter.values) else {
+                        continue;
+                    };
+                    *answered = true;
                     let these =
                         RowSelection::from_consecutive_ranges(rows.into_iter(), index.rows());
                     selection = Some(match selection {
@@ -121,6 +155,7 @@ impl Footers {
                     path,
                     rows,
                     read_as,
+                    answered,
                 })
             })
             .collect()
@@ -190,6 +225,57 @@ fn needed(expr: &Expr, schema: &Schema) -> Option<Key> {
         | Expr::IsNotNull(expr)
         | Expr::Between(Between { expr, .. }) => lookup(expr, schema),
         Expr::InList(list) => lookup(&list.expr, schema),
+        _ => None,
+    }
+}
+
+/// `filter` as an [`Exact`] filter: `map['key'] = 'text'` (either way round) or
+/// `map['key'] IN ('text', ...)`, over a map of text of `schema`.
+pub(crate) fn exact(filter: &Expr, schema: &Schema) -> Option<Exact> {
+    match filter {
+        Expr::BinaryExpr(BinaryExpr {
+            left,
+            op: Operator::Eq,
+            right,
+        }) => {
+            let (key, value) = match (text_lookup(left, schema), text_lookup(right, schema)) {
+                (Some(key), None) => (key, text(right)?),
+                (None, Some(key)) => (key, text(left)?),
+                _ => return None,
+            };
+            Some(Exact {
+                key,
+                values: vec![value],
+            })
+        }
+        Expr::InList(list) if !list.negated => {
+            let key = text_lookup(&list.expr, schema)?;
+            let values = list.list.iter().map(text).collect::<Option<Vec<_>>>()?;
+            Some(Exact { key, values })
+        }
+        _ => None,
+    }
+}
+
+/// `map['key']` over a map of text values, as is or cast to text: it compares as the text
+/// the index lists.
+fn text_lookup(expr: &Expr, schema: &Schema) -> Option<Key> {
+    match expr {
+        Expr::Cast(cast)
+            if matches!(cast.field.data_type(), DataType::Utf8 | DataType::Utf8View) =>
+        {
+            text_lookup(&cast.expr, schema)
+        }
+        Expr::ScalarFunction(_) => {
+            let key = lookup(expr, schema)?;
+            let DataType::Map(entries, _) = schema.field_with_name(&key.0).ok()?.data_type() else {
+                return None;
+            };
+            let DataType::Struct(fields) = entries.data_type() else {
+                return None;
+            };
+            (fields.len() == 2 && fields[1].data_type() == &DataType::Utf8).then_some(key)
+        }
         _ => None,
     }
 }
@@ -266,6 +352,7 @@ pub(crate) fn attach(
         };
         let mut config = config.clone();
         for group in &mut config.file_groups {
+            let statistics = group.file_statistics(None).cloned();
             let files = std::mem::take(group).into_inner();
             *group = files
                 .into_iter()
@@ -275,6 +362,10 @@ pub(crate) fn attach(
                     };
                     if let Some(rows) = rows {
                         file = file.with_extension(ParquetRowSelection::new(rows.clone()));
+                        // The file's counts are no longer those of the rows read.
+                        if let Some(known) = file.statistics.take() {
+                            file.statistics = Some(Arc::new(known.as_ref().clone().to_inexact()));
+                        }
                     }
                     if let Some(schema) = read_as {
                         file = file.with_arrow_schema(schema.clone());
@@ -283,8 +374,21 @@ pub(crate) fn attach(
                 })
                 .collect::<Vec<_>>()
                 .into();
+            if let Some(statistics) = statistics {
+                let statistics = if selects {
+                    statistics.to_inexact()
+                } else {
+                    statistics
+                };
+                *group = std::mem::take(group).with_statistics(Arc::new(statistics));
+            }
         }
         if selects {
+            // Nor are the scan's: a count must not be answered from them.
+            let statistics = config.statistics().to_inexact();
+            config = FileScanConfigBuilder::from(config)
+                .with_statistics(statistics)
+                .build();
             let store = runtime.object_store(&config.object_store_url)?;
             let cached = CachedParquetFileReaderFactory::new(
                 store,

@@ -1,6 +1,7 @@
 //! The table provider behind `spans` and `logs`: Parquet files of the hours a query's time
 //! filter keeps, united with the rows not yet flushed.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use arrow::datatypes::SchemaRef;
@@ -14,19 +15,21 @@ use datafusion::datasource::listing::{
 };
 use datafusion::error::{DataFusionError, Result};
 use datafusion::execution::SessionState;
+use datafusion::logical_expr::expr_rewriter::unnormalize_col;
 use datafusion::logical_expr::simplify::SimplifyContext;
-use datafusion::logical_expr::utils::split_conjunction;
+use datafusion::logical_expr::utils::{conjunction, split_conjunction};
 use datafusion::logical_expr::{
     Between, BinaryExpr, Expr, Operator, TableProviderFilterPushDown, col,
 };
 use datafusion::optimizer::simplify_expressions::ExprSimplifier;
 use datafusion::physical_plan::ExecutionPlan;
+use datafusion::physical_plan::filter::FilterExecBuilder;
 use datafusion::physical_plan::projection::ProjectionExec;
 use datafusion::physical_plan::union::UnionExec;
 use schemas::Table;
 
 use crate::blooms::{self, Blooms};
-use crate::key_index::{self, Footers};
+use crate::key_index::{self, Footers, ScanFile};
 use crate::map_reads::LookupBeforeCast;
 use crate::source::{Source, TimeRange};
 
@@ -72,8 +75,15 @@ impl TableProvider for StoreTable {
         &self,
         filters: &[&Expr],
     ) -> Result<Vec<TableProviderFilterPushDown>> {
-        // Filters prune partitions and row groups, and are applied again on the rows.
-        Ok(vec![TableProviderFilterPushDown::Inexact; filters.len()])
+        // Filters prune partitions and row groups, and are applied again on the rows; those
+        // the key indexes may answer, the scan applies itself where they do not.
+        Ok(filters
+            .iter()
+            .map(|filter| match key_index::exact(filter, &self.stored) {
+                Some(_) => TableProviderFilterPushDown::Exact,
+                None => TableProviderFilterPushDown::Inexact,
+            })
+            .collect())
     }
 
     async fn scan(
@@ -116,13 +126,42 @@ impl TableProvider for StoreTable {
         }
 
         let keys = key_index::wanted(&filters, &self.stored);
+        // Filters the key indexes may answer outright (told DataFusion: exact), and the others.
+        let (exact, inexact): (Vec<_>, Vec<_>) = filters
+            .iter()
+            .map(|filter| (filter, key_index::exact(filter, &self.stored)))
+            .partition(|(_, exact)| exact.is_some());
+        let (exact_filters, exact): (Vec<&Expr>, Vec<key_index::Exact>) = exact
+            .into_iter()
+            .map(|(filter, exact)| (filter, exact.expect("partitioned")))
+            .unzip();
+        let inexact: Vec<Expr> = inexact
+            .into_iter()
+            .map(|(filter, _)| filter.clone())
+            .collect();
         let footers = self.footers.clone();
-        let files = tokio::task::spawn_blocking(move || footers.select(files, &keys))
+        let files = tokio::task::spawn_blocking(move || footers.select(files, &keys, &exact))
             .await
             .map_err(|error| DataFusionError::External(Box::new(error)))?;
 
+        // Files are scanned in groups by which exact filters their indexes answered; each
+        // group applies the others to its rows.
+        let mut groups: BTreeMap<Vec<bool>, Vec<ScanFile>> = BTreeMap::new();
+        for file in files {
+            groups.entry(file.answered.clone()).or_default().push(file);
+        }
         let mut inputs = Vec::new();
-        if !files.is_empty() {
+        for (answered, files) in groups {
+            let unanswered: Vec<&Expr> = exact_filters
+                .iter()
+                .zip(&answered)
+                .filter(|(_, answered)| !**answered)
+                .map(|(filter, _)| *filter)
+                .collect();
+            // Answered filters would only make the scan decode their columns again.
+            let mut pruning = inexact.clone();
+            pruning.extend(unanswered.iter().map(|filter| (*filter).clone()));
+            let columns = self.with_columns_of(&read, &unanswered)?;
             let mut urls = Vec::with_capacity(files.len());
             for file in &files {
                 urls.push(ListingTableUrl::parse(file.path.to_string_lossy())?);
@@ -137,12 +176,20 @@ impl TableProvider for StoreTable {
             // checked against each file's size and modification time.
             let statistics = state.runtime_env().cache_manager.get_file_statistic_cache();
             let table = ListingTable::try_new(config)?.with_cache(statistics);
-            let scan = table.scan(state, Some(&read), &filters, limit).await?;
-            inputs.push(key_index::attach(scan, files, state.runtime_env())?);
+            // A limit holds for rows that pass every filter, so not below a filter.
+            let limit = limit.filter(|_| unanswered.is_empty());
+            let scan = table.scan(state, Some(&columns), &pruning, limit).await?;
+            let scan = key_index::attach(scan, files, state.runtime_env())?;
+            inputs.push(filter(state, scan, &unanswered, read.len())?);
         }
         if !snapshot.batches.is_empty() || inputs.is_empty() {
+            let columns = self.with_columns_of(&read, &exact_filters)?;
+            let limit = limit.filter(|_| exact_filters.is_empty());
             let buffered = MemTable::try_new(self.stored.clone(), vec![snapshot.batches])?;
-            inputs.push(buffered.scan(state, Some(&read), &filters, limit).await?);
+            let scan = buffered
+                .scan(state, Some(&columns), &filters, limit)
+                .await?;
+            inputs.push(filter(state, scan, &exact_filters, read.len())?);
         }
         let scan = UnionExec::try_new(inputs)?;
         if outputs
@@ -200,6 +247,42 @@ impl StoreTable {
         }
         Ok((read, outputs))
     }
+}
+
+impl StoreTable {
+    /// The stored columns `read`, then those `filters` use that `read` lacks.
+    fn with_columns_of(&self, read: &[usize], filters: &[&Expr]) -> Result<Vec<usize>> {
+        let mut columns = read.to_vec();
+        for filter in filters {
+            for used in filter.column_refs() {
+                let index = self.stored.index_of(&used.name)?;
+                if !columns.contains(&index) {
+                    columns.push(index);
+                }
+            }
+        }
+        Ok(columns)
+    }
+}
+
+/// The rows of `plan` that pass all of `filters`, with its first `keep` columns.
+fn filter(
+    state: &dyn Session,
+    plan: Arc<dyn ExecutionPlan>,
+    filters: &[&Expr],
+    keep: usize,
+) -> Result<Arc<dyn ExecutionPlan>> {
+    let Some(predicate) = conjunction(filters.iter().map(|filter| (*filter).clone())) else {
+        return Ok(plan);
+    };
+    let schema = DFSchema::try_from(plan.schema())?;
+    let predicate = state.create_physical_expr(unnormalize_col(predicate), &schema)?;
+    let width = plan.schema().fields().len();
+    let projection = (keep < width).then(|| (0..keep).collect());
+    let filtered = FilterExecBuilder::new(predicate, plan)
+        .apply_projection(projection)?
+        .build()?;
+    Ok(Arc::new(filtered))
 }
 
 fn session_state(session: &dyn Session) -> Result<&SessionState> {
@@ -300,6 +383,7 @@ mod tests {
     use datafusion::parquet::file::properties::WriterProperties;
 
     use super::*;
+    use crate::source::Snapshot;
 
     fn ns(v: i64) -> Expr {
         lit(ScalarValue::TimestampNanosecond(
@@ -650,6 +734,141 @@ mod tests {
         assert_eq!(
             answer("SELECT map_keys(attributes) FROM spans ORDER BY span_id").await,
             [["[k, n]"], ["[j]"]]
+        );
+    }
+
+    /// Files and buffered rows of `spans`.
+    #[derive(Debug)]
+    struct Buffered(crate::source::DataDir, Vec<RecordBatch>);
+
+    impl Source for Buffered {
+        fn snapshot(&self, table: &'static Table, range: TimeRange) -> std::io::Result<Snapshot> {
+            let mut snapshot = self.0.snapshot(table, range)?;
+            if table.name == "spans" {
+                snapshot.batches = self.1.clone();
+            }
+            Ok(snapshot)
+        }
+    }
+
+    #[tokio::test]
+    async fn value_filters_the_index_answers_do_not_read_the_map() {
+        let store = Store::new();
+        let schema = schemas::SPANS.stored_schema();
+        let ids: Vec<String> = (0..3000).map(|i| format!("s{i}")).collect();
+        let rows: Vec<(&str, i64, i64)> = ids
+            .iter()
+            .enumerate()
+            .map(|(i, id)| (id.as_str(), store.hour + i as i64, 1_000))
+            .collect();
+        // Row i's operation, in runs of 50 rows: SELECT, INSERT, a null value, no key, a
+        // repeated key.
+        let operation = |i: usize| -> Vec<(&'static str, Option<&'static str>)> {
+            match (i / 50) % 10 {
+                0..=4 => vec![("db.operation.name", Some("SELECT"))],
+                5 | 6 => vec![("db.operation.name", Some("INSERT"))],
+                7 => vec![("db.operation.name", None)],
+                8 => vec![],
+                _ => vec![
+                    ("db.operation.name", Some("INSERT")),
+                    ("db.operation.name", Some("SELECT")),
+                ],
+            }
+        };
+        let with_operations = |rows: &[(&str, i64, i64)], first: usize| {
+            let mut map = MapBuilder::new(None, StringBuilder::new(), StringBuilder::new());
+            for i in first..first + rows.len() {
+                for (key, value) in operation(i) {
+                    map.keys().append_value(key);
+                    map.values().append_option(value);
+                }
+                map.append(true).unwrap();
+            }
+            let batch = spans(&schema, rows);
+            let mut columns = batch.columns().to_vec();
+            columns[schema.index_of("attributes").unwrap()] = Arc::new(map.finish());
+            RecordBatch::try_new(schema.clone(), columns).unwrap()
+        };
+        // `a` indexed by value, `b` from before values were listed, the rest buffered.
+        let a = with_operations(&rows[..2000], 0);
+        let mut index = schemas::KeyIndex::new();
+        index.add(&a);
+        let pair = KeyValue::new(schemas::KEY_INDEX_KEY.to_owned(), index.to_json());
+        let properties = WriterProperties::builder()
+            .set_key_value_metadata(Some(vec![pair]))
+            .build();
+        store.write("a.parquet", &a, Some(properties));
+        store.write("b.parquet", &with_operations(&rows[2000..2500], 2000), None);
+        let buffered = with_operations(&rows[2500..], 2500);
+        let source = Arc::new(Buffered(
+            crate::source::DataDir(store.dir.path().to_owned()),
+            vec![buffered],
+        ));
+        let engine = crate::Engine::new(source, Default::default(), Default::default())
+            .await
+            .unwrap();
+
+        // Expected answers from the rows as written: the first entry of the key is its value.
+        let value = |i: usize| operation(i).first().and_then(|(_, value)| *value);
+        let count = |pass: &dyn Fn(usize) -> bool| (0..3000).filter(|&i| pass(i)).count();
+        let selects = count(&|i| value(i) == Some("SELECT"));
+        let either = count(&|i| value(i).is_some());
+        let early_inserts = count(&|i| i < 1500 && value(i) == Some("INSERT"));
+        for (condition, expected) in [
+            ("attributes['db.operation.name'] = 'SELECT'", selects),
+            ("'SELECT' = attributes['db.operation.name']", selects),
+            (
+                "attributes['db.operation.name'] IN ('SELECT', 'INSERT')",
+                either,
+            ),
+            ("attributes['db.operation.name'] = 'UPDATE'", 0),
+            (
+                "attributes['db.operation.name'] = 'INSERT' AND time < \
+                 to_timestamp_nanos(1764237600000001500)",
+                early_inserts,
+            ),
+        ] {
+            let sql = format!("SELECT count(*) FROM spans WHERE {condition}");
+            let answer = cells(&engine.query(&sql).await.unwrap().batches).concat();
+            assert_eq!(answer, [expected.to_string()], "{condition}");
+        }
+
+        // Rows and values come back as stored, limits hold.
+        let sql = "SELECT span_id, attributes['db.operation.name'] AS op FROM spans \
+                   WHERE attributes['db.operation.name'] = 'INSERT' ORDER BY time";
+        let answer = cells(&engine.query(sql).await.unwrap().batches);
+        let expected: Vec<Vec<String>> = (0..3000)
+            .filter(|&i| value(i) == Some("INSERT"))
+            .map(|i| vec![format!("s{i}"), "INSERT".to_owned()])
+            .collect();
+        assert_eq!(answer, expected);
+        let sql = "SELECT count(*) FROM (SELECT span_id FROM spans WHERE \
+                   attributes['db.operation.name'] = 'SELECT' LIMIT 7)";
+        let answer = cells(&engine.query(sql).await.unwrap().batches).concat();
+        assert_eq!(answer, ["7"]);
+
+        // `a`'s scan reads no column for the count; `b` and the buffer read the map.
+        let plan = engine
+            .query(
+                "EXPLAIN SELECT count(*) FROM spans \
+                 WHERE attributes['db.operation.name'] = 'SELECT'",
+            )
+            .await
+            .unwrap();
+        let plan = cells(&plan.batches).concat().join(" ");
+        let scans: Vec<&str> = plan
+            .split("DataSourceExec")
+            .skip(1)
+            .map(|scan| scan.split("file_type").next().unwrap_or(scan))
+            .collect();
+        let scan_of = |file: &str| scans.iter().find(|scan| scan.contains(file)).copied();
+        assert!(
+            scan_of("a.parquet").is_some_and(|scan| !scan.contains("projection")),
+            "{plan}"
+        );
+        assert!(
+            scan_of("b.parquet").is_some_and(|scan| scan.contains("attributes")),
+            "{plan}"
         );
     }
 
