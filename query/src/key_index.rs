@@ -13,7 +13,7 @@
 //! decodes the map. The table applies it to the rows of the other files ([`ScanFile::answered`]).
 //!
 //! The footer read for the index also gives the schema each file is read with
-//! ([`map_reads::read_schema`]), so every scan, with or without such a filter, goes through
+//! ([`read_types::read_schema`]), so every scan, with or without such a filter, goes through
 //! [`Footers::select`] and [`attach`].
 
 use std::collections::HashMap;
@@ -35,8 +35,9 @@ use datafusion::logical_expr::{Between, BinaryExpr, Expr, Like, Operator};
 use datafusion::parquet::arrow::arrow_reader::{ArrowReaderOptions, RowSelection};
 use datafusion::parquet::arrow::async_reader::AsyncFileReader;
 use datafusion::parquet::arrow::parquet_to_arrow_schema;
+use datafusion::parquet::basic::{Encoding, PageType};
 use datafusion::parquet::file::metadata::{
-    PageIndexPolicy, ParquetMetaData, ParquetMetaDataReader,
+    ColumnChunkMetaData, PageIndexPolicy, ParquetMetaData, ParquetMetaDataReader,
 };
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::metrics::ExecutionPlanMetricsSet;
@@ -46,7 +47,7 @@ use schemas::{KEY_INDEX_KEY, KeyIndex};
 
 use crate::blooms::text;
 use crate::file_cache::FileCache;
-use crate::map_reads;
+use crate::read_types;
 
 /// Bytes of footers' facts kept at most (an index is a few kilobytes a file).
 const BUDGET: usize = 64 << 20;
@@ -67,7 +68,7 @@ pub(crate) struct Footers {
 struct Footer {
     /// `None` for a file without an index.
     index: Option<KeyIndex>,
-    /// See [`map_reads::read_schema`].
+    /// See [`read_types::read_schema`].
     read_as: Option<SchemaRef>,
 }
 
@@ -95,6 +96,14 @@ pub(crate) struct ScanFile {
     read_as: Option<SchemaRef>,
     /// For each [`Exact`] filter of the scan, whether every row selected passes it.
     pub(crate) answered: Vec<bool>,
+}
+
+impl ScanFile {
+    /// The schema the file is read with, when it is not the file's own.
+    #[cfg(test)]
+    pub(crate) fn read_as(&self) -> Option<&SchemaRef> {
+        self.read_as.as_ref()
+    }
 }
 
 impl Footers {
@@ -200,9 +209,47 @@ fn read(file: &Path) -> datafusion::parquet::errors::Result<(Footer, usize)> {
         .and_then(KeyIndex::from_json)
         .filter(|index| index.rows() as i64 == rows);
     let schema = parquet_to_arrow_schema(metadata.file_metadata().schema_descr(), pairs)?;
-    let read_as = map_reads::read_schema(&schema);
+    let read_as = read_types::read_schema(&schema, &dictionary_encoded(&metadata));
     let bytes = text.map_or(0, str::len) * 2 + 64;
     Ok((Footer { index, read_as }, bytes))
+}
+
+/// The top-level columns of a file whose every data page is dictionary-encoded: read as
+/// dictionaries, they cost no copy of their strings, and a comparison with a constant compares
+/// the dictionary's few values once. (A column whose dictionary overflowed to plain pages
+/// would have to be hashed into a new dictionary: it is read as it is.)
+fn dictionary_encoded(metadata: &ParquetMetaData) -> Vec<String> {
+    let descr = metadata.file_metadata().schema_descr();
+    let groups = metadata.row_groups();
+    (0..descr.num_columns())
+        .filter(|&index| descr.column(index).path().parts().len() == 1 && !groups.is_empty())
+        .filter(|&index| {
+            groups.iter().all(|group| {
+                let chunk = group.column(index);
+                chunk.dictionary_page_offset().is_some() && only_dictionary_pages(chunk)
+            })
+        })
+        .map(|index| descr.column(index).name().to_owned())
+        .collect()
+}
+
+/// Whether the chunk's page encoding statistics say all its data pages are dictionary-encoded.
+fn only_dictionary_pages(chunk: &ColumnChunkMetaData) -> bool {
+    let dictionary = |encoding: Encoding| {
+        matches!(
+            encoding,
+            Encoding::RLE_DICTIONARY | Encoding::PLAIN_DICTIONARY
+        )
+    };
+    if let Some(mask) = chunk.page_encoding_stats_mask() {
+        return mask.is_only(Encoding::RLE_DICTIONARY) || mask.is_only(Encoding::PLAIN_DICTIONARY);
+    }
+    chunk.page_encoding_stats().is_some_and(|stats| {
+        stats
+            .iter()
+            .filter(|page| matches!(page.page_type, PageType::DATA_PAGE | PageType::DATA_PAGE_V2))
+            .all(|page| dictionary(page.encoding))
+    })
 }
 
 /// The keys of map columns of `schema` that every row `filters` keep must hold.

@@ -30,7 +30,7 @@ use schemas::Table;
 
 use crate::blooms::{self, Blooms};
 use crate::key_index::{self, Footers, ScanFile};
-use crate::map_reads::LookupBeforeCast;
+use crate::read_types::LookupBeforeCast;
 use crate::source::{Source, TimeRange};
 
 /// One stored table.
@@ -672,6 +672,59 @@ mod tests {
             .collect();
         let expected = format!("{:.2} K", (granule + 10) as f64 / 1000.0);
         assert_eq!(scanned, [expected.as_str()], "{analyzed}");
+    }
+
+    #[tokio::test]
+    async fn text_columns_all_in_dictionary_pages_are_read_as_dictionaries_and_answer_as_text() {
+        let store = Store::new();
+        let schema = schemas::SPANS.stored_schema();
+        let ids: Vec<String> = (0..400).map(|i| format!("s{i}")).collect();
+        let rows: Vec<(&str, i64, i64)> = ids
+            .iter()
+            .enumerate()
+            .map(|(i, id)| (id.as_str(), store.hour + i as i64, 1_000))
+            .collect();
+        let services = ["checkout", "payments", "search"];
+        let with_services = |rows: &[(&str, i64, i64)], first: usize| {
+            let batch = spans(&schema, rows);
+            let names = (first..first + rows.len()).map(|i| services[i % 3]);
+            let mut columns = batch.columns().to_vec();
+            columns[schema.index_of("service_name").unwrap()] =
+                Arc::new(StringArray::from_iter_values(names));
+            RecordBatch::try_new(schema.clone(), columns).unwrap()
+        };
+        // `a` as apiscope writes (dictionary pages); `b` in plain pages.
+        store.write("a.parquet", &with_services(&rows[..300], 0), None);
+        let plain = WriterProperties::builder()
+            .set_dictionary_enabled(false)
+            .build();
+        store.write("b.parquet", &with_services(&rows[300..], 300), Some(plain));
+
+        let folder = schemas::partition_dir(store.dir.path(), "spans", store.hour);
+        let footers = Footers::default();
+        let read_as = |file: &str| {
+            let files = footers.select(vec![folder.join(file)], &[], &[]);
+            let schema = files[0].read_as().expect("maps are read otherwise");
+            schema
+                .field_with_name("service_name")
+                .unwrap()
+                .data_type()
+                .clone()
+        };
+        assert!(matches!(read_as("a.parquet"), DataType::Dictionary(..)));
+        assert_eq!(read_as("b.parquet"), DataType::Utf8);
+
+        let engine = store.engine().await;
+        let sql = "SELECT service_name, arrow_typeof(service_name), count(*) FROM spans \
+                   WHERE service_name <> 'search' GROUP BY 1, 2 ORDER BY 1";
+        let expected: Vec<Vec<String>> = services[..2]
+            .iter()
+            .map(|name| {
+                let count = (0..400).filter(|i| services[i % 3] == *name).count();
+                vec![name.to_string(), "Utf8".to_owned(), count.to_string()]
+            })
+            .collect();
+        assert_eq!(cells(&engine.query(sql).await.unwrap().batches), expected);
     }
 
     #[tokio::test]
