@@ -17,6 +17,7 @@
 //! [`Footers::select`] and [`attach`].
 
 use std::collections::HashMap;
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -130,30 +131,28 @@ impl Footers {
                         answered,
                     });
                 };
+                // The rows that may hold every key, and those of the values asked for where the
+                // index lists them.
                 let mut selection: Option<RowSelection> = None;
-                for (column, key) in keys {
-                    let Some(rows) = index.rows_with(column, key) else {
-                        continue;
-                    };
+                let mut keep = |rows: Vec<Range<usize>>| {
                     let these =
                         RowSelection::from_consecutive_ranges(rows.into_iter(), index.rows());
-                    selection = Some(match selection {
+                    selection = Some(match selection.take() {
                         None => these,
                         Some(before) => before.intersection(&these),
                     });
+                };
+                for (column, key) in keys {
+                    if let Some(rows) = index.rows_with(column, key) {
+                        keep(rows);
+                    }
                 }
                 for (filter, answered) in exact.iter().zip(&mut answered) {
                     let (column, key) = &filter.key;
-                    let Some(rows) = index.rows_with_values(column, key, &filter.values) else {
-                        continue;
-                    };
-                    *answered = true;
-                    let these =
-                        RowSelection::from_consecutive_ranges(rows.into_iter(), index.rows());
-                    selection = Some(match selection {
-                        None => these,
-                        Some(before) => before.intersection(&these),
-                    });
+                    if let Some(rows) = index.rows_with_values(column, key, &filter.values) {
+                        *answered = true;
+                        keep(rows);
+                    }
                 }
                 let rows = match selection {
                     Some(rows) if !rows.selects_any() => return None,

@@ -443,21 +443,12 @@ mod tests {
 
     /// A batch of one map column `attributes` whose rows hold `rows` keys.
     fn batch(rows: &[&[&str]]) -> RecordBatch {
-        let mut map = MapBuilder::new(None, StringBuilder::new(), StringBuilder::new());
-        for keys in rows {
-            for key in *keys {
-                map.keys().append_value(key);
-                map.values().append_value("v");
-            }
-            map.append(true).unwrap();
-        }
-        let column: ArrayRef = Arc::new(map.finish());
-        let schema = Schema::new(vec![Field::new(
-            "attributes",
-            column.data_type().clone(),
-            true,
-        )]);
-        RecordBatch::try_new(Arc::new(schema), vec![column]).unwrap()
+        let rows: Vec<Vec<(&str, Option<&str>)>> = rows
+            .iter()
+            .map(|keys| keys.iter().map(|key| (*key, Some("v"))).collect())
+            .collect();
+        let rows: Vec<&[(&str, Option<&str>)]> = rows.iter().map(Vec::as_slice).collect();
+        batch_of_values(&rows)
     }
 
     #[test]
