@@ -33,7 +33,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::ops::Range;
 
-use arrow::array::{Array, AsArray, MapArray, RecordBatch};
+use arrow::array::{Array, AsArray, MapArray, RecordBatch, StringArray};
 use arrow::datatypes::DataType;
 use serde_json::{Value, json};
 
@@ -151,11 +151,8 @@ impl KeyIndex {
                 let granule = (self.rows + row) / self.granule_rows;
                 // Neighbouring rows mostly carry the same keys in the same order: comparing
                 // them with the last row's is cheaper than a lookup per key.
-                let same = previous.is_some_and(|(g, s, e)| {
-                    g == granule
-                        && e - s == end - start
-                        && (0..end - start).all(|i| keys.value(s + i) == keys.value(start + i))
-                });
+                let same = previous
+                    .is_some_and(|(g, s, e)| g == granule && same_keys(keys, s..e, start..end));
                 previous = Some((granule, start, end));
                 if same {
                     continue;
@@ -349,10 +346,7 @@ impl ColumnValues {
                 continue;
             }
             // Neighbouring rows mostly have the same keys in the same order.
-            let same = previous.is_some_and(|(s, e)| {
-                e - s == end - start
-                    && (0..end - start).all(|i| keys.value(s + i) == keys.value(start + i))
-            });
+            let same = previous.is_some_and(|(s, e)| same_keys(keys, s..e, start..end));
             previous = Some((start, end));
             if !same {
                 slots.clear();
@@ -393,6 +387,11 @@ impl KeyValues {
             ..Self::default()
         }
     }
+}
+
+/// Whether the map entries `a` and `b` have the same keys in the same order.
+fn same_keys(keys: &StringArray, a: Range<usize>, b: Range<usize>) -> bool {
+    a.len() == b.len() && a.zip(b).all(|(i, j)| keys.value(i) == keys.value(j))
 }
 
 /// `runs` as stored: first start, length, then gap since the last end, length, ...
