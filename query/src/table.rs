@@ -237,12 +237,7 @@ impl StoreTable {
                     simplifier.simplify(simplifier.coerce(expr, &stored_df)?)?
                 }
             };
-            for used in expr.column_refs() {
-                let index = self.stored.index_of(&used.name)?;
-                if !read.contains(&index) {
-                    read.push(index);
-                }
-            }
+            self.add_columns_of(&mut read, &expr)?;
             outputs.push((expr, column.name));
         }
         Ok((read, outputs))
@@ -254,14 +249,20 @@ impl StoreTable {
     fn with_columns_of(&self, read: &[usize], filters: &[&Expr]) -> Result<Vec<usize>> {
         let mut columns = read.to_vec();
         for filter in filters {
-            for used in filter.column_refs() {
-                let index = self.stored.index_of(&used.name)?;
-                if !columns.contains(&index) {
-                    columns.push(index);
-                }
-            }
+            self.add_columns_of(&mut columns, filter)?;
         }
         Ok(columns)
+    }
+
+    /// Appends to `columns` the stored columns `expr` uses that it lacks.
+    fn add_columns_of(&self, columns: &mut Vec<usize>, expr: &Expr) -> Result<()> {
+        for used in expr.column_refs() {
+            let index = self.stored.index_of(&used.name)?;
+            if !columns.contains(&index) {
+                columns.push(index);
+            }
+        }
+        Ok(())
     }
 }
 
