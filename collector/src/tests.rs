@@ -430,7 +430,8 @@ fn injected_file_faults_never_acknowledge_lost_data() {
 }
 
 /// A flush gathers rows from many batches: each hour's file must hold exactly that hour's
-/// rows, sorted by service, endpoint and time, in row groups of at most 65,536 rows.
+/// rows, sorted by service, endpoint and time, in row groups of at most 131,072 rows, each
+/// trace id stored once in its group's dictionary.
 #[test]
 fn flushed_files_hold_their_hour_sorted_by_service_endpoint_and_time() {
     use arrow::array::{AsArray, RecordBatch};
@@ -441,9 +442,9 @@ fn flushed_files_hold_their_hour_sorted_by_service_endpoint_and_time() {
     let mut batches: Vec<RecordBatch> = Vec::new();
     let mut sent = std::collections::BTreeSet::new();
     let mut n: u64 = 0;
-    // 84,000 spans in 7 requests; services, names and times interleaved; one in ten in the
+    // 168,000 spans in 14 requests; services, names and times interleaved; one in ten in the
     // next hour.
-    for _ in 0..7 {
+    for _ in 0..14 {
         let mut resource_spans = Vec::new();
         for service in ["b-svc", "a-svc"] {
             let spans = (0..6000)
@@ -453,7 +454,8 @@ fn flushed_files_hold_their_hour_sorted_by_service_endpoint_and_time() {
                     let start = BASE_NS + hour + (n * 7919 % 3_000) * 1_000_000_000 + n;
                     sent.insert(n);
                     Span {
-                        trace_id: vec![2; 16],
+                        // Three spans a trace, each id distinct.
+                        trace_id: [(n / 3 + 1).to_be_bytes(), (n / 3 + 1).to_be_bytes()].concat(),
                         span_id: n.to_be_bytes().to_vec(),
                         name: ["GET /b", "GET /a", "POST /c"][(n % 3) as usize].into(),
                         start_time_unix_nano: start,
@@ -494,8 +496,22 @@ fn flushed_files_hold_their_hour_sorted_by_service_endpoint_and_time() {
         )
         .unwrap();
         for group in builder.metadata().row_groups() {
-            assert!(group.num_rows() <= 65_536, "{}", group.num_rows());
+            assert!(
+                group.num_rows() as usize <= writer::ROW_GROUP_ROWS,
+                "{}",
+                group.num_rows()
+            );
             row_groups += 1;
+            let trace_id = group
+                .columns()
+                .iter()
+                .find(|chunk| chunk.column_path().string() == "trace_id")
+                .unwrap();
+            let pages = trace_id.page_encoding_stats_mask().expect("page encodings");
+            assert!(
+                pages.is_only(parquet::basic::Encoding::RLE_DICTIONARY),
+                "trace ids past the dictionary: {pages:?}"
+            );
         }
         // The file's key index holds every row with a key, and leaves out most without.
         let index = builder
@@ -528,6 +544,7 @@ fn flushed_files_hold_their_hour_sorted_by_service_endpoint_and_time() {
             let time = batch.column_by_name("time").unwrap();
             let time = time.as_primitive::<TimestampNanosecondType>();
             let span_id = batch.column_by_name("span_id").unwrap().as_string::<i32>();
+            let trace_id = batch.column_by_name("trace_id").unwrap().as_string::<i32>();
             let attributes = batch.column_by_name("attributes").unwrap().as_map();
             for row in 0..batch.num_rows() {
                 let keys = attributes.value(row);
@@ -558,6 +575,8 @@ fn flushed_files_hold_their_hour_sorted_by_service_endpoint_and_time() {
                 }
                 previous = Some(key);
                 let id = u64::from_str_radix(span_id.value(row), 16).unwrap();
+                let trace = id / 3 + 1;
+                assert_eq!(trace_id.value(row), format!("{trace:016x}{trace:016x}"));
                 assert!(stored.insert(id), "span {id} stored twice");
             }
         }
