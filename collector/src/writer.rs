@@ -247,6 +247,23 @@ fn properties(through: u64) -> WriterProperties {
             .set_column_dictionary_enabled(ColumnPath::from(column), false)
             .set_column_encoding(ColumnPath::from(column), encoding);
     }
+    // Minimum and maximum prune nothing here: random ids span the whole range in every page,
+    // and no query reads the map's keys and values by range (the key index serves them).
+    // Computing them compared every value written: string comparisons went from 10% to 7.4%
+    // of the daemon's CPU at full speed (perf, 1.5M spans).
+    let unranged = [
+        &["trace_id"][..],
+        &["span_id"],
+        &["parent_span_id"],
+        &["attributes", "entries", "keys"],
+        &["attributes", "entries", "values"],
+        &["resource_attributes", "entries", "keys"],
+        &["resource_attributes", "entries", "values"],
+    ];
+    for path in unranged {
+        let path = ColumnPath::new(path.iter().map(|part| part.to_string()).collect());
+        builder = builder.set_column_statistics_enabled(path, EnabledStatistics::None);
+    }
     builder
         // A trace's spans share its id, and a row group holds most spans of the traces in it:
         // each id once in the group's dictionary and a small index per row. The dictionary of
