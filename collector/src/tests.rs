@@ -430,7 +430,7 @@ fn injected_file_faults_never_acknowledge_lost_data() {
 }
 
 /// A flush gathers rows from many batches: each hour's file must hold exactly that hour's
-/// rows, sorted by service, endpoint and time, in row groups of at most 131,072 rows, each
+/// rows, sorted by service, endpoint and time, in row groups of at most 262,144 rows, each
 /// trace id stored once in its group's dictionary.
 #[test]
 fn flushed_files_hold_their_hour_sorted_by_service_endpoint_and_time() {
@@ -442,9 +442,9 @@ fn flushed_files_hold_their_hour_sorted_by_service_endpoint_and_time() {
     let mut batches: Vec<RecordBatch> = Vec::new();
     let mut sent = std::collections::BTreeSet::new();
     let mut n: u64 = 0;
-    // 168,000 spans in 14 requests; services, names and times interleaved; one in ten in the
+    // 312,000 spans in 26 requests; services, names and times interleaved; one in ten in the
     // next hour.
-    for _ in 0..14 {
+    for _ in 0..26 {
         let mut resource_spans = Vec::new();
         for service in ["b-svc", "a-svc"] {
             let spans = (0..6000)
