@@ -213,10 +213,11 @@ fn read(file: &Path) -> datafusion::parquet::errors::Result<(Footer, usize)> {
     Ok((Footer { index, read_as }, bytes))
 }
 
-/// The top-level columns of a file whose every data page is dictionary-encoded: read as
-/// dictionaries, they cost no copy of their strings, and a comparison with a constant compares
-/// the dictionary's few values once. (A column whose dictionary overflowed to plain pages
-/// would have to be hashed into a new dictionary: it is read as it is.)
+/// The top-level columns of a file whose every data page is dictionary-encoded, with small
+/// dictionaries: read as dictionaries, they cost no copy of their strings, and a comparison
+/// with a constant compares the dictionary's few values once per batch. (A column whose
+/// dictionary overflowed to plain pages would have to be hashed into a new dictionary: it is
+/// read as it is.)
 fn dictionary_encoded(metadata: &ParquetMetaData) -> Vec<String> {
     let descr = metadata.file_metadata().schema_descr();
     let groups = metadata.row_groups();
@@ -225,12 +226,24 @@ fn dictionary_encoded(metadata: &ParquetMetaData) -> Vec<String> {
         .filter(|&index| {
             groups.iter().all(|group| {
                 let chunk = group.column(index);
-                chunk.dictionary_page_offset().is_some() && only_dictionary_pages(chunk)
+                let dictionary_bytes = chunk
+                    .dictionary_page_offset()
+                    .map(|start| chunk.data_page_offset() - start);
+                dictionary_bytes.is_some_and(|bytes| bytes <= MAX_DICTIONARY_READ_BYTES)
+                    && only_dictionary_pages(chunk)
             })
         })
         .map(|index| descr.column(index).name().to_owned())
         .collect()
 }
+
+/// Largest dictionary page (as stored) of a column read as a dictionary. A comparison with a
+/// dictionary column compares every value of the dictionary for each batch of rows, so a
+/// dictionary of nearly as many values as its row group has rows (`trace_id`, one value per
+/// trace) costs more than the strings themselves: a lookup of one trace over 8M spans
+/// compared a group's 100,000 ids for each of its 32 batches. Endpoints, services, clients
+/// and the like stay under 5 KiB in files of a quarter million spans; trace ids take 2 MiB.
+const MAX_DICTIONARY_READ_BYTES: i64 = 64 * 1024;
 
 /// Whether the chunk's page encoding statistics say all its data pages are dictionary-encoded.
 fn only_dictionary_pages(chunk: &ColumnChunkMetaData) -> bool {

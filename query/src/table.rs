@@ -692,6 +692,11 @@ mod tests {
             let mut columns = batch.columns().to_vec();
             columns[schema.index_of("service_name").unwrap()] =
                 Arc::new(StringArray::from_iter_values(names));
+            // A value per row, as long as a dictionary of them is too large to compare for
+            // each batch.
+            let traces = (first..first + rows.len()).map(|i| format!("{i:0>256}"));
+            columns[schema.index_of("trace_id").unwrap()] =
+                Arc::new(StringArray::from_iter_values(traces));
             RecordBatch::try_new(schema.clone(), columns).unwrap()
         };
         // `a` as apiscope writes (dictionary pages); `b` in plain pages.
@@ -703,17 +708,17 @@ mod tests {
 
         let folder = schemas::partition_dir(store.dir.path(), "spans", store.hour);
         let footers = Footers::default();
-        let read_as = |file: &str| {
+        let read_as = |file: &str, column: &str| {
             let files = footers.select(vec![folder.join(file)], &[], &[]);
             let schema = files[0].read_as().expect("maps are read otherwise");
-            schema
-                .field_with_name("service_name")
-                .unwrap()
-                .data_type()
-                .clone()
+            schema.field_with_name(column).unwrap().data_type().clone()
         };
-        assert!(matches!(read_as("a.parquet"), DataType::Dictionary(..)));
-        assert_eq!(read_as("b.parquet"), DataType::Utf8);
+        assert!(matches!(
+            read_as("a.parquet", "service_name"),
+            DataType::Dictionary(..)
+        ));
+        assert_eq!(read_as("a.parquet", "trace_id"), DataType::Utf8);
+        assert_eq!(read_as("b.parquet", "service_name"), DataType::Utf8);
 
         let engine = store.engine().await;
         let sql = "SELECT service_name, arrow_typeof(service_name), count(*) FROM spans \
@@ -726,6 +731,11 @@ mod tests {
             })
             .collect();
         assert_eq!(cells(&engine.query(sql).await.unwrap().batches), expected);
+        let sql = format!(
+            "SELECT count(*) FROM spans WHERE trace_id = '{:0>256}'",
+            299
+        );
+        assert_eq!(cells(&engine.query(&sql).await.unwrap().batches), [["1"]]);
     }
 
     #[tokio::test]
