@@ -164,8 +164,9 @@ const ROWS_PER_WRITE: usize = 64 * 1024;
 /// 11.7 with one in groups of 64Ki rows, 9.8 in groups of 128Ki and 9.2 in groups of 256Ki (a
 /// span 34.8 and 33.9 bytes in all for the last two). A lookup of one trace decodes the
 /// `trace_id` column of the groups its bloom filters admit: medians over five ids, 22-41 ms
-/// with groups of 128Ki and 28-47 with 256Ki on a busy machine; scans went faster with fewer
-/// groups (per-endpoint SQL 152-184 ms against 182-342).
+/// with groups of 128Ki and 28-47 with 256Ki on a busy machine (the ids then read as
+/// dictionaries; 19-40 ms since they are read as text); scans went faster with fewer groups
+/// (per-endpoint SQL 152 ms against 182).
 pub(crate) const ROW_GROUP_ROWS: usize = 256 * 1024;
 
 /// Largest `trace_id` dictionary page of a row group: room for every id of a full group.
