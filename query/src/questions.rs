@@ -593,7 +593,8 @@ pub(crate) async fn register_api_calls(ctx: &SessionContext) -> Result<()> {
     ctx.register_table(
         API_CALLS.name,
         Arc::new(QuestionTable {
-            sql: API_CALLS.sql.to_owned(),
+            question: &API_CALLS,
+            window: None,
             schema: Arc::new(view_plan.schema().as_arrow().clone()),
         }),
     )?;
@@ -616,16 +617,44 @@ impl TableFunctionImpl for QuestionFunction {
                 self.question.name
             );
         }
-        let window = window_of(self.question.name, args.exprs(), args.session())?;
+        let window = WindowArgs::new(self.question.name, args.exprs(), args.session())?;
         Ok(Arc::new(QuestionTable {
-            sql: window.sql(self.question, &self.settings),
+            question: self.question,
+            window: Some((window, self.settings.clone())),
             schema: self.schema.clone(),
         }))
     }
 }
 
+/// A table function's window, as its arguments give it: checked when the statement is
+/// planned, and read again when it runs. `now()` is the time a statement starts running,
+/// which DataFusion fixes after planning (`execute_logical_plan` takes a new start time, and
+/// so do the PostgreSQL front-end's statements); a window read at planning would end a
+/// little before the `now()` the rest of the statement compares with.
+#[derive(Debug, Clone)]
+pub(crate) struct WindowArgs {
+    name: &'static str,
+    args: Vec<Expr>,
+}
+
+impl WindowArgs {
+    /// `args` of table function `name`, refused now if they name no window.
+    pub(crate) fn new(name: &'static str, args: &[Expr], session: &dyn Session) -> Result<Self> {
+        window_of(name, args, session)?;
+        Ok(Self {
+            name,
+            args: args.to_vec(),
+        })
+    }
+
+    /// The window, with `now()` the time `session`'s statement started running.
+    pub(crate) fn window(&self, session: &dyn Session) -> Result<Window> {
+        window_of(self.name, &self.args, session)
+    }
+}
+
 /// The window a table function's arguments name.
-pub(crate) fn window_of(name: &str, args: &[Expr], session: &dyn Session) -> Result<Window> {
+fn window_of(name: &str, args: &[Expr], session: &dyn Session) -> Result<Window> {
     let now = session
         .execution_props()
         .query_execution_start_time
@@ -680,10 +709,12 @@ pub(crate) fn window_of(name: &str, args: &[Expr], session: &dyn Session) -> Res
     Ok(window)
 }
 
-/// A question's answer as a table: its SQL, planned when scanned.
+/// A question's answer as a table: its SQL, made and planned when scanned.
 #[derive(Debug)]
 struct QuestionTable {
-    sql: String,
+    question: &'static Question,
+    /// The window and settings of a question function; `None` for a view.
+    window: Option<(WindowArgs, QuestionSettings)>,
     schema: SchemaRef,
 }
 
@@ -716,7 +747,11 @@ impl TableProvider for QuestionTable {
         let Some(state) = session.as_any().downcast_ref::<SessionState>() else {
             return plan_err!("questions run inside a DataFusion session");
         };
-        let mut plan = LogicalPlanBuilder::from(state.create_logical_plan(&self.sql).await?);
+        let sql = match &self.window {
+            Some((window, settings)) => window.window(session)?.sql(self.question, settings),
+            None => self.question.sql.to_owned(),
+        };
+        let mut plan = LogicalPlanBuilder::from(state.create_logical_plan(&sql).await?);
         let unqualified: Vec<Expr> = filters
             .iter()
             .map(|filter| unqualify(filter.clone()))

@@ -46,7 +46,7 @@ use datafusion::prelude::{SessionContext, col, lit};
 
 use crate::engine::CATALOG;
 use crate::file_cache::FileCache;
-use crate::questions::{self, Window};
+use crate::questions::{self, Window, WindowArgs};
 use crate::source::{Snapshot, Source, TimeRange};
 use crate::table::StoreTable;
 
@@ -319,7 +319,7 @@ impl Rollups {
 
 impl TableFunctionImpl for Rollups {
     fn call_with_args(&self, args: TableFunctionArgs) -> Result<Arc<dyn TableProvider>> {
-        let window = questions::window_of("api_call_minutes", args.exprs(), args.session())?;
+        let window = WindowArgs::new("api_call_minutes", args.exprs(), args.session())?;
         Ok(Arc::new(MinutesTable {
             window,
             source: self.source.clone(),
@@ -332,7 +332,7 @@ impl TableFunctionImpl for Rollups {
 /// One window of `api_call_minutes`.
 #[derive(Debug)]
 struct MinutesTable {
-    window: Window,
+    window: WindowArgs,
     source: Arc<dyn Source>,
     schema: SchemaRef,
     cache: Arc<FileCache<Vec<RecordBatch>>>,
@@ -358,7 +358,7 @@ impl TableProvider for MinutesTable {
         let Some(state) = session.as_any().downcast_ref::<SessionState>() else {
             return plan_err!("api_call_minutes runs inside a DataFusion session");
         };
-        let Window { from, to } = self.window;
+        let Window { from, to } = self.window.window(session)?;
         // The whole minutes inside the window, which rollups can answer.
         let first = from.div_euclid(MINUTE_NS) * MINUTE_NS
             + if from.rem_euclid(MINUTE_NS) == 0 {

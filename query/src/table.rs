@@ -463,6 +463,42 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn windows_end_at_the_now_of_the_statement_as_it_runs() {
+        // DataFusion fixes `now()` when a statement starts running, after the table functions
+        // were planned (as `SessionContext::execute_logical_plan` does): here two hours apart.
+        let store = Store::new();
+        let schema = schemas::SPANS.stored_schema();
+        let minute = 60_000_000_000;
+        let call = store.hour + 30 * minute;
+        let batch = spans(&schema, &[("s1", call, 1_000_000)]);
+        let mut columns = batch.columns().to_vec();
+        columns[schema.index_of("span_kind").unwrap()] =
+            Arc::new(StringArray::from(vec!["server"]));
+        store.write(
+            "a.parquet",
+            &RecordBatch::try_new(schema.clone(), columns).unwrap(),
+            None,
+        );
+        let engine = store.engine().await;
+        let at = |ns: i64| Some(chrono::DateTime::from_timestamp_nanos(ns));
+        let sql = "SELECT \
+            (SELECT sum(calls) FROM endpoint_stats()) AS question, \
+            (SELECT sum(calls) FROM api_call_minutes(now() - interval '1 hour')) AS minutes, \
+            (SELECT count(*) FROM api_calls \
+             WHERE time >= now() - interval '1 hour' AND time < now()) AS calls";
+        let mut planning = engine.context().state();
+        planning.execution_props_mut().query_execution_start_time = at(call - 120 * minute);
+        let plan = planning.create_logical_plan(sql).await.unwrap();
+        let mut running = engine.context().state();
+        running.execution_props_mut().query_execution_start_time = at(call + minute);
+        let answer = datafusion::dataframe::DataFrame::new(running, plan)
+            .collect()
+            .await
+            .unwrap();
+        assert_eq!(cells(&answer), [["1", "1", "1"]]);
+    }
+
+    #[tokio::test]
     async fn computed_columns_read_alike_from_old_and_new_files() {
         let store = Store::new();
         let hour = store.hour;
