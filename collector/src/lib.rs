@@ -20,6 +20,7 @@ mod compaction;
 pub mod convention;
 mod error;
 mod faults;
+mod gather;
 mod logs;
 pub mod metrics;
 pub mod otlp_grpc;

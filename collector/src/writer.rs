@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use arrow::array::{Array, ArrayRef, Int64Array, RecordBatch, TimestampNanosecondArray};
-use arrow::compute::{concat, interleave_record_batch};
+use arrow::compute::concat;
 use arrow::row::{RowConverter, SortField};
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, Encoding, ZstdLevel};
@@ -129,7 +129,7 @@ impl Writer {
             let sources: Vec<&RecordBatch> = batches.iter().collect();
             let mut keys = KeyIndex::new();
             for slice in rows.chunks(ROWS_PER_WRITE) {
-                let gathered = interleave_record_batch(&sources, slice).map_err(storage)?;
+                let gathered = crate::gather::gather(&sources, slice).map_err(storage)?;
                 keys.add(&gathered);
                 writer.write(&gathered).map_err(storage)?;
             }
