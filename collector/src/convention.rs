@@ -8,6 +8,7 @@ use std::borrow::Cow;
 
 pub use schemas::routes::{template_path, version_prefix};
 
+use arrow::array::StringBuilder;
 use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value::Value};
 use opentelemetry_proto::tonic::resource::v1::Resource;
 
@@ -130,14 +131,50 @@ pub(crate) fn value_json(value: &Value) -> serde_json::Value {
 
 /// Lowercase hex of `bytes`.
 pub(crate) fn hex(bytes: &[u8]) -> String {
+    let mut out = String::with_capacity(bytes.len() * 2);
+    write_hex(&mut out, bytes);
+    out
+}
+
+/// Writes the lowercase hex of `bytes` to `out`, a stack buffer at a time.
+fn write_hex(out: &mut impl std::fmt::Write, bytes: &[u8]) {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut out = Vec::with_capacity(bytes.len() * 2);
-    for byte in bytes {
-        out.push(DIGITS[usize::from(byte >> 4)]);
-        out.push(DIGITS[usize::from(byte & 0xf)]);
+    let mut buffer = [0u8; 64];
+    for chunk in bytes.chunks(buffer.len() / 2) {
+        for (byte, pair) in chunk.iter().zip(buffer.chunks_exact_mut(2)) {
+            pair[0] = DIGITS[usize::from(byte >> 4)];
+            pair[1] = DIGITS[usize::from(byte & 0xf)];
+        }
+        let digits = &buffer[..chunk.len() * 2];
+        // Only ASCII digits were written; neither a String nor a builder fails to take text.
+        let _ = out.write_str(std::str::from_utf8(digits).unwrap_or_default());
     }
-    // Only ASCII digits were pushed.
-    String::from_utf8(out).unwrap_or_default()
+}
+
+/// Appends the lowercase hex of `bytes` to `builder` as one value, without a `String` of
+/// its own: ids are appended three times a span.
+pub(crate) fn append_hex(builder: &mut StringBuilder, bytes: &[u8]) {
+    write_hex(builder, bytes);
+    builder.append_value("");
+}
+
+/// Appends `value` as [`value_text`] renders it, without a `String` of its own for the
+/// scalar types.
+pub(crate) fn append_text(builder: &mut StringBuilder, value: &Value) {
+    use std::fmt::Write;
+    // A builder takes any text: the writes cannot fail.
+    let _ = match value {
+        Value::StringValue(s) => builder.write_str(s),
+        Value::BoolValue(b) => builder.write_str(if *b { "true" } else { "false" }),
+        Value::IntValue(i) => write!(builder, "{i}"),
+        Value::DoubleValue(d) => write!(builder, "{d}"),
+        Value::BytesValue(b) => {
+            write_hex(builder, b);
+            Ok(())
+        }
+        other => builder.write_str(&value_text(other)),
+    };
+    builder.append_value("");
 }
 
 /// The parts of a URL we promote.
@@ -305,5 +342,45 @@ mod tests {
         assert_eq!(attrs.text("b").as_deref(), Some("true"));
         assert_eq!(attrs.text("empty"), None);
         assert_eq!(attrs.first_text(&["missing", "n"]).as_deref(), Some("404"));
+    }
+
+    #[test]
+    fn values_appended_read_as_their_text() {
+        let values = [
+            Value::StringValue("GET".into()),
+            Value::StringValue(String::new()),
+            Value::BoolValue(false),
+            Value::IntValue(-9_007_199_254_740_993),
+            Value::DoubleValue(0.25),
+            Value::DoubleValue(1e300),
+            Value::BytesValue((0..=40).collect()),
+            Value::BytesValue(Vec::new()),
+            Value::ArrayValue(opentelemetry_proto::tonic::common::v1::ArrayValue {
+                values: vec![AnyValue {
+                    value: Some(Value::IntValue(1)),
+                }],
+            }),
+        ];
+        let mut builder = StringBuilder::new();
+        for value in &values {
+            append_text(&mut builder, value);
+        }
+        let ids: [&[u8]; 3] = [&[0xab; 8], &[0x01; 16], &[]];
+        for id in ids {
+            append_hex(&mut builder, id);
+        }
+        let appended = builder.finish();
+        let expected: Vec<String> = values
+            .iter()
+            .map(|v| value_text(v).into_owned())
+            .chain(ids.iter().map(|id| hex(id)))
+            .collect();
+        let appended: Vec<&str> = appended.iter().map(Option::unwrap).collect();
+        assert_eq!(appended, expected);
+        assert_eq!(appended[3], "-9007199254740993");
+        // 41 bytes: past one stack buffer of digits.
+        assert_eq!(&appended[6][..8], "00010203");
+        assert_eq!(&appended[6][60..], "1e1f202122232425262728");
+        assert_eq!(appended[9], "abababababababab");
     }
 }

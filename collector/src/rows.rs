@@ -9,7 +9,7 @@ use arrow::buffer::OffsetBuffer;
 use arrow::datatypes::{DataType, Fields};
 use opentelemetry_proto::tonic::common::v1::KeyValue;
 
-use crate::convention::value_text;
+use crate::convention::append_text;
 
 /// A `Map<Utf8, Utf8>` column, filled from OTLP attribute lists.
 pub(crate) struct StringMapBuilder(MapBuilder<StringBuilder, StringBuilder>);
@@ -30,7 +30,7 @@ impl StringMapBuilder {
             self.0.keys().append_value(&kv.key);
             let value = kv.value.as_ref().and_then(|v| v.value.as_ref());
             match value {
-                Some(value) => self.0.values().append_value(value_text(value)),
+                Some(value) => append_text(self.0.values(), value),
                 None => self.0.values().append_null(),
             }
         }

@@ -1,5 +1,7 @@
 //! Decoding an OTLP trace export into rows of the `spans` table.
 
+use std::borrow::Cow;
+use std::fmt::Write;
 use std::sync::Arc;
 
 use arrow::array::{
@@ -9,7 +11,7 @@ use arrow::array::{
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::trace::v1::{Span, span::SpanKind, status::StatusCode};
 
-use crate::convention::{Attrs, ResourceInfo, dependency, hex, split_url, version_prefix};
+use crate::convention::{Attrs, ResourceInfo, append_hex, dependency, split_url, version_prefix};
 use crate::rows::{EventsBuilder, StringMapBuilder, timestamp_builder};
 use crate::{Decoded, Rejections};
 
@@ -80,12 +82,12 @@ impl SpanDecoder {
         // `end_time` and `duration_ms` are computed from these when read.
         c.time.append_value(start);
         c.duration_ns.append_value(duration);
-        c.trace_id.append_value(hex(&span.trace_id));
-        c.span_id.append_value(hex(&span.span_id));
+        append_hex(&mut c.trace_id, &span.trace_id);
+        append_hex(&mut c.span_id, &span.span_id);
         if span.parent_span_id.is_empty() {
             c.parent_span_id.append_null();
         } else {
-            c.parent_span_id.append_value(hex(&span.parent_span_id));
+            append_hex(&mut c.parent_span_id, &span.parent_span_id);
         }
         c.span_name.append_value(&span.name);
         c.span_kind.append_value(kind_name(kind));
@@ -158,15 +160,18 @@ impl SpanDecoder {
 
         // Derived columns.
         let templated_route = match (&route, &path) {
-            (Some(route), _) => Some(route.to_string()),
-            (None, Some(path)) => Some(self.routes.route_of(path)),
+            (Some(route), _) => Some(route.clone()),
+            (None, Some(path)) => Some(Cow::Owned(self.routes.route_of(path))),
             (None, None) => None,
         };
-        let endpoint = match (&method, &templated_route) {
-            (Some(method), Some(route)) => format!("{method} {route}"),
-            _ => span.name.clone(),
-        };
-        c.endpoint.append_value(endpoint);
+        match (&method, &templated_route) {
+            (Some(method), Some(route)) => {
+                // A builder takes any text: the write cannot fail.
+                let _ = write!(c.endpoint, "{method} {route}");
+                c.endpoint.append_value("");
+            }
+            _ => c.endpoint.append_value(&span.name),
+        }
         let client_id = self
             .client_id_keys
             .iter()
