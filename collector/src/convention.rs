@@ -90,14 +90,30 @@ impl<'a> ResourceInfo<'a> {
 pub(crate) fn value_text(value: &Value) -> Cow<'_, str> {
     match value {
         Value::StringValue(s) => Cow::Borrowed(s.as_str()),
-        Value::BoolValue(b) => Cow::Owned(b.to_string()),
-        Value::IntValue(i) => Cow::Owned(i.to_string()),
-        Value::DoubleValue(d) => Cow::Owned(d.to_string()),
-        Value::BytesValue(b) => Cow::Owned(hex(b)),
-        // An index into a profile's string table; meaningless without the table.
-        Value::StringValueStrindex(index) => Cow::Owned(index.to_string()),
-        Value::ArrayValue(_) | Value::KvlistValue(_) => Cow::Owned(value_json(value).to_string()),
+        other => {
+            let mut text = String::new();
+            write_text(&mut text, other);
+            Cow::Owned(text)
+        }
     }
+}
+
+/// Writes `value` to `out` as [`value_text`] renders it.
+fn write_text(out: &mut impl std::fmt::Write, value: &Value) {
+    // Neither a String nor a builder fails to take text.
+    let _ = match value {
+        Value::StringValue(s) => out.write_str(s),
+        Value::BoolValue(b) => write!(out, "{b}"),
+        Value::IntValue(i) => write!(out, "{i}"),
+        Value::DoubleValue(d) => write!(out, "{d}"),
+        Value::BytesValue(b) => {
+            write_hex(out, b);
+            Ok(())
+        }
+        // An index into a profile's string table; meaningless without the table.
+        Value::StringValueStrindex(index) => write!(out, "{index}"),
+        Value::ArrayValue(_) | Value::KvlistValue(_) => write!(out, "{}", value_json(value)),
+    };
 }
 
 fn any_json(value: &AnyValue) -> serde_json::Value {
@@ -158,22 +174,9 @@ pub(crate) fn append_hex(builder: &mut StringBuilder, bytes: &[u8]) {
     builder.append_value("");
 }
 
-/// Appends `value` as [`value_text`] renders it, without a `String` of its own for the
-/// scalar types.
+/// Appends `value` as [`value_text`] renders it, without a `String` of its own.
 pub(crate) fn append_text(builder: &mut StringBuilder, value: &Value) {
-    use std::fmt::Write;
-    // A builder takes any text: the writes cannot fail.
-    let _ = match value {
-        Value::StringValue(s) => builder.write_str(s),
-        Value::BoolValue(b) => builder.write_str(if *b { "true" } else { "false" }),
-        Value::IntValue(i) => write!(builder, "{i}"),
-        Value::DoubleValue(d) => write!(builder, "{d}"),
-        Value::BytesValue(b) => {
-            write_hex(builder, b);
-            Ok(())
-        }
-        other => builder.write_str(&value_text(other)),
-    };
+    write_text(builder, value);
     builder.append_value("");
 }
 
@@ -377,7 +380,8 @@ mod tests {
             .collect();
         let appended: Vec<&str> = appended.iter().map(Option::unwrap).collect();
         assert_eq!(appended, expected);
-        assert_eq!(appended[3], "-9007199254740993");
+        assert_eq!(appended[2..5], ["false", "-9007199254740993", "0.25"]);
+        assert_eq!(appended[8], "[1]");
         // 41 bytes: past one stack buffer of digits.
         assert_eq!(&appended[6][..8], "00010203");
         assert_eq!(&appended[6][60..], "1e1f202122232425262728");
