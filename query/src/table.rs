@@ -429,6 +429,16 @@ mod tests {
         RecordBatch::try_new(schema.clone(), columns).unwrap()
     }
 
+    /// `batch` with the columns named in `replaced` holding the arrays given instead.
+    fn with_columns(batch: RecordBatch, replaced: Vec<(&str, ArrayRef)>) -> RecordBatch {
+        let schema = batch.schema();
+        let mut columns = batch.columns().to_vec();
+        for (name, array) in replaced {
+            columns[schema.index_of(name).unwrap()] = array;
+        }
+        RecordBatch::try_new(schema, columns).unwrap()
+    }
+
     /// A data directory whose `spans` hold the files written with [`Store::write`], all in one
     /// hour.
     struct Store {
@@ -470,15 +480,11 @@ mod tests {
         let schema = schemas::SPANS.stored_schema();
         let minute = 60_000_000_000;
         let call = store.hour + 30 * minute;
-        let batch = spans(&schema, &[("s1", call, 1_000_000)]);
-        let mut columns = batch.columns().to_vec();
-        columns[schema.index_of("span_kind").unwrap()] =
-            Arc::new(StringArray::from(vec!["server"]));
-        store.write(
-            "a.parquet",
-            &RecordBatch::try_new(schema.clone(), columns).unwrap(),
-            None,
+        let batch = with_columns(
+            spans(&schema, &[("s1", call, 1_000_000)]),
+            vec![("span_kind", Arc::new(StringArray::from(vec!["server"])))],
         );
+        store.write("a.parquet", &batch, None);
         let engine = store.engine().await;
         let at = |ns: i64| Some(chrono::DateTime::from_timestamp_nanos(ns));
         let sql = "SELECT \
@@ -582,10 +588,7 @@ mod tests {
             }
             map.append(true).unwrap();
         }
-        let index = batch.schema().index_of("attributes").unwrap();
-        let mut columns = batch.columns().to_vec();
-        columns[index] = Arc::new(map.finish());
-        RecordBatch::try_new(batch.schema(), columns).unwrap()
+        with_columns(batch, vec![("attributes", Arc::new(map.finish()))])
     }
 
     #[tokio::test]
@@ -723,17 +726,20 @@ mod tests {
             .collect();
         let services = ["checkout", "payments", "search"];
         let with_services = |rows: &[(&str, i64, i64)], first: usize| {
-            let batch = spans(&schema, rows);
             let names = (first..first + rows.len()).map(|i| services[i % 3]);
-            let mut columns = batch.columns().to_vec();
-            columns[schema.index_of("service_name").unwrap()] =
-                Arc::new(StringArray::from_iter_values(names));
             // A value per row, as long as a dictionary of them is too large to compare for
             // each batch.
             let traces = (first..first + rows.len()).map(|i| format!("{i:0>256}"));
-            columns[schema.index_of("trace_id").unwrap()] =
-                Arc::new(StringArray::from_iter_values(traces));
-            RecordBatch::try_new(schema.clone(), columns).unwrap()
+            with_columns(
+                spans(&schema, rows),
+                vec![
+                    (
+                        "service_name",
+                        Arc::new(StringArray::from_iter_values(names)),
+                    ),
+                    ("trace_id", Arc::new(StringArray::from_iter_values(traces))),
+                ],
+            )
         };
         // `a` as apiscope writes (dictionary pages); `b` in plain pages.
         store.write("a.parquet", &with_services(&rows[..300], 0), None);
@@ -789,11 +795,10 @@ mod tests {
         map.keys().append_value("j");
         map.values().append_value("b");
         map.append(true).unwrap();
-        let batch = spans(&schema, &rows);
-        let index = schema.index_of("attributes").unwrap();
-        let mut columns = batch.columns().to_vec();
-        columns[index] = Arc::new(map.finish());
-        let batch = RecordBatch::try_new(schema.clone(), columns).unwrap();
+        let batch = with_columns(
+            spans(&schema, &rows),
+            vec![("attributes", Arc::new(map.finish()))],
+        );
         store.write("a.parquet", &batch, None);
 
         let engine = store.engine().await;
@@ -820,7 +825,11 @@ mod tests {
         );
         assert_eq!(
             answer("SELECT arrow_typeof(attributes) FROM spans LIMIT 1").await,
-            [[schema.field(index).data_type().to_string()]]
+            [[schema
+                .field_with_name("attributes")
+                .unwrap()
+                .data_type()
+                .to_string()]]
         );
         assert_eq!(
             answer(
@@ -884,10 +893,10 @@ mod tests {
                 }
                 map.append(true).unwrap();
             }
-            let batch = spans(&schema, rows);
-            let mut columns = batch.columns().to_vec();
-            columns[schema.index_of("attributes").unwrap()] = Arc::new(map.finish());
-            RecordBatch::try_new(schema.clone(), columns).unwrap()
+            with_columns(
+                spans(&schema, rows),
+                vec![("attributes", Arc::new(map.finish()))],
+            )
         };
         // `a` indexed by value, `b` from before values were listed, the rest buffered.
         let a = with_operations(&rows[..2000], 0);
