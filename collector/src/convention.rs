@@ -9,8 +9,9 @@ use std::borrow::Cow;
 pub use schemas::routes::{template_path, version_prefix};
 
 use arrow::array::StringBuilder;
-use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value::Value};
-use opentelemetry_proto::tonic::resource::v1::Resource;
+use opentelemetry_proto::tonic::common::v1::{AnyValue, any_value::Value};
+
+use crate::wire::{Attr, AttrValue};
 
 /// The default attribute keys that name a client, first present wins.
 pub const DEFAULT_CLIENT_ID_KEYS: &[&str] = &[
@@ -23,12 +24,11 @@ pub const DEFAULT_CLIENT_ID_KEYS: &[&str] = &[
 
 /// Read access to one attribute list.
 #[derive(Clone, Copy)]
-pub(crate) struct Attrs<'a>(pub(crate) &'a [KeyValue]);
+pub(crate) struct Attrs<'a>(pub(crate) &'a [Attr<'a>]);
 
 impl<'a> Attrs<'a> {
-    fn value(&self, key: &str) -> Option<&'a Value> {
-        let kv = self.0.iter().find(|kv| kv.key == key)?;
-        kv.value.as_ref()?.value.as_ref()
+    fn value(&self, key: &str) -> Option<&'a AttrValue<'a>> {
+        self.0.iter().find(|attr| attr.key == key)?.value.as_ref()
     }
 
     /// The attribute as text, whatever its type; empty strings count as absent.
@@ -45,9 +45,9 @@ impl<'a> Attrs<'a> {
     /// The attribute as an integer: int values, and strings that parse as one.
     pub(crate) fn int(&self, key: &str) -> Option<i64> {
         match self.value(key)? {
-            Value::IntValue(i) => Some(*i),
-            Value::StringValue(s) => s.trim().parse().ok(),
-            Value::DoubleValue(d) if d.fract() == 0.0 => Some(*d as i64),
+            AttrValue::Int(i) => Some(*i),
+            AttrValue::Str(s) => s.trim().parse().ok(),
+            AttrValue::Double(d) if d.fract() == 0.0 => Some(*d as i64),
             _ => None,
         }
     }
@@ -61,7 +61,7 @@ impl<'a> Attrs<'a> {
 /// What every row takes from the resource that sent it.
 pub(crate) struct ResourceInfo<'a> {
     /// All resource attributes.
-    pub(crate) attributes: &'a [KeyValue],
+    pub(crate) attributes: &'a [Attr<'a>],
     /// `service.name`, or `unknown_service` as the specification says.
     pub(crate) service_name: Cow<'a, str>,
     pub(crate) service_version: Option<Cow<'a, str>>,
@@ -70,8 +70,7 @@ pub(crate) struct ResourceInfo<'a> {
 }
 
 impl<'a> ResourceInfo<'a> {
-    pub(crate) fn of(resource: Option<&'a Resource>) -> Self {
-        let attributes = resource.map_or(&[][..], |r| r.attributes.as_slice());
+    pub(crate) fn of(attributes: &'a [Attr<'a>]) -> Self {
         let attrs = Attrs(attributes);
         Self {
             attributes,
@@ -87,9 +86,9 @@ impl<'a> ResourceInfo<'a> {
 
 /// An attribute value as text: strings as they are, numbers and booleans printed, bytes in
 /// hex, arrays and key-value lists as JSON.
-pub(crate) fn value_text(value: &Value) -> Cow<'_, str> {
+pub(crate) fn value_text<'a>(value: &AttrValue<'a>) -> Cow<'a, str> {
     match value {
-        Value::StringValue(s) => Cow::Borrowed(s.as_str()),
+        AttrValue::Str(s) => Cow::Borrowed(s),
         other => {
             let mut text = String::new();
             write_text(&mut text, other);
@@ -99,20 +98,20 @@ pub(crate) fn value_text(value: &Value) -> Cow<'_, str> {
 }
 
 /// Writes `value` to `out` as [`value_text`] renders it.
-fn write_text(out: &mut impl std::fmt::Write, value: &Value) {
+fn write_text(out: &mut impl std::fmt::Write, value: &AttrValue<'_>) {
     // Neither a String nor a builder fails to take text.
     let _ = match value {
-        Value::StringValue(s) => out.write_str(s),
-        Value::BoolValue(b) => write!(out, "{b}"),
-        Value::IntValue(i) => write!(out, "{i}"),
-        Value::DoubleValue(d) => write!(out, "{d}"),
-        Value::BytesValue(b) => {
+        AttrValue::Str(s) => out.write_str(s),
+        AttrValue::Bool(b) => write!(out, "{b}"),
+        AttrValue::Int(i) => write!(out, "{i}"),
+        AttrValue::Double(d) => write!(out, "{d}"),
+        AttrValue::Bytes(b) => {
             write_hex(out, b);
             Ok(())
         }
         // An index into a profile's string table; meaningless without the table.
-        Value::StringValueStrindex(index) => write!(out, "{index}"),
-        Value::ArrayValue(_) | Value::KvlistValue(_) => write!(out, "{}", value_json(value)),
+        AttrValue::Strindex(index) => write!(out, "{index}"),
+        AttrValue::Structured(value) => write!(out, "{}", proto_json(value)),
     };
 }
 
@@ -120,11 +119,11 @@ fn any_json(value: &AnyValue) -> serde_json::Value {
     value
         .value
         .as_ref()
-        .map_or(serde_json::Value::Null, value_json)
+        .map_or(serde_json::Value::Null, proto_json)
 }
 
-/// An attribute value as JSON, for structured values and log bodies.
-pub(crate) fn value_json(value: &Value) -> serde_json::Value {
+/// A structured attribute value (an array or a key-value list) as JSON.
+fn proto_json(value: &Value) -> serde_json::Value {
     use serde_json::Value as J;
     match value {
         Value::StringValue(s) => J::String(s.clone()),
@@ -175,7 +174,7 @@ pub(crate) fn append_hex(builder: &mut StringBuilder, bytes: &[u8]) {
 }
 
 /// Appends `value` as [`value_text`] renders it, without a `String` of its own.
-pub(crate) fn append_text(builder: &mut StringBuilder, value: &Value) {
+pub(crate) fn append_text(builder: &mut StringBuilder, value: &AttrValue<'_>) {
     write_text(builder, value);
     builder.append_value("");
 }
@@ -265,18 +264,16 @@ pub(crate) fn dependency(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use opentelemetry_proto::tonic::common::v1::AnyValue;
 
-    fn kv(key: &str, value: Value) -> KeyValue {
-        KeyValue {
-            key: key.into(),
-            value: Some(AnyValue { value: Some(value) }),
-            ..Default::default()
+    fn kv<'a>(key: &'a str, value: AttrValue<'a>) -> Attr<'a> {
+        Attr {
+            key,
+            value: Some(value),
         }
     }
 
-    fn s(key: &str, value: &str) -> KeyValue {
-        kv(key, Value::StringValue(value.into()))
+    fn s<'a>(key: &'a str, value: &'a str) -> Attr<'a> {
+        kv(key, AttrValue::Str(value))
     }
 
     #[test]
@@ -334,9 +331,9 @@ mod tests {
     #[test]
     fn values_as_text() {
         let attrs = [
-            kv("n", Value::IntValue(404)),
-            kv("s", Value::StringValue("503".into())),
-            kv("b", Value::BoolValue(true)),
+            kv("n", AttrValue::Int(404)),
+            kv("s", AttrValue::Str("503")),
+            kv("b", AttrValue::Bool(true)),
             s("empty", ""),
         ];
         let attrs = Attrs(&attrs);
@@ -349,20 +346,23 @@ mod tests {
 
     #[test]
     fn values_appended_read_as_their_text() {
+        let bytes: Vec<u8> = (0..=40).collect();
         let values = [
-            Value::StringValue("GET".into()),
-            Value::StringValue(String::new()),
-            Value::BoolValue(false),
-            Value::IntValue(-9_007_199_254_740_993),
-            Value::DoubleValue(0.25),
-            Value::DoubleValue(1e300),
-            Value::BytesValue((0..=40).collect()),
-            Value::BytesValue(Vec::new()),
-            Value::ArrayValue(opentelemetry_proto::tonic::common::v1::ArrayValue {
-                values: vec![AnyValue {
-                    value: Some(Value::IntValue(1)),
-                }],
-            }),
+            AttrValue::Str("GET"),
+            AttrValue::Str(""),
+            AttrValue::Bool(false),
+            AttrValue::Int(-9_007_199_254_740_993),
+            AttrValue::Double(0.25),
+            AttrValue::Double(1e300),
+            AttrValue::Bytes(&bytes),
+            AttrValue::Bytes(&[]),
+            AttrValue::Structured(Value::ArrayValue(
+                opentelemetry_proto::tonic::common::v1::ArrayValue {
+                    values: vec![AnyValue {
+                        value: Some(Value::IntValue(1)),
+                    }],
+                },
+            )),
         ];
         let mut builder = StringBuilder::new();
         for value in &values {

@@ -31,14 +31,14 @@ mod rows;
 pub mod signal;
 mod spans;
 mod wal;
+mod wire;
 mod writer;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use arrow::array::RecordBatch;
-use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
-use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use bytes::Bytes;
 use tokio::sync::{Mutex, Notify, oneshot};
 use tokio_util::sync::CancellationToken;
 
@@ -48,9 +48,9 @@ pub use error::{Error, RETRY_AFTER, Result};
 pub use logs::decode_logs;
 pub use replay::ReplayReport;
 pub use requests::decode_requests;
-pub use signal::Received;
 pub use spans::SpanDecoder;
 pub use wal::Durability;
+pub use wire::WireError;
 pub use writer::{WAL_SEQ_KEY, Writer, covered_seq};
 
 /// The rows decoded from one request, and what was refused.
@@ -60,6 +60,29 @@ pub struct Decoded {
     pub batch: Option<RecordBatch>,
     /// The items refused, with why.
     pub rejections: Rejections,
+}
+
+impl Decoded {
+    /// How many items the request held, accepted or refused.
+    pub fn count(&self) -> u64 {
+        let rows = self.batch.as_ref().map_or(0, RecordBatch::num_rows);
+        rows as u64 + self.rejections.count.max(0) as u64
+    }
+}
+
+/// The rows of a payload of `kind` (as received, and as the WAL keeps it) received at
+/// `received_ns`.
+pub(crate) fn decode(
+    kind: wal::Kind,
+    payload: &[u8],
+    received_ns: i64,
+    spans: &SpanDecoder,
+) -> std::result::Result<Decoded, WireError> {
+    match kind {
+        wal::Kind::Traces => spans.decode(payload),
+        wal::Kind::Logs => decode_logs(payload, received_ns),
+        wal::Kind::Requests => Ok(decode_requests(payload, &spans.routes)),
+    }
 }
 
 /// Items of a request that could not be stored (OTLP partial success).
@@ -209,44 +232,40 @@ impl Collector {
         self.buffer.clone()
     }
 
-    /// Stores the valid spans of `received`; returns once they are logged and queryable.
-    /// Blocking: call it off the async runtime.
-    pub fn ingest_traces(&self, received: &Received<ExportTraceServiceRequest>) -> Result<Outcome> {
-        let decoded = self.config.spans.decode(&received.request);
-        self.accept(
-            schemas::SPANS.name,
-            wal::Kind::Traces,
-            now_ns(),
-            decoded,
-            || received.protobuf(),
-        )
+    /// Stores the valid spans of `request`, an `ExportTraceServiceRequest` in protobuf;
+    /// returns once they are logged and queryable. Blocking: call it off the async runtime.
+    pub fn ingest_traces(&self, request: Bytes) -> Result<Outcome> {
+        self.ingest(wal::Kind::Traces, request).1
     }
 
-    /// Stores the valid log records of `received`; returns once they are logged and
-    /// queryable. Blocking: call it off the async runtime.
-    pub fn ingest_logs(&self, received: &Received<ExportLogsServiceRequest>) -> Result<Outcome> {
+    /// Stores the valid log records of `request`, an `ExportLogsServiceRequest` in
+    /// protobuf; returns once they are logged and queryable. Blocking: call it off the async
+    /// runtime.
+    pub fn ingest_logs(&self, request: Bytes) -> Result<Outcome> {
+        self.ingest(wal::Kind::Logs, request).1
+    }
+
+    /// Decodes and stores a payload of `kind`: how many items it held (0 when it does not
+    /// decode), and what became of them.
+    pub(crate) fn ingest(&self, kind: wal::Kind, payload: Bytes) -> (u64, Result<Outcome>) {
         let received_ns = now_ns();
-        let decoded = decode_logs(&received.request, received_ns);
-        self.accept(
-            schemas::LOGS.name,
-            wal::Kind::Logs,
-            received_ns,
-            decoded,
-            || received.protobuf(),
-        )
+        let decoded = match decode(kind, &payload, received_ns, &self.config.spans) {
+            Ok(decoded) => decoded,
+            Err(error) => return (0, Err(error.into())),
+        };
+        let count = decoded.count();
+        let result = self.accept(kind.table(), kind, received_ns, decoded, || payload);
+        (count, result)
     }
 
     /// Stores the valid lines of a request log `body` (newline-delimited JSON); returns
     /// once they are logged and queryable. Blocking: call it off the async runtime.
     pub fn ingest_requests(&self, body: &[u8]) -> Result<Outcome> {
         let decoded = decode_requests(body, &self.config.spans.routes);
-        self.accept(
-            schemas::REQUESTS.name,
-            wal::Kind::Requests,
-            now_ns(),
-            decoded,
-            || bytes::Bytes::copy_from_slice(body),
-        )
+        let kind = wal::Kind::Requests;
+        self.accept(kind.table(), kind, now_ns(), decoded, || {
+            Bytes::copy_from_slice(body)
+        })
     }
 
     fn accept(

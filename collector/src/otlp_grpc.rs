@@ -3,15 +3,16 @@
 //! Refusals worth retrying are UNAVAILABLE with a `google.rpc.RetryInfo` detail, as OTLP
 //! clients expect; bad input is INVALID_ARGUMENT naming the problem.
 //!
-//! The services are served here rather than through the generated `*ServiceServer` types
-//! because those decode with a codec that reports a malformed payload as INTERNAL (a
-//! server bug, to clients) instead of INVALID_ARGUMENT.
+//! The services are served here rather than through the generated `*ServiceServer` types:
+//! those decode every request into owned messages (and report a malformed payload as
+//! INTERNAL, a server bug to clients), where apiscope keeps the payload's bytes, decodes
+//! them in place off the runtime's I/O threads and answers INVALID_ARGUMENT.
 
 use std::convert::Infallible;
 use std::marker::PhantomData;
 use std::sync::Arc;
 
-use bytes::Buf;
+use bytes::{Buf, Bytes};
 use prost::Message;
 use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::codegen::{
@@ -22,7 +23,7 @@ use tonic::server::{NamedService, UnaryService};
 use tonic::{Request, Response, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
-use crate::signal::{Logs, Received, Signal, Traces};
+use crate::signal::{Logs, Signal, Traces};
 use crate::{Collector, Error, ROOM_PATIENCE};
 
 /// The gRPC service of one signal, ready for `tonic::transport::Server::add_service`.
@@ -97,17 +98,18 @@ struct Handler<S> {
     signal: PhantomData<fn() -> S>,
 }
 
-impl<S: Signal> UnaryService<Received<S::Request>> for Handler<S> {
+impl<S: Signal> UnaryService<Bytes> for Handler<S> {
     type Response = S::Response;
     type Future = BoxFuture<Response<S::Response>, Status>;
 
-    fn call(&mut self, request: Request<Received<S::Request>>) -> Self::Future {
+    fn call(&mut self, request: Request<Bytes>) -> Self::Future {
         let collector = self.collector.clone();
         let request = request.into_inner();
         let started = std::time::Instant::now();
         Box::pin(async move {
             collector.buffer().room(ROOM_PATIENCE).await;
-            // Converting to Arrow is CPU work: keep it off the runtime's I/O threads.
+            // Decoding and converting to Arrow are CPU work: keep them off the runtime's I/O
+            // threads.
             let export = move || S::export_counted(&collector, request, "grpc", started);
             match tokio::task::spawn_blocking(export).await {
                 Ok(Ok(response)) => Ok(Response::new(response)),
@@ -120,12 +122,12 @@ impl<S: Signal> UnaryService<Received<S::Request>> for Handler<S> {
     }
 }
 
-/// Protobuf both ways; a payload that does not decode is INVALID_ARGUMENT.
+/// Protobuf responses; requests are passed on as bytes, decoded by the ingest.
 struct ExportCodec<S>(PhantomData<fn() -> S>);
 
 impl<S: Signal> Codec for ExportCodec<S> {
     type Encode = S::Response;
-    type Decode = Received<S::Request>;
+    type Decode = Bytes;
     type Encoder = ExportCodec<S>;
     type Decoder = ExportCodec<S>;
 
@@ -149,17 +151,11 @@ impl<S: Signal> Encoder for ExportCodec<S> {
 }
 
 impl<S: Signal> Decoder for ExportCodec<S> {
-    type Item = Received<S::Request>;
+    type Item = Bytes;
     type Error = Status;
 
     fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Self::Item>, Status> {
-        let payload = src.copy_to_bytes(src.remaining());
-        Received::decode(payload).map(Some).map_err(|error| {
-            let error = Error::InvalidInput(format!("invalid protobuf payload: {error}"));
-            let now = std::time::Instant::now();
-            crate::metrics::received(S::ITEMS, "grpc", now, 0, Err(&error));
-            status(&error)
-        })
+        Ok(Some(src.copy_to_bytes(src.remaining())))
     }
 }
 

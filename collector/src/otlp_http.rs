@@ -21,7 +21,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::metrics;
-use crate::signal::{Logs, Received, Signal, Traces};
+use crate::signal::{Logs, Signal, Traces};
 use crate::{Collector, Error, ROOM_PATIENCE, Result};
 
 /// The OTLP/HTTP routes, served on the OTLP HTTP port.
@@ -60,7 +60,7 @@ async fn export<S: Signal>(
     // runtime's I/O threads.
     let handled = tokio::task::spawn_blocking(move || {
         let request = decompress(encoding.as_ref(), body, limit)
-            .and_then(|payload| format.decode::<S::Request>(payload));
+            .and_then(|payload| format.protobuf::<S::Request>(payload));
         match request {
             Ok(request) => Ok(S::export_counted(&collector, request, "http", started)),
             Err(error) => Err(error),
@@ -186,15 +186,13 @@ impl Format {
         }
     }
 
-    fn decode<T: Message + DeserializeOwned + Default>(
-        self,
-        payload: Bytes,
-    ) -> Result<Received<T>> {
+    /// The request in protobuf, as the ingest reads it: OTLP/JSON is read into `T` and
+    /// encoded.
+    fn protobuf<T: Message + DeserializeOwned + Default>(self, payload: Bytes) -> Result<Bytes> {
         match self {
-            Format::Protobuf => Received::decode(payload)
-                .map_err(|error| Error::InvalidInput(format!("invalid protobuf payload: {error}"))),
+            Format::Protobuf => Ok(payload),
             Format::Json => serde_json::from_slice::<T>(&payload)
-                .map(Received::<T>::from)
+                .map(|request| request.encode_to_vec().into())
                 .map_err(|error| {
                     Error::InvalidInput(format!("invalid OTLP/JSON payload: {error}"))
                 }),

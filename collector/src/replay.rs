@@ -11,14 +11,11 @@ use std::path::Path;
 
 use arrow::array::{Array, BooleanArray, RecordBatch, TimestampNanosecondArray};
 use arrow::compute::filter_record_batch;
-use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
-use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
-use prost::Message;
 
 use crate::buffer::Buffer;
 use crate::error::{Error, Result};
-use crate::wal::{self, Kind};
-use crate::{Decoded, SpanDecoder, decode_logs, decode_requests, writer};
+use crate::wal;
+use crate::{Decoded, SpanDecoder, WireError, writer};
 
 /// What a replay did.
 #[derive(Debug, Default)]
@@ -59,28 +56,11 @@ pub(crate) fn replay(
         report.records += records.len();
         for record in &records {
             report.last_seq = report.last_seq.max(record.seq);
-            let (table, decoded) = match record.kind {
-                Kind::Traces => {
-                    let request =
-                        ExportTraceServiceRequest::decode(record.payload).map_err(corrupt)?;
-                    (schemas::SPANS.name, spans.decode(&request))
-                }
-                Kind::Logs => {
-                    let request =
-                        ExportLogsServiceRequest::decode(record.payload).map_err(corrupt)?;
-                    (
-                        schemas::LOGS.name,
-                        decode_logs(&request, record.received_ns),
-                    )
-                }
-                Kind::Requests => (
-                    schemas::REQUESTS.name,
-                    decode_requests(record.payload, &spans.routes),
-                ),
-            };
+            let table = record.kind.table();
+            let decoded = crate::decode(record.kind, record.payload, record.received_ns, spans);
             let Decoded {
                 batch: Some(batch), ..
-            } = decoded
+            } = decoded.map_err(corrupt)?
             else {
                 continue;
             };
@@ -96,7 +76,7 @@ pub(crate) fn replay(
     Ok(report)
 }
 
-fn corrupt(error: prost::DecodeError) -> Error {
+fn corrupt(error: WireError) -> Error {
     // The record passed its checksum, so this is not damage on disk but a bug.
     Error::Storage(format!("a checksummed WAL record does not decode: {error}"))
 }

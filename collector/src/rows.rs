@@ -2,14 +2,13 @@
 
 use std::sync::Arc;
 
+use crate::convention::append_text;
+use crate::wire::Attr;
 use arrow::array::{
     ArrayRef, ListArray, MapBuilder, StringBuilder, StructArray, TimestampNanosecondBuilder,
 };
 use arrow::buffer::OffsetBuffer;
 use arrow::datatypes::{DataType, Fields};
-use opentelemetry_proto::tonic::common::v1::KeyValue;
-
-use crate::convention::append_text;
 
 /// A `Map<Utf8, Utf8>` column, filled from OTLP attribute lists.
 pub(crate) struct StringMapBuilder(MapBuilder<StringBuilder, StringBuilder>);
@@ -25,11 +24,10 @@ impl StringMapBuilder {
 
     /// Appends one row holding every attribute, values rendered as text. Attributes
     /// without a value are kept with a null value.
-    pub(crate) fn append_attributes(&mut self, attributes: &[KeyValue]) {
-        for kv in attributes {
-            self.0.keys().append_value(&kv.key);
-            let value = kv.value.as_ref().and_then(|v| v.value.as_ref());
-            match value {
+    pub(crate) fn append_attributes(&mut self, attributes: &[Attr<'_>]) {
+        for attr in attributes {
+            self.0.keys().append_value(attr.key);
+            match &attr.value {
                 Some(value) => append_text(self.0.values(), value),
                 None => self.0.values().append_null(),
             }
@@ -68,7 +66,7 @@ impl EventsBuilder {
     }
 
     /// Appends one event to the current span's list.
-    pub(crate) fn push_event(&mut self, time_ns: i64, name: &str, attributes: &[KeyValue]) {
+    pub(crate) fn push_event(&mut self, time_ns: i64, name: &str, attributes: &[Attr<'_>]) {
         self.times.append_value(time_ns);
         self.names.append_value(name);
         self.attributes.append_attributes(attributes);

@@ -2,17 +2,18 @@
 
 use std::borrow::Cow;
 use std::fmt::Write;
+use std::ops::Range;
 use std::sync::Arc;
 
 use arrow::array::{
     ArrayRef, BooleanBuilder, Int32Builder, Int64Builder, RecordBatch, StringBuilder,
     TimestampNanosecondBuilder,
 };
-use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
-use opentelemetry_proto::tonic::trace::v1::{Span, span::SpanKind, status::StatusCode};
+use opentelemetry_proto::tonic::trace::v1::{span::SpanKind, status::StatusCode};
 
-use crate::convention::{Attrs, ResourceInfo, append_hex, dependency, split_url, version_prefix};
+use crate::convention::{Attrs, append_hex, dependency, split_url, version_prefix};
 use crate::rows::{EventsBuilder, StringMapBuilder, timestamp_builder};
+use crate::wire::{self, Attr, Fields, Shape, WireError, push_attr};
 use crate::{Decoded, Rejections};
 
 /// How spans become rows: which attributes name a client.
@@ -37,72 +38,72 @@ impl Default for SpanDecoder {
     }
 }
 
+const TRACES: Shape = Shape {
+    resources: "ExportTraceServiceRequest.resource_spans",
+    scopes: "ResourceSpans.scope_spans",
+    items: "ScopeSpans.spans",
+};
+
 impl SpanDecoder {
-    /// Decodes every valid span of `request`; invalid spans are counted and described in
-    /// the returned rejections (OTLP partial success), never silently skipped.
-    pub fn decode(&self, request: &ExportTraceServiceRequest) -> Decoded {
+    /// Decodes every valid span of `request`, an `ExportTraceServiceRequest` in protobuf;
+    /// invalid spans are counted and described in the returned rejections (OTLP partial
+    /// success), never silently skipped. A payload that is not protobuf is refused whole.
+    pub fn decode(&self, request: &[u8]) -> Result<Decoded, WireError> {
         let mut columns = SpanColumns::default();
         let mut rejections = Rejections::default();
-        for resource_spans in &request.resource_spans {
-            let resource = ResourceInfo::of(resource_spans.resource.as_ref());
-            for scope_spans in &resource_spans.scope_spans {
-                let scope_name = scope_spans.scope.as_ref().map(|s| s.name.as_str());
-                for span in &scope_spans.spans {
-                    if let Err(problem) = check_span(span) {
-                        rejections.reject(problem);
-                        continue;
-                    }
-                    let c = &mut columns;
-                    c.service_name.append_value(&resource.service_name);
-                    c.service_version
-                        .append_option(resource.service_version.as_deref());
-                    c.deployment_environment
-                        .append_option(resource.environment.as_deref());
-                    c.scope_name
-                        .append_option(scope_name.filter(|s| !s.is_empty()));
-                    c.resource_attributes.append_attributes(resource.attributes);
-                    self.append_span(c, span);
-                }
+        let mut span = SpanView::default();
+        wire::for_each_item(request, &TRACES, |resource, scope_name, message| {
+            span.read(message)?;
+            if let Err(problem) = check_span(&span) {
+                rejections.reject(problem);
+                return Ok(());
             }
-        }
+            let c = &mut columns;
+            c.service_name.append_value(&resource.service_name);
+            c.service_version
+                .append_option(resource.service_version.as_deref());
+            c.deployment_environment
+                .append_option(resource.environment.as_deref());
+            c.scope_name
+                .append_option(scope_name.filter(|s| !s.is_empty()));
+            c.resource_attributes.append_attributes(resource.attributes);
+            self.append_span(c, &span);
+            Ok(())
+        })?;
         let batch = (columns.rows > 0).then(|| columns.finish());
-        Decoded { batch, rejections }
+        Ok(Decoded { batch, rejections })
     }
 
-    fn append_span(&self, c: &mut SpanColumns, span: &Span) {
+    fn append_span(&self, c: &mut SpanColumns, span: &SpanView<'_>) {
         let attrs = Attrs(&span.attributes);
         let kind = SpanKind::try_from(span.kind).unwrap_or(SpanKind::Unspecified);
         let is_server = kind == SpanKind::Server;
         let is_client = matches!(kind, SpanKind::Client | SpanKind::Producer);
 
         // Times: checked to fit i64 and end >= start by check_span.
-        let start = span.start_time_unix_nano as i64;
-        let end = span.end_time_unix_nano as i64;
+        let start = span.start as i64;
+        let end = span.end as i64;
         let duration = end - start;
         // `end_time` and `duration_ms` are computed from these when read.
         c.time.append_value(start);
         c.duration_ns.append_value(duration);
-        append_hex(&mut c.trace_id, &span.trace_id);
-        append_hex(&mut c.span_id, &span.span_id);
+        append_hex(&mut c.trace_id, span.trace_id);
+        append_hex(&mut c.span_id, span.span_id);
         if span.parent_span_id.is_empty() {
             c.parent_span_id.append_null();
         } else {
-            append_hex(&mut c.parent_span_id, &span.parent_span_id);
+            append_hex(&mut c.parent_span_id, span.parent_span_id);
         }
-        c.span_name.append_value(&span.name);
+        c.span_name.append_value(span.name);
         c.span_kind.append_value(kind_name(kind));
-        let status = span.status.as_ref();
-        let status_code = status
-            .and_then(|s| StatusCode::try_from(s.code).ok())
-            .unwrap_or(StatusCode::Unset);
+        let status_code = StatusCode::try_from(span.status_code).unwrap_or(StatusCode::Unset);
         c.status_code.append_value(match status_code {
             StatusCode::Unset => "unset",
             StatusCode::Ok => "ok",
             StatusCode::Error => "error",
         });
         c.status_message
-            .append_option(status.map(|s| s.message.as_str()).filter(|m| !m.is_empty()));
-
+            .append_option(Some(span.status_message).filter(|m| !m.is_empty()));
         // HTTP and network attributes, current names first.
         let method = attrs.first_text(&["http.request.method", "http.method"]);
         let route = attrs.text("http.route");
@@ -170,7 +171,7 @@ impl SpanDecoder {
                 let _ = write!(c.endpoint, "{method} {route}");
                 c.endpoint.append_value("");
             }
-            _ => c.endpoint.append_value(&span.name),
+            _ => c.endpoint.append_value(span.name),
         }
         let client_id = self
             .client_id_keys
@@ -201,17 +202,112 @@ impl SpanDecoder {
 
         c.attributes.append_attributes(&span.attributes);
         for event in &span.events {
-            let time = i64::try_from(event.time_unix_nano).unwrap_or(start);
-            c.events.push_event(time, &event.name, &event.attributes);
+            let time = i64::try_from(event.time).unwrap_or(start);
+            let attributes = &span.event_attributes[event.attributes.clone()];
+            c.events.push_event(time, event.name, attributes);
         }
         c.events.end_span(span.events.len());
         c.rows += 1;
     }
 }
 
+/// One span as sent, borrowed from the payload. Its lists are reused from span to span.
+#[derive(Default)]
+struct SpanView<'a> {
+    trace_id: &'a [u8],
+    span_id: &'a [u8],
+    parent_span_id: &'a [u8],
+    name: &'a str,
+    kind: i32,
+    start: u64,
+    end: u64,
+    attributes: Vec<Attr<'a>>,
+    events: Vec<EventView<'a>>,
+    /// The attributes of every event; each event names its range.
+    event_attributes: Vec<Attr<'a>>,
+    status_code: i32,
+    status_message: &'a str,
+}
+
+struct EventView<'a> {
+    time: u64,
+    name: &'a str,
+    attributes: Range<usize>,
+}
+
+impl<'a> SpanView<'a> {
+    /// Reads a `Span` message; fields sent twice count as protobuf says (the last scalar,
+    /// every list entry, messages merged).
+    fn read(&mut self, message: &'a [u8]) -> Result<(), WireError> {
+        self.trace_id = &[];
+        self.span_id = &[];
+        self.parent_span_id = &[];
+        self.name = "";
+        self.kind = 0;
+        self.start = 0;
+        self.end = 0;
+        self.attributes.clear();
+        self.events.clear();
+        self.event_attributes.clear();
+        self.status_code = 0;
+        self.status_message = "";
+        for field in Fields::of(message) {
+            let (number, field) = field?;
+            match number {
+                1 => self.trace_id = field.bytes("Span.trace_id")?,
+                2 => self.span_id = field.bytes("Span.span_id")?,
+                4 => self.parent_span_id = field.bytes("Span.parent_span_id")?,
+                5 => self.name = field.text("Span.name")?,
+                6 => self.kind = field.int32("Span.kind")?,
+                7 => self.start = field.fixed64("Span.start_time_unix_nano")?,
+                8 => self.end = field.fixed64("Span.end_time_unix_nano")?,
+                9 => push_attr(&mut self.attributes, field.bytes("Span.attributes")?)?,
+                11 => self.read_event(field.bytes("Span.events")?)?,
+                15 => self.read_status(field.bytes("Span.status")?)?,
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    fn read_event(&mut self, message: &'a [u8]) -> Result<(), WireError> {
+        let first = self.event_attributes.len();
+        let mut event = EventView {
+            time: 0,
+            name: "",
+            attributes: first..first,
+        };
+        for field in Fields::of(message) {
+            match field? {
+                (1, time) => event.time = time.fixed64("Span.Event.time_unix_nano")?,
+                (2, name) => event.name = name.text("Span.Event.name")?,
+                (3, attr) => push_attr(
+                    &mut self.event_attributes,
+                    attr.bytes("Span.Event.attributes")?,
+                )?,
+                _ => {}
+            }
+        }
+        event.attributes.end = self.event_attributes.len();
+        self.events.push(event);
+        Ok(())
+    }
+
+    fn read_status(&mut self, message: &'a [u8]) -> Result<(), WireError> {
+        for field in Fields::of(message) {
+            match field? {
+                (2, text) => self.status_message = text.text("Status.message")?,
+                (3, code) => self.status_code = code.int32("Status.code")?,
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Why a span cannot be stored, if it cannot.
-fn check_span(span: &Span) -> Result<(), String> {
-    let name = &span.name;
+fn check_span(span: &SpanView<'_>) -> Result<(), String> {
+    let name = span.name;
     if span.trace_id.len() != 16 || span.trace_id.iter().all(|b| *b == 0) {
         return Err(format!(
             "span {name:?}: trace_id must be 16 bytes and not all zero, got {} bytes",
@@ -230,8 +326,8 @@ fn check_span(span: &Span) -> Result<(), String> {
             span.parent_span_id.len()
         ));
     }
-    let start = span.start_time_unix_nano;
-    let end = span.end_time_unix_nano;
+    let start = span.start;
+    let end = span.end;
     if start == 0 || i64::try_from(start).is_err() || i64::try_from(end).is_err() {
         return Err(format!(
             "span {name:?}: start_time_unix_nano {start} is missing or out of range"
@@ -245,9 +341,9 @@ fn check_span(span: &Span) -> Result<(), String> {
     Ok(())
 }
 
-fn exception_type(span: &Span) -> Option<std::borrow::Cow<'_, str>> {
+fn exception_type<'a>(span: &'a SpanView<'a>) -> Option<Cow<'a, str>> {
     let event = span.events.iter().find(|e| e.name == "exception")?;
-    Attrs(&event.attributes).text("exception.type")
+    Attrs(&span.event_attributes[event.attributes.clone()]).text("exception.type")
 }
 
 fn kind_name(kind: SpanKind) -> &'static str {

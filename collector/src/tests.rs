@@ -15,7 +15,7 @@ const HOUR_NS: u64 = 3_600_000_000_000;
 const BASE_NS: u64 = 1_795_773_600_000_000_000; // 2026-11-27T10:00:00Z
 
 /// A trace export of spans starting at `starts`, encoded as a client would send it.
-fn request(first_id: u64, starts: &[u64]) -> Received<ExportTraceServiceRequest> {
+fn request(first_id: u64, starts: &[u64]) -> bytes::Bytes {
     let spans = starts
         .iter()
         .enumerate()
@@ -31,7 +31,7 @@ fn request(first_id: u64, starts: &[u64]) -> Received<ExportTraceServiceRequest>
     let request = ExportTraceServiceRequest {
         resource_spans: vec![service_spans("svc", spans)],
     };
-    Received::decode(request.encode_to_vec().into()).unwrap()
+    request.encode_to_vec().into()
 }
 
 /// The spans of one service.
@@ -102,7 +102,7 @@ fn replay_after_a_crash_between_publish_and_release_restores_each_row_once() {
             BASE_NS + HOUR_NS + 1,
             BASE_NS + HOUR_NS + 2,
         ];
-        let outcome = collector.ingest_traces(&request(0, &starts)).unwrap();
+        let outcome = collector.ingest_traces(request(0, &starts)).unwrap();
         assert_eq!(outcome.accepted, 6);
         copy_dir(&wal_dir, &wal_copy);
         let collector = Arc::new(collector);
@@ -137,7 +137,7 @@ fn replay_after_a_crash_between_publish_and_release_restores_each_row_once() {
     // flushed ones.
     assert!(report.last_seq >= 1);
     collector
-        .ingest_traces(&request(100, &[BASE_NS + 5]))
+        .ingest_traces(request(100, &[BASE_NS + 5]))
         .unwrap();
     let collector = Arc::new(collector);
     assert_eq!(runtime.block_on(collector.flush()).unwrap(), 4);
@@ -152,7 +152,7 @@ fn a_clean_flush_releases_the_log_and_a_reopen_restores_nothing() {
         let (collector, _) = Collector::open(config(tmp.path())).unwrap();
         for i in 0..5 {
             collector
-                .ingest_traces(&request(i * 10, &[BASE_NS + i]))
+                .ingest_traces(request(i * 10, &[BASE_NS + i]))
                 .unwrap();
         }
         let collector = Arc::new(collector);
@@ -188,7 +188,7 @@ fn a_request_waits_for_a_flush_to_make_room_in_a_full_buffer() {
     let (collector, _) = Collector::open(config).unwrap();
     let collector = Arc::new(collector);
     collector
-        .ingest_traces(&request(0, &[BASE_NS, BASE_NS + 1, BASE_NS + 2]))
+        .ingest_traces(request(0, &[BASE_NS, BASE_NS + 1, BASE_NS + 2]))
         .unwrap();
     let buffer = collector.buffer();
 
@@ -215,7 +215,7 @@ fn a_request_waits_for_a_flush_to_make_room_in_a_full_buffer() {
         .unwrap();
     assert!(buffer.admit().is_ok());
     collector
-        .ingest_traces(&request(10, &[BASE_NS + 3]))
+        .ingest_traces(request(10, &[BASE_NS + 3]))
         .unwrap();
 }
 
@@ -226,10 +226,10 @@ fn limits_refuse_retryably_and_keep_what_was_accepted() {
     config.max_buffer_rows = 3;
     let (collector, _) = Collector::open(config).unwrap();
     collector
-        .ingest_traces(&request(0, &[BASE_NS, BASE_NS + 1, BASE_NS + 2]))
+        .ingest_traces(request(0, &[BASE_NS, BASE_NS + 1, BASE_NS + 2]))
         .unwrap();
     let refused = collector
-        .ingest_traces(&request(10, &[BASE_NS + 3]))
+        .ingest_traces(request(10, &[BASE_NS + 3]))
         .unwrap_err();
     assert!(matches!(refused, Error::Overloaded { .. }), "{refused}");
     assert_eq!(refused.http_status(), 503);
@@ -244,7 +244,7 @@ fn durability_none_writes_no_log() {
     let mut config = config(tmp.path());
     config.durability = Durability::None;
     let (collector, _) = Collector::open(config).unwrap();
-    collector.ingest_traces(&request(0, &[BASE_NS])).unwrap();
+    collector.ingest_traces(request(0, &[BASE_NS])).unwrap();
     assert_eq!(collector.buffer().rows(), 1);
     let logged: u64 = std::fs::read_dir(tmp.path().join("wal"))
         .unwrap()
@@ -279,7 +279,7 @@ fn compaction_merges_a_closed_hour_atomically_and_retention_drops_old_hours() {
     // Three flushes into the same hour, and one into the next.
     for round in 0..3u64 {
         collector
-            .ingest_traces(&request(
+            .ingest_traces(request(
                 round * 10,
                 &[BASE_NS + round, BASE_NS + round + 100],
             ))
@@ -287,7 +287,7 @@ fn compaction_merges_a_closed_hour_atomically_and_retention_drops_old_hours() {
         runtime.block_on(collector.flush()).unwrap();
     }
     collector
-        .ingest_traces(&request(99, &[BASE_NS + HOUR_NS]))
+        .ingest_traces(request(99, &[BASE_NS + HOUR_NS]))
         .unwrap();
     runtime.block_on(collector.flush()).unwrap();
     let hour = schemas::partition_dir(tmp.path(), "spans", BASE_NS as i64);
@@ -376,17 +376,17 @@ fn injected_file_faults_never_acknowledge_lost_data() {
     {
         let (collector, _) = Collector::open(config(dir)).unwrap();
         let collector = Arc::new(collector);
-        collector.ingest_traces(&request(0, &[BASE_NS])).unwrap();
+        collector.ingest_traces(request(0, &[BASE_NS])).unwrap();
         acknowledged += 1;
 
         // A failed write: refused, retryably, and the log stays whole.
         fail_next(Point::WalWrite, &dir.join("wal"), 0, 1);
         let refused = collector
-            .ingest_traces(&request(10, &[BASE_NS + 1]))
+            .ingest_traces(request(10, &[BASE_NS + 1]))
             .unwrap_err();
         assert!(refused.retry_after().is_some(), "{refused}");
         collector
-            .ingest_traces(&request(20, &[BASE_NS + 2]))
+            .ingest_traces(request(20, &[BASE_NS + 2]))
             .unwrap();
         acknowledged += 1;
 
@@ -396,11 +396,11 @@ fn injected_file_faults_never_acknowledge_lost_data() {
         fail_next(Point::WalSync, &dir.join("wal"), 0, 1);
         assert!(
             collector
-                .ingest_traces(&request(30, &[BASE_NS + 3]))
+                .ingest_traces(request(30, &[BASE_NS + 3]))
                 .is_err()
         );
         collector
-            .ingest_traces(&request(40, &[BASE_NS + 4]))
+            .ingest_traces(request(40, &[BASE_NS + 4]))
             .unwrap();
         acknowledged += 1;
 
@@ -479,7 +479,8 @@ fn flushed_files_hold_their_hour_sorted_by_service_endpoint_and_time() {
             resource_spans.push(service_spans(service, spans));
         }
         let request = ExportTraceServiceRequest { resource_spans };
-        batches.push(decoder.decode(&request).batch.unwrap());
+        let request = request.encode_to_vec();
+        batches.push(decoder.decode(&request).unwrap().batch.unwrap());
     }
 
     let writer = Writer::new(tmp.path());

@@ -1,8 +1,10 @@
 use arrow::array::{Array, AsArray};
 use arrow::datatypes::{Int32Type, Int64Type};
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value::Value};
 use opentelemetry_proto::tonic::resource::v1::Resource;
-use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Status, span::Event};
+use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span, Status, span::Event};
+use prost::Message;
 
 use super::*;
 
@@ -35,7 +37,8 @@ fn span(name: &str, kind: SpanKind, attributes: Vec<KeyValue>) -> Span {
     }
 }
 
-fn request(spans: Vec<Span>) -> ExportTraceServiceRequest {
+/// An export of `spans` from one service, in protobuf.
+fn request(spans: Vec<Span>) -> Vec<u8> {
     ExportTraceServiceRequest {
         resource_spans: vec![ResourceSpans {
             resource: Some(Resource {
@@ -49,6 +52,7 @@ fn request(spans: Vec<Span>) -> ExportTraceServiceRequest {
             ..Default::default()
         }],
     }
+    .encode_to_vec()
 }
 
 fn text(batch: &RecordBatch, column: &str, row: usize) -> Option<String> {
@@ -70,7 +74,9 @@ fn current_conventions() {
             s("app.client_id", "mobile-ios"),
         ],
     );
-    let decoded = SpanDecoder::default().decode(&request(vec![server]));
+    let decoded = SpanDecoder::default()
+        .decode(&request(vec![server]))
+        .unwrap();
     let batch = decoded.batch.unwrap();
     assert_eq!(decoded.rejections.count, 0);
     assert_eq!(
@@ -138,7 +144,9 @@ fn older_conventions_and_client_spans() {
             s("net.peer.name", "db1"),
         ],
     );
-    let decoded = SpanDecoder::default().decode(&request(vec![old_server, old_client, db]));
+    let decoded = SpanDecoder::default()
+        .decode(&request(vec![old_server, old_client, db]))
+        .unwrap();
     let batch = decoded.batch.unwrap();
     assert_eq!(
         text(&batch, "endpoint", 0).as_deref(),
@@ -185,6 +193,7 @@ fn status_and_exception_events() {
     }];
     let batch = SpanDecoder::default()
         .decode(&request(vec![failed]))
+        .unwrap()
         .batch
         .unwrap();
     assert_eq!(text(&batch, "status_code", 0).as_deref(), Some("error"));
@@ -211,7 +220,9 @@ fn invalid_spans_are_rejected_and_counted() {
     short_id.trace_id = vec![1; 8];
     let mut backwards = span("backwards", SpanKind::Server, vec![]);
     backwards.end_time_unix_nano = backwards.start_time_unix_nano - 1;
-    let decoded = SpanDecoder::default().decode(&request(vec![good, short_id, backwards]));
+    let decoded = SpanDecoder::default()
+        .decode(&request(vec![good, short_id, backwards]))
+        .unwrap();
     assert_eq!(decoded.batch.unwrap().num_rows(), 1);
     assert_eq!(decoded.rejections.count, 2);
     let message = decoded.rejections.message();
@@ -228,7 +239,188 @@ fn configured_client_id_keys() {
     let attrs = vec![s("tenant", "acme"), s("client.id", "ignored")];
     let batch = decoder
         .decode(&request(vec![span("x", SpanKind::Server, attrs)]))
+        .unwrap()
         .batch
         .unwrap();
     assert_eq!(text(&batch, "client_id", 0).as_deref(), Some("acme"));
+}
+
+/// A length-delimited field `number` holding `bytes`, as protobuf writes it.
+fn field(number: u32, bytes: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    prost::encoding::encode_key(number, prost::encoding::WireType::LengthDelimited, &mut out);
+    prost::encoding::encode_varint(bytes.len() as u64, &mut out);
+    out.extend_from_slice(bytes);
+    out
+}
+
+/// Spans with every kind of value, events, links and fields the decoder does not read.
+fn rich_spans() -> Vec<Span> {
+    use opentelemetry_proto::tonic::common::v1::{ArrayValue, KeyValueList};
+    use opentelemetry_proto::tonic::trace::v1::span::Link;
+    let mut server = span(
+        "GET /v1/items/{id}",
+        SpanKind::Server,
+        vec![
+            s("http.request.method", "GET"),
+            s("http.route", "/v1/items/{id}"),
+            i("http.response.status_code", 500),
+            kv("retry", Value::BoolValue(true)),
+            kv("ratio", Value::DoubleValue(0.125)),
+            kv("blob", Value::BytesValue(vec![0, 0xff, 7])),
+            kv(
+                "tags",
+                Value::ArrayValue(ArrayValue {
+                    values: vec![AnyValue {
+                        value: Some(Value::StringValue("a".into())),
+                    }],
+                }),
+            ),
+            kv(
+                "nested",
+                Value::KvlistValue(KeyValueList {
+                    values: vec![i("depth", 2)],
+                }),
+            ),
+            KeyValue {
+                key: "no.value".into(),
+                value: None,
+                ..Default::default()
+            },
+            s("ünïcode", "→ ok"),
+        ],
+    );
+    server.trace_state = "vendor=1".into();
+    server.links = vec![Link {
+        trace_id: vec![7; 16],
+        span_id: vec![7; 8],
+        ..Default::default()
+    }];
+    server.dropped_attributes_count = 3;
+    server.flags = 0x101;
+    server.status = Some(Status {
+        code: StatusCode::Error as i32,
+        message: "failed".into(),
+    });
+    server.events = vec![
+        Event {
+            time_unix_nano: 1_795_773_600_100_000_000,
+            name: "exception".into(),
+            attributes: vec![s("exception.type", "IOError"), i("attempt", 2)],
+            ..Default::default()
+        },
+        Event {
+            time_unix_nano: u64::MAX,
+            name: "late".into(),
+            ..Default::default()
+        },
+    ];
+    let mut client = span("SELECT", SpanKind::Client, vec![s("db.system", "mysql")]);
+    client.parent_span_id = vec![9; 8];
+    let mut invalid = span("bad", SpanKind::Server, vec![]);
+    invalid.span_id = vec![0; 8];
+    vec![server, client, invalid]
+}
+
+/// What the decoder makes of `payload`, against what it makes of the same request decoded
+/// by the generated (prost) decoder and encoded again: equal when both read it, and both
+/// refuse the same payloads.
+fn decoded_as_prost_reads_it(payload: &[u8]) -> Option<(RecordBatch, i64)> {
+    let ours = SpanDecoder::default().decode(payload);
+    let Ok(theirs) = ExportTraceServiceRequest::decode(payload) else {
+        assert!(
+            ours.is_err(),
+            "prost refuses {payload:?}, the decoder does not"
+        );
+        return None;
+    };
+    let ours =
+        ours.unwrap_or_else(|error| panic!("prost reads a payload the decoder refuses: {error}"));
+    let canonical = SpanDecoder::default()
+        .decode(&theirs.encode_to_vec())
+        .unwrap();
+    assert_eq!(ours.batch, canonical.batch);
+    assert_eq!(ours.rejections.message(), canonical.rejections.message());
+    ours.batch.map(|batch| (batch, ours.rejections.count))
+}
+
+#[test]
+fn reads_protobuf_as_the_generated_decoder_does() {
+    let payload = request(rich_spans());
+    let (batch, rejected) = decoded_as_prost_reads_it(&payload).unwrap();
+    assert_eq!((batch.num_rows(), rejected), (2, 1));
+    let attributes = batch.column_by_name("attributes").unwrap().as_map();
+    let entries = attributes.value(0);
+    let keys = entries.column(0).as_string::<i32>();
+    let values = entries.column(1).as_string::<i32>();
+    let read: Vec<(&str, Option<&str>)> = keys
+        .iter()
+        .zip(values.iter())
+        .map(|(k, v)| (k.unwrap(), v))
+        .collect();
+    assert_eq!(
+        read[3..],
+        [
+            ("retry", Some("true")),
+            ("ratio", Some("0.125")),
+            ("blob", Some("00ff07")),
+            ("tags", Some("[\"a\"]")),
+            ("nested", Some("{\"depth\":2}")),
+            ("no.value", None),
+            ("ünïcode", Some("→ ok")),
+        ]
+    );
+    assert_eq!(text(&batch, "error_type", 0).as_deref(), Some("IOError"));
+    assert_eq!(text(&batch, "status_message", 0).as_deref(), Some("failed"));
+    assert_eq!(text(&batch, "dependency", 1).as_deref(), Some("mysql"));
+    let events = batch.column_by_name("events").unwrap().as_list::<i32>();
+    assert_eq!(events.value_length(0), 2);
+
+    // Every prefix of the payload: refused by both, or read alike.
+    for end in 0..payload.len() {
+        decoded_as_prost_reads_it(&payload[..end]);
+    }
+
+    // Messages sent in pieces are merged: the later name wins, lists grow, and a resource
+    // sent twice keeps the attributes of both.
+    let first = span("first", SpanKind::Server, vec![s("a", "1")]).encode_to_vec();
+    let more = Span {
+        name: "second".into(),
+        attributes: vec![s("b", "2")],
+        ..Default::default()
+    }
+    .encode_to_vec();
+    let scope = field(2, &[first, more].concat());
+    let resource = |key, value| {
+        let attributes = vec![s(key, value)];
+        Resource {
+            attributes,
+            ..Default::default()
+        }
+        .encode_to_vec()
+    };
+    let resource_spans = [
+        field(2, &scope),
+        field(1, &resource("service.name", "pieces")),
+        field(1, &resource("service.version", "9")),
+    ]
+    .concat();
+    let payload = field(1, &resource_spans);
+    let (batch, _) = decoded_as_prost_reads_it(&payload).unwrap();
+    assert_eq!(text(&batch, "span_name", 0).as_deref(), Some("second"));
+    assert_eq!(text(&batch, "service_name", 0).as_deref(), Some("pieces"));
+    assert_eq!(text(&batch, "service_version", 0).as_deref(), Some("9"));
+    let attributes = batch.column_by_name("attributes").unwrap().as_map();
+    assert_eq!(attributes.value(0).len(), 2);
+
+    // A field the decoder reads, sent with the wrong wire type, refuses the whole payload.
+    let mut wrong = field(5, b"x");
+    wrong.extend([0x38, 0x01]); // start_time_unix_nano (7) as a varint
+    let payload = field(1, &field(2, &field(2, &wrong)));
+    let error = SpanDecoder::default().decode(&payload).unwrap_err();
+    assert!(
+        error.to_string().contains("Span.start_time_unix_nano"),
+        "{error}"
+    );
+    assert!(ExportTraceServiceRequest::decode(payload.as_slice()).is_err());
 }

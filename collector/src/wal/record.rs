@@ -23,6 +23,15 @@ pub(crate) enum Kind {
 }
 
 impl Kind {
+    /// The table a record of this kind fills.
+    pub(crate) fn table(self) -> &'static str {
+        match self {
+            Kind::Traces => schemas::SPANS.name,
+            Kind::Logs => schemas::LOGS.name,
+            Kind::Requests => schemas::REQUESTS.name,
+        }
+    }
+
     fn from_byte(byte: u8) -> Option<Kind> {
         match byte {
             1 => Some(Kind::Traces),
