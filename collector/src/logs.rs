@@ -229,7 +229,10 @@ mod tests {
         for end in 0..=payload.len() {
             let ours = decode_logs(&payload[..end], received_ns);
             let Ok(theirs) = ExportLogsServiceRequest::decode(&payload[..end]) else {
-                assert!(ours.is_err(), "prost refuses {end} bytes, the decoder does not");
+                assert!(
+                    ours.is_err(),
+                    "prost refuses {end} bytes, the decoder does not"
+                );
                 continue;
             };
             let canonical = decode_logs(&theirs.encode_to_vec(), received_ns).unwrap();
@@ -247,11 +250,19 @@ mod tests {
         assert!(span_id.is_null(0), "an all-zero id is no id");
         let trace_id = batch.column_by_name("trace_id").unwrap().as_string::<i32>();
         assert_eq!(trace_id.value(0), "03".repeat(16));
-        let service = batch.column_by_name("service_name").unwrap().as_string::<i32>();
+        let service = batch
+            .column_by_name("service_name")
+            .unwrap()
+            .as_string::<i32>();
         assert_eq!(service.value(1), "billing");
-        let time = batch.column_by_name("time").unwrap().as_primitive::<
-            arrow::datatypes::TimestampNanosecondType,
-        >();
-        assert_eq!(time.value(1), 1_795_773_600_000_000_005, "observed time stands in");
+        let time = batch
+            .column_by_name("time")
+            .unwrap()
+            .as_primitive::<arrow::datatypes::TimestampNanosecondType>();
+        assert_eq!(
+            time.value(1),
+            1_795_773_600_000_000_005,
+            "observed time stands in"
+        );
     }
 }

@@ -295,8 +295,14 @@ fn properties(through: u64) -> WriterProperties {
 
 /// Every row of `batches` as (batch, row), sorted by hour partition and then by the table's
 /// sort columns, with each sorted row's partition beside it.
+///
+/// The sort columns end with `time` (checked by the schemas' tests). The partition and the
+/// columns before `time` are converted to comparable bytes, and each distinct value of those
+/// gets a rank; rows are then sorted on (rank, time) as one integer. Sorting 200k spans
+/// by their bytes compared them some 3.6M times; the ranks compare each distinct
+/// (service, endpoint) a few times instead.
 fn sorted_order(table: &Table, batches: &[RecordBatch]) -> Result<(Vec<i64>, Vec<Place>)> {
-    let mut partitions = Vec::new();
+    let mut times = Vec::new();
     let mut places = Vec::new();
     for (b, batch) in batches.iter().enumerate() {
         let time = batch
@@ -304,36 +310,170 @@ fn sorted_order(table: &Table, batches: &[RecordBatch]) -> Result<(Vec<i64>, Vec
             .and_then(|c| c.as_any().downcast_ref::<TimestampNanosecondArray>())
             .ok_or_else(|| Error::Storage(format!("table {} has no time column", table.name)))?;
         // `time` is never null: the decoders always set it.
-        partitions.extend(time.values().iter().map(|t| partition_of(*t)));
+        times.extend_from_slice(time.values());
         places.extend((0..batch.num_rows()).map(|row| (b, row)));
     }
-    // The sort columns of every batch, as one comparable byte string per row.
-    let partitions = Int64Array::from(partitions);
-    let mut keys: Vec<ArrayRef> = vec![Arc::new(partitions.clone())];
-    for name in table.sort_by {
+    let partitions = Int64Array::from_iter_values(times.iter().map(|t| partition_of(*t)));
+    // The partition and the sort columns before `time`, as one comparable byte string a row.
+    let mut prefix: Vec<ArrayRef> = vec![Arc::new(partitions.clone())];
+    for name in table.sort_by.iter().filter(|name| **name != "time") {
         let columns: Vec<&dyn Array> = batches
             .iter()
             .filter_map(|batch| batch.column_by_name(name).map(|c| c.as_ref()))
             .collect();
         if columns.len() == batches.len() {
-            keys.push(concat(&columns).map_err(storage)?);
+            prefix.push(concat(&columns).map_err(storage)?);
         }
     }
-    let fields = keys
+    let fields = prefix
         .iter()
         .map(|k| SortField::new(k.data_type().clone()))
         .collect();
     let rows = RowConverter::new(fields)
-        .and_then(|converter| converter.convert_columns(&keys))
+        .and_then(|converter| converter.convert_columns(&prefix))
         .map_err(storage)?;
-    drop(keys);
-    let mut order: Vec<usize> = (0..places.len()).collect();
-    order.sort_unstable_by(|a, b| rows.row(*a).cmp(&rows.row(*b)));
-    let sorted_partitions = order.iter().map(|&i| partitions.value(i)).collect();
-    let sorted_places = order.iter().map(|&i| places[i]).collect();
+    drop(prefix);
+    let ranks = ranks(&rows);
+    // Rank above, time below (its sign bit flipped, so that it orders as unsigned).
+    let mut keys: Vec<(u128, u32)> = (0..places.len())
+        .map(|i| {
+            let time = (times[i] as u64) ^ (1 << 63);
+            ((u128::from(ranks[i]) << 64) | u128::from(time), i as u32)
+        })
+        .collect();
+    keys.sort_unstable();
+    let sorted_partitions = keys
+        .iter()
+        .map(|&(_, i)| partitions.value(i as usize))
+        .collect();
+    let sorted_places = keys.iter().map(|&(_, i)| places[i as usize]).collect();
     Ok((sorted_partitions, sorted_places))
+}
+
+/// Each row's rank among the distinct rows of `rows`, in their order.
+fn ranks(rows: &arrow::row::Rows) -> Vec<u32> {
+    let mut distinct: std::collections::HashMap<&[u8], u32> = std::collections::HashMap::new();
+    let mut first_of: Vec<&[u8]> = Vec::new();
+    let mut ids = Vec::with_capacity(rows.num_rows());
+    let mut last: Option<(&[u8], u32)> = None;
+    for row in rows.iter() {
+        let bytes = row.data();
+        // Neighbouring rows of a request mostly share their service and endpoint.
+        let id = match last {
+            Some((previous, id)) if previous == bytes => id,
+            _ => *distinct.entry(bytes).or_insert_with(|| {
+                first_of.push(bytes);
+                first_of.len() as u32 - 1
+            }),
+        };
+        last = Some((bytes, id));
+        ids.push(id);
+    }
+    let mut by_value: Vec<u32> = (0..first_of.len() as u32).collect();
+    by_value.sort_unstable_by_key(|&id| first_of[id as usize]);
+    let mut rank_of = vec![0u32; first_of.len()];
+    for (rank, id) in by_value.into_iter().enumerate() {
+        rank_of[id as usize] = rank as u32;
+    }
+    ids.into_iter().map(|id| rank_of[id as usize]).collect()
 }
 
 fn storage(error: impl std::fmt::Display) -> Error {
     Error::Storage(error.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use arrow::array::{AsArray, StringArray, TimestampNanosecondArray};
+    use arrow::compute::{SortColumn, lexsort_to_indices};
+    use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
+
+    use super::*;
+
+    #[test]
+    fn rows_sort_by_partition_then_sort_columns_as_arrow_sorts_them() {
+        const HOUR: i64 = 3_600_000_000_000;
+        let schema = Arc::new(Schema::new(vec![
+            Field::new(
+                "time",
+                DataType::Timestamp(TimeUnit::Nanosecond, Some("UTC".into())),
+                false,
+            ),
+            Field::new("service_name", DataType::Utf8, false),
+            Field::new("endpoint", DataType::Utf8, true),
+        ]));
+        // Times around the epoch and hours apart, equal keys, null endpoints, and text that
+        // sorts differently as bytes than by length.
+        let batch = |seed: i64, rows: i64| {
+            let times = (0..rows).map(|i| (seed * 7919 + i * 104_729) % (5 * HOUR) - 2 * HOUR);
+            let services = (0..rows).map(|i| ["b", "a", "ab"][((seed + i) % 3) as usize]);
+            let endpoints = (0..rows).map(|i| match (seed * 31 + i) % 5 {
+                0 => None,
+                1 => Some("GET /z"),
+                2 => Some("GET /a/b"),
+                3 => Some("POST /"),
+                _ => Some("GET /a"),
+            });
+            RecordBatch::try_new(
+                schema.clone(),
+                vec![
+                    Arc::new(
+                        TimestampNanosecondArray::from_iter_values(times).with_timezone("UTC"),
+                    ),
+                    Arc::new(StringArray::from_iter_values(services)),
+                    Arc::new(StringArray::from_iter(endpoints)),
+                ],
+            )
+            .unwrap()
+        };
+        let batches: Vec<RecordBatch> = (0..7).map(|seed| batch(seed, 50 + seed * 13)).collect();
+        let (partitions, places) = sorted_order(&schemas::SPANS, &batches).unwrap();
+
+        let all = arrow::compute::concat_batches(&schema, &batches).unwrap();
+        let time = all
+            .column(0)
+            .as_primitive::<arrow::datatypes::TimestampNanosecondType>();
+        let hours = Int64Array::from_iter_values(time.values().iter().map(|t| partition_of(*t)));
+        let columns = [
+            Arc::new(hours) as ArrayRef,
+            all.column(1).clone(),
+            all.column(2).clone(),
+            all.column(0).clone(),
+        ];
+        let sort: Vec<SortColumn> = columns
+            .iter()
+            .map(|values| SortColumn {
+                values: values.clone(),
+                options: None,
+            })
+            .collect();
+        let expected = lexsort_to_indices(&sort, None).unwrap();
+
+        // Rows with equal keys may come in any order: compare the keys.
+        let offsets: Vec<usize> = batches
+            .iter()
+            .scan(0, |at, b| {
+                let first = *at;
+                *at += b.num_rows();
+                Some(first)
+            })
+            .collect();
+        let key = |row: usize| {
+            let text = |c: usize| {
+                let column = all.column(c).as_string::<i32>();
+                column.is_valid(row).then(|| column.value(row).to_owned())
+            };
+            (time.value(row), text(1), text(2))
+        };
+        let got: Vec<_> = places.iter().map(|&(b, r)| key(offsets[b] + r)).collect();
+        let want: Vec<_> = expected.values().iter().map(|&r| key(r as usize)).collect();
+        assert_eq!(got.len(), all.num_rows());
+        let sorted_hours: Vec<i64> = got.iter().map(|k| partition_of(k.0)).collect();
+        assert_eq!(partitions, sorted_hours);
+        assert_eq!(got, want);
+        assert!(
+            partitions.iter().any(|p| *p < 0),
+            "hours before 1970 are sorted too"
+        );
+    }
 }

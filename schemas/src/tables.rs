@@ -131,7 +131,7 @@ pub struct Table {
     /// Its columns, in order.
     pub columns: &'static [Column],
     /// The columns rows are sorted by within a file, so that predicates on them prune row
-    /// groups and pages.
+    /// groups and pages; the last is `time`.
     pub sort_by: &'static [&'static str],
 }
 
@@ -513,6 +513,8 @@ mod tests {
             for name in table.sort_by {
                 assert!(table.index_of(name).is_some(), "{name}");
             }
+            // The writer sorts on the columns before `time` and then on `time`.
+            assert_eq!(table.sort_by.last(), Some(&"time"), "{}", table.name);
         }
     }
 }
