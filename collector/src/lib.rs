@@ -30,6 +30,8 @@ mod requests;
 mod rows;
 pub mod signal;
 mod spans;
+#[cfg(test)]
+mod testing;
 mod wal;
 mod wire;
 mod writer;

@@ -164,22 +164,13 @@ mod tests {
     use arrow::array::{Array, AsArray};
     use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
     use opentelemetry_proto::tonic::common::v1::any_value::Value;
-    use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, KeyValueList};
+    use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValueList};
     use opentelemetry_proto::tonic::logs::v1::{LogRecord, ResourceLogs, ScopeLogs};
     use opentelemetry_proto::tonic::resource::v1::Resource;
     use prost::Message;
 
     use super::*;
-
-    fn text(key: &str, value: &str) -> KeyValue {
-        KeyValue {
-            key: key.into(),
-            value: Some(AnyValue {
-                value: Some(Value::StringValue(value.into())),
-            }),
-            ..Default::default()
-        }
-    }
+    use crate::testing::s as text;
 
     #[test]
     fn reads_protobuf_as_the_generated_decoder_does() {

@@ -3,7 +3,6 @@
 use std::path::{Path, PathBuf};
 
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
-use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value::Value};
 use opentelemetry_proto::tonic::resource::v1::Resource;
 use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
 
@@ -38,13 +37,7 @@ fn request(first_id: u64, starts: &[u64]) -> bytes::Bytes {
 fn service_spans(service: &str, spans: Vec<Span>) -> ResourceSpans {
     ResourceSpans {
         resource: Some(Resource {
-            attributes: vec![KeyValue {
-                key: "service.name".into(),
-                value: Some(AnyValue {
-                    value: Some(Value::StringValue(service.into())),
-                }),
-                ..Default::default()
-            }],
+            attributes: vec![crate::testing::s("service.name", service)],
             ..Default::default()
         }),
         scope_spans: vec![ScopeSpans {
@@ -462,13 +455,7 @@ fn flushed_files_hold_their_hour_sorted_by_service_endpoint_and_time() {
                         end_time_unix_nano: start + 1_000,
                         // On one endpoint of one service: its rows sit together.
                         attributes: if service == "a-svc" && n % 3 == 2 {
-                            vec![KeyValue {
-                                key: "rare.key".into(),
-                                value: Some(AnyValue {
-                                    value: Some(Value::StringValue("x".into())),
-                                }),
-                                ..Default::default()
-                            }]
+                            vec![crate::testing::s("rare.key", "x")]
                         } else {
                             Vec::new()
                         },

@@ -7,22 +7,7 @@ use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span, Sta
 use prost::Message;
 
 use super::*;
-
-fn kv(key: &str, value: Value) -> KeyValue {
-    KeyValue {
-        key: key.into(),
-        value: Some(AnyValue { value: Some(value) }),
-        ..Default::default()
-    }
-}
-
-fn s(key: &str, value: &str) -> KeyValue {
-    kv(key, Value::StringValue(value.into()))
-}
-
-fn i(key: &str, value: i64) -> KeyValue {
-    kv(key, Value::IntValue(value))
-}
+use crate::testing::{i, kv, s};
 
 fn span(name: &str, kind: SpanKind, attributes: Vec<KeyValue>) -> Span {
     Span {
