@@ -256,27 +256,22 @@ impl Collector {
             Err(error) => return (0, Err(error.into())),
         };
         let count = decoded.count();
-        let result = self.accept(kind.table(), kind, received_ns, decoded, || payload);
+        let result = self.accept(kind, received_ns, decoded, payload);
         (count, result)
     }
 
     /// Stores the valid lines of a request log `body` (newline-delimited JSON); returns
     /// once they are logged and queryable. Blocking: call it off the async runtime.
-    pub fn ingest_requests(&self, body: &[u8]) -> Result<Outcome> {
-        let decoded = decode_requests(body, &self.config.spans.routes);
-        let kind = wal::Kind::Requests;
-        self.accept(kind.table(), kind, now_ns(), decoded, || {
-            Bytes::copy_from_slice(body)
-        })
+    pub fn ingest_requests(&self, body: Bytes) -> Result<Outcome> {
+        self.ingest(wal::Kind::Requests, body).1
     }
 
     fn accept(
         &self,
-        table: &'static str,
         kind: wal::Kind,
         received_ns: i64,
         decoded: Decoded,
-        payload: impl FnOnce() -> bytes::Bytes,
+        payload: Bytes,
     ) -> Result<Outcome> {
         if self.closed.is_cancelled() {
             return Err(Error::ShuttingDown);
@@ -303,14 +298,13 @@ impl Collector {
         // The request as received (minus transport encoding) is what the WAL keeps: replay
         // decodes it again, with the time it was first received.
         let payload = match self.config.durability {
-            Durability::None => bytes::Bytes::new(),
-            Durability::Fsync | Durability::Batch(_) => payload(),
+            Durability::None => Bytes::new(),
+            Durability::Fsync | Durability::Batch(_) => payload,
         };
         self.wal.submit(wal::Append {
             kind,
             received_ns,
             payload,
-            table,
             batch,
             done,
         })?;

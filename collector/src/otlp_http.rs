@@ -122,7 +122,7 @@ async fn requests(
             .filter(|line| !line.trim_ascii().is_empty())
             .count() as u64;
         collector
-            .ingest_requests(&payload)
+            .ingest_requests(payload)
             .map(|outcome| (lines, outcome))
             .map_err(|error| (lines, error))
     })

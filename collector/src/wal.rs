@@ -70,7 +70,6 @@ pub(crate) struct Append {
     pub(crate) kind: Kind,
     pub(crate) received_ns: i64,
     pub(crate) payload: bytes::Bytes,
-    pub(crate) table: &'static str,
     pub(crate) batch: RecordBatch,
     pub(crate) done: oneshot::Sender<Result<u64>>,
 }
@@ -347,7 +346,7 @@ impl Writer {
         self.next_seq += group.len() as u64;
         for (i, append) in group.into_iter().enumerate() {
             let seq = first_seq + i as u64;
-            self.buffer.push_logged(append.table, seq, append.batch);
+            self.buffer.push_logged(append.kind.table(), seq, append.batch);
             let _ = append.done.send(Ok(seq));
         }
     }
