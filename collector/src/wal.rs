@@ -346,7 +346,8 @@ impl Writer {
         self.next_seq += group.len() as u64;
         for (i, append) in group.into_iter().enumerate() {
             let seq = first_seq + i as u64;
-            self.buffer.push_logged(append.kind.table(), seq, append.batch);
+            self.buffer
+                .push_logged(append.kind.table(), seq, append.batch);
             let _ = append.done.send(Ok(seq));
         }
     }
