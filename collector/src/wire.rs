@@ -159,7 +159,17 @@ impl<'a> Fields<'a> {
     #[inline]
     fn field(&mut self) -> Result<Option<(u32, Field<'a>)>> {
         let (number, wire_type) = self.key()?;
-        let field = match wire_type {
+        if wire_type == 3 {
+            self.skip_group(number)?;
+            return Ok(None);
+        }
+        Ok(Some((number, self.value(wire_type)?)))
+    }
+
+    /// The value of a field of `wire_type` (any but a group's start or end).
+    #[inline]
+    fn value(&mut self, wire_type: u8) -> Result<Field<'a>> {
+        Ok(match wire_type {
             2 => {
                 let length = self.varint()?;
                 if length > self.rest.len() as u64 {
@@ -173,13 +183,8 @@ impl<'a> Fields<'a> {
                 self.take(4)?;
                 Field::Fixed32
             }
-            3 => {
-                self.skip_group(number)?;
-                return Ok(None);
-            }
             other => return Err(WireError(format!("invalid wire type {other}"))),
-        };
-        Ok(Some((number, field)))
+        })
     }
 
     /// Reads past a group started with field `number`, nested groups included.
@@ -196,16 +201,7 @@ impl<'a> Fields<'a> {
                     open.pop();
                 }
                 4 => return Err(WireError("a group ends with the wrong field".into())),
-                0 => drop(self.varint()?),
-                1 => drop(self.take(8)?),
-                2 => {
-                    let length = self.varint()?;
-                    let length = usize::try_from(length)
-                        .map_err(|_| past_the_end(length, self.rest.len()))?;
-                    self.take(length)?;
-                }
-                5 => drop(self.take(4)?),
-                other => return Err(WireError(format!("invalid wire type {other}"))),
+                other => drop(self.value(other)?),
             }
         }
         Ok(())
