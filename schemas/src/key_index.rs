@@ -86,15 +86,16 @@ struct KeyValues {
 }
 
 impl KeyValues {
-    /// Row `row` has value `value` for this key.
-    fn add(&mut self, value: &str, row: usize) {
+    /// Row `row` has value `value` for this key; `repeated` when it is known to be the value
+    /// the key had where it was last seen.
+    fn add(&mut self, value: &str, row: usize, repeated: bool) {
         let Some(values) = self.values.as_mut() else {
             return;
         };
         // Rows sorted by endpoint mostly repeat the last row's value.
         let continued = self
             .last_value
-            .filter(|&last| values[last].0 == value)
+            .filter(|&last| repeated || values[last].0 == value)
             .or_else(|| values.iter().position(|(known, _)| known == value));
         let slot = match continued {
             Some(slot) => slot,
@@ -152,7 +153,7 @@ impl KeyIndex {
                 // Neighbouring rows mostly carry the same keys in the same order: comparing
                 // them with the last row's is cheaper than a lookup per key.
                 let same = previous
-                    .is_some_and(|(g, s, e)| g == granule && same_keys(keys, s..e, start..end));
+                    .is_some_and(|(g, s, e)| g == granule && same_strings(keys, s..e, start..end));
                 previous = Some((granule, start, end));
                 if same {
                     continue;
@@ -345,8 +346,11 @@ impl ColumnValues {
             if start == end {
                 continue;
             }
-            // Neighbouring rows mostly have the same keys in the same order.
-            let same = previous.is_some_and(|(s, e)| same_keys(keys, s..e, start..end));
+            // Neighbouring rows mostly have the same keys in the same order, and often the
+            // same values too (a resource's attributes always).
+            let same = previous.is_some_and(|(s, e)| same_strings(keys, s..e, start..end));
+            let repeated =
+                same && previous.is_some_and(|(s, e)| same_strings(values, s..e, start..end));
             previous = Some((start, end));
             if !same {
                 slots.clear();
@@ -373,7 +377,7 @@ impl ColumnValues {
                 }
                 key.last_row = Some(row_in_file);
                 if values.is_valid(entry) {
-                    key.add(values.value(entry), row_in_file);
+                    key.add(values.value(entry), row_in_file, repeated);
                 }
             }
         }
@@ -389,9 +393,26 @@ impl KeyValues {
     }
 }
 
-/// Whether the map entries `a` and `b` have the same keys in the same order.
-fn same_keys(keys: &StringArray, a: Range<usize>, b: Range<usize>) -> bool {
-    a.len() == b.len() && a.zip(b).all(|(i, j)| keys.value(i) == keys.value(j))
+/// Whether the strings `a` and `b` of `strings` are the same strings in the same order (nulls
+/// where the other has nulls). A row's strings lie next to each other: one comparison of their
+/// bytes and of their lengths instead of one per string.
+fn same_strings(strings: &StringArray, a: Range<usize>, b: Range<usize>) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    let offsets = strings.value_offsets();
+    let (a_offsets, b_offsets) = (&offsets[a.start..=a.end], &offsets[b.start..=b.end]);
+    let (a_first, b_first) = (a_offsets[0], b_offsets[0]);
+    let bytes = strings.value_data();
+    let text = |offsets: &[i32]| &bytes[offsets[0] as usize..offsets[offsets.len() - 1] as usize];
+    a_offsets
+        .iter()
+        .zip(b_offsets)
+        .all(|(x, y)| x - a_first == y - b_first)
+        && text(a_offsets) == text(b_offsets)
+        && (strings.null_count() == 0
+            || a.zip(b)
+                .all(|(i, j)| strings.is_valid(i) == strings.is_valid(j)))
 }
 
 /// `runs` as stored: first start, length, then gap since the last end, length, ...
@@ -506,6 +527,36 @@ mod tests {
 
     fn strings(values: &[&str]) -> Vec<String> {
         values.iter().map(|value| value.to_string()).collect()
+    }
+
+    #[test]
+    fn rows_alike_in_their_bytes_but_not_their_strings_are_told_apart() {
+        let mut index = KeyIndex::new();
+        index.add(&batch_of_values(&[
+            &[("a", Some("xy")), ("b", Some("z"))],
+            &[("a", Some("x")), ("b", Some("yz"))],
+            &[("a", Some("x")), ("b", Some("yz"))],
+            &[("a", None), ("b", Some("yz"))],
+            &[("a", Some("")), ("b", Some("yz"))],
+            &[("ab", Some("x")), ("", Some("yz"))],
+            &[("a", Some("x")), ("b", Some("yz"))],
+        ]));
+        let index = KeyIndex::from_json(&index.to_json()).unwrap();
+        let rows = |key: &str, value: &str| {
+            let rows = index.rows_with_values("attributes", key, &strings(&[value]));
+            rows.map(|rows| rows.iter().map(|r| (r.start, r.end)).collect::<Vec<_>>())
+        };
+        assert_eq!(rows("a", "xy"), Some(vec![(0, 1)]));
+        assert_eq!(rows("a", "x"), Some(vec![(1, 3), (6, 7)]));
+        assert_eq!(rows("a", ""), Some(vec![(4, 5)]));
+        assert_eq!(rows("b", "z"), Some(vec![(0, 1)]));
+        assert_eq!(rows("b", "yz"), Some(vec![(1, 5), (6, 7)]));
+        assert_eq!(rows("ab", "x"), Some(vec![(5, 6)]));
+        assert_eq!(rows("", "yz"), Some(vec![(5, 6)]));
+        assert_eq!(
+            index.rows_with("attributes", "b"),
+            Some(vec![Range { start: 0, end: 7 }])
+        );
     }
 
     #[test]
