@@ -167,7 +167,11 @@ impl<'a> Fields<'a> {
     }
 
     /// The value of a field of `wire_type` (any but a group's start or end).
-    #[inline]
+    ///
+    /// Always inlined: `skip_group` calls it too, and left to itself the compiler stopped
+    /// inlining it into `field`; decoding 100k generated spans took 2.36-2.47 us a span
+    /// instead of 1.99-2.05.
+    #[inline(always)]
     fn value(&mut self, wire_type: u8) -> Result<Field<'a>> {
         Ok(match wire_type {
             2 => {
