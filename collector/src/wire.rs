@@ -155,8 +155,10 @@ impl<'a> Fields<'a> {
         Ok((number as u32, (key & 7) as u8))
     }
 
-    /// The next field, or `None` after a group, which is read past.
-    #[inline]
+    /// The next field, or `None` after a group, which is read past. Always inlined into the
+    /// loops over a message's fields: decoding 100k generated spans took 1.81-1.86 us a span
+    /// instead of 1.98-2.01.
+    #[inline(always)]
     fn field(&mut self) -> Result<Option<(u32, Field<'a>)>> {
         let (number, wire_type) = self.key()?;
         if wire_type == 3 {
