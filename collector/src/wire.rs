@@ -298,6 +298,10 @@ pub(crate) fn any_value(message: &[u8]) -> Result<Option<AttrValue<'_>>> {
 
 /// Appends the `KeyValue` in `message` to `attributes`.
 pub(crate) fn push_attr<'a>(attributes: &mut Vec<Attr<'a>>, message: &'a [u8]) -> Result<()> {
+    if let Some(attr) = short_text_attr(message) {
+        attributes.push(attr?);
+        return Ok(());
+    }
     let mut attr = Attr {
         key: "",
         value: None,
@@ -316,6 +320,33 @@ pub(crate) fn push_attr<'a>(attributes: &mut Vec<Attr<'a>>, message: &'a [u8]) -
     }
     attributes.push(attr);
     Ok(())
+}
+
+/// The `KeyValue` in `message` when it is what most are, as SDKs write it: a key and then a
+/// string value, each shorter than 128 bytes (so each length is one byte). `None` for anything
+/// else, which the general reading takes. Decoding 100k generated spans: 1,728-1,738 ns a span
+/// against 1,832-1,860 without it.
+#[inline]
+fn short_text_attr(message: &[u8]) -> Option<Result<Attr<'_>>> {
+    let [0x0A, key_length @ 0..=127, rest @ ..] = message else {
+        return None;
+    };
+    let (key, rest) = rest.split_at_checked(usize::from(*key_length))?;
+    let [0x12, value_length, 0x0A, text_length @ 0..=127, text @ ..] = rest else {
+        return None;
+    };
+    if text.len() != usize::from(*text_length) || *value_length != *text_length + 2 {
+        return None;
+    }
+    let read = |key, text| {
+        Ok(Attr {
+            key: Field::Bytes(key).text("KeyValue.key")?,
+            value: Some(AttrValue::Str(
+                Field::Bytes(text).text("AnyValue.string_value")?,
+            )),
+        })
+    };
+    Some(read(key, text))
 }
 
 /// Where one signal keeps its items: the names of its repeated fields, for errors.
@@ -431,5 +462,66 @@ mod tests {
         assert!(Field::Varint(3).text("x").is_err());
         assert!(Field::Bytes(&[0xff]).text("x").is_err());
         assert!(Field::Bytes(b"").fixed64("x").is_err());
+    }
+
+    /// A `KeyValue` whose value is the string `value`, as SDKs write it.
+    fn text_attr(key: &[u8], value: &[u8]) -> Vec<u8> {
+        let mut any = vec![0x0A];
+        prost::encoding::encode_varint(value.len() as u64, &mut any);
+        any.extend(value);
+        let mut message = vec![0x0A];
+        prost::encoding::encode_varint(key.len() as u64, &mut message);
+        message.extend(key);
+        message.push(0x12);
+        prost::encoding::encode_varint(any.len() as u64, &mut message);
+        message.extend(any);
+        message
+    }
+
+    #[test]
+    fn reads_attributes_as_prost_does() {
+        use opentelemetry_proto::tonic::common::v1::KeyValue;
+        let long = "x".repeat(200);
+        let mut messages = vec![
+            text_attr(b"http.route", b"/users/{id}"),
+            text_attr(b"", b""),
+            text_attr("cl\u{e9}".as_bytes(), "caf\u{e9}".as_bytes()),
+            text_attr(long.as_bytes(), b"v"),
+            text_attr(b"k", long.as_bytes()),
+            text_attr(&long.as_bytes()[..126], &long.as_bytes()[..125]),
+            text_attr(b"k", &[0xff, 0xfe]),
+            text_attr(&[0xc3], b"v"),
+        ];
+        // The value first, then the key; the value sent twice; an int value; a key alone;
+        // a string value followed by an int in the same AnyValue.
+        let reversed = text_attr(b"k", b"v");
+        messages.push([&reversed[3..], &reversed[..3]].concat());
+        messages.push([text_attr(b"k", b"a"), text_attr(b"k", b"b")[3..].to_vec()].concat());
+        messages.push(vec![0x0A, 1, b'k', 0x12, 2, 0x18, 7]);
+        messages.push(vec![0x0A, 1, b'k']);
+        messages.push(vec![0x0A, 1, b'k', 0x12, 5, 0x0A, 1, b'v', 0x18, 7]);
+        // A value whose length runs past the end of the attribute.
+        messages.push(vec![0x0A, 1, b'k', 0x12, 5, 0x0A, 1, b'v']);
+        for message in &messages {
+            let mut ours = Vec::new();
+            let read = push_attr(&mut ours, message);
+            match KeyValue::decode(message.as_slice()) {
+                Err(_) => assert!(read.is_err(), "{message:?}"),
+                Ok(theirs) => {
+                    read.unwrap();
+                    let value = ours[0].value.as_ref().map(|v| match v {
+                        AttrValue::Str(text) => Value::StringValue(text.to_string()),
+                        AttrValue::Int(int) => Value::IntValue(*int),
+                        other => panic!("unexpected {other:?}"),
+                    });
+                    assert_eq!(ours[0].key, theirs.key, "{message:?}");
+                    assert_eq!(value, theirs.value.and_then(|v| v.value), "{message:?}");
+                }
+            }
+        }
+        let error = push_attr(&mut Vec::new(), &text_attr(b"k", &[0xff])).unwrap_err();
+        assert!(error.0.contains("AnyValue.string_value"), "{error:?}");
+        let error = push_attr(&mut Vec::new(), &text_attr(&[0xff], b"v")).unwrap_err();
+        assert!(error.0.contains("KeyValue.key"), "{error:?}");
     }
 }
