@@ -6,13 +6,14 @@ each span count (1M and 8M by default) it measures:
 1. Ingest: a fresh `apiscope serve` (fsync durability) receives the load generator's fleet
    over OTLP/gRPC as fast as it acknowledges; the figure is spans per CPU-second of the
    daemon (utime + stime from /proc, until every row is in Parquet), with its peak RSS.
-   chdb inserts the same rows (read from apiscope's Parquet files) into the OpenTelemetry
+   chdb inserts the same rows (apiscope's Parquet files, rewritten by pyarrow with the
+   resource attributes as the map SQL reads, see `peer_rows`) into the OpenTelemetry
    Collector exporter's `otel_traces` table; its figure is spans per CPU-second of this
    process. Then, on a fresh daemon, the acknowledgement latency at a fixed rate.
 2. Storage: bytes per span of apiscope's Parquet, of `otel_traces` (active parts after
    OPTIMIZE FINAL), and of pyarrow's default zstd Parquet of the same rows (the columns
-   apiscope's files hold; `end_time` and `duration_ms` are computed when read, and DuckDB's
-   queries compute `duration_ns / 1e6` likewise). apiscope's figure counts its per-minute
+   apiscope's files hold, the resource attributes as a map; `end_time` and `duration_ms` are
+   computed when read, and DuckDB's queries compute `duration_ns / 1e6` likewise). apiscope's figure counts its per-minute
    rollups too.
 3. Queries: five questions, each hot (three warm-ups, then the median of five runs), on
    apiscope through its HTTP query API, on chdb's `otel_traces`, and on DuckDB reading
@@ -40,6 +41,7 @@ from pathlib import Path
 
 import chdb
 import duckdb
+import pyarrow as pa
 import pyarrow.parquet as pq
 from chdb import session as chdb_session
 
@@ -224,6 +226,29 @@ def wait_for_rollups(data_dir):
     raise RuntimeError(f"rollups missing for {len(missing)} files")
 
 
+STRING_MAP = pa.map_(pa.string(), pa.string())
+
+
+def peer_rows(table):
+    """apiscope's stored spans as the peers get them: `resource_attributes` as the map SQL
+    reads, from the stored JSON pairs of `resource` (each distinct text decoded once), and
+    no `resource`."""
+    def decode(text):
+        return None if text is None else [(key, value) for key, value in json.loads(text)]
+
+    maps = []
+    for chunk in table.column("resource").chunks:
+        if pa.types.is_dictionary(chunk.type):
+            decoded = pa.array([decode(t) for t in chunk.dictionary.to_pylist()], STRING_MAP)
+            maps.append(decoded.take(chunk.indices))
+        else:
+            maps.append(pa.array([decode(t) for t in chunk.to_pylist()], STRING_MAP))
+    column = table.column_names.index("resource_attributes")
+    table = table.set_column(column, pa.field("resource_attributes", STRING_MAP),
+                             pa.chunked_array(maps, STRING_MAP))
+    return table.drop_columns(["resource"])
+
+
 def measure(binary, spans, work):
     data = os.path.join(work, f"apiscope-{spans}")
     figures = {}
@@ -255,12 +280,20 @@ def measure(binary, spans, work):
     daemon.stop()
     shutil.rmtree(fixed)
 
+    # The same rows in pyarrow's default zstd Parquet: a storage figure, and chdb's input.
+    files = glob.glob(f"{data}/spans/*/*/*.parquet")
+    table = peer_rows(pq.ParquetDataset(files).read())
+    default_zstd = os.path.join(work, f"pyarrow-{spans}.parquet")
+    pq.write_table(table, default_zstd, compression="zstd")
+    trace_id = table.column("trace_id")[table.num_rows // 2].as_py()
+    del table
+
     # chdb: the same rows into otel_traces.
     ch_dir = os.path.join(work, f"chdb-{spans}")
     ch = chdb_session.Session(ch_dir)
     ch.query((HERE / "otel_traces.sql").read_text())
     cpu_before = time.process_time()
-    ch.query(CHDB_INSERT.format(files=f"{data}/spans/*/*/*.parquet"))
+    ch.query(CHDB_INSERT.format(files=default_zstd))
     figures["chdb ingest spans/CPU-s"] = stored / (time.process_time() - cpu_before)
     ch.query("OPTIMIZE TABLE otel_traces FINAL")
     chdb_rows = int(ch.query("SELECT count() FROM otel_traces", "CSV").bytes().decode().strip())
@@ -272,14 +305,8 @@ def measure(binary, spans, work):
     parts = ch.query("SELECT sum(bytes_on_disk) FROM system.parts "
                      "WHERE table = 'otel_traces' AND active", "CSV")
     figures["chdb bytes/span"] = int(parts.bytes().decode().strip()) / stored
-    files = glob.glob(f"{data}/spans/*/*/*.parquet")
-    table = pq.ParquetDataset(files).read()
-    default_zstd = os.path.join(work, f"pyarrow-{spans}.parquet")
-    pq.write_table(table, default_zstd, compression="zstd")
     figures["pyarrow zstd bytes/span"] = os.path.getsize(default_zstd) / stored
     os.remove(default_zstd)
-    trace_id = table.column("trace_id")[table.num_rows // 2].as_py()
-    del table
 
     # 3. Queries, hot.
     daemon = Daemon(binary, data)

@@ -60,6 +60,8 @@ impl<'a> Attrs<'a> {
 
 /// What every row takes from the resource that sent it.
 pub(crate) struct ResourceInfo<'a> {
+    /// Which resource of its request this is (0, 1, ...): items of one resource share it.
+    pub(crate) ordinal: usize,
     /// All resource attributes.
     pub(crate) attributes: &'a [Attr<'a>],
     /// `service.name`, or `unknown_service` as the specification says.
@@ -70,9 +72,10 @@ pub(crate) struct ResourceInfo<'a> {
 }
 
 impl<'a> ResourceInfo<'a> {
-    pub(crate) fn of(attributes: &'a [Attr<'a>]) -> Self {
+    pub(crate) fn of(ordinal: usize, attributes: &'a [Attr<'a>]) -> Self {
         let attrs = Attrs(attributes);
         Self {
+            ordinal,
             attributes,
             service_name: attrs
                 .text("service.name")

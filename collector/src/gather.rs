@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use arrow::array::{
     Array, ArrayRef, AsArray, MapArray, NullBufferBuilder, RecordBatch, RecordBatchOptions,
-    StringArray, StructArray,
+    StringArray, StructArray, new_null_array,
 };
 use arrow::buffer::OffsetBuffer;
 use arrow::compute::interleave;
@@ -34,6 +34,10 @@ pub(crate) fn gather(
                 .iter()
                 .map(|batch| batch.column(column).as_ref())
                 .collect();
+            if arrays.iter().all(|array| array.null_count() == array.len()) {
+                // A column no row has (the map earlier schemas stored resources in).
+                return Ok(new_null_array(schema.field(column).data_type(), rows.len()));
+            }
             match gather_string_map(&arrays, rows) {
                 Some(map) => map,
                 None => interleave(&arrays, rows),

@@ -2,13 +2,14 @@
 
 use std::sync::Arc;
 
-use crate::convention::append_text;
+use crate::convention::{ResourceInfo, append_text, value_text};
 use crate::wire::Attr;
 use arrow::array::{
-    ArrayRef, ListArray, MapBuilder, StringBuilder, StructArray, TimestampNanosecondBuilder,
+    ArrayBuilder, ArrayRef, DictionaryArray, Int32Builder, ListArray, MapBuilder, StringBuilder,
+    StructArray, TimestampNanosecondBuilder,
 };
 use arrow::buffer::OffsetBuffer;
-use arrow::datatypes::{DataType, Fields};
+use arrow::datatypes::{DataType, Fields, Int32Type};
 
 /// A `Map<Utf8, Utf8>` column, filled from OTLP attribute lists.
 pub(crate) struct StringMapBuilder(MapBuilder<StringBuilder, StringBuilder>);
@@ -39,6 +40,42 @@ impl StringMapBuilder {
 
     pub(crate) fn finish(&mut self) -> ArrayRef {
         Arc::new(self.0.finish())
+    }
+}
+
+/// The stored `resource` column of spans: each row's resource attributes as JSON pairs
+/// (`[["service.name","checkout"],["host.name",null]]`, in the order sent, values as text).
+/// A resource's text is rendered once, and its rows hold its index in the column's
+/// dictionary: writing a map of a dozen entries for every row took about 13% of the daemon's
+/// CPU at full speed.
+#[derive(Default)]
+pub(crate) struct ResourceTextBuilder {
+    keys: Int32Builder,
+    texts: StringBuilder,
+    /// The ordinal in its request of the resource whose text is the last in `texts`.
+    last: Option<usize>,
+}
+
+impl ResourceTextBuilder {
+    pub(crate) fn append(&mut self, resource: &ResourceInfo<'_>) {
+        if self.last != Some(resource.ordinal) {
+            let pairs: Vec<(&str, Option<std::borrow::Cow<'_, str>>)> = resource
+                .attributes
+                .iter()
+                .map(|attr| (attr.key, attr.value.as_ref().map(value_text)))
+                .collect();
+            // Strings and nulls always serialize.
+            let text = serde_json::to_string(&pairs).unwrap_or_default();
+            self.texts.append_value(text);
+            self.last = Some(resource.ordinal);
+        }
+        // Fewer texts than rows, and a batch's rows are counted in i32 by arrow already.
+        self.keys.append_value(self.texts.len() as i32 - 1);
+    }
+
+    pub(crate) fn finish(&mut self) -> ArrayRef {
+        let texts = Arc::new(self.texts.finish());
+        Arc::new(DictionaryArray::<Int32Type>::new(self.keys.finish(), texts))
     }
 }
 

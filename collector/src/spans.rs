@@ -7,14 +7,15 @@ use std::sync::Arc;
 
 use arrow::array::{
     ArrayRef, BooleanBuilder, Int32Builder, Int64Builder, RecordBatch, StringBuilder,
-    TimestampNanosecondBuilder,
+    TimestampNanosecondBuilder, new_null_array,
 };
 use opentelemetry_proto::tonic::trace::v1::{span::SpanKind, status::StatusCode};
 
 use crate::convention::{Attrs, append_hex, dependency, split_url, version_prefix};
-use crate::rows::{EventsBuilder, StringMapBuilder, timestamp_builder};
+use crate::rows::{EventsBuilder, ResourceTextBuilder, StringMapBuilder, timestamp_builder};
 use crate::wire::{self, Attr, Fields, Shape, WireError, push_attr};
 use crate::{Decoded, Rejections};
+use schemas::ColumnType;
 
 /// How spans become rows: which attributes name a client.
 #[derive(Debug, Clone)]
@@ -66,7 +67,7 @@ impl SpanDecoder {
                 .append_option(resource.environment.as_deref());
             c.scope_name
                 .append_option(scope_name.filter(|s| !s.is_empty()));
-            c.resource_attributes.append_attributes(resource.attributes);
+            c.resource.append(resource);
             self.append_span(c, &span);
             Ok(())
         })?;
@@ -388,8 +389,8 @@ struct SpanColumns {
     api_version: StringBuilder,
     is_error: BooleanBuilder,
     attributes: StringMapBuilder,
-    resource_attributes: StringMapBuilder,
     events: EventsBuilder,
+    resource: ResourceTextBuilder,
 }
 
 impl Default for SpanColumns {
@@ -424,8 +425,8 @@ impl Default for SpanColumns {
             api_version: StringBuilder::new(),
             is_error: BooleanBuilder::new(),
             attributes: StringMapBuilder::new(),
-            resource_attributes: StringMapBuilder::new(),
             events: EventsBuilder::new(),
+            resource: ResourceTextBuilder::default(),
         }
     }
 }
@@ -461,8 +462,10 @@ impl SpanColumns {
             Arc::new(self.api_version.finish()),
             Arc::new(self.is_error.finish()),
             self.attributes.finish(),
-            self.resource_attributes.finish(),
             self.events.finish(),
+            self.resource.finish(),
+            // The map earlier versions stored the resource in: null from schema 3 on.
+            new_null_array(&ColumnType::StringMap.data_type(), self.rows),
         ];
         // The columns above follow schemas::SPANS one for one; a mismatch is a bug caught
         // by the decoder's tests, not something input can cause.

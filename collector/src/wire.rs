@@ -367,6 +367,7 @@ pub(crate) fn for_each_item<'a>(
     let mut resource_attributes = Vec::new();
     let mut scopes = Vec::new();
     let mut items = Vec::new();
+    let mut ordinal = 0;
     for field in Fields::of(request) {
         let (1, resource_items) = field? else {
             continue;
@@ -389,7 +390,8 @@ pub(crate) fn for_each_item<'a>(
                 _ => {}
             }
         }
-        let resource = ResourceInfo::of(&resource_attributes);
+        let resource = ResourceInfo::of(ordinal, &resource_attributes);
+        ordinal += 1;
         for scope_items in &scopes {
             let mut scope_name = None;
             items.clear();

@@ -263,6 +263,7 @@ fn properties(through: u64) -> WriterProperties {
         &["attributes", "entries", "values"],
         &["resource_attributes", "entries", "keys"],
         &["resource_attributes", "entries", "values"],
+        &["resource"],
     ];
     for path in unranged {
         let path = ColumnPath::new(path.iter().map(|part| part.to_string()).collect());

@@ -19,6 +19,7 @@ mod functions;
 pub mod http;
 mod json;
 mod key_index;
+mod pairs_map;
 mod percentile;
 pub mod pg;
 mod questions;

@@ -79,9 +79,11 @@ impl TableProvider for StoreTable {
         // the key indexes may answer, the scan applies itself where they do not.
         Ok(filters
             .iter()
-            .map(|filter| match key_index::exact(filter, &self.stored) {
-                Some(_) => TableProviderFilterPushDown::Exact,
-                None => TableProviderFilterPushDown::Inexact,
+            .map(|filter| {
+                match self.prunes(filter) && key_index::exact(filter, &self.stored).is_some() {
+                    true => TableProviderFilterPushDown::Exact,
+                    false => TableProviderFilterPushDown::Inexact,
+                }
             })
             .collect())
     }
@@ -108,12 +110,7 @@ impl TableProvider for StoreTable {
         // A filter on a computed column cannot prune the files; it is applied to the rows.
         let filters: Vec<Expr> = filters
             .iter()
-            .filter(|filter| {
-                filter
-                    .column_refs()
-                    .iter()
-                    .all(|used| self.stored.index_of(&used.name).is_ok())
-            })
+            .filter(|filter| self.prunes(filter))
             .cloned()
             .collect();
 
@@ -245,6 +242,15 @@ impl StoreTable {
 }
 
 impl StoreTable {
+    /// Whether `filter` may prune files: every column it uses is stored as it is read. (A
+    /// computed column may share its name with a stored one it is computed from.)
+    fn prunes(&self, filter: &Expr) -> bool {
+        filter
+            .column_refs()
+            .iter()
+            .all(|used| self.table.is_stored_as_read(&used.name))
+    }
+
     /// The stored columns `read`, then those `filters` use that `read` lacks.
     fn with_columns_of(&self, read: &[usize], filters: &[&Expr]) -> Result<Vec<usize>> {
         let mut columns = read.to_vec();
@@ -538,6 +544,88 @@ mod tests {
                 ],
                 ["old", "2.5", "2500000", "true", "Timestamp(ns, \"UTC\")"],
             ]
+        );
+    }
+
+    #[tokio::test]
+    async fn resource_attributes_read_alike_from_maps_and_from_texts() {
+        use arrow::array::{DictionaryArray, Int32Array};
+        use arrow::datatypes::{Int32Type, Schema};
+
+        let store = Store::new();
+        let hour = store.hour;
+        let indexed = |batch: &RecordBatch| {
+            let mut index = schemas::KeyIndex::new();
+            index.add(batch);
+            let pair = KeyValue::new(schemas::KEY_INDEX_KEY.to_owned(), index.to_json());
+            Some(
+                WriterProperties::builder()
+                    .set_key_value_metadata(Some(vec![pair]))
+                    .build(),
+            )
+        };
+        // Schema 2 stored the map, and had no `resource`.
+        let stored = schemas::SPANS.stored_schema();
+        let fields: Vec<_> = stored.fields().iter().cloned().collect();
+        let version_2 = Arc::new(Schema::new(
+            fields
+                .into_iter()
+                .filter(|field| field.name() != "resource")
+                .collect::<Vec<_>>(),
+        ));
+        let mut map = MapBuilder::new(None, StringBuilder::new(), StringBuilder::new());
+        map.keys().append_value("service.name");
+        map.values().append_value("old");
+        map.keys().append_value("host");
+        map.values().append_null();
+        map.append(true).unwrap();
+        let old = with_columns(
+            spans(&version_2, &[("a", hour + 1, 1)]),
+            vec![("resource_attributes", Arc::new(map.finish()))],
+        );
+        store.write("a.parquet", &old, indexed(&old));
+        // Schema 3: the text, once per resource; the map null.
+        let texts = StringArray::from(vec![
+            r#"[["service.name","new"],["host","h1"]]"#,
+            r#"[["service.name","other"]]"#,
+        ]);
+        let keys = Int32Array::from(vec![0, 1, 0]);
+        let resource = DictionaryArray::<Int32Type>::new(keys, Arc::new(texts));
+        let rows = [("b", hour + 2, 1), ("c", hour + 3, 1), ("d", hour + 4, 1)];
+        let new = with_columns(
+            spans(&stored, &rows),
+            vec![("resource", Arc::new(resource))],
+        );
+        store.write("b.parquet", &new, indexed(&new));
+
+        let engine = store.engine().await;
+        let ask = |sql: &'static str| {
+            let engine = &engine;
+            async move { cells(&engine.query(sql).await.unwrap().batches) }
+        };
+        assert_eq!(
+            ask("SELECT span_id, resource_attributes['service.name'], \
+                 coalesce(resource_attributes['host'], '-'), cardinality(resource_attributes) \
+                 FROM spans ORDER BY span_id")
+            .await,
+            [
+                ["a", "old", "-", "2"],
+                ["b", "new", "h1", "2"],
+                ["c", "other", "-", "1"],
+                ["d", "new", "h1", "2"],
+            ]
+        );
+        // Filters on the column find rows in both kinds of file (the new files' maps, all
+        // null, must not rule them out).
+        assert_eq!(
+            ask("SELECT span_id FROM spans \
+                 WHERE resource_attributes['service.name'] IN ('old', 'new') ORDER BY span_id")
+            .await,
+            [["a"], ["b"], ["d"]]
+        );
+        assert_eq!(
+            ask("SELECT count(*) FROM spans WHERE resource_attributes['host'] IS NOT NULL").await,
+            [["2"]]
         );
     }
 

@@ -26,8 +26,10 @@ pub use tables::{
 /// Version of the on-disk schema; stored in every Parquet file's key-value metadata under
 /// [`SCHEMA_VERSION_KEY`]. Within a version, changes are additive only. Version 2 stopped
 /// storing computed columns ([`Column::computed`]); version 1 files still hold them, and
-/// readers ignore them there.
-pub const SCHEMA_VERSION: &str = "2";
+/// readers ignore them there. Version 3 stores a span's resource attributes once per
+/// resource, as the text `resource` ([`Table::stored_only`]), and leaves the map
+/// `resource_attributes` of earlier versions null; readers take whichever a row has.
+pub const SCHEMA_VERSION: &str = "3";
 
 /// Parquet key-value metadata key holding [`SCHEMA_VERSION`].
 pub const SCHEMA_VERSION_KEY: &str = "apiscope.schema_version";

@@ -23,6 +23,9 @@ pub enum ColumnType {
     StringMap,
     /// `List<Struct<time, name, attributes>>`: span events.
     Events,
+    /// UTF-8 text as a dictionary (`Dictionary<Int32, Utf8>`): a long text that many rows
+    /// share, held once per batch.
+    SharedText,
 }
 
 impl ColumnType {
@@ -37,6 +40,9 @@ impl ColumnType {
             ColumnType::Bool => DataType::Boolean,
             ColumnType::StringMap => string_map_field("attributes").data_type().clone(),
             ColumnType::Events => events_field().data_type().clone(),
+            ColumnType::SharedText => {
+                DataType::Dictionary(Box::new(DataType::Int32), Box::new(DataType::Utf8))
+            }
         }
     }
 
@@ -51,6 +57,7 @@ impl ColumnType {
             ColumnType::Bool => "boolean",
             ColumnType::StringMap => "map<text, text>",
             ColumnType::Events => "list<struct<time, name, attributes>>",
+            ColumnType::SharedText => "text",
         }
     }
 }
@@ -133,6 +140,9 @@ pub struct Table {
     /// The columns rows are sorted by within a file, so that predicates on them prune row
     /// groups and pages; the last is `time`.
     pub sort_by: &'static [&'static str],
+    /// Stored columns that are not columns in SQL: computed columns read them. They follow
+    /// the stored SQL columns in the stored schema.
+    pub stored_only: &'static [Column],
 }
 
 impl Table {
@@ -142,12 +152,14 @@ impl Table {
         Arc::new(Schema::new(fields))
     }
 
-    /// The Arrow schema of the table's Parquet files: its columns less the computed ones.
+    /// The Arrow schema of the table's Parquet files: its columns less the computed ones,
+    /// then the stored-only ones.
     pub fn stored_schema(&self) -> SchemaRef {
         let fields: Vec<Field> = self
             .columns
             .iter()
             .filter(|c| c.computed.is_none())
+            .chain(self.stored_only)
             .map(Column::field)
             .collect();
         Arc::new(Schema::new(fields))
@@ -159,7 +171,7 @@ impl Table {
         for column in self.columns {
             let not_null = if column.nullable { "" } else { ", not null" };
             let computed = if column.computed.is_some() {
-                " (computed when read, not stored)"
+                " (computed when read)"
             } else {
                 ""
             };
@@ -171,6 +183,13 @@ impl Table {
             ));
         }
         out
+    }
+
+    /// Whether `name` is a column stored as it is read: not computed, not stored-only.
+    pub fn is_stored_as_read(&self, name: &str) -> bool {
+        self.columns
+            .iter()
+            .any(|c| c.name == name && c.computed.is_none())
     }
 
     /// The position of a column by name.
@@ -195,6 +214,10 @@ use ColumnType::*;
 /// `time + duration_ns` as a UTC timestamp.
 const END_TIME_SQL: &str =
     "arrow_cast(arrow_cast(time, 'Int64') + duration_ns, 'Timestamp(Nanosecond, Some(\"UTC\"))')";
+
+/// The resource's attributes: from the stored `resource` text (files of schema 3 on), else
+/// from the map files before stored. Each distinct text is decoded once per batch read.
+const RESOURCE_ATTRIBUTES_SQL: &str = "coalesce(pairs_map(resource), resource_attributes)";
 
 /// One row per span received over OTLP.
 pub static SPANS: Table = Table {
@@ -335,17 +358,35 @@ pub static SPANS: Table = Table {
             true,
             "all span attributes, values as text",
         ),
-        col(
-            "resource_attributes",
-            StringMap,
-            true,
-            "all resource attributes, values as text",
+        computed(
+            col(
+                "resource_attributes",
+                StringMap,
+                true,
+                "all resource attributes, values as text",
+            ),
+            RESOURCE_ATTRIBUTES_SQL,
         ),
         col(
             "events",
             Events,
             true,
             "span events: time, name, attributes",
+        ),
+    ],
+    stored_only: &[
+        col(
+            "resource",
+            SharedText,
+            true,
+            "the resource's attributes as JSON pairs `[[key, value], ...]` (schema 3 on)",
+        ),
+        // Where files before schema 3 hold the resource attributes; null in later files.
+        col(
+            "resource_attributes",
+            StringMap,
+            true,
+            "the resource's attributes (files before schema 3)",
         ),
     ],
 };
@@ -355,6 +396,7 @@ pub static LOGS: Table = Table {
     name: "logs",
     doc: "one row per log record received over OTLP (gRPC or HTTP)",
     sort_by: &["service_name", "time"],
+    stored_only: &[],
     columns: &[
         col(
             "time",
@@ -416,6 +458,7 @@ pub static REQUESTS: Table = Table {
     name: "requests",
     doc: "one row per request from request logs (`POST /api/v1/requests`, `apiscope import`)",
     sort_by: &["service_name", "endpoint", "time"],
+    stored_only: &[],
     columns: &[
         col("time", Timestamp, false, "when the request arrived"),
         col(

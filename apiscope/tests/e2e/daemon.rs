@@ -32,6 +32,9 @@ impl Daemon {
 
     /// Starts a daemon over `data_dir` with extra flags.
     pub(crate) fn start_with(data_dir: &Path, extra: &[&str]) -> Daemon {
+        // The tests' HTTP clients, and the OTLP exporters', leave the TLS provider to the
+        // program, so that a test run alone builds them as well as one run with the others.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let mut child = Command::new(binary())
             .arg("serve")
             .arg("--data-dir")

@@ -322,6 +322,23 @@ fn rust_sdk_exporters_over_grpc_http_protobuf_and_http_json() {
         );
         let v2 = rows.iter().filter(|r| r[4] == json!("v2")).count();
         assert_eq!(v2, 10, "{service}: calls to /v2 routes");
+
+        // The resource's attributes, as the SDK set them, on every span of the service.
+        let resources = daemon.rows(&format!(
+            "SELECT to_json(resource_attributes), count(*) FROM spans \
+             WHERE service_name = '{service}' AND resource_attributes['service.version'] = '2.1.0' \
+             GROUP BY 1"
+        ));
+        let attributes = json!({
+            "deployment.environment.name": "prod",
+            "service.name": service,
+            "service.version": "2.1.0",
+        });
+        assert_eq!(
+            resources,
+            [vec![json!(attributes.to_string()), json!(ids.len())]],
+            "{service}"
+        );
         assert!(rows.iter().filter(|r| r[5] == json!("okhttp/4.12")).count() == 11);
     }
 
