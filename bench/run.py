@@ -6,7 +6,7 @@ each span count (1M and 8M by default) it measures:
 1. Ingest: a fresh `apiscope serve` (fsync durability) receives the load generator's fleet
    over OTLP/gRPC as fast as it acknowledges; the figure is spans per CPU-second of the
    daemon (utime + stime from /proc, until every row is in Parquet), with its peak RSS.
-   chdb inserts the same rows (apiscope's Parquet files, rewritten by pyarrow with the
+   chdb inserts the same rows (apiscope's Parquet files, each rewritten by pyarrow with the
    resource attributes as the map SQL reads, see `peer_rows`) into the OpenTelemetry
    Collector exporter's `otel_traces` table; its figure is spans per CPU-second of this
    process. Then, on a fresh daemon, the acknowledgement latency at a fixed rate.
@@ -280,20 +280,21 @@ def measure(binary, spans, work):
     daemon.stop()
     shutil.rmtree(fixed)
 
-    # The same rows in pyarrow's default zstd Parquet: a storage figure, and chdb's input.
-    files = glob.glob(f"{data}/spans/*/*/*.parquet")
-    table = peer_rows(pq.ParquetDataset(files).read())
-    default_zstd = os.path.join(work, f"pyarrow-{spans}.parquet")
-    pq.write_table(table, default_zstd, compression="zstd")
-    trace_id = table.column("trace_id")[table.num_rows // 2].as_py()
-    del table
+    # The rows as the peers get them (see `peer_rows`): a file per file of apiscope's, in
+    # row groups of the same size.
+    peers = os.path.join(work, f"peers-{spans}")
+    os.makedirs(peers)
+    for number, path in enumerate(glob.glob(f"{data}/spans/*/*/*.parquet")):
+        source = pq.ParquetFile(path)
+        pq.write_table(peer_rows(source.read()), os.path.join(peers, f"{number}.parquet"),
+                       compression="zstd", row_group_size=source.metadata.row_group(0).num_rows)
 
     # chdb: the same rows into otel_traces.
     ch_dir = os.path.join(work, f"chdb-{spans}")
     ch = chdb_session.Session(ch_dir)
     ch.query((HERE / "otel_traces.sql").read_text())
     cpu_before = time.process_time()
-    ch.query(CHDB_INSERT.format(files=default_zstd))
+    ch.query(CHDB_INSERT.format(files=f"{peers}/*.parquet"))
     figures["chdb ingest spans/CPU-s"] = stored / (time.process_time() - cpu_before)
     ch.query("OPTIMIZE TABLE otel_traces FINAL")
     chdb_rows = int(ch.query("SELECT count() FROM otel_traces", "CSV").bytes().decode().strip())
@@ -305,8 +306,14 @@ def measure(binary, spans, work):
     parts = ch.query("SELECT sum(bytes_on_disk) FROM system.parts "
                      "WHERE table = 'otel_traces' AND active", "CSV")
     figures["chdb bytes/span"] = int(parts.bytes().decode().strip()) / stored
+    table = pq.ParquetDataset(glob.glob(f"{peers}/*.parquet")).read()
+    shutil.rmtree(peers)
+    default_zstd = os.path.join(work, f"pyarrow-{spans}.parquet")
+    pq.write_table(table, default_zstd, compression="zstd")
     figures["pyarrow zstd bytes/span"] = os.path.getsize(default_zstd) / stored
     os.remove(default_zstd)
+    trace_id = table.column("trace_id")[table.num_rows // 2].as_py()
+    del table
 
     # 3. Queries, hot.
     daemon = Daemon(binary, data)

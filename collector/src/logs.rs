@@ -2,10 +2,11 @@
 
 use std::sync::Arc;
 
-use arrow::array::{ArrayRef, Int32Builder, RecordBatch, StringBuilder};
+use arrow::array::{ArrayRef, Int32Builder, RecordBatch, StringBuilder, new_null_array};
+use schemas::ColumnType;
 
 use crate::convention::{hex, value_text};
-use crate::rows::{StringMapBuilder, timestamp_builder};
+use crate::rows::{ResourceTextBuilder, StringMapBuilder, timestamp_builder};
 use crate::wire::{self, Attr, AttrValue, Fields, Shape, WireError, any_value, push_attr};
 use crate::{Decoded, Rejections};
 
@@ -31,11 +32,11 @@ pub fn decode_logs(request: &[u8], received_ns: i64) -> Result<Decoded, WireErro
     let mut service_version = StringBuilder::new();
     let mut scope_name = StringBuilder::new();
     let mut attributes = StringMapBuilder::new();
-    let mut resource_attributes = StringMapBuilder::new();
+    let mut resource = ResourceTextBuilder::default();
     let mut rows = 0;
     let mut record = RecordView::default();
 
-    wire::for_each_item(request, &LOGS, |resource, scope, message| {
+    wire::for_each_item(request, &LOGS, |from, scope, message| {
         record.read(message)?;
         let times = match record_times(&record, received_ns) {
             Ok(times) => times,
@@ -52,11 +53,11 @@ pub fn decode_logs(request: &[u8], received_ns: i64) -> Result<Decoded, WireErro
         let text = record.severity_text;
         severity_text.append_option((!text.is_empty()).then_some(text));
         body.append_option(record.body.as_ref().map(value_text));
-        service_name.append_value(&resource.service_name);
-        service_version.append_option(resource.service_version.as_deref());
+        service_name.append_value(&from.service_name);
+        service_version.append_option(from.service_version.as_deref());
         scope_name.append_option(scope.filter(|s| !s.is_empty()));
         attributes.append_attributes(&record.attributes);
-        resource_attributes.append_attributes(resource.attributes);
+        resource.append(from);
         rows += 1;
         Ok(())
     })?;
@@ -78,10 +79,12 @@ pub fn decode_logs(request: &[u8], received_ns: i64) -> Result<Decoded, WireErro
         Arc::new(service_version.finish()),
         Arc::new(scope_name.finish()),
         attributes.finish(),
-        resource_attributes.finish(),
+        resource.finish(),
+        // The map earlier versions stored the resource in: null from schema 3 on.
+        new_null_array(&ColumnType::StringMap.data_type(), rows),
     ];
     // The columns follow schemas::LOGS one for one; a mismatch is a bug the tests catch.
-    let batch = RecordBatch::try_new(schemas::LOGS.schema(), columns)
+    let batch = RecordBatch::try_new(schemas::LOGS.stored_schema(), columns)
         .unwrap_or_else(|error| panic!("logs columns do not match the schema: {error}"));
     Ok(Decoded {
         batch: Some(batch),

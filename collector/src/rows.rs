@@ -43,7 +43,7 @@ impl StringMapBuilder {
     }
 }
 
-/// The stored `resource` column of spans: each row's resource attributes as JSON pairs
+/// The stored `resource` column of spans and logs: each row's resource attributes as JSON pairs
 /// (`[["service.name","checkout"],["host.name",null]]`, in the order sent, values as text).
 /// A resource's text is rendered once, and its rows hold its index in the column's
 /// dictionary: writing a map of a dozen entries for every row took about 13% of the daemon's

@@ -261,8 +261,6 @@ fn properties(through: u64) -> WriterProperties {
         &["parent_span_id"],
         &["attributes", "entries", "keys"],
         &["attributes", "entries", "values"],
-        &["resource_attributes", "entries", "keys"],
-        &["resource_attributes", "entries", "values"],
         &["resource"],
     ];
     for path in unranged {

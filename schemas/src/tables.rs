@@ -217,7 +217,32 @@ const END_TIME_SQL: &str =
 
 /// The resource's attributes: from the stored `resource` text (files of schema 3 on), else
 /// from the map files before stored. Each distinct text is decoded once per batch read.
-const RESOURCE_ATTRIBUTES_SQL: &str = "coalesce(pairs_map(resource), resource_attributes)";
+const RESOURCE_ATTRIBUTES: Column = computed(
+    col(
+        "resource_attributes",
+        StringMap,
+        true,
+        "all resource attributes, values as text",
+    ),
+    "coalesce(pairs_map(resource), resource_attributes)",
+);
+
+/// What `RESOURCE_ATTRIBUTES` is computed from.
+const RESOURCE_STORED: &[Column] = &[
+    col(
+        "resource",
+        SharedText,
+        true,
+        "the resource's attributes as JSON pairs `[[key, value], ...]` (schema 3 on)",
+    ),
+    // Where files before schema 3 hold the resource attributes; null in later files.
+    col(
+        "resource_attributes",
+        StringMap,
+        true,
+        "the resource's attributes (files before schema 3)",
+    ),
+];
 
 /// One row per span received over OTLP.
 pub static SPANS: Table = Table {
@@ -358,15 +383,7 @@ pub static SPANS: Table = Table {
             true,
             "all span attributes, values as text",
         ),
-        computed(
-            col(
-                "resource_attributes",
-                StringMap,
-                true,
-                "all resource attributes, values as text",
-            ),
-            RESOURCE_ATTRIBUTES_SQL,
-        ),
+        RESOURCE_ATTRIBUTES,
         col(
             "events",
             Events,
@@ -374,21 +391,7 @@ pub static SPANS: Table = Table {
             "span events: time, name, attributes",
         ),
     ],
-    stored_only: &[
-        col(
-            "resource",
-            SharedText,
-            true,
-            "the resource's attributes as JSON pairs `[[key, value], ...]` (schema 3 on)",
-        ),
-        // Where files before schema 3 hold the resource attributes; null in later files.
-        col(
-            "resource_attributes",
-            StringMap,
-            true,
-            "the resource's attributes (files before schema 3)",
-        ),
-    ],
+    stored_only: RESOURCE_STORED,
 };
 
 /// One row per log record received over OTLP.
@@ -396,7 +399,7 @@ pub static LOGS: Table = Table {
     name: "logs",
     doc: "one row per log record received over OTLP (gRPC or HTTP)",
     sort_by: &["service_name", "time"],
-    stored_only: &[],
+    stored_only: RESOURCE_STORED,
     columns: &[
         col(
             "time",
@@ -444,12 +447,7 @@ pub static LOGS: Table = Table {
             true,
             "all record attributes, values as text",
         ),
-        col(
-            "resource_attributes",
-            StringMap,
-            true,
-            "all resource attributes, values as text",
-        ),
+        RESOURCE_ATTRIBUTES,
     ],
 };
 

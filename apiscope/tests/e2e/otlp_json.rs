@@ -196,7 +196,8 @@ fn handwritten_json_traces_and_logs_with_gzip_and_partial_success() {
     // Logs: one with a time, one with only an observed time, one with a structured body.
     let t = now_ns() - 30_000_000_000;
     let logs = json!({"resourceLogs": [{
-        "resource": {"attributes": [{"key": "service.name", "value": {"stringValue": "cart"}}]},
+        "resource": {"attributes": [{"key": "service.name", "value": {"stringValue": "cart"}},
+                                    {"key": "host.cores", "value": {"intValue": "8"}}]},
         "scopeLogs": [{"scope": {"name": "cart.log"}, "logRecords": [
             {"timeUnixNano": t.to_string(), "severityNumber": 17, "severityText": "ERROR",
              "body": {"stringValue": "payment declined"}, "traceId": hex_id(0xabc, 16), "spanId": hex_id(1, 8),
@@ -217,8 +218,12 @@ fn handwritten_json_traces_and_logs_with_gzip_and_partial_success() {
     assert_eq!(daemon.wait_for_count("SELECT count(*) FROM logs", 3), 3);
     let rows = daemon.rows(
         "SELECT severity_text, body, trace_id, attributes['order.id'], scope_name, \
-         CAST(time AS BIGINT) = CAST(observed_time AS BIGINT) FROM logs ORDER BY time",
+         CAST(time AS BIGINT) = CAST(observed_time AS BIGINT), to_json(resource_attributes) \
+         FROM logs ORDER BY time",
     );
+    for row in &rows {
+        assert_eq!(row[6], json!(r#"{"host.cores":"8","service.name":"cart"}"#));
+    }
     assert_eq!(rows[0][0], json!("ERROR"));
     assert_eq!(rows[0][1], json!("payment declined"));
     assert_eq!(rows[0][2], json!(hex_id(0xabc, 16)));
