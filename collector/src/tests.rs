@@ -327,6 +327,102 @@ fn compaction_merges_a_closed_hour_atomically_and_retention_drops_old_hours() {
     );
 }
 
+/// The rows of a Parquet file, whole.
+fn read_file(path: &Path) -> arrow::array::RecordBatch {
+    let file = std::fs::File::open(path).unwrap();
+    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
+        .unwrap()
+        .build()
+        .unwrap();
+    let batches: Vec<_> = reader.map(Result::unwrap).collect();
+    arrow::compute::concat_batches(&batches[0].schema(), &batches).unwrap()
+}
+
+#[test]
+fn compaction_keeps_the_resource_attributes_of_files_before_schema_3() {
+    use arrow::array::{Array, AsArray, MapBuilder, RecordBatch, StringBuilder};
+    use arrow::datatypes::{DataType, Schema};
+
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let mut config = config(tmp.path());
+    config.compaction_grace = Duration::ZERO;
+    let (collector, _) = Collector::open(config).unwrap();
+    let collector = Arc::new(collector);
+    collector
+        .ingest_traces(request(0, &[BASE_NS, BASE_NS + 1]))
+        .unwrap();
+    runtime.block_on(collector.flush()).unwrap();
+    let mut files = data_files(tmp.path());
+    assert_eq!(files.len(), 1);
+    let old = files.remove(0);
+    collector
+        .ingest_traces(request(10, &[BASE_NS + 2]))
+        .unwrap();
+    runtime.block_on(collector.flush()).unwrap();
+
+    // The first file as schema 2 wrote it: the resource in the map, no `resource`.
+    let batch = read_file(&old);
+    let mut map = MapBuilder::new(None, StringBuilder::new(), StringBuilder::new());
+    for _ in 0..batch.num_rows() {
+        map.keys().append_value("service.name");
+        map.values().append_value("before");
+        map.append(true).unwrap();
+    }
+    let mut fields = Vec::new();
+    let mut columns = Vec::new();
+    for (field, column) in batch.schema().fields().iter().zip(batch.columns()) {
+        match field.name().as_str() {
+            "resource" => continue,
+            "resource_attributes" => columns.push(Arc::new(map.finish()) as _),
+            _ => columns.push(column.clone()),
+        }
+        fields.push(field.clone());
+    }
+    let batch = RecordBatch::try_new(Arc::new(Schema::new(fields)), columns).unwrap();
+    let mut writer = parquet::arrow::ArrowWriter::try_new(
+        std::fs::File::create(&old).unwrap(),
+        batch.schema(),
+        None,
+    )
+    .unwrap();
+    writer.write(&batch).unwrap();
+    writer.close().unwrap();
+
+    let closed = (BASE_NS + 2 * HOUR_NS) as i64 + CLOSED_AFTER.as_nanos() as i64;
+    assert_eq!(collector.maintain(closed).unwrap().compacted, 1);
+    let hour = schemas::partition_dir(tmp.path(), "spans", BASE_NS as i64);
+    let merged = read_file(&schemas::live_files(&hour).unwrap()[0]);
+    // Each row keeps its resource where its file had it.
+    let texts =
+        arrow::compute::cast(merged.column_by_name("resource").unwrap(), &DataType::Utf8).unwrap();
+    let maps = merged
+        .column_by_name("resource_attributes")
+        .unwrap()
+        .as_map();
+    let mut rows: Vec<(Option<String>, Option<String>)> = (0..merged.num_rows())
+        .map(|row| {
+            let text = texts.as_string::<i32>();
+            let text = text.is_valid(row).then(|| text.value(row).to_owned());
+            let value = maps.is_valid(row).then(|| {
+                let entries = maps.value(row);
+                entries.column(1).as_string::<i32>().value(0).to_owned()
+            });
+            (text, value)
+        })
+        .collect();
+    rows.sort();
+    let new = Some(r#"[["service.name","svc"]]"#.to_owned());
+    assert_eq!(
+        rows,
+        [
+            (None, Some("before".to_owned())),
+            (None, Some("before".to_owned())),
+            (new, None),
+        ]
+    );
+}
+
 #[test]
 fn an_unpublished_compaction_leaves_the_inputs_as_the_data() {
     let tmp = tempfile::tempdir().unwrap();
