@@ -435,6 +435,17 @@ mod tests {
         RecordBatch::try_new(schema.clone(), columns).unwrap()
     }
 
+    /// Writer properties that put the key index of `batch` in a file's metadata.
+    fn indexed(batch: &RecordBatch) -> Option<WriterProperties> {
+        let mut index = schemas::KeyIndex::new();
+        index.add(batch);
+        let pair = KeyValue::new(schemas::KEY_INDEX_KEY.to_owned(), index.to_json());
+        let properties = WriterProperties::builder()
+            .set_key_value_metadata(Some(vec![pair]))
+            .build();
+        Some(properties)
+    }
+
     /// `batch` with the columns named in `replaced` holding the arrays given instead.
     fn with_columns(batch: RecordBatch, replaced: Vec<(&str, ArrayRef)>) -> RecordBatch {
         let schema = batch.schema();
@@ -554,16 +565,6 @@ mod tests {
 
         let store = Store::new();
         let hour = store.hour;
-        let indexed = |batch: &RecordBatch| {
-            let mut index = schemas::KeyIndex::new();
-            index.add(batch);
-            let pair = KeyValue::new(schemas::KEY_INDEX_KEY.to_owned(), index.to_json());
-            Some(
-                WriterProperties::builder()
-                    .set_key_value_metadata(Some(vec![pair]))
-                    .build(),
-            )
-        };
         // Schema 2 stored the map, and had no `resource`.
         let stored = schemas::SPANS.stored_schema();
         let fields: Vec<_> = stored.fields().iter().cloned().collect();
@@ -694,16 +695,6 @@ mod tests {
                 .map(|(id, t, d)| (id.as_str(), *t, *d))
                 .collect();
             spans(&schema, &rows)
-        };
-        let indexed = |batch: &RecordBatch| {
-            let mut index = schemas::KeyIndex::new();
-            index.add(batch);
-            let pair = KeyValue::new(schemas::KEY_INDEX_KEY.to_owned(), index.to_json());
-            Some(
-                WriterProperties::builder()
-                    .set_key_value_metadata(Some(vec![pair]))
-                    .build(),
-            )
         };
         let granule = schemas::GRANULE_ROWS;
         // One file whose second granule alone holds `db.system`, half of it "redis".
@@ -988,13 +979,7 @@ mod tests {
         };
         // `a` indexed by value, `b` from before values were listed, the rest buffered.
         let a = with_operations(&rows[..2000], 0);
-        let mut index = schemas::KeyIndex::new();
-        index.add(&a);
-        let pair = KeyValue::new(schemas::KEY_INDEX_KEY.to_owned(), index.to_json());
-        let properties = WriterProperties::builder()
-            .set_key_value_metadata(Some(vec![pair]))
-            .build();
-        store.write("a.parquet", &a, Some(properties));
+        store.write("a.parquet", &a, indexed(&a));
         store.write("b.parquet", &with_operations(&rows[2000..2500], 2000), None);
         let buffered = with_operations(&rows[2500..], 2500);
         let source = Arc::new(Buffered(
@@ -1081,16 +1066,11 @@ mod tests {
             .map(|(id, t, d)| (id.as_str(), *t, *d))
             .collect();
         // The index of 20 rows without the key, on a file of 10 rows that all have it.
-        let mut index = schemas::KeyIndex::new();
-        index.add(&with_attributes(spans(&schema, &rows), |_| vec![]));
-        let pair = KeyValue::new(schemas::KEY_INDEX_KEY.to_owned(), index.to_json());
-        let properties = WriterProperties::builder()
-            .set_key_value_metadata(Some(vec![pair]))
-            .build();
+        let properties = indexed(&with_attributes(spans(&schema, &rows), |_| vec![]));
         let file = with_attributes(spans(&schema, &rows[..10]), |_| {
             vec![("db.system", "redis".to_owned())]
         });
-        store.write("a.parquet", &file, Some(properties));
+        store.write("a.parquet", &file, properties);
 
         let engine = store.engine().await;
         let sql = "SELECT count(*) FROM spans WHERE attributes['db.system'] = 'redis'";
