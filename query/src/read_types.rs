@@ -1,6 +1,6 @@
-//! Map columns of strings (`attributes`, `resource_attributes`) are read from Parquet with
-//! their keys as dictionaries and their values as string views, and cast back to plain
-//! strings only where a query needs them so.
+//! Map columns of strings (`attributes`; `resource_attributes` in files before schema 3) are
+//! read from Parquet with their keys as dictionaries and their values as string views, and
+//! cast back to plain strings only where a query needs them so.
 //!
 //! Decoding a map is most of the cost of a filter or group-by on an attribute: read as plain
 //! strings, every key and value of every row read is copied out of its page's dictionary.
