@@ -20,7 +20,6 @@ mod compaction;
 pub mod convention;
 mod error;
 mod faults;
-mod gather;
 mod logs;
 pub mod metrics;
 pub mod otlp_grpc;

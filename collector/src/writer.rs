@@ -129,7 +129,7 @@ impl Writer {
             let sources: Vec<&RecordBatch> = batches.iter().collect();
             let mut keys = KeyIndex::new();
             for slice in rows.chunks(ROWS_PER_WRITE) {
-                let gathered = crate::gather::gather(&sources, slice).map_err(storage)?;
+                let gathered = schemas::gather(&sources, slice).map_err(storage)?;
                 keys.add(&gathered);
                 writer.write(&gathered).map_err(storage)?;
             }

@@ -10,11 +10,13 @@
 //! A file is visible only once complete: writers write `.<name>.tmp`, fsync, then rename.
 //! Readers list `*.parquet` only.
 
+mod gather;
 mod key_index;
 mod layout;
 pub mod routes;
 mod tables;
 
+pub use gather::{gather, gather_column};
 pub use key_index::{GRANULE_ROWS, KEY_INDEX_KEY, KeyIndex};
 pub use layout::{
     REPLACED_BY, hour_dirs, hour_partitions, is_data_file, live_files, partition_dir, partition_of,

@@ -224,7 +224,7 @@ const RESOURCE_ATTRIBUTES: Column = computed(
         true,
         "all resource attributes, values as text",
     ),
-    "coalesce(pairs_map(resource), resource_attributes)",
+    "pairs_map(resource, resource_attributes)",
 );
 
 /// What `RESOURCE_ATTRIBUTES` is computed from.

@@ -1,5 +1,5 @@
 //! Rows of several batches gathered into one batch, in a given order: what a flush and a
-//! compaction write. Arrow's `interleave` does it for every type, but it moves a map column
+//! compaction write, and the resource attributes of each row a query reads. Arrow's `interleave` does it for every type, but it moves a map column
 //! (the attributes) one entry at a time: an index per entry, then a copy per key and per value.
 //! A row's keys and values lie next to each other in its batch, so here a map is gathered a
 //! row at a time: one copy for its keys' bytes and one for its values'.
@@ -18,7 +18,7 @@ use arrow::error::ArrowError;
 
 /// The rows `rows` ((batch, row within it)) of `batches`, in that order, as one batch of
 /// the first batch's schema.
-pub(crate) fn gather(
+pub fn gather(
     batches: &[&RecordBatch],
     rows: &[(usize, usize)],
 ) -> Result<RecordBatch, ArrowError> {
@@ -34,18 +34,28 @@ pub(crate) fn gather(
                 .iter()
                 .map(|batch| batch.column(column).as_ref())
                 .collect();
-            if arrays.iter().all(|array| array.null_count() == array.len()) {
-                // A column no row has (the map earlier schemas stored resources in).
-                return Ok(new_null_array(schema.field(column).data_type(), rows.len()));
-            }
-            match gather_string_map(&arrays, rows) {
-                Some(map) => map,
-                None => interleave(&arrays, rows),
-            }
+            gather_column(&arrays, rows)
         })
         .collect::<Result<Vec<_>, _>>()?;
     let options = RecordBatchOptions::new().with_row_count(Some(rows.len()));
     RecordBatch::try_new_with_options(schema, columns, &options)
+}
+
+/// The items `rows` ((array, item within it)) of `arrays`, which share a type, in that order.
+pub fn gather_column(
+    arrays: &[&dyn Array],
+    rows: &[(usize, usize)],
+) -> Result<ArrayRef, ArrowError> {
+    if let Some(first) = arrays.first()
+        && arrays.iter().all(|array| array.null_count() == array.len())
+    {
+        // A column no row has (the map earlier schemas stored resources in).
+        return Ok(new_null_array(first.data_type(), rows.len()));
+    }
+    match gather_string_map(arrays, rows) {
+        Some(map) => map,
+        None => interleave(arrays, rows),
+    }
 }
 
 /// `rows` of `arrays` when they are maps of strings to strings without null entries; `None`
