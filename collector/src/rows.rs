@@ -46,8 +46,8 @@ impl StringMapBuilder {
 /// The stored `resource` column of spans and logs: each row's resource attributes as JSON pairs
 /// (`[["service.name","checkout"],["host.name",null]]`, in the order sent, values as text).
 /// A resource's text is rendered once, and its rows hold its index in the column's
-/// dictionary: writing a map of a dozen entries for every row took about 13% of the daemon's
-/// CPU at full speed.
+/// dictionary: building and writing a map of the resource's entries for every row took about
+/// a fifth of the daemon's CPU at full speed (2M spans: 12.2 CPU-seconds, 9.4 without).
 #[derive(Default)]
 pub(crate) struct ResourceTextBuilder {
     keys: Int32Builder,
