@@ -2,8 +2,7 @@
 
 use std::sync::Arc;
 
-use arrow::array::{ArrayRef, Int32Builder, RecordBatch, StringBuilder, new_null_array};
-use schemas::ColumnType;
+use arrow::array::{ArrayRef, Int32Builder, RecordBatch, StringBuilder};
 
 use crate::convention::{hex, value_text};
 use crate::rows::{ResourceTextBuilder, StringMapBuilder, timestamp_builder};
@@ -67,7 +66,7 @@ pub fn decode_logs(request: &[u8], received_ns: i64) -> Result<Decoded, WireErro
             rejections,
         });
     }
-    let columns: Vec<ArrayRef> = vec![
+    let mut columns: Vec<ArrayRef> = vec![
         Arc::new(time.finish()),
         Arc::new(observed_time.finish()),
         Arc::new(trace_id.finish()),
@@ -79,10 +78,8 @@ pub fn decode_logs(request: &[u8], received_ns: i64) -> Result<Decoded, WireErro
         Arc::new(service_version.finish()),
         Arc::new(scope_name.finish()),
         attributes.finish(),
-        resource.finish(),
-        // The map earlier versions stored the resource in: null from schema 3 on.
-        new_null_array(&ColumnType::StringMap.data_type(), rows),
     ];
+    columns.extend(resource.finish());
     // The columns follow schemas::LOGS one for one; a mismatch is a bug the tests catch.
     let batch = RecordBatch::try_new(schemas::LOGS.stored_schema(), columns)
         .unwrap_or_else(|error| panic!("logs columns do not match the schema: {error}"));

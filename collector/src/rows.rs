@@ -6,10 +6,11 @@ use crate::convention::{ResourceInfo, append_text, value_text};
 use crate::wire::Attr;
 use arrow::array::{
     ArrayBuilder, ArrayRef, DictionaryArray, Int32Builder, ListArray, MapBuilder, StringBuilder,
-    StructArray, TimestampNanosecondBuilder,
+    StructArray, TimestampNanosecondBuilder, new_null_array,
 };
 use arrow::buffer::OffsetBuffer;
 use arrow::datatypes::{DataType, Fields, Int32Type};
+use schemas::ColumnType;
 
 /// A `Map<Utf8, Utf8>` column, filled from OTLP attribute lists.
 pub(crate) struct StringMapBuilder(MapBuilder<StringBuilder, StringBuilder>);
@@ -73,9 +74,16 @@ impl ResourceTextBuilder {
         self.keys.append_value(self.texts.len() as i32 - 1);
     }
 
-    pub(crate) fn finish(&mut self) -> ArrayRef {
+    /// The stored-only columns of the rows appended (`schemas::Table::stored_only`): the
+    /// text, and the map earlier schemas stored the resource in, null from schema 3 on.
+    pub(crate) fn finish(&mut self) -> [ArrayRef; 2] {
+        let keys = self.keys.finish();
+        let rows = keys.len();
         let texts = Arc::new(self.texts.finish());
-        Arc::new(DictionaryArray::<Int32Type>::new(self.keys.finish(), texts))
+        [
+            Arc::new(DictionaryArray::<Int32Type>::new(keys, texts)),
+            new_null_array(&ColumnType::StringMap.data_type(), rows),
+        ]
     }
 }
 

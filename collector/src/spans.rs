@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use arrow::array::{
     ArrayRef, BooleanBuilder, Int32Builder, Int64Builder, RecordBatch, StringBuilder,
-    TimestampNanosecondBuilder, new_null_array,
+    TimestampNanosecondBuilder,
 };
 use opentelemetry_proto::tonic::trace::v1::{span::SpanKind, status::StatusCode};
 
@@ -15,7 +15,6 @@ use crate::convention::{Attrs, append_hex, dependency, split_url, version_prefix
 use crate::rows::{EventsBuilder, ResourceTextBuilder, StringMapBuilder, timestamp_builder};
 use crate::wire::{self, Attr, Fields, Shape, WireError, push_attr};
 use crate::{Decoded, Rejections};
-use schemas::ColumnType;
 
 /// How spans become rows: which attributes name a client.
 #[derive(Debug, Clone)]
@@ -433,7 +432,7 @@ impl Default for SpanColumns {
 
 impl SpanColumns {
     fn finish(mut self) -> RecordBatch {
-        let columns: Vec<ArrayRef> = vec![
+        let mut columns: Vec<ArrayRef> = vec![
             Arc::new(self.time.finish()),
             Arc::new(self.duration_ns.finish()),
             Arc::new(self.trace_id.finish()),
@@ -463,10 +462,8 @@ impl SpanColumns {
             Arc::new(self.is_error.finish()),
             self.attributes.finish(),
             self.events.finish(),
-            self.resource.finish(),
-            // The map earlier versions stored the resource in: null from schema 3 on.
-            new_null_array(&ColumnType::StringMap.data_type(), self.rows),
         ];
+        columns.extend(self.resource.finish());
         // The columns above follow schemas::SPANS one for one; a mismatch is a bug caught
         // by the decoder's tests, not something input can cause.
         RecordBatch::try_new(schemas::SPANS.stored_schema(), columns)
