@@ -19,7 +19,8 @@ use arrow::datatypes::DataType;
 use datafusion::common::{exec_datafusion_err, exec_err};
 use datafusion::error::Result;
 use datafusion::logical_expr::{
-    ColumnarValue, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility,
+    ColumnarValue, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, TypeSignature,
+    Volatility,
 };
 use schemas::ColumnType;
 
@@ -32,10 +33,7 @@ pub(crate) struct PairsMap {
 pub(crate) static PAIRS_MAP: LazyLock<Arc<ScalarUDF>> = LazyLock::new(|| {
     Arc::new(ScalarUDF::new_from_impl(PairsMap {
         signature: Signature::one_of(
-            vec![
-                datafusion::logical_expr::TypeSignature::Any(1),
-                datafusion::logical_expr::TypeSignature::Any(2),
-            ],
+            vec![TypeSignature::Any(1), TypeSignature::Any(2)],
             Volatility::Immutable,
         ),
     }))
