@@ -80,9 +80,10 @@ impl TableProvider for StoreTable {
         Ok(filters
             .iter()
             .map(|filter| {
-                match self.prunes(filter) && key_index::exact(filter, &self.stored).is_some() {
-                    true => TableProviderFilterPushDown::Exact,
-                    false => TableProviderFilterPushDown::Inexact,
+                if self.prunes(filter) && key_index::exact(filter, &self.stored).is_some() {
+                    TableProviderFilterPushDown::Exact
+                } else {
+                    TableProviderFilterPushDown::Inexact
                 }
             })
             .collect())

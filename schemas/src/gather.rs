@@ -1,8 +1,9 @@
 //! Rows of several batches gathered into one batch, in a given order: what a flush and a
-//! compaction write, and the resource attributes of each row a query reads. Arrow's `interleave` does it for every type, but it moves a map column
-//! (the attributes) one entry at a time: an index per entry, then a copy per key and per value.
-//! A row's keys and values lie next to each other in its batch, so here a map is gathered a
-//! row at a time: one copy for its keys' bytes and one for its values'.
+//! compaction write, and the resource attributes of each row a query reads. Arrow's
+//! `interleave` does it for every type, but it moves a map column (the attributes) one entry
+//! at a time: an index per entry, then a copy per key and per value. A row's keys and values
+//! lie next to each other in its batch, so here a map is gathered a row at a time: one copy
+//! for its keys' bytes and one for its values'.
 
 use std::ops::Range;
 use std::sync::Arc;
