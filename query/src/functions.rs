@@ -32,6 +32,7 @@ pub(crate) fn register(ctx: &SessionContext, openapi: Arc<OpenApi>) {
     }));
     ctx.register_udf(crate::json::TO_JSON.as_ref().clone());
     ctx.register_udf(crate::pairs_map::PAIRS_MAP.as_ref().clone());
+    ctx.register_udf(crate::pairs_map::PAIRS_VALUE.as_ref().clone());
     ctx.register_udaf(crate::percentile::approx_percentile_cont());
     ctx.register_udaf(crate::percentile::approx_median());
     ctx.register_udaf(crate::percentile::percentile_sketch());

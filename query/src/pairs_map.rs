@@ -7,6 +7,10 @@
 //!
 //! The stored text is a dictionary of a few distinct texts: each is decoded once per batch,
 //! and each row copies its text's map in one copy of its keys' bytes and one of its values'.
+//!
+//! `pairs_value(text [, otherwise], key)` is `pairs_map(text [, otherwise])['key']` without
+//! the maps: the key's value is found once per distinct text and each row takes its text's.
+//! Filters on `resource_attributes['key']` are rewritten to it ([`value_in_place`]).
 
 use std::sync::{Arc, LazyLock};
 
@@ -14,15 +18,19 @@ use arrow::array::{
     Array, ArrayRef, AsArray, BooleanArray, MapBuilder, StringBuilder, new_null_array,
 };
 use arrow::compute::kernels::zip::zip;
-use arrow::compute::{cast, is_not_null};
+use arrow::compute::{cast, is_not_null, take};
 use arrow::datatypes::DataType;
-use datafusion::common::{exec_datafusion_err, exec_err};
+use datafusion::common::tree_node::{Transformed, TransformedResult, TreeNode};
+use datafusion::common::{exec_datafusion_err, exec_err, plan_err};
 use datafusion::error::Result;
 use datafusion::logical_expr::{
-    ColumnarValue, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, TypeSignature,
-    Volatility,
+    ColumnarValue, Expr, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, TypeSignature,
+    Volatility, lit,
 };
 use schemas::ColumnType;
+
+use crate::blooms::text;
+use crate::read_types::first_values;
 
 #[derive(Debug, PartialEq, Eq, Hash)]
 pub(crate) struct PairsMap {
@@ -48,7 +56,8 @@ impl ScalarUDFImpl for PairsMap {
         &self.signature
     }
 
-    fn return_type(&self, _args: &[DataType]) -> Result<DataType> {
+    fn return_type(&self, args: &[DataType]) -> Result<DataType> {
+        check_otherwise(self.name(), args.get(1))?;
         Ok(ColumnType::StringMap.data_type())
     }
 
@@ -75,48 +84,178 @@ impl ScalarUDFImpl for PairsMap {
             }
             _ => Arc::new(maps_of(&texts)?.finish()),
         };
-        let Some(otherwise) = args.args.get(1) else {
-            return Ok(ColumnarValue::Array(maps));
-        };
-        let otherwise = otherwise.to_array(args.number_rows)?;
-        if otherwise.data_type() != &map_type && otherwise.data_type() != &DataType::Null {
-            return exec_err!(
-                "pairs_map: the second argument is a map of text to text, not {}",
-                otherwise.data_type()
-            );
-        }
-        let chosen = if texts.null_count() == 0 {
-            maps
-        } else if texts.null_count() == texts.len() {
-            cast(&otherwise, &map_type)?
-        } else {
-            let has_text: BooleanArray = is_not_null(&texts)?;
-            zip(&has_text, &maps, &cast(&otherwise, &map_type)?)?
+        let chosen = match args.args.get(1) {
+            Some(otherwise) => where_no_text(&texts, maps, otherwise, args.number_rows, |old| {
+                Ok(cast(old, &map_type)?)
+            })?,
+            None => maps,
         };
         Ok(ColumnarValue::Array(chosen))
     }
 }
 
+#[derive(Debug, PartialEq, Eq, Hash)]
+pub(crate) struct PairsValue {
+    signature: Signature,
+}
+
+/// The `pairs_value` function, to register in a session.
+pub(crate) static PAIRS_VALUE: LazyLock<Arc<ScalarUDF>> = LazyLock::new(|| {
+    Arc::new(ScalarUDF::new_from_impl(PairsValue {
+        signature: Signature::one_of(
+            vec![TypeSignature::Any(2), TypeSignature::Any(3)],
+            Volatility::Immutable,
+        ),
+    }))
+});
+
+impl ScalarUDFImpl for PairsValue {
+    fn name(&self) -> &str {
+        "pairs_value"
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, args: &[DataType]) -> Result<DataType> {
+        if args.len() == 3 {
+            check_otherwise(self.name(), args.get(1))?;
+        }
+        Ok(DataType::Utf8)
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        let Some(ColumnarValue::Scalar(key)) = args.args.last() else {
+            return exec_err!("pairs_value: the key is a constant");
+        };
+        let Some(Some(key)) = key.try_as_str() else {
+            return exec_err!("pairs_value: the key is text, not {}", key.data_type());
+        };
+        let texts = args.args[0].to_array(args.number_rows)?;
+        let found = match texts.data_type() {
+            DataType::Null => new_null_array(&DataType::Utf8, texts.len()),
+            DataType::Dictionary(..) => {
+                let dictionary = texts.as_any_dictionary();
+                let values = values_of(dictionary.values(), key)?;
+                take(&values, dictionary.keys(), None)?
+            }
+            _ => values_of(&texts, key)?,
+        };
+        let chosen = match &args.args[..] {
+            [_, otherwise, _] => {
+                where_no_text(&texts, found, otherwise, args.number_rows, |old| {
+                    first_values(old.as_map(), key)
+                })?
+            }
+            _ => found,
+        };
+        Ok(ColumnarValue::Array(chosen))
+    }
+}
+
+/// `get_field(pairs_map(text [, map]), 'key')` (what `resource_attributes['key']` is over
+/// the stored columns) as `pairs_value(text [, map], 'key')`: the same value, without
+/// building every row's map to take one entry of it.
+pub(crate) fn value_in_place(expr: Expr) -> Result<Expr> {
+    expr.transform_up(|expr| {
+        let Expr::ScalarFunction(get) = &expr else {
+            return Ok(Transformed::no(expr));
+        };
+        let [Expr::ScalarFunction(map), key] = get.args.as_slice() else {
+            return Ok(Transformed::no(expr));
+        };
+        let Some(key) = text(key) else {
+            return Ok(Transformed::no(expr));
+        };
+        if get.name() != "get_field" || map.name() != PAIRS_MAP.name() {
+            return Ok(Transformed::no(expr));
+        }
+        let mut args = map.args.clone();
+        args.push(lit(key));
+        Ok(Transformed::yes(PAIRS_VALUE.call(args)))
+    })
+    .data()
+}
+
+/// Refuses a second argument that is not a map of text to text (or null).
+fn check_otherwise(function: &str, otherwise: Option<&DataType>) -> Result<()> {
+    match otherwise {
+        Some(other) if other != &DataType::Null && other != &ColumnType::StringMap.data_type() => {
+            plan_err!("{function}: the second argument is a map of text to text, not {other}")
+        }
+        _ => Ok(()),
+    }
+}
+
+/// `found` (a row for each of `texts`) where the text is not null, and elsewhere the row of
+/// `otherwise` (a map of text to text, or null) through `from_map`.
+fn where_no_text(
+    texts: &ArrayRef,
+    found: ArrayRef,
+    otherwise: &ColumnarValue,
+    rows: usize,
+    from_map: impl FnOnce(&ArrayRef) -> Result<ArrayRef>,
+) -> Result<ArrayRef> {
+    if texts.null_count() == 0 {
+        return Ok(found);
+    }
+    let otherwise = otherwise.to_array(rows)?;
+    let old = match otherwise.data_type() {
+        DataType::Null => new_null_array(found.data_type(), rows),
+        _ => from_map(&otherwise)?,
+    };
+    if texts.null_count() == texts.len() {
+        return Ok(old);
+    }
+    let has_text: BooleanArray = is_not_null(texts)?;
+    Ok(zip(&has_text, &found, &old)?)
+}
+
 /// Each text of `texts` decoded into a map; null stays null.
 fn maps_of(texts: &ArrayRef) -> Result<MapBuilder<StringBuilder, StringBuilder>> {
-    let texts = cast(texts, &DataType::Utf8)
-        .map_err(|_| exec_datafusion_err!("pairs_map takes text, not {}", texts.data_type()))?;
     let mut maps = MapBuilder::new(None, StringBuilder::new(), StringBuilder::new());
-    for text in texts.as_string::<i32>() {
+    for text in as_text(texts)?.as_string::<i32>() {
         let Some(text) = text else {
             maps.append(false)?;
             continue;
         };
-        let pairs: Vec<(String, Option<String>)> = serde_json::from_str(text).map_err(|error| {
-            exec_datafusion_err!("pairs_map: not JSON [[key, value], ...] pairs: {error}")
-        })?;
-        for (key, value) in pairs {
+        for (key, value) in pairs(text)? {
             maps.keys().append_value(key);
             maps.values().append_option(value);
         }
         maps.append(true)?;
     }
     Ok(maps)
+}
+
+/// Each text of `texts` decoded, and the value of its first pair with `key` taken: null
+/// where it has none (or the text is null).
+fn values_of(texts: &ArrayRef, key: &str) -> Result<ArrayRef> {
+    let mut values = StringBuilder::new();
+    for text in as_text(texts)?.as_string::<i32>() {
+        let value = match text {
+            Some(text) => pairs(text)?
+                .into_iter()
+                .find(|(k, _)| k == key)
+                .and_then(|(_, value)| value),
+            None => None,
+        };
+        values.append_option(value);
+    }
+    Ok(Arc::new(values.finish()))
+}
+
+fn as_text(texts: &ArrayRef) -> Result<ArrayRef> {
+    cast(texts, &DataType::Utf8)
+        .map_err(|_| exec_datafusion_err!("pairs_map takes text, not {}", texts.data_type()))
+}
+
+/// The pairs of one text.
+fn pairs(text: &str) -> Result<Vec<(String, Option<String>)>> {
+    serde_json::from_str(text).map_err(|error| {
+        exec_datafusion_err!("pairs_map: not JSON [[key, value], ...] pairs: {error}")
+    })
 }
 
 #[cfg(test)]
@@ -225,5 +364,88 @@ mod tests {
         let text = vec![("t", texts(vec![Some(0)]))];
         let error = call_with(text, "pairs_map(t, 'x')").await.unwrap_err();
         assert!(error.to_string().contains("second argument"), "{error}");
+    }
+
+    /// Each row of `pairs_value` called as `call` over `columns`, `NULL` for null.
+    async fn values_with(columns: Vec<(&str, ArrayRef)>, call: &str) -> Result<Vec<String>> {
+        let ctx = SessionContext::new();
+        ctx.register_udf(PAIRS_VALUE.as_ref().clone());
+        let batch = arrow::array::RecordBatch::try_from_iter(columns)?;
+        ctx.register_batch("t", batch)?;
+        let batches = ctx
+            .sql(&format!("SELECT coalesce({call}, 'NULL') FROM t"))
+            .await?
+            .collect()
+            .await?;
+        let mut out = Vec::new();
+        for batch in batches {
+            let values = cast(batch.column(0), &DataType::Utf8)?;
+            out.extend(
+                values
+                    .as_string::<i32>()
+                    .iter()
+                    .map(|v| v.unwrap().to_owned()),
+            );
+        }
+        Ok(out)
+    }
+
+    #[tokio::test]
+    async fn a_value_is_the_first_of_its_key_in_the_text_else_in_the_map() {
+        let texts = StringArray::from(vec![
+            r#"[["a","1"],["b",null],["a","2"]]"#,
+            r#"[["b","3"]]"#,
+        ]);
+        let keys = Int32Array::from(vec![Some(0), Some(1), None, Some(0), None]);
+        let texts: ArrayRef = Arc::new(DictionaryArray::<Int32Type>::new(keys, Arc::new(texts)));
+        let mut maps = MapBuilder::new(None, StringBuilder::new(), StringBuilder::new());
+        for row in 0..5 {
+            if row == 4 {
+                maps.append(false).unwrap();
+                continue;
+            }
+            maps.keys().append_value("a");
+            maps.values().append_value(format!("old{row}"));
+            maps.append(true).unwrap();
+        }
+        let maps: ArrayRef = Arc::new(maps.finish());
+        let columns = vec![("t", texts.clone()), ("m", maps.clone())];
+        assert_eq!(
+            values_with(columns.clone(), "pairs_value(t, m, 'a')")
+                .await
+                .unwrap(),
+            ["1", "NULL", "old2", "1", "NULL"]
+        );
+        assert_eq!(
+            values_with(columns.clone(), "pairs_value(t, m, 'b')")
+                .await
+                .unwrap(),
+            ["NULL", "3", "NULL", "NULL", "NULL"]
+        );
+        assert_eq!(
+            values_with(columns, "pairs_value(t, 'a')").await.unwrap(),
+            ["1", "NULL", "NULL", "1", "NULL"]
+        );
+        // Plain text, and texts all null.
+        let plain: ArrayRef = Arc::new(StringArray::from(vec![Some(r#"[["a","x"]]"#), None]));
+        assert_eq!(
+            values_with(vec![("t", plain)], "pairs_value(t, 'a')")
+                .await
+                .unwrap(),
+            ["x", "NULL"]
+        );
+        let none: ArrayRef = Arc::new(StringArray::from(vec![None::<&str>; 5]));
+        assert_eq!(
+            values_with(vec![("t", none), ("m", maps)], "pairs_value(t, m, 'a')")
+                .await
+                .unwrap(),
+            ["old0", "old1", "old2", "old3", "NULL"]
+        );
+        // The key is a text constant.
+        let error = values_with(vec![("t", texts.clone())], "pairs_value(t, t)").await;
+        assert!(error.unwrap_err().to_string().contains("constant"));
+        let bad: ArrayRef = Arc::new(StringArray::from(vec!["[1]"]));
+        let error = values_with(vec![("t", bad)], "pairs_value(t, 'a')").await;
+        assert!(error.unwrap_err().to_string().contains("not JSON"));
     }
 }

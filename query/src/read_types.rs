@@ -25,7 +25,7 @@ use std::fmt;
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
-use arrow::array::{Array, AsArray, RecordBatch, StringArray, UInt32Array};
+use arrow::array::{Array, ArrayRef, AsArray, MapArray, RecordBatch, StringArray, UInt32Array};
 use arrow::compute::kernels::cmp::eq;
 use arrow::compute::{cast, take};
 use arrow::datatypes::{DataType, Field, FieldRef, Fields, Schema, SchemaRef};
@@ -221,27 +221,7 @@ impl PhysicalExpr for Lookup {
         let Some(map) = map.as_map_opt() else {
             return internal_err!("{self} over a {}", map.data_type());
         };
-        let found = eq(map.keys(), &StringArray::new_scalar(&self.key))?;
-        // The first entry of each row holding the key. A row's entries are consecutive, and a
-        // sliced map's rows hold only part of the entries.
-        let offsets = map.value_offsets();
-        let (first, end) = (offsets[0] as usize, offsets[map.len()] as usize);
-        let mut positions = vec![None; map.len()];
-        let mut row = 0;
-        for entry in found.values().set_indices() {
-            if entry < first {
-                continue;
-            }
-            if entry >= end {
-                break;
-            }
-            while offsets[row + 1] as usize <= entry {
-                row += 1;
-            }
-            positions[row].get_or_insert(entry as u32);
-        }
-        let values = take(map.values(), &UInt32Array::from(positions), None)?;
-        Ok(ColumnarValue::Array(cast(&values, &DataType::Utf8)?))
+        Ok(ColumnarValue::Array(first_values(map, &self.key)?))
     }
 
     fn children(&self) -> Vec<&Arc<dyn PhysicalExpr>> {
@@ -264,6 +244,32 @@ impl PhysicalExpr for Lookup {
         self.map.fmt_sql(f)?;
         write!(f, "['{}']", self.key)
     }
+}
+
+/// Each row's value of `key` in `map` as text: that of the row's first entry with the key, null
+/// where the row has none. The keys and values may be any text type.
+pub(crate) fn first_values(map: &MapArray, key: &str) -> Result<ArrayRef> {
+    let found = eq(map.keys(), &StringArray::new_scalar(key))?;
+    // The first entry of each row holding the key. A row's entries are consecutive, and a
+    // sliced map's rows hold only part of the entries.
+    let offsets = map.value_offsets();
+    let (first, end) = (offsets[0] as usize, offsets[map.len()] as usize);
+    let mut positions = vec![None; map.len()];
+    let mut row = 0;
+    for entry in found.values().set_indices() {
+        if entry < first {
+            continue;
+        }
+        if entry >= end {
+            break;
+        }
+        while offsets[row + 1] as usize <= entry {
+            row += 1;
+        }
+        positions[row].get_or_insert(entry as u32);
+    }
+    let values = take(map.values(), &UInt32Array::from(positions), None)?;
+    Ok(cast(&values, &DataType::Utf8)?)
 }
 
 #[cfg(test)]

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use arrow::datatypes::SchemaRef;
 use async_trait::async_trait;
 use datafusion::catalog::{MemTable, Session, TableProvider};
+use datafusion::common::tree_node::{Transformed, TransformedResult, TreeNode};
 use datafusion::common::{DFSchema, ScalarValue, plan_datafusion_err};
 use datafusion::datasource::TableType;
 use datafusion::datasource::file_format::parquet::ParquetFormat;
@@ -30,6 +31,7 @@ use schemas::Table;
 
 use crate::blooms::{self, Blooms};
 use crate::key_index::{self, Footers, ScanFile};
+use crate::pairs_map;
 use crate::read_types::LookupBeforeCast;
 use crate::source::{Source, TimeRange};
 
@@ -76,11 +78,12 @@ impl TableProvider for StoreTable {
         filters: &[&Expr],
     ) -> Result<Vec<TableProviderFilterPushDown>> {
         // Filters prune partitions and row groups, and are applied again on the rows; those
-        // the key indexes may answer, the scan applies itself where they do not.
+        // the key indexes may answer, the scan applies itself where they do not, and those on
+        // computed columns it applies to the stored columns.
         Ok(filters
             .iter()
             .map(|filter| {
-                if self.prunes(filter) && key_index::exact(filter, &self.stored).is_some() {
+                if !self.prunes(filter) || key_index::exact(filter, &self.stored).is_some() {
                     TableProviderFilterPushDown::Exact
                 } else {
                     TableProviderFilterPushDown::Inexact
@@ -108,12 +111,16 @@ impl TableProvider for StoreTable {
             .cloned()
             .unwrap_or_else(|| (0..self.schema.fields().len()).collect());
         let (read, outputs) = self.plan_columns(state, &wanted)?;
-        // A filter on a computed column cannot prune the files; it is applied to the rows.
-        let filters: Vec<Expr> = filters
+        // A filter on a computed column cannot prune the files; it is applied to the rows,
+        // before the computed columns are.
+        let (filters, computed): (Vec<Expr>, Vec<Expr>) = filters
             .iter()
-            .filter(|filter| self.prunes(filter))
             .cloned()
-            .collect();
+            .partition(|filter| self.prunes(filter));
+        let computed = computed
+            .into_iter()
+            .map(|filter| self.over_stored(state, filter))
+            .collect::<Result<Vec<_>>>()?;
 
         let mut files = snapshot.files;
         if let Some(trace_ids) = blooms::wanted(&filters) {
@@ -150,7 +157,7 @@ impl TableProvider for StoreTable {
         }
         let mut inputs = Vec::new();
         for (answered, files) in groups {
-            let unanswered: Vec<&Expr> = exact_filters
+            let mut unanswered: Vec<&Expr> = exact_filters
                 .iter()
                 .zip(&answered)
                 .filter(|(_, answered)| !**answered)
@@ -159,6 +166,7 @@ impl TableProvider for StoreTable {
             // Answered filters would only make the scan decode their columns again.
             let mut pruning = inexact.clone();
             pruning.extend(unanswered.iter().map(|filter| (*filter).clone()));
+            unanswered.extend(&computed);
             let columns = self.with_columns_of(&read, &unanswered)?;
             let mut urls = Vec::with_capacity(files.len());
             for file in &files {
@@ -181,13 +189,15 @@ impl TableProvider for StoreTable {
             inputs.push(filter(state, scan, &unanswered, read.len())?);
         }
         if !snapshot.batches.is_empty() || inputs.is_empty() {
-            let columns = self.with_columns_of(&read, &exact_filters)?;
-            let limit = limit.filter(|_| exact_filters.is_empty());
+            let mut applied = exact_filters;
+            applied.extend(&computed);
+            let columns = self.with_columns_of(&read, &applied)?;
+            let limit = limit.filter(|_| applied.is_empty());
             let buffered = MemTable::try_new(self.stored.clone(), vec![snapshot.batches])?;
             let scan = buffered
                 .scan(state, Some(&columns), &filters, limit)
                 .await?;
-            inputs.push(filter(state, scan, &exact_filters, read.len())?);
+            inputs.push(filter(state, scan, &applied, read.len())?);
         }
         let scan = UnionExec::try_new(inputs)?;
         if outputs
@@ -217,28 +227,54 @@ impl StoreTable {
         state: &dyn Session,
         wanted: &[usize],
     ) -> Result<(Vec<usize>, Vec<Output>)> {
-        let stored_df = DFSchema::try_from(self.stored.clone())?;
-        let simplifier = ExprSimplifier::new(
-            SimplifyContext::builder()
-                .with_schema(Arc::new(stored_df.clone()))
-                .build(),
-        );
         let mut read = Vec::new();
         let mut outputs = Vec::with_capacity(wanted.len());
         for &index in wanted {
             let column = &self.table.columns[index];
             let expr = match column.computed {
                 None => col(column.name),
-                Some(sql) => {
-                    let expr = session_state(state)?.create_logical_expr(sql, &stored_df)?;
-                    // Simplified, as a query's expressions are (`arrow_cast` becomes a cast).
-                    simplifier.simplify(simplifier.coerce(expr, &stored_df)?)?
-                }
+                Some(sql) => self.over_stored_sql(state, sql)?,
             };
             self.add_columns_of(&mut read, &expr)?;
             outputs.push((expr, column.name));
         }
         Ok((read, outputs))
+    }
+
+    /// `filter` over the stored columns: each computed column it uses replaced by its
+    /// expression, and lookups in computed maps made without building the maps
+    /// ([`pairs_map::value_in_place`]).
+    fn over_stored(&self, state: &dyn Session, filter: Expr) -> Result<Expr> {
+        let filter = filter
+            .transform_up(|expr| {
+                let Expr::Column(used) = &expr else {
+                    return Ok(Transformed::no(expr));
+                };
+                let computed = self.table.columns.iter().find_map(|column| {
+                    (column.name == used.name)
+                        .then_some(column.computed)
+                        .flatten()
+                });
+                match computed {
+                    Some(sql) => Ok(Transformed::yes(self.over_stored_sql(state, sql)?)),
+                    None => Ok(Transformed::no(expr)),
+                }
+            })
+            .data()?;
+        pairs_map::value_in_place(filter)
+    }
+
+    /// The expression `sql` over the stored columns, typed and simplified as a query's
+    /// expressions are (`arrow_cast` becomes a cast).
+    fn over_stored_sql(&self, state: &dyn Session, sql: &str) -> Result<Expr> {
+        let stored = DFSchema::try_from(self.stored.clone())?;
+        let expr = session_state(state)?.create_logical_expr(sql, &stored)?;
+        let simplifier = ExprSimplifier::new(
+            SimplifyContext::builder()
+                .with_schema(Arc::new(stored.clone()))
+                .build(),
+        );
+        simplifier.simplify(simplifier.coerce(expr, &stored)?)
     }
 }
 
@@ -629,6 +665,21 @@ mod tests {
             ask("SELECT count(*) FROM spans WHERE resource_attributes['host'] IS NOT NULL").await,
             [["2"]]
         );
+        // Below a limit too: the limit holds for rows that pass.
+        assert_eq!(
+            ask("SELECT count(*) FROM (SELECT span_id FROM spans \
+                 WHERE resource_attributes['service.name'] = 'old' LIMIT 1)")
+            .await,
+            [["1"]]
+        );
+        // A lookup in the computed map is made per resource, without building the maps.
+        let plan = ask("EXPLAIN SELECT count(*) FROM spans \
+                        WHERE resource_attributes['host'] = 'h1' OR span_id = 'a'")
+        .await
+        .concat()
+        .join(" ");
+        assert!(plan.contains("FilterExec: pairs_value(resource"), "{plan}");
+        assert!(!plan.contains("pairs_map"), "{plan}");
     }
 
     /// Cells of a pretty-printed answer, without the header.
