@@ -19,17 +19,20 @@ use arrow::array::{
 };
 use arrow::compute::kernels::zip::zip;
 use arrow::compute::{cast, is_not_null, take};
-use arrow::datatypes::DataType;
+use arrow::datatypes::{DataType, Field};
 use datafusion::common::tree_node::{Transformed, TransformedResult, TreeNode};
 use datafusion::common::{exec_datafusion_err, exec_err, plan_err};
 use datafusion::error::Result;
+use datafusion::functions::core::getfield::GetFieldFunc;
 use datafusion::logical_expr::{
-    ColumnarValue, Expr, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, TypeSignature,
-    Volatility, lit,
+    ColumnarValue, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, TypeSignature,
+    Volatility,
 };
+use datafusion::physical_expr::ScalarFunctionExpr;
+use datafusion::physical_expr::expressions::{CastExpr, Column, Literal};
+use datafusion::physical_plan::PhysicalExpr;
 use schemas::ColumnType;
 
-use crate::blooms::text;
 use crate::read_types::first_values;
 
 #[derive(Debug, PartialEq, Eq, Hash)]
@@ -156,24 +159,38 @@ impl ScalarUDFImpl for PairsValue {
 
 /// `get_field(pairs_map(text [, map]), 'key')` (what `resource_attributes['key']` is over
 /// the stored columns) as `pairs_value(text [, map], 'key')`: the same value, without
-/// building every row's map to take one entry of it.
-pub(crate) fn value_in_place(expr: Expr) -> Result<Expr> {
+/// building every row's map to take one entry of it. A map cast to `Map<Utf8, Utf8>` is
+/// looked up in as it was read.
+pub(crate) fn value_in_place(expr: Arc<dyn PhysicalExpr>) -> Result<Arc<dyn PhysicalExpr>> {
     expr.transform_up(|expr| {
-        let Expr::ScalarFunction(get) = &expr else {
+        let Some(get) = ScalarFunctionExpr::try_downcast_func::<GetFieldFunc>(expr.as_ref()) else {
             return Ok(Transformed::no(expr));
         };
-        let [Expr::ScalarFunction(map), key] = get.args.as_slice() else {
+        let [map, key] = get.args() else {
             return Ok(Transformed::no(expr));
         };
-        let Some(key) = text(key) else {
+        let Some(map) = ScalarFunctionExpr::try_downcast_func::<PairsMap>(map.as_ref()) else {
             return Ok(Transformed::no(expr));
         };
-        if get.name() != "get_field" || map.name() != PAIRS_MAP.name() {
+        let is_text = |key: &Literal| matches!(key.value().try_as_str(), Some(Some(_)));
+        if !key.downcast_ref::<Literal>().is_some_and(is_text) {
             return Ok(Transformed::no(expr));
         }
-        let mut args = map.args.clone();
-        args.push(lit(key));
-        Ok(Transformed::yes(PAIRS_VALUE.call(args)))
+        let mut args = map.args().to_vec();
+        if let Some(cast) = args.get(1).and_then(|old| old.downcast_ref::<CastExpr>())
+            && cast.expr().downcast_ref::<Column>().is_some()
+        {
+            args[1] = cast.expr().clone();
+        }
+        args.push(key.clone());
+        let value = ScalarFunctionExpr::new(
+            PAIRS_VALUE.name(),
+            PAIRS_VALUE.clone(),
+            args,
+            Arc::new(Field::new(PAIRS_VALUE.name(), DataType::Utf8, true)),
+            Arc::new(get.config_options().clone()),
+        );
+        Ok(Transformed::yes(Arc::new(value) as Arc<dyn PhysicalExpr>))
     })
     .data()
 }
@@ -447,5 +464,61 @@ mod tests {
         let bad: ArrayRef = Arc::new(StringArray::from(vec!["[1]"]));
         let error = values_with(vec![("t", bad)], "pairs_value(t, 'a')").await;
         assert!(error.unwrap_err().to_string().contains("not JSON"));
+    }
+
+    #[test]
+    fn a_lookup_in_a_pairs_map_becomes_a_pairs_value_of_the_same_rows() {
+        use arrow::array::{RecordBatch, StringDictionaryBuilder, StringViewBuilder};
+        use arrow::datatypes::Schema;
+        use datafusion::config::ConfigOptions;
+        use datafusion::physical_expr::expressions::lit;
+
+        let texts = StringArray::from(vec![r#"[["a","new"],["b","x"]]"#, r#"[["b","y"]]"#]);
+        let keys = Int32Array::from(vec![Some(0), None, Some(1), None]);
+        let texts = DictionaryArray::<Int32Type>::new(keys, Arc::new(texts));
+        // The old map as files are read: keys as a dictionary, values as views.
+        let mut maps = MapBuilder::new(
+            None,
+            StringDictionaryBuilder::<Int32Type>::new(),
+            StringViewBuilder::new(),
+        );
+        for row in 0..4 {
+            if row < 3 {
+                maps.keys().append_value("a");
+                maps.values().append_value(format!("old{row}"));
+            }
+            maps.append(row != 3).unwrap();
+        }
+        let batch = RecordBatch::try_from_iter(vec![
+            ("t", Arc::new(texts) as ArrayRef),
+            ("m", Arc::new(maps.finish())),
+        ])
+        .unwrap();
+        let schema: &Schema = &batch.schema();
+        let config = Arc::new(ConfigOptions::default());
+        let call =
+            |udf: &Arc<ScalarUDF>, args: Vec<Arc<dyn PhysicalExpr>>| -> Arc<dyn PhysicalExpr> {
+                Arc::new(
+                    ScalarFunctionExpr::try_new(udf.clone(), args, schema, config.clone()).unwrap(),
+                )
+            };
+        let old: Arc<dyn PhysicalExpr> = Arc::new(CastExpr::new(
+            Arc::new(Column::new("m", 1)),
+            ColumnType::StringMap.data_type(),
+            None,
+        ));
+        let map = call(&PAIRS_MAP, vec![Arc::new(Column::new("t", 0)), old]);
+        let get_field = Arc::new(datafusion::functions::core::get_field().as_ref().clone());
+        let lookup = call(&get_field, vec![map, lit("a")]);
+
+        let rewritten = value_in_place(lookup.clone()).unwrap();
+        assert_eq!(rewritten.to_string(), "pairs_value(t@0, m@1, a)");
+        let rows = |expr: Arc<dyn PhysicalExpr>| {
+            let rows = expr.evaluate(&batch).unwrap().into_array(4).unwrap();
+            cast(&rows, &DataType::Utf8).unwrap()
+        };
+        let expected = StringArray::from(vec![Some("new"), Some("old1"), None, None]);
+        assert_eq!(rows(lookup).as_string::<i32>(), &expected);
+        assert_eq!(rows(rewritten).as_string::<i32>(), &expected);
     }
 }

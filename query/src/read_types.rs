@@ -41,6 +41,8 @@ use datafusion::physical_expr_adapter::{
 };
 use datafusion::physical_plan::PhysicalExpr;
 
+use crate::pairs_map;
+
 /// The schema to read a file of schema `file` with, `None` when it is the file's own: maps of
 /// strings as [`read_type`] says, and the top-level text columns named in `dictionary_encoded`
 /// (those whose every data page is dictionary-encoded) as dictionaries.
@@ -127,8 +129,7 @@ struct Adapter {
 
 impl PhysicalExprAdapter for Adapter {
     fn rewrite(&self, expr: Arc<dyn PhysicalExpr>) -> Result<Arc<dyn PhysicalExpr>> {
-        self.default
-            .rewrite(expr)?
+        pairs_map::value_in_place(self.default.rewrite(expr)?)?
             .transform_up(|expr| self.lookup_before_cast(expr))
             .data()
     }

@@ -242,10 +242,9 @@ impl StoreTable {
     }
 
     /// `filter` over the stored columns: each computed column it uses replaced by its
-    /// expression, and lookups in computed maps made without building the maps
-    /// ([`pairs_map::value_in_place`]).
+    /// expression.
     fn over_stored(&self, state: &dyn Session, filter: Expr) -> Result<Expr> {
-        let filter = filter
+        filter
             .transform_up(|expr| {
                 let Expr::Column(used) = &expr else {
                     return Ok(Transformed::no(expr));
@@ -260,8 +259,7 @@ impl StoreTable {
                     None => Ok(Transformed::no(expr)),
                 }
             })
-            .data()?;
-        pairs_map::value_in_place(filter)
+            .data()
     }
 
     /// The expression `sql` over the stored columns, typed and simplified as a query's
@@ -320,7 +318,10 @@ fn filter(
         return Ok(plan);
     };
     let schema = DFSchema::try_from(plan.schema())?;
-    let predicate = state.create_physical_expr(unnormalize_col(predicate), &schema)?;
+    // Lookups in computed maps are made without building the maps.
+    let predicate = pairs_map::value_in_place(
+        state.create_physical_expr(unnormalize_col(predicate), &schema)?,
+    )?;
     let width = plan.schema().fields().len();
     let projection = (keep < width).then(|| (0..keep).collect());
     let filtered = FilterExecBuilder::new(predicate, plan)
