@@ -147,8 +147,11 @@ impl ScalarUDFImpl for PairsValue {
         };
         let chosen = match &args.args[..] {
             [_, otherwise, _] => {
-                where_no_text(&texts, found, otherwise, args.number_rows, |old| {
-                    first_values(old.as_map(), key)
+                where_no_text(&texts, found, otherwise, args.number_rows, |old| match old
+                    .as_map_opt()
+                {
+                    Some(map) => first_values(map, key),
+                    None => exec_err!("pairs_value: the map is a {}", old.data_type()),
                 })?
             }
             _ => found,
