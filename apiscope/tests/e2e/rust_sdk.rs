@@ -339,6 +339,12 @@ fn rust_sdk_exporters_over_grpc_http_protobuf_and_http_json() {
             [vec![json!(attributes.to_string()), json!(ids.len())]],
             "{service}"
         );
+        // Grouped by one of them (looked up once per resource, not per span).
+        let environments = daemon.rows(&format!(
+            "SELECT resource_attributes['deployment.environment.name'], count(*) FROM spans \
+             WHERE service_name = '{service}' GROUP BY 1"
+        ));
+        assert_eq!(environments, [vec![json!("prod"), json!(ids.len())]]);
         assert!(rows.iter().filter(|r| r[5] == json!("okhttp/4.12")).count() == 11);
     }
 
