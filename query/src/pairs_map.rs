@@ -267,8 +267,12 @@ fn values_of(texts: &ArrayRef, key: &str) -> Result<ArrayRef> {
 }
 
 fn as_text(texts: &ArrayRef) -> Result<ArrayRef> {
-    cast(texts, &DataType::Utf8)
-        .map_err(|_| exec_datafusion_err!("pairs_map takes text, not {}", texts.data_type()))
+    cast(texts, &DataType::Utf8).map_err(|_| {
+        exec_datafusion_err!(
+            "pairs_map and pairs_value take text, not {}",
+            texts.data_type()
+        )
+    })
 }
 
 /// The pairs of one text.
