@@ -61,8 +61,8 @@ pub(crate) type Key = (String, String);
 #[derive(Debug)]
 pub(crate) struct Footers {
     cache: FileCache<Footer>,
-    /// The read schemas seen, shared by the files that have them (most files have the same).
-    read_schemas: Mutex<Vec<SchemaRef>>,
+    /// The schemas seen (files' own and read schemas), shared by the files that have them.
+    schemas: Mutex<Vec<SchemaRef>>,
 }
 
 #[derive(Debug, Default)]
@@ -71,13 +71,15 @@ struct Footer {
     index: Option<KeyIndex>,
     /// See [`read_types::read_schema`].
     read_as: Option<SchemaRef>,
+    /// The file's own schema (`None` for a file that cannot be read).
+    schema: Option<SchemaRef>,
 }
 
 impl Default for Footers {
     fn default() -> Self {
         Self {
             cache: FileCache::new(BUDGET),
-            read_schemas: Mutex::default(),
+            schemas: Mutex::default(),
         }
     }
 }
@@ -87,6 +89,19 @@ impl Default for Footers {
 pub(crate) struct Exact {
     key: Key,
     values: Vec<String>,
+    /// A column whose presence in a file means its map does not hold what the filter asks
+    /// about, so its index must not answer it.
+    unless_stored: Option<&'static str>,
+}
+
+impl Exact {
+    /// The filter, answered only in files that do not store `column`.
+    pub(crate) fn unless_stored(self, column: &'static str) -> Self {
+        Self {
+            unless_stored: Some(column),
+            ..self
+        }
+    }
 }
 
 /// A file a scan reads, with the rows it reads (`None` for all) and the schema it reads the
@@ -148,6 +163,12 @@ impl Footers {
                     }
                 }
                 for (filter, answered) in exact.iter().zip(&mut answered) {
+                    if filter
+                        .unless_stored
+                        .is_some_and(|stored| footer.stores(stored))
+                    {
+                        continue;
+                    }
                     let (column, key) = &filter.key;
                     if let Some(rows) = index.rows_with_values(column, key, &filter.values) {
                         *answered = true;
@@ -177,20 +198,34 @@ impl Footers {
         let Ok((mut footer, bytes)) = read(file) else {
             return Arc::default();
         };
-        if let Some(schema) = footer.read_as.take() {
-            let mut seen = self.read_schemas.lock().expect("read schemas lock");
-            let shared = match seen.iter().find(|known| **known == schema) {
-                Some(known) => known.clone(),
-                None => {
-                    seen.push(schema.clone());
-                    schema
-                }
-            };
-            footer.read_as = Some(shared);
-        }
+        footer.read_as = footer.read_as.take().map(|schema| self.shared(schema));
+        footer.schema = footer.schema.take().map(|schema| self.shared(schema));
         let footer = Arc::new(footer);
         self.cache.insert(file, footer.clone(), bytes);
         footer
+    }
+}
+
+impl Footers {
+    /// `schema`, or the same schema seen before (most files have the same).
+    fn shared(&self, schema: SchemaRef) -> SchemaRef {
+        let mut seen = self.schemas.lock().expect("schemas lock");
+        match seen.iter().find(|known| **known == schema) {
+            Some(known) => known.clone(),
+            None => {
+                seen.push(schema.clone());
+                schema
+            }
+        }
+    }
+}
+
+impl Footer {
+    /// Whether the file stores `column`.
+    fn stores(&self, column: &str) -> bool {
+        self.schema
+            .as_ref()
+            .is_some_and(|schema| schema.field_with_name(column).is_ok())
     }
 }
 
@@ -210,7 +245,15 @@ fn read(file: &Path) -> datafusion::parquet::errors::Result<(Footer, usize)> {
     let schema = parquet_to_arrow_schema(metadata.file_metadata().schema_descr(), pairs)?;
     let read_as = read_types::read_schema(&schema, &dictionary_encoded(&metadata));
     let bytes = text.map_or(0, str::len) * 2 + 64;
-    Ok((Footer { index, read_as }, bytes))
+    Ok((
+        Footer {
+            index,
+            read_as,
+            // Without the file's metadata (the index among it), which no scan needs here.
+            schema: Some(Arc::new(Schema::new(schema.fields().clone()))),
+        },
+        bytes,
+    ))
 }
 
 /// The top-level columns of a file whose every data page is dictionary-encoded, with small
@@ -305,12 +348,17 @@ pub(crate) fn exact(filter: &Expr, schema: &Schema) -> Option<Exact> {
             Some(Exact {
                 key,
                 values: vec![value],
+                unless_stored: None,
             })
         }
         Expr::InList(list) if !list.negated => {
             let key = text_lookup(&list.expr, schema)?;
             let values = list.list.iter().map(text).collect::<Option<Vec<_>>>()?;
-            Some(Exact { key, values })
+            Some(Exact {
+                key,
+                values,
+                unless_stored: None,
+            })
         }
         _ => None,
     }

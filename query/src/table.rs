@@ -117,10 +117,6 @@ impl TableProvider for StoreTable {
             .iter()
             .cloned()
             .partition(|filter| self.prunes(filter));
-        let computed = computed
-            .into_iter()
-            .map(|filter| self.over_stored(state, filter))
-            .collect::<Result<Vec<_>>>()?;
 
         let mut files = snapshot.files;
         if let Some(trace_ids) = blooms::wanted(&filters) {
@@ -132,18 +128,36 @@ impl TableProvider for StoreTable {
 
         let keys = key_index::wanted(&filters, &self.stored);
         // Filters the key indexes may answer outright (told DataFusion: exact), and the others.
-        let (exact, inexact): (Vec<_>, Vec<_>) = filters
-            .iter()
-            .map(|filter| (filter, key_index::exact(filter, &self.stored)))
-            .partition(|(_, exact)| exact.is_some());
-        let (exact_filters, exact): (Vec<&Expr>, Vec<key_index::Exact>) = exact
-            .into_iter()
-            .map(|(filter, exact)| (filter, exact.expect("partitioned")))
-            .unzip();
-        let inexact: Vec<Expr> = inexact
-            .into_iter()
-            .map(|(filter, _)| filter.clone())
-            .collect();
+        let mut answerable = Vec::new();
+        let mut inexact = Vec::new();
+        for filter in filters.iter().cloned() {
+            match key_index::exact(&filter, &self.stored) {
+                Some(exact) => answerable.push(Answerable {
+                    exact,
+                    otherwise: filter,
+                    prunes: true,
+                }),
+                None => inexact.push(filter),
+            }
+        }
+        let mut computed_filters = Vec::new();
+        for filter in computed {
+            // Files written before a column was computed may hold it as stored, and their
+            // indexes answer for it there.
+            let exact = self.stored_where_no(&filter).and_then(|column| {
+                key_index::exact(&filter, &self.stored).map(|exact| exact.unless_stored(column))
+            });
+            let over_stored = self.over_stored(state, filter)?;
+            match exact {
+                Some(exact) => answerable.push(Answerable {
+                    exact,
+                    otherwise: over_stored,
+                    prunes: false,
+                }),
+                None => computed_filters.push(over_stored),
+            }
+        }
+        let exact: Vec<key_index::Exact> = answerable.iter().map(|a| a.exact.clone()).collect();
         let footers = self.footers.clone();
         let files = tokio::task::spawn_blocking(move || footers.select(files, &keys, &exact))
             .await
@@ -157,17 +171,23 @@ impl TableProvider for StoreTable {
         }
         let mut inputs = Vec::new();
         for (answered, files) in groups {
-            let mut unanswered: Vec<&Expr> = exact_filters
+            let unanswered: Vec<&Answerable> = answerable
                 .iter()
                 .zip(&answered)
                 .filter(|(_, answered)| !**answered)
-                .map(|(filter, _)| *filter)
+                .map(|(filter, _)| filter)
                 .collect();
             // Answered filters would only make the scan decode their columns again.
             let mut pruning = inexact.clone();
-            pruning.extend(unanswered.iter().map(|filter| (*filter).clone()));
-            unanswered.extend(&computed);
-            let columns = self.with_columns_of(&read, &unanswered)?;
+            pruning.extend(
+                unanswered
+                    .iter()
+                    .filter(|filter| filter.prunes)
+                    .map(|filter| filter.otherwise.clone()),
+            );
+            let mut applied: Vec<&Expr> = unanswered.iter().map(|f| &f.otherwise).collect();
+            applied.extend(&computed_filters);
+            let columns = self.with_columns_of(&read, &applied)?;
             let mut urls = Vec::with_capacity(files.len());
             for file in &files {
                 urls.push(ListingTableUrl::parse(file.path.to_string_lossy())?);
@@ -183,14 +203,14 @@ impl TableProvider for StoreTable {
             let statistics = state.runtime_env().cache_manager.get_file_statistic_cache();
             let table = ListingTable::try_new(config)?.with_cache(statistics);
             // A limit holds for rows that pass every filter, so not below a filter.
-            let limit = limit.filter(|_| unanswered.is_empty());
+            let limit = limit.filter(|_| applied.is_empty());
             let scan = table.scan(state, Some(&columns), &pruning, limit).await?;
             let scan = key_index::attach(scan, files, state.runtime_env())?;
-            inputs.push(filter(state, scan, &unanswered, read.len())?);
+            inputs.push(filter(state, scan, &applied, read.len())?);
         }
         if !snapshot.batches.is_empty() || inputs.is_empty() {
-            let mut applied = exact_filters;
-            applied.extend(&computed);
+            let mut applied: Vec<&Expr> = answerable.iter().map(|f| &f.otherwise).collect();
+            applied.extend(&computed_filters);
             let columns = self.with_columns_of(&read, &applied)?;
             let limit = limit.filter(|_| applied.is_empty());
             let buffered = MemTable::try_new(self.stored.clone(), vec![snapshot.batches])?;
@@ -217,6 +237,15 @@ impl TableProvider for StoreTable {
 
 /// A column a scan gives: its expression over the stored columns, and its name.
 type Output = (Expr, &'static str);
+
+/// A filter the key indexes may answer outright, and what applies it over the stored columns
+/// to the rows of files whose index does not.
+struct Answerable {
+    exact: key_index::Exact,
+    otherwise: Expr,
+    /// Whether `otherwise` may prune files (uses only columns stored as they are read).
+    prunes: bool,
+}
 
 impl StoreTable {
     /// For the table's columns `wanted`: the stored columns to read (in the order first
@@ -284,6 +313,24 @@ impl StoreTable {
             .column_refs()
             .iter()
             .all(|used| self.table.is_stored_as_read(&used.name))
+    }
+
+    /// For a filter on computed columns that files lacking one stored column hold as they are
+    /// read ([`schemas::Column::stored_where_no`]): that column.
+    fn stored_where_no(&self, filter: &Expr) -> Option<&'static str> {
+        let mut lacking = None;
+        for used in filter.column_refs() {
+            if self.table.is_stored_as_read(&used.name) {
+                continue;
+            }
+            let column = self.table.columns.iter().find(|c| c.name == used.name)?;
+            let stored_where_no = column.stored_where_no?;
+            if lacking.is_some_and(|before| before != stored_where_no) {
+                return None;
+            }
+            lacking = Some(stored_where_no);
+        }
+        lacking
     }
 
     /// The stored columns `read`, then those `filters` use that `read` lacks.
@@ -665,6 +712,25 @@ mod tests {
         assert_eq!(
             ask("SELECT count(*) FROM spans WHERE resource_attributes['host'] IS NOT NULL").await,
             [["2"]]
+        );
+        // The old file's key index answers for its map: it is not read for a value it lacks.
+        // The new file's index lists its (null) map too, and must not answer.
+        assert_eq!(
+            answer_and_files(
+                &engine,
+                "SELECT span_id FROM spans \
+                 WHERE resource_attributes['service.name'] = 'new' ORDER BY span_id"
+            )
+            .await,
+            (vec!["b".to_owned(), "d".to_owned()], vec!["b.parquet"])
+        );
+        assert_eq!(
+            answer_and_files(
+                &engine,
+                "SELECT span_id FROM spans WHERE resource_attributes['service.name'] = 'old'"
+            )
+            .await,
+            (vec!["a".to_owned()], vec!["a.parquet", "b.parquet"])
         );
         // Below a limit too: the limit holds for rows that pass.
         assert_eq!(

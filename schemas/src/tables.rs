@@ -108,6 +108,10 @@ pub struct Column {
     /// For a column computed when read rather than stored in Parquet: its SQL over the
     /// stored columns.
     pub computed: Option<&'static str>,
+    /// For a computed column that files written before it was computed store under its name:
+    /// a stored column that those files lack. In a file without that column, the stored one
+    /// is the column as read (and its key index answers for it).
+    pub stored_where_no: Option<&'static str>,
 }
 
 const fn col(name: &'static str, ty: ColumnType, nullable: bool, doc: &'static str) -> Column {
@@ -117,6 +121,7 @@ const fn col(name: &'static str, ty: ColumnType, nullable: bool, doc: &'static s
         nullable,
         doc,
         computed: None,
+        stored_where_no: None,
     }
 }
 
@@ -217,15 +222,18 @@ const END_TIME_SQL: &str =
 
 /// The resource's attributes: from the stored `resource` text (files of schema 3 on), else
 /// from the map files before stored. Each distinct text is decoded once per batch read.
-const RESOURCE_ATTRIBUTES: Column = computed(
-    col(
-        "resource_attributes",
-        StringMap,
-        true,
-        "all resource attributes, values as text",
-    ),
-    "pairs_map(resource, resource_attributes)",
-);
+const RESOURCE_ATTRIBUTES: Column = Column {
+    stored_where_no: Some("resource"),
+    ..computed(
+        col(
+            "resource_attributes",
+            StringMap,
+            true,
+            "all resource attributes, values as text",
+        ),
+        "pairs_map(resource, resource_attributes)",
+    )
+};
 
 /// What `RESOURCE_ATTRIBUTES` is computed from.
 const RESOURCE_STORED: &[Column] = &[
