@@ -135,7 +135,6 @@ impl TableProvider for StoreTable {
                 Some(exact) => answerable.push(Answerable {
                     exact,
                     otherwise: filter,
-                    prunes: true,
                 }),
                 None => inexact.push(filter),
             }
@@ -152,7 +151,6 @@ impl TableProvider for StoreTable {
                 Some(exact) => answerable.push(Answerable {
                     exact,
                     otherwise: over_stored,
-                    prunes: false,
                 }),
                 None => computed_filters.push(over_stored),
             }
@@ -182,7 +180,7 @@ impl TableProvider for StoreTable {
             pruning.extend(
                 unanswered
                     .iter()
-                    .filter(|filter| filter.prunes)
+                    .filter(|filter| self.prunes(&filter.otherwise))
                     .map(|filter| filter.otherwise.clone()),
             );
             let mut applied: Vec<&Expr> = unanswered.iter().map(|f| &f.otherwise).collect();
@@ -243,8 +241,6 @@ type Output = (Expr, &'static str);
 struct Answerable {
     exact: key_index::Exact,
     otherwise: Expr,
-    /// Whether `otherwise` may prune files (uses only columns stored as they are read).
-    prunes: bool,
 }
 
 impl StoreTable {
