@@ -32,6 +32,9 @@ pub enum Error {
     /// Writing Parquet or renaming files failed.
     #[error("storage error: {0}")]
     Storage(String),
+    /// Another process has the data directory open (see `owner`).
+    #[error("{0}")]
+    InUse(String),
 }
 
 /// `Result` with the collector's [`Error`].
@@ -50,7 +53,7 @@ impl Error {
             Error::TooLarge { .. } => 413,
             Error::Overloaded { .. } => 503,
             Error::ShuttingDown => 503,
-            Error::Storage(_) => 503,
+            Error::Storage(_) | Error::InUse(_) => 503,
         }
     }
 
@@ -63,7 +66,7 @@ impl Error {
             Error::TooLarge { .. } => tonic::Code::ResourceExhausted,
             Error::Overloaded { .. } => tonic::Code::Unavailable,
             Error::ShuttingDown => tonic::Code::Unavailable,
-            Error::Storage(_) => tonic::Code::Unavailable,
+            Error::Storage(_) | Error::InUse(_) => tonic::Code::Unavailable,
         }
     }
 
@@ -74,7 +77,8 @@ impl Error {
             Error::InvalidInput(_)
             | Error::UnsupportedMediaType(_)
             | Error::UnsupportedEncoding(_)
-            | Error::TooLarge { .. } => None,
+            | Error::TooLarge { .. }
+            | Error::InUse(_) => None,
         }
     }
 }

@@ -24,6 +24,7 @@ mod logs;
 pub mod metrics;
 pub mod otlp_grpc;
 pub mod otlp_http;
+mod owner;
 mod replay;
 mod requests;
 mod rows;
@@ -47,6 +48,7 @@ pub use buffer::Buffer;
 pub use compaction::{CLOSED_AFTER, MaintenanceReport};
 pub use error::{Error, RETRY_AFTER, Result};
 pub use logs::decode_logs;
+pub use owner::LOCK_FILE;
 pub use replay::ReplayReport;
 pub use requests::decode_requests;
 pub use spans::SpanDecoder;
@@ -196,12 +198,16 @@ pub struct Collector {
     flush_lock: Mutex<()>,
     flush_wanted: Notify,
     closed: CancellationToken,
+    /// Declared last, so dropped last: the directory is released once the WAL has stopped.
+    _owner: owner::Owner,
 }
 
 impl Collector {
-    /// Opens the store under `config.data_dir`: replays the WAL, then starts logging.
-    /// Blocking (it reads the log): call it before serving.
+    /// Opens the store under `config.data_dir`: claims the directory (see [`LOCK_FILE`]),
+    /// replays the WAL, then starts logging. Blocking (it reads the log): call it before
+    /// serving.
     pub fn open(config: Config) -> Result<(Self, ReplayReport)> {
+        let owner = owner::Owner::claim(&config.data_dir)?;
         let buffer = Arc::new(Buffer::new(config.max_buffer_rows, config.max_buffer_bytes));
         let report = replay::replay(&config.data_dir, &config.spans, &buffer)?;
         let wal = wal::Wal::start(
@@ -219,6 +225,7 @@ impl Collector {
             flush_lock: Mutex::new(()),
             flush_wanted: Notify::new(),
             closed: CancellationToken::new(),
+            _owner: owner,
         };
         Ok((collector, report))
     }

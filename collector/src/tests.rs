@@ -138,6 +138,28 @@ fn replay_after_a_crash_between_publish_and_release_restores_each_row_once() {
 }
 
 #[test]
+fn a_directory_has_one_collector_at_a_time() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (first, _) = Collector::open(config(tmp.path())).unwrap();
+    first.ingest_traces(request(0, &[BASE_NS])).unwrap();
+    let refused = Collector::open(config(tmp.path())).unwrap_err().to_string();
+    let expected = format!(
+        "data directory {} is in use by another apiscope (pid {})",
+        tmp.path().display(),
+        std::process::id()
+    );
+    assert!(refused.starts_with(&expected), "{refused}");
+    assert_eq!(first.buffer().rows(), 1, "the refused open touched nothing");
+
+    drop(first);
+    let (_, report) = Collector::open(config(tmp.path())).unwrap();
+    assert_eq!(
+        report.rows_restored, 1,
+        "the next one replays what the first logged"
+    );
+}
+
+#[test]
 fn a_clean_flush_releases_the_log_and_a_reopen_restores_nothing() {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let tmp = tempfile::tempdir().unwrap();

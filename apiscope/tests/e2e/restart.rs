@@ -1,9 +1,13 @@
 //! A restart serves everything acknowledged before a clean shutdown; rows land in the
 //! partition of their own time, however late or early they arrive.
 
+use std::io::Read;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
 use serde_json::json;
 
-use crate::daemon::Daemon;
+use crate::daemon::{Daemon, binary};
 use crate::now_ns;
 use crate::otlp_json::{hex_id, post, span, traces};
 
@@ -101,4 +105,71 @@ fn restart_serves_the_same_answers_and_late_rows_land_in_their_hour() {
     let future = "SELECT count(*) FROM spans WHERE time > now() + interval '1 hour'";
     assert_eq!(daemon.count(future), 5);
     daemon.stop();
+}
+
+/// A second daemon started over a directory another one still has (the first draining its
+/// buffer after SIGTERM, say) would replay and store that one's rows a second time.
+#[test]
+fn a_second_daemon_over_the_same_data_directory_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let now = now_ns();
+    let batch = |first: u64| {
+        let spans: Vec<_> = (first..first + 5)
+            .map(|i| span(&hex_id(i, 16), &hex_id(i, 8), "GET", 2, now, 10, json!([])))
+            .collect();
+        serde_json::to_vec(&traces("owner", spans)).unwrap()
+    };
+    let first = Daemon::start(dir.path());
+    let (status, _) = post(&first, "/v1/traces", "application/json", None, batch(1));
+    assert_eq!(status, 200);
+
+    let mut second = std::process::Command::new(binary())
+        .arg("serve")
+        .arg("--data-dir")
+        .arg(dir.path())
+        .args([
+            "--otlp-grpc-addr",
+            "127.0.0.1:0",
+            "--otlp-http-addr",
+            "127.0.0.1:0",
+        ])
+        .args(["--http-addr", "127.0.0.1:0", "--pg-addr", "127.0.0.1:0"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let exit = loop {
+        if let Some(exit) = second.try_wait().unwrap() {
+            break exit;
+        }
+        if Instant::now() > deadline {
+            second.kill().unwrap();
+            second.wait().unwrap();
+            panic!("a second daemon is serving the same data directory");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut stderr = String::new();
+    second
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    assert!(!exit.success(), "{stderr}");
+    let expected = format!("is in use by another apiscope (pid {})", first.pid());
+    assert!(stderr.contains(&expected), "{stderr}");
+
+    // The first goes on as if nothing happened, and once it has stopped the directory is
+    // free again, with every row once.
+    let (status, _) = post(&first, "/v1/traces", "application/json", None, batch(6));
+    assert_eq!(status, 200);
+    first.stop();
+    let next = Daemon::start(dir.path());
+    let once = "SELECT count(*) AS n FROM spans WHERE span_id IN \
+                (SELECT span_id FROM spans GROUP BY span_id HAVING count(*) = 1)";
+    assert_eq!(next.count("SELECT count(*) FROM spans"), 10);
+    assert_eq!(next.count(once), 10);
+    next.stop();
 }
