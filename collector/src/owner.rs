@@ -7,10 +7,11 @@
 //! claims the directory with an exclusive lock on `apiscope.lock` in it, held until the
 //! collector is dropped. The kernel releases the lock when the process ends however it
 //! ends, so a daemon killed with SIGKILL leaves nothing stale behind; the file only tells
-//! a refused daemon which process holds the directory.
+//! a refused daemon which process holds the directory. On a filesystem without locks the
+//! collector warns and goes on unguarded.
 
 use std::fs::{File, OpenOptions, TryLockError};
-use std::io::{Read, Write};
+use std::io::{ErrorKind, Read, Write};
 use std::path::Path;
 
 use crate::error::{Error, Result};
@@ -53,6 +54,15 @@ impl Owner {
                     "data directory {} is in use by {holder}: stop it first, or give this one another data directory",
                     data_dir.display()
                 )));
+            }
+            // Some network and FUSE filesystems have no locks: refusing to start there
+            // would be worse than the risk the lock guards against.
+            Err(TryLockError::Error(error)) if error.kind() == ErrorKind::Unsupported => {
+                tracing::warn!(
+                    dir = %data_dir.display(),
+                    %error,
+                    "the data directory cannot be locked; make sure no other apiscope uses it"
+                );
             }
             Err(TryLockError::Error(error)) => return Err(cannot(error)),
         }
