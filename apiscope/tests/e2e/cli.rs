@@ -4,7 +4,7 @@ use std::process::Command;
 
 use serde_json::json;
 
-use crate::daemon::{Daemon, binary, http};
+use crate::daemon::{Daemon, binary, http, serve};
 use crate::now_ns;
 use crate::otlp_json::{hex_id, post, span, traces};
 
@@ -183,16 +183,8 @@ fn json_logs_and_readiness() {
     use std::process::Stdio;
 
     let dir = tempfile::tempdir().unwrap();
-    let mut child = Command::new(binary())
-        .args(["serve", "--log-format", "json", "--data-dir"])
-        .arg(dir.path())
-        .args([
-            "--otlp-grpc-addr",
-            "127.0.0.1:0",
-            "--otlp-http-addr",
-            "127.0.0.1:0",
-        ])
-        .args(["--http-addr", "127.0.0.1:0", "--pg-addr", "127.0.0.1:0"])
+    let mut child = serve(dir.path())
+        .args(["--log-format", "json"])
         .stderr(Stdio::piped())
         .stdout(Stdio::null())
         .spawn()

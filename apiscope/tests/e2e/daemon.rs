@@ -24,6 +24,20 @@ pub(crate) fn binary() -> &'static str {
     env!("CARGO_BIN_EXE_apiscope")
 }
 
+/// `apiscope serve` over `data_dir`, every listener on a free loopback port.
+pub(crate) fn serve(data_dir: &Path) -> Command {
+    let mut command = Command::new(binary());
+    command
+        .arg("serve")
+        .arg("--data-dir")
+        .arg(data_dir)
+        .args(["--otlp-grpc-addr", "127.0.0.1:0"])
+        .args(["--otlp-http-addr", "127.0.0.1:0"])
+        .args(["--http-addr", "127.0.0.1:0"])
+        .args(["--pg-addr", "127.0.0.1:0"]);
+    command
+}
+
 impl Daemon {
     /// Starts a daemon over `data_dir` with a short flush interval.
     pub(crate) fn start(data_dir: &Path) -> Daemon {
@@ -35,14 +49,7 @@ impl Daemon {
         // The tests' HTTP clients, and the OTLP exporters', leave the TLS provider to the
         // program, so that a test run alone builds them as well as one run with the others.
         let _ = rustls::crypto::ring::default_provider().install_default();
-        let mut child = Command::new(binary())
-            .arg("serve")
-            .arg("--data-dir")
-            .arg(data_dir)
-            .args(["--otlp-grpc-addr", "127.0.0.1:0"])
-            .args(["--otlp-http-addr", "127.0.0.1:0"])
-            .args(["--http-addr", "127.0.0.1:0"])
-            .args(["--pg-addr", "127.0.0.1:0"])
+        let mut child = serve(data_dir)
             .args(extra)
             .env("APISCOPE_FLUSH_INTERVAL", "1s")
             .env("APISCOPE_LOG", "info")

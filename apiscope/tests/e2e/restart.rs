@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use crate::daemon::{Daemon, binary};
+use crate::daemon::{Daemon, serve};
 use crate::now_ns;
 use crate::otlp_json::{hex_id, post, span, traces};
 
@@ -123,17 +123,7 @@ fn a_second_daemon_over_the_same_data_directory_is_refused() {
     let (status, _) = post(&first, "/v1/traces", "application/json", None, batch(1));
     assert_eq!(status, 200);
 
-    let mut second = std::process::Command::new(binary())
-        .arg("serve")
-        .arg("--data-dir")
-        .arg(dir.path())
-        .args([
-            "--otlp-grpc-addr",
-            "127.0.0.1:0",
-            "--otlp-http-addr",
-            "127.0.0.1:0",
-        ])
-        .args(["--http-addr", "127.0.0.1:0", "--pg-addr", "127.0.0.1:0"])
+    let mut second = serve(dir.path())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
