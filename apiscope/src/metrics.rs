@@ -35,6 +35,8 @@ pub(crate) fn install() -> Result<PrometheusHandle> {
         "version" => env!("CARGO_PKG_VERSION"),
     )
     .set(1.0);
+    // Set by the query engine when a file does not read; there from the start, for alerts.
+    metrics::gauge!("apiscope_unreadable_files").set(0.0);
     Ok(handle)
 }
 

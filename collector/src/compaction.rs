@@ -131,29 +131,55 @@ impl Collector {
     }
 
     /// Merges the small live files of one closed partition, in groups of at most
-    /// [`MAX_INPUT_BYTES`]; returns how many files it replaced.
+    /// [`MAX_INPUT_BYTES`]; returns how many files it replaced. Files that cannot be read are
+    /// left as they are.
     fn compact(&self, table: &'static Table, dir: &Path) -> Result<usize> {
+        let unreadable = self
+            .unreadable
+            .lock()
+            .expect("unreadable files lock")
+            .clone();
         let mut live = Vec::new();
         for file in schemas::live_files(dir).map_err(storage)? {
+            if unreadable.contains(&file) {
+                continue;
+            }
             let bytes = std::fs::metadata(&file).map_err(storage)?.len();
             live.push((file, bytes));
         }
         let mut replaced = 0;
         for inputs in groups(live) {
-            self.merge(table, dir, &inputs)?;
-            replaced += inputs.len();
+            if self.merge(table, dir, &inputs)? {
+                replaced += inputs.len();
+            }
         }
         Ok(replaced)
     }
 
-    /// Replaces `inputs` by one file holding their rows, sorted.
-    fn merge(&self, table: &'static Table, dir: &Path, inputs: &[PathBuf]) -> Result<()> {
+    /// Replaces `inputs` by one file holding their rows, sorted. Merges nothing when one of
+    /// them cannot be read: that one is reported and left out from then on, and the others
+    /// are merged by the next pass.
+    fn merge(&self, table: &'static Table, dir: &Path, inputs: &[PathBuf]) -> Result<bool> {
         let schema = table.stored_schema();
         let mut batches = Vec::new();
         let mut through = 0;
         for input in inputs {
             through = through.max(writer::covered_seq(input).unwrap_or(0));
-            batches.extend(read_conformed(input, &schema)?);
+            match read_conformed(input, &schema) {
+                Ok(read) => batches.extend(read),
+                Err(error) => {
+                    tracing::error!(
+                        file = %input.display(),
+                        %error,
+                        "this Parquet file cannot be read and is left out of compaction; restore it, or move it out of the data directory"
+                    );
+                    self.unreadable
+                        .lock()
+                        .expect("unreadable files lock")
+                        .insert(input.clone());
+                    return Ok(false);
+                }
+            }
         }
         let staged = self.writer.stage(table, &batches, through)?;
         drop(batches);
@@ -177,7 +203,7 @@ impl Collector {
             return Err(error);
         }
         tracing::debug!(partition = %dir.display(), files = inputs.len(), rows = output.rows, "compacted");
-        Ok(())
+        Ok(true)
     }
 }
 

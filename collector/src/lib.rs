@@ -198,6 +198,8 @@ pub struct Collector {
     flush_lock: Mutex<()>,
     flush_wanted: Notify,
     closed: CancellationToken,
+    /// Data files compaction found it cannot read, left as they are from then on.
+    unreadable: std::sync::Mutex<std::collections::HashSet<std::path::PathBuf>>,
     /// Declared last, so dropped last: the directory is released once the WAL has stopped.
     _owner: owner::Owner,
 }
@@ -225,6 +227,7 @@ impl Collector {
             flush_lock: Mutex::new(()),
             flush_wanted: Notify::new(),
             closed: CancellationToken::new(),
+            unreadable: std::sync::Mutex::default(),
             _owner: owner,
         };
         Ok((collector, report))

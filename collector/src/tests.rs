@@ -349,6 +349,53 @@ fn compaction_merges_a_closed_hour_atomically_and_retention_drops_old_hours() {
     );
 }
 
+#[test]
+fn a_file_that_cannot_be_read_is_left_as_it_is_and_the_rest_is_compacted() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let (collector, _) = Collector::open(config(tmp.path())).unwrap();
+    let collector = Arc::new(collector);
+    // Three flushes into one hour, two into the next.
+    for (round, start) in [0, 0, 0, HOUR_NS, HOUR_NS].into_iter().enumerate() {
+        let round = round as u64;
+        collector
+            .ingest_traces(request(round * 10, &[BASE_NS + start + round]))
+            .unwrap();
+        runtime.block_on(collector.flush()).unwrap();
+    }
+    let first = schemas::partition_dir(tmp.path(), "spans", BASE_NS as i64);
+    let second = schemas::partition_dir(tmp.path(), "spans", (BASE_NS + HOUR_NS) as i64);
+    let mut files = schemas::live_files(&first).unwrap();
+    files.sort();
+    let damaged = files[0].clone();
+    let length = std::fs::metadata(&damaged).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&damaged)
+        .unwrap()
+        .set_len(length / 2)
+        .unwrap();
+
+    // The damaged file's group is not merged, and the next hour is compacted all the same.
+    let closed = (BASE_NS + 3 * HOUR_NS) as i64 + CLOSED_AFTER.as_nanos() as i64;
+    let report = collector.maintain(closed).unwrap();
+    assert_eq!((report.compacted, report.files_replaced), (1, 2));
+    assert_eq!(schemas::live_files(&second).unwrap().len(), 1);
+
+    // The next pass merges the others and leaves the damaged file where it is.
+    let report = collector.maintain(closed).unwrap();
+    assert_eq!((report.compacted, report.files_replaced), (1, 2));
+    let mut live = schemas::live_files(&first).unwrap();
+    live.sort();
+    assert_eq!(live.len(), 2);
+    assert_eq!(live[0], damaged);
+    assert_eq!(count_rows(&live[1..]), 2);
+    assert_eq!(
+        collector.maintain(closed).unwrap(),
+        MaintenanceReport::default()
+    );
+}
+
 /// The rows of a Parquet file, whole.
 fn read_file(path: &Path) -> arrow::array::RecordBatch {
     let file = std::fs::File::open(path).unwrap();

@@ -66,7 +66,7 @@ impl Blooms {
         if let Some(filters) = self.cache.get(file) {
             return filters.may_hold(values);
         }
-        // A file that cannot be read is left to the scan to report.
+        // A file that cannot be read is left to `Footers::select`, which leaves it out.
         let Ok(groups) = read(file) else {
             return true;
         };

@@ -48,7 +48,7 @@ use schemas::{KEY_INDEX_KEY, KeyIndex};
 
 use crate::blooms::text;
 use crate::file_cache::FileCache;
-use crate::read_types;
+use crate::{read_types, unreadable};
 
 /// Bytes of footers' facts kept at most (an index is a few kilobytes a file).
 const BUDGET: usize = 64 << 20;
@@ -125,17 +125,19 @@ impl ScanFile {
 impl Footers {
     /// Each of `files` with the rows that may hold all of `keys` (all rows when there are no
     /// keys) and that pass the `exact` filters its index answers, without the files that have
-    /// no such rows. Reads the footers of files not seen before: blocking I/O.
+    /// no such rows, nor those whose footer cannot be read (see [`unreadable`]). Reads the
+    /// footers of files not seen before: blocking I/O.
     pub(crate) fn select(
         &self,
         files: Vec<PathBuf>,
         keys: &[Key],
         exact: &[Exact],
     ) -> Vec<ScanFile> {
+        unreadable::forget_gone();
         files
             .into_iter()
             .filter_map(|path| {
-                let footer = self.footer(&path);
+                let footer = self.footer(&path)?;
                 let read_as = footer.read_as.clone();
                 let mut answered = vec![false; exact.len()];
                 let Some(index) = footer.index.as_ref() else {
@@ -190,19 +192,24 @@ impl Footers {
             .collect()
     }
 
-    fn footer(&self, file: &Path) -> Arc<Footer> {
+    /// The footer facts of `file`; `None` when its footer cannot be read.
+    fn footer(&self, file: &Path) -> Option<Arc<Footer>> {
         if let Some(footer) = self.cache.get(file) {
-            return footer;
+            return Some(footer);
         }
-        // A file that cannot be read is left to the scan to report.
-        let Ok((mut footer, bytes)) = read(file) else {
-            return Arc::default();
+        let (mut footer, bytes) = match read(file) {
+            Ok(read) => read,
+            Err(error) => {
+                unreadable::report(file, &error);
+                return None;
+            }
         };
+        unreadable::recovered(file);
         footer.read_as = footer.read_as.take().map(|schema| self.shared(schema));
         footer.schema = footer.schema.take().map(|schema| self.shared(schema));
         let footer = Arc::new(footer);
         self.cache.insert(file, footer.clone(), bytes);
-        footer
+        Some(footer)
     }
 }
 

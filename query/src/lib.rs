@@ -27,6 +27,7 @@ mod read_types;
 mod rollups;
 mod source;
 mod table;
+mod unreadable;
 
 pub use engine::{CATALOG, Engine, QueryLimits, QueryOutput};
 pub use error::{Error, Result};

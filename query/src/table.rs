@@ -571,6 +571,45 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_file_whose_footer_cannot_be_read_is_left_out_until_it_reads() {
+        let store = Store::new();
+        let schema = schemas::SPANS.stored_schema();
+        let minute = 60_000_000_000;
+        let batch = |name: &str| {
+            with_columns(
+                spans(&schema, &[(name, store.hour + minute, 1_000_000)]),
+                vec![("span_kind", Arc::new(StringArray::from(vec!["server"])))],
+            )
+        };
+        store.write("a.parquet", &batch("a"), None);
+        let folder = schemas::partition_dir(store.dir.path(), "spans", store.hour);
+        // Cut off before its footer, as by a copy that did not finish.
+        std::fs::write(folder.join("b.parquet"), b"PAR1 and no more").unwrap();
+        let engine = store.engine().await;
+        let calls = "SELECT (SELECT count(*) FROM spans) AS spans, \
+                     (SELECT sum(calls) FROM endpoint_stats('2000-01-01T00:00:00Z', \
+                      '2100-01-01T00:00:00Z')) AS calls";
+        let answer = |engine: crate::Engine| async move {
+            let output = engine.query(calls).await.unwrap();
+            crate::to_json(&output).unwrap()["rows"].clone()
+        };
+        assert_eq!(answer(engine.clone()).await, serde_json::json!([[1, 1]]));
+        assert_eq!(
+            engine.roll_up().await.unwrap().written,
+            1,
+            "a's rollup only"
+        );
+
+        store.write("b.parquet", &batch("b"), None);
+        assert_eq!(answer(engine.clone()).await, serde_json::json!([[2, 2]]));
+        assert_eq!(
+            engine.roll_up().await.unwrap().written,
+            1,
+            "b's rollup, once restored"
+        );
+    }
+
+    #[tokio::test]
     async fn windows_end_at_the_now_of_the_statement_as_it_runs() {
         // DataFusion fixes `now()` when a statement starts running, after the table functions
         // were planned (as `SessionContext::execute_logical_plan` does): here two hours apart.

@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 
 use crate::daemon::{Daemon, http};
 use crate::now_ns;
-use crate::otlp_json::{hex_id, post, span, traces};
+use crate::otlp_json::{hex_id, load_request, post, span, traces};
 use crate::pg::runtime;
 use crate::python_sdk::{here, python};
 
@@ -323,4 +323,106 @@ fn parquet_on_disk(dir: &std::path::Path) -> (u64, u64) {
         }
     }
     found
+}
+
+/// The data files of a table's folder, sorted by name within their hour.
+fn data_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.file_name().unwrap().to_string_lossy().starts_with('.') {
+            continue;
+        }
+        if path.is_dir() {
+            files.extend(data_files(&path));
+        } else if path.extension().is_some_and(|e| e == "parquet") {
+            files.push(path);
+        }
+    }
+    files.sort();
+    files
+}
+
+#[test]
+fn a_file_that_cannot_be_read_is_left_out_logged_and_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let spans_dir = dir.path().join("spans");
+    let batch = |n: u64, service: &str| load_request(service, 0, n, 5).1;
+    let daemon = Daemon::start(dir.path());
+    let (status, _) = post(
+        &daemon,
+        "/v1/traces",
+        "application/json",
+        None,
+        batch(1, "truncated"),
+    );
+    assert_eq!(status, 200);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while parquet_on_disk(&spans_dir).0 == 0 {
+        assert!(Instant::now() < deadline, "no flush within 30 s");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (status, _) = post(
+        &daemon,
+        "/v1/traces",
+        "application/json",
+        None,
+        batch(2, "intact"),
+    );
+    assert_eq!(status, 200);
+    let key = ("apiscope_unreadable_files".to_owned(), String::new());
+    assert_eq!(
+        Scrape::of(&daemon).0.get(&key),
+        Some(&0.0),
+        "there from the start"
+    );
+    daemon.stop();
+    let files = data_files(&spans_dir);
+    assert_eq!(files.len(), 2, "{files:?}");
+    // Named by log sequence: the first file holds the first request. Cut off as by a copy
+    // that did not finish.
+    let truncated = &files[0];
+    let length = truncated.metadata().unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(truncated)
+        .unwrap()
+        .set_len(length / 2)
+        .unwrap();
+
+    let daemon = Daemon::start(dir.path());
+    for _ in 0..3 {
+        assert_eq!(daemon.count("SELECT count(*) FROM spans"), 5);
+    }
+    assert_eq!(
+        daemon.rows("SELECT DISTINCT service_name FROM spans"),
+        vec![vec![json!("intact")]]
+    );
+    let (status, answer) = daemon.try_query("SELECT endpoint, calls FROM endpoint_stats()");
+    assert_eq!(status, 200, "{answer}");
+    let name = truncated
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .into_owned();
+    let reported: Vec<_> = daemon
+        .log()
+        .into_iter()
+        .filter(|line| line.contains(&name))
+        .collect();
+    assert_eq!(reported.len(), 1, "logged once: {reported:?}");
+    assert!(reported[0].contains("left out of queries"), "{reported:?}");
+    assert_eq!(
+        Scrape::of(&daemon).get("apiscope_unreadable_files", ""),
+        1.0
+    );
+
+    // Moved out of the data directory, it is no longer counted.
+    std::fs::rename(truncated, dir.path().join(&name)).unwrap();
+    assert_eq!(daemon.count("SELECT count(*) FROM spans"), 5);
+    assert_eq!(
+        Scrape::of(&daemon).get("apiscope_unreadable_files", ""),
+        0.0
+    );
+    daemon.stop();
 }

@@ -9,7 +9,7 @@ use serde_json::json;
 
 use crate::daemon::{Daemon, serve};
 use crate::now_ns;
-use crate::otlp_json::{hex_id, post, span, traces};
+use crate::otlp_json::{hex_id, load_request, post, span, traces};
 
 const HOUR_NS: i64 = 3_600_000_000_000;
 
@@ -112,13 +112,7 @@ fn restart_serves_the_same_answers_and_late_rows_land_in_their_hour() {
 #[test]
 fn a_second_daemon_over_the_same_data_directory_is_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let now = now_ns();
-    let batch = |first: u64| {
-        let spans: Vec<_> = (first..first + 5)
-            .map(|i| span(&hex_id(i, 16), &hex_id(i, 8), "GET", 2, now, 10, json!([])))
-            .collect();
-        serde_json::to_vec(&traces("owner", spans)).unwrap()
-    };
+    let batch = |n: u64| load_request("owner", 0, n, 5).1;
     let first = Daemon::start(dir.path());
     let (status, _) = post(&first, "/v1/traces", "application/json", None, batch(1));
     assert_eq!(status, 200);
@@ -153,7 +147,7 @@ fn a_second_daemon_over_the_same_data_directory_is_refused() {
 
     // The first goes on as if nothing happened, and once it has stopped the directory is
     // free again, with every row once.
-    let (status, _) = post(&first, "/v1/traces", "application/json", None, batch(6));
+    let (status, _) = post(&first, "/v1/traces", "application/json", None, batch(2));
     assert_eq!(status, 200);
     first.stop();
     let next = Daemon::start(dir.path());
