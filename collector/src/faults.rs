@@ -1,5 +1,5 @@
-//! Fault injection at the file operations that decide durability: WAL write, WAL sync and
-//! the rename that publishes a flushed file. In test builds, a test can make the next
+//! Fault injection at the file operations that decide durability (WAL write, WAL sync and
+//! the rename that publishes a flushed file), and at writing the lock file's pid. In test builds, a test can make the next
 //! operations under a folder fail; in other builds every check is a no-op.
 
 /// A file operation that can be made to fail.
@@ -8,6 +8,7 @@ pub(crate) enum Point {
     WalWrite,
     WalSync,
     Rename,
+    LockWrite,
 }
 
 /// Fails if a test asked `point` to fail for files under a folder holding `path`.

@@ -15,6 +15,7 @@ use std::io::{ErrorKind, Read, Write};
 use std::path::Path;
 
 use crate::error::{Error, Result};
+use crate::faults::{self, Point};
 
 /// The lock file's name, in the data directory.
 pub const LOCK_FILE: &str = "apiscope.lock";
@@ -66,8 +67,14 @@ impl Owner {
             }
             Err(TryLockError::Error(error)) => return Err(cannot(error)),
         }
-        file.set_len(0).map_err(cannot)?;
-        writeln!(file, "{}", std::process::id()).map_err(cannot)?;
+        // Only a hint for a refused daemon: a full disk must not keep this one from starting
+        // (it serves queries, and takes data again once there is room).
+        let pid = faults::check(Point::LockWrite, data_dir)
+            .and_then(|()| file.set_len(0))
+            .and_then(|()| writeln!(file, "{}", std::process::id()));
+        if let Err(error) = pid {
+            tracing::warn!(dir = %data_dir.display(), %error, "cannot write this process's id into the lock file");
+        }
         Ok(Self { _lock: file })
     }
 }

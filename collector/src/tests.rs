@@ -160,6 +160,21 @@ fn a_directory_has_one_collector_at_a_time() {
 }
 
 #[test]
+fn a_full_disk_does_not_keep_the_owner_from_starting() {
+    use crate::faults::{Point, fail_next};
+
+    let tmp = tempfile::tempdir().unwrap();
+    fail_next(Point::LockWrite, tmp.path(), 0, 1);
+    let (_first, _) = Collector::open(config(tmp.path())).unwrap();
+    // Without its pid, the refusal cannot say which process holds the directory.
+    let refused = Collector::open(config(tmp.path())).unwrap_err().to_string();
+    assert!(
+        refused.contains("is in use by another apiscope: stop it first"),
+        "{refused}"
+    );
+}
+
+#[test]
 fn a_clean_flush_releases_the_log_and_a_reopen_restores_nothing() {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let tmp = tempfile::tempdir().unwrap();
