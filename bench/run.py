@@ -328,7 +328,7 @@ def measure(binary, spans, work):
         if "apiscope raw" in texts:
             figures[f"apiscope raw {name} s"] = hot_median(lambda: daemon.query(texts["apiscope raw"]))
         figures[f"chdb {name} s"] = hot_median(lambda: ch.query(texts["chdb"], "CSV"))
-        figures[f"duckdb {name} s"] = hot_median(lambda: duck.execute(texts["duckdb"]).to_arrow_table())
+        figures[f"duckdb {name} s"] = hot_median(lambda: duck.sql(texts["duckdb"]).to_arrow_table())
     daemon.stop()
     ch.close()
     return figures
