@@ -143,6 +143,10 @@ pub(crate) struct ServeArgs {
     /// WAL bytes on disk past which ingest is refused until a flush [default: 4294967296].
     #[arg(long, env = "APISCOPE_MAX_WAL_BYTES")]
     max_wal_bytes: Option<u64>,
+    /// Free bytes on the data directory's disk under which ingest is refused, so that flushes
+    /// still have room; 0 turns the check off [default: 268435456].
+    #[arg(long, env = "APISCOPE_MIN_FREE_BYTES")]
+    min_free_bytes: Option<u64>,
     /// Hours older than this are dropped [default: 7d].
     #[arg(long, env = "APISCOPE_RETENTION", value_parser = parse_duration)]
     retention: Option<Duration>,
@@ -194,6 +198,7 @@ struct FileConfig {
     wal_sync_interval: Option<Duration>,
     max_buffer_bytes: Option<usize>,
     max_wal_bytes: Option<u64>,
+    min_free_bytes: Option<u64>,
     #[serde(default, deserialize_with = "de_duration")]
     retention: Option<Duration>,
     #[serde(default, deserialize_with = "de_duration")]
@@ -259,6 +264,9 @@ impl ServeArgs {
         }
         if let Some(bytes) = self.max_wal_bytes.or(file.max_wal_bytes) {
             collector.max_wal_bytes = bytes;
+        }
+        if let Some(bytes) = self.min_free_bytes.or(file.min_free_bytes) {
+            collector.min_free_bytes = bytes;
         }
         if let Some(retention) = self.retention.or(file.retention) {
             collector.retention = retention;

@@ -143,6 +143,9 @@ pub struct Config {
     pub max_buffer_bytes: usize,
     /// WAL bytes on disk before new requests are refused.
     pub max_wal_bytes: u64,
+    /// Free bytes on the data directory's disk under which new requests are refused, so that
+    /// flushes and compaction still have room and release the log.
+    pub min_free_bytes: u64,
     /// A flush starts early once this many rows wait.
     pub flush_rows: usize,
     /// A flush runs at least this often while rows wait.
@@ -166,6 +169,7 @@ impl Config {
             max_buffer_rows: 500_000,
             max_buffer_bytes: 512 * 1024 * 1024,
             max_wal_bytes: 4 * 1024 * 1024 * 1024,
+            min_free_bytes: 256 * 1024 * 1024,
             flush_rows: 200_000,
             flush_interval: Duration::from_secs(10),
             retention: Duration::from_secs(7 * 24 * 3600),
@@ -302,6 +306,20 @@ impl Collector {
                 what: format!("the write-ahead log holds {wal_bytes} bytes (max_wal_bytes)"),
             });
         }
+        // A full disk would leave no room for the flush that releases the log: the daemon
+        // could take nothing more until someone freed space. Refusing a little earlier lets
+        // the flushes go on, and ingest resumes by itself once they have released the log.
+        if let Some(free) = free_bytes(&self.config.data_dir)
+            && free < self.config.min_free_bytes
+        {
+            self.flush_wanted.notify_one();
+            return Err(Error::Overloaded {
+                what: format!(
+                    "the disk of the data directory has {free} bytes free, under min_free_bytes ({})",
+                    self.config.min_free_bytes
+                ),
+            });
+        }
         outcome.accepted = batch.num_rows();
         let (done, logged) = oneshot::channel();
         // The request as received (minus transport encoding) is what the WAL keeps: replay
@@ -412,6 +430,13 @@ impl Collector {
 
 fn now_ns() -> i64 {
     chrono::Utc::now().timestamp_nanos_opt().unwrap_or_default()
+}
+
+/// Bytes this process may still write on the filesystem holding `dir`; `None` when the
+/// filesystem does not say.
+fn free_bytes(dir: &std::path::Path) -> Option<u64> {
+    let stat = rustix::fs::statvfs(dir).ok()?;
+    Some(stat.f_bavail.saturating_mul(stat.f_frsize))
 }
 
 #[cfg(test)]

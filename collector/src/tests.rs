@@ -175,6 +175,60 @@ fn a_full_disk_does_not_keep_the_owner_from_starting() {
 }
 
 #[test]
+fn ingest_is_refused_retryably_under_the_free_space_floor() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut config = config(tmp.path());
+    config.min_free_bytes = u64::MAX;
+    let (collector, _) = Collector::open(config).unwrap();
+    let refused = collector.ingest_traces(request(0, &[BASE_NS])).unwrap_err();
+    assert!(refused.retry_after().is_some(), "{refused}");
+    assert_eq!(refused.http_status(), 503);
+    let message = refused.to_string();
+    assert!(
+        message.contains("bytes free, under min_free_bytes (18446744073709551615)"),
+        "{message}"
+    );
+    assert_eq!(collector.buffer().rows(), 0);
+    drop(collector);
+
+    let mut config = self::config(tmp.path());
+    config.min_free_bytes = 1;
+    let (collector, report) = Collector::open(config).unwrap();
+    assert_eq!(report.records, 0, "the refused request was not logged");
+    collector.ingest_traces(request(0, &[BASE_NS])).unwrap();
+    assert_eq!(collector.buffer().rows(), 1);
+}
+
+#[test]
+fn a_flushed_log_is_released_without_waiting_for_another_append() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let (collector, _) = Collector::open(config(tmp.path())).unwrap();
+    let collector = Arc::new(collector);
+    collector.ingest_traces(request(0, &[BASE_NS])).unwrap();
+    let segments = || {
+        std::fs::read_dir(tmp.path().join("wal"))
+            .unwrap()
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|e| e == "wal"))
+            .count()
+    };
+    assert_eq!(segments(), 1);
+    // No request comes after the flush (ingest may be refused for lack of disk space): the
+    // flushes that follow must still give the log's bytes back.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while segments() > 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the flushed segment is still on disk"
+        );
+        runtime.block_on(collector.flush()).unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(data_files(tmp.path()).len(), 1);
+}
+
+#[test]
 fn a_clean_flush_releases_the_log_and_a_reopen_restores_nothing() {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let tmp = tempfile::tempdir().unwrap();

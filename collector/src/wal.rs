@@ -59,6 +59,9 @@ impl Durability {
 /// Segments are closed past this size.
 pub(crate) const SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
 
+/// How long the writer waits for appends before it looks at what an idle log can do.
+const IDLE_TICK: Duration = Duration::from_millis(200);
+
 /// Requests waiting for the writer; past this the receivers refuse (retryably).
 const QUEUE_CAPACITY: usize = 1024;
 
@@ -299,20 +302,19 @@ struct Writer {
 
 impl Writer {
     fn run(mut self, receiver: Receiver<Append>) {
+        let idle = match self.durability {
+            Durability::Batch(interval) => interval,
+            _ => IDLE_TICK,
+        };
         loop {
-            let first = match self.durability {
-                Durability::Batch(interval) => match receiver.recv_timeout(interval) {
-                    Ok(append) => append,
-                    Err(RecvTimeoutError::Timeout) => {
-                        self.sync_if_due(interval);
-                        continue;
-                    }
-                    Err(RecvTimeoutError::Disconnected) => break,
-                },
-                _ => match receiver.recv() {
-                    Ok(append) => append,
-                    Err(_) => break,
-                },
+            let first = match receiver.recv_timeout(idle) {
+                Ok(append) => append,
+                Err(RecvTimeoutError::Timeout) => {
+                    self.sync_if_due(idle);
+                    self.close_if_released();
+                    continue;
+                }
+                Err(RecvTimeoutError::Disconnected) => break,
             };
             let mut group = vec![first];
             let mut group_bytes = group[0].payload.len();
@@ -462,6 +464,18 @@ impl Writer {
             },
         ));
         Ok(())
+    }
+
+    /// Closes the active segment once a flush has covered it, so that the next flush can
+    /// delete it without waiting for another append (none comes while ingest is refused for
+    /// lack of disk space, the very time its bytes are needed back).
+    fn close_if_released(&mut self) {
+        if !self.rotate.swap(false, Ordering::Relaxed) {
+            return;
+        }
+        if let Err(error) = self.close_segment() {
+            tracing::warn!(%error, "closing the WAL segment failed");
+        }
     }
 
     fn close_segment(&mut self) -> std::io::Result<()> {

@@ -160,3 +160,23 @@ fn gzip_bombs_are_refused_on_both_transports_with_flat_memory() {
     assert_eq!(status, 200);
     daemon.stop();
 }
+
+#[test]
+fn a_disk_under_the_free_space_floor_pauses_ingest_and_not_queries() {
+    let dir = tempfile::tempdir().unwrap();
+    let floor = u64::MAX.to_string();
+    let daemon = Daemon::start_with(dir.path(), &["--min-free-bytes", &floor]);
+    let (_, body) = load_request("floor", 0, 1, 5);
+    let response = http()
+        .post(format!("{}/v1/traces", daemon.otlp_http_endpoint()))
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 503);
+    assert!(response.headers().contains_key("retry-after"));
+    let text = response.text().unwrap();
+    assert!(text.contains("under min_free_bytes"), "{text}");
+    assert_eq!(daemon.count("SELECT count(*) FROM spans"), 0);
+    daemon.stop();
+}
