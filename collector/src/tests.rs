@@ -199,6 +199,15 @@ fn ingest_is_refused_retryably_under_the_free_space_floor() {
     assert_eq!(collector.buffer().rows(), 1);
 }
 
+/// The write-ahead log's segment files under `data_dir`.
+fn wal_segments(data_dir: &Path) -> Vec<std::path::PathBuf> {
+    std::fs::read_dir(data_dir.join("wal"))
+        .unwrap()
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "wal"))
+        .collect()
+}
+
 #[test]
 fn a_flushed_log_is_released_without_waiting_for_another_append() {
     let runtime = tokio::runtime::Runtime::new().unwrap();
@@ -206,13 +215,7 @@ fn a_flushed_log_is_released_without_waiting_for_another_append() {
     let (collector, _) = Collector::open(config(tmp.path())).unwrap();
     let collector = Arc::new(collector);
     collector.ingest_traces(request(0, &[BASE_NS])).unwrap();
-    let segments = || {
-        std::fs::read_dir(tmp.path().join("wal"))
-            .unwrap()
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.extension().is_some_and(|e| e == "wal"))
-            .count()
-    };
+    let segments = || wal_segments(tmp.path()).len();
     assert_eq!(segments(), 1);
     // No request comes after the flush (ingest may be refused for lack of disk space): the
     // flushes that follow must still give the log's bytes back.
@@ -244,11 +247,7 @@ fn a_clean_flush_releases_the_log_and_a_reopen_restores_nothing() {
         stop.cancel();
         runtime.block_on(collector.clone().run_flusher(stop));
     }
-    let segments: Vec<_> = std::fs::read_dir(tmp.path().join("wal"))
-        .unwrap()
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|e| e == "wal"))
-        .collect();
+    let segments = wal_segments(tmp.path());
     assert!(
         segments.is_empty(),
         "released after the final flush: {segments:?}"
