@@ -5,9 +5,47 @@
 //! Names follow the OpenTelemetry Collector's own metrics (`otelcol_receiver_accepted_spans`
 //! becomes `apiscope_receiver_accepted_spans_total`).
 
-use std::time::Instant;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use crate::Error;
+
+/// Retryable refusals come in floods (every sender retries while the daemon is at a limit,
+/// a full disk say): they are logged at most once per this interval, each line saying how
+/// many went unlogged before it. The metrics count every one.
+const FLOOD_LOG_EVERY: Duration = Duration::from_secs(10);
+
+static RETRYABLE_LOG: Mutex<Throttle> = Mutex::new(Throttle::new());
+
+/// A log line repeated in floods, kept to one per [`FLOOD_LOG_EVERY`]: when one was last
+/// logged, and the occurrences not logged since.
+#[derive(Debug)]
+pub(crate) struct Throttle {
+    last: Option<Instant>,
+    unlogged: u64,
+}
+
+impl Throttle {
+    pub(crate) const fn new() -> Self {
+        Self {
+            last: None,
+            unlogged: 0,
+        }
+    }
+
+    /// Whether an occurrence at `now` is logged: with how many went unlogged before it.
+    pub(crate) fn admit(&mut self, now: Instant) -> Option<u64> {
+        if self
+            .last
+            .is_some_and(|last| now.duration_since(last) < FLOOD_LOG_EVERY)
+        {
+            self.unlogged += 1;
+            return None;
+        }
+        self.last = Some(now);
+        Some(std::mem::take(&mut self.unlogged))
+    }
+}
 
 /// What a receiver takes in: the metric names' item word and the `receiver` label.
 #[derive(Debug, Clone, Copy)]
@@ -52,16 +90,28 @@ pub(crate) fn received(
         Err(_) => ("failed", 0, 0, count),
     };
     if let Err(error) = result {
-        // One line per refused request, with its reason.
-        tracing::warn!(
-            receiver = items.receiver,
-            transport,
-            signal = items.name,
-            items = count,
-            retryable = error.retry_after().is_some(),
-            reason = %error,
-            "request refused"
-        );
+        // A line per request refused for good, with its reason; retryable ones throttled.
+        let retryable = error.retry_after().is_some();
+        let unlogged = if retryable {
+            RETRYABLE_LOG
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .admit(Instant::now())
+        } else {
+            Some(0)
+        };
+        if let Some(unlogged) = unlogged {
+            tracing::warn!(
+                receiver = items.receiver,
+                transport,
+                signal = items.name,
+                items = count,
+                retryable,
+                retryable_refusals_not_logged = unlogged,
+                reason = %error,
+                "request refused"
+            );
+        }
     }
     for (what, value) in [
         ("accepted", accepted),
@@ -89,4 +139,22 @@ pub(crate) fn received(
         "signal" => items.name
     )
     .record(started.elapsed().as_secs_f64());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retryable_refusals_are_logged_once_an_interval_with_the_count_of_the_others() {
+        let mut throttle = Throttle::new();
+        let start = Instant::now();
+        let at = |seconds: u64| start + Duration::from_secs(seconds);
+        assert_eq!(throttle.admit(at(0)), Some(0));
+        assert_eq!(throttle.admit(at(1)), None);
+        assert_eq!(throttle.admit(at(9)), None);
+        assert_eq!(throttle.admit(at(10)), Some(2));
+        assert_eq!(throttle.admit(at(11)), None);
+        assert_eq!(throttle.admit(at(30)), Some(1));
+    }
 }

@@ -29,6 +29,7 @@ pub(crate) use record::Kind;
 use crate::buffer::Buffer;
 use crate::error::{Error, Result};
 use crate::faults::{self, Point};
+use crate::metrics::Throttle;
 
 /// When an acknowledged request is on disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -193,6 +194,7 @@ impl Wal {
             bytes_on_disk: bytes_on_disk.clone(),
             buffer,
             unsynced_since: None,
+            failures_log: Throttle::new(),
         };
         if durability != Durability::None {
             writer.open_segment().map_err(storage)?;
@@ -298,6 +300,8 @@ struct Writer {
     bytes_on_disk: Arc<AtomicU64>,
     buffer: Arc<Buffer>,
     unsynced_since: Option<Instant>,
+    /// Failed writes come one per group while the disk is full.
+    failures_log: Throttle,
 }
 
 impl Writer {
@@ -341,7 +345,9 @@ impl Writer {
         if self.durability != Durability::None
             && let Err(error) = self.log(first_seq, &group)
         {
-            tracing::warn!(%error, requests = group.len(), "WAL write failed; requests refused");
+            if let Some(unlogged) = self.failures_log.admit(Instant::now()) {
+                tracing::warn!(%error, requests = group.len(), failures_not_logged = unlogged, "WAL write failed; requests refused");
+            }
             fail_all(group, &error);
             return;
         }
