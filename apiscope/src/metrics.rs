@@ -3,7 +3,8 @@
 //!
 //! The collector and the query engine count through the `metrics` facade; this module
 //! installs the Prometheus recorder, and at each scrape sets the gauges that are cheaper to
-//! read than to track: buffered rows and Parquet files and bytes per table.
+//! read than to track: buffered rows, Parquet files and bytes per table, and the free bytes
+//! of the data directory's disk.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -73,8 +74,11 @@ async fn scrape(State(scrape): State<Scrape>) -> impl IntoResponse {
     )
 }
 
-/// Parquet files holding live rows, and their bytes, per table.
+/// Parquet files holding live rows, and their bytes, per table; the disk's free bytes.
 fn store_gauges(data_dir: &std::path::Path) {
+    if let Some(free) = collector::free_bytes(data_dir) {
+        metrics::gauge!("apiscope_data_dir_free_bytes").set(free as f64);
+    }
     for table in schemas::TABLES {
         let files = query::list_files(data_dir, table, query::TimeRange::default());
         let Ok(files) = files else {

@@ -434,7 +434,7 @@ fn now_ns() -> i64 {
 
 /// Bytes this process may still write on the filesystem holding `dir`; `None` when the
 /// filesystem does not say.
-fn free_bytes(dir: &std::path::Path) -> Option<u64> {
+pub fn free_bytes(dir: &std::path::Path) -> Option<u64> {
     let stat = rustix::fs::statvfs(dir).ok()?;
     Some(stat.f_bavail.saturating_mul(stat.f_frsize))
 }

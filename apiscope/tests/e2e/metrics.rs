@@ -268,6 +268,23 @@ fn metrics_count_what_was_sent() {
         ),
         1.0
     );
+    // Free bytes, as Python's os.statvfs sees them; other tests write meanwhile.
+    let statvfs = Command::new(python())
+        .arg("-c")
+        .arg("import os, sys; s = os.statvfs(sys.argv[1]); print(s.f_bavail * s.f_frsize)")
+        .arg(&data)
+        .output()
+        .unwrap();
+    let free: f64 = String::from_utf8(statvfs.stdout)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let reported = scrape.get("apiscope_data_dir_free_bytes", "");
+    assert!(
+        (reported - free).abs() < 256.0 * 1024.0 * 1024.0,
+        "{reported} against {free}"
+    );
 
     // Queries by outcome, counted between two scrapes.
     let before = Scrape::of(&daemon);
