@@ -48,6 +48,7 @@ pub use buffer::Buffer;
 pub use compaction::{CLOSED_AFTER, MaintenanceReport};
 pub use error::{Error, RETRY_AFTER, Result};
 pub use logs::decode_logs;
+pub use metrics::Throttle;
 pub use owner::LOCK_FILE;
 pub use replay::ReplayReport;
 pub use requests::decode_requests;
@@ -214,6 +215,12 @@ impl Collector {
     /// serving.
     pub fn open(config: Config) -> Result<(Self, ReplayReport)> {
         let owner = owner::Owner::claim(&config.data_dir)?;
+        if config.min_free_bytes > 0 && free_bytes(&config.data_dir).is_none() {
+            tracing::warn!(
+                data_dir = %config.data_dir.display(),
+                "the filesystem of the data directory reports no size: min_free_bytes cannot be checked, and ingest is not paused for a full disk"
+            );
+        }
         let buffer = Arc::new(Buffer::new(config.max_buffer_rows, config.max_buffer_bytes));
         let report = replay::replay(&config.data_dir, &config.spans, &buffer)?;
         let wal = wal::Wal::start(
@@ -436,8 +443,27 @@ fn now_ns() -> i64 {
 /// filesystem does not say.
 pub fn free_bytes(dir: &std::path::Path) -> Option<u64> {
     let stat = rustix::fs::statvfs(dir).ok()?;
-    Some(stat.f_bavail.saturating_mul(stat.f_frsize))
+    free_of(stat.f_blocks, stat.f_bavail, stat.f_frsize)
+}
+
+/// The free bytes a `statvfs` reports. A filesystem that reports no size at all (0 blocks
+/// in total, as some FUSE filesystems do) says nothing about its free space: it is not full.
+fn free_of(blocks: u64, available_blocks: u64, block_size: u64) -> Option<u64> {
+    if blocks == 0 {
+        return None;
+    }
+    Some(available_blocks.saturating_mul(block_size))
 }
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod free_space_tests {
+    #[test]
+    fn a_filesystem_that_reports_no_size_is_not_full() {
+        assert_eq!(super::free_of(0, 0, 4096), None);
+        assert_eq!(super::free_of(100, 0, 4096), Some(0));
+        assert_eq!(super::free_of(100, 10, 4096), Some(40960));
+    }
+}
