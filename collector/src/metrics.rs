@@ -20,13 +20,14 @@ static RETRYABLE_LOG: Mutex<Throttle> = Mutex::new(Throttle::new());
 /// A log line repeated in floods, kept to one per [`FLOOD_LOG_EVERY`]: when one was last
 /// logged, and the occurrences not logged since.
 #[derive(Debug)]
-pub(crate) struct Throttle {
+pub struct Throttle {
     last: Option<Instant>,
     unlogged: u64,
 }
 
 impl Throttle {
-    pub(crate) const fn new() -> Self {
+    /// Nothing logged yet.
+    pub const fn new() -> Self {
         Self {
             last: None,
             unlogged: 0,
@@ -34,7 +35,7 @@ impl Throttle {
     }
 
     /// Whether an occurrence at `now` is logged: with how many went unlogged before it.
-    pub(crate) fn admit(&mut self, now: Instant) -> Option<u64> {
+    pub fn admit(&mut self, now: Instant) -> Option<u64> {
         if self
             .last
             .is_some_and(|last| now.duration_since(last) < FLOOD_LOG_EVERY)
@@ -44,6 +45,12 @@ impl Throttle {
         }
         self.last = Some(now);
         Some(std::mem::take(&mut self.unlogged))
+    }
+}
+
+impl Default for Throttle {
+    fn default() -> Self {
+        Self::new()
     }
 }
 
