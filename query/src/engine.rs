@@ -43,6 +43,8 @@ pub struct QueryLimits {
     pub max_rows: usize,
     /// Queries running at once; one more is refused (503) until one ends.
     pub max_concurrent: usize,
+    /// The largest value one function or expression may build; larger is refused.
+    pub max_value_bytes: usize,
 }
 
 impl Default for QueryLimits {
@@ -52,6 +54,7 @@ impl Default for QueryLimits {
             timeout: Duration::from_secs(30),
             max_rows: 100_000,
             max_concurrent: 8,
+            max_value_bytes: 64 * 1024 * 1024,
         }
     }
 }
@@ -140,7 +143,17 @@ impl Engine {
                 DiskManagerBuilder::default().with_mode(DiskManagerMode::Disabled),
             )
             .build_arc()?;
-        let ctx = SessionContext::new_with_config_rt(config, runtime);
+        let values = crate::bounds::ValueLimits {
+            value: limits.max_value_bytes,
+            batch: limits.memory_per_query,
+        };
+        let state = SessionStateBuilder::new()
+            .with_config(config)
+            .with_runtime_env(runtime)
+            .with_default_features()
+            .with_physical_optimizer_rule(crate::bounds::rule(values))
+            .build();
+        let ctx = SessionContext::new_with_state(state);
         for table in schemas::TABLES {
             let provider = Arc::new(StoreTable::new(table, source.clone()));
             ctx.register_table(table.name, provider)?;
@@ -149,6 +162,7 @@ impl Engine {
         setup_pg_catalog(&ctx, CATALOG, EmptyContextProvider)
             .map_err(|error| Error::Internal(format!("pg_catalog: {error}")))?;
         crate::functions::register(&ctx, settings.openapi.clone());
+        crate::bounds::register(&ctx, values);
         ctx.register_table("openapi_operations", openapi_operations(&settings.openapi)?)?;
         let rollups = Arc::new(Rollups::new(&ctx.state(), source).await?);
         ctx.register_udtf("api_call_minutes", rollups.clone());
@@ -276,9 +290,18 @@ impl Engine {
         let mut stream = frame.execute_stream().await?;
         let mut batches = Vec::new();
         let mut rows = 0;
+        let mut bytes = 0;
         while let Some(batch) = stream.next().await {
             let batch = batch.map_err(|error| self.named(error.into()))?;
             rows += batch.num_rows();
+            // The answer is held whole before it is encoded: it counts as the query's memory.
+            bytes += batch.get_array_memory_size();
+            if bytes > limits.memory_per_query {
+                return Err(Error::ResourcesExhausted(format!(
+                    "the result holds more than {} bytes (query_memory_limit); select fewer or smaller columns",
+                    limits.memory_per_query
+                )));
+            }
             if rows > limits.max_rows {
                 return Err(Error::ResourcesExhausted(format!(
                     "the result has more than {} rows (max_result_rows); add a LIMIT, or aggregate",
@@ -293,10 +316,15 @@ impl Engine {
     /// `error` with the memory limit named, when it is the memory limit.
     fn named(&self, error: Error) -> Error {
         match error {
-            Error::ResourcesExhausted(detail) => Error::ResourcesExhausted(format!(
-                "the query needs more than {} bytes of memory (query_memory_limit): {detail}",
-                self.limits.memory_per_query
-            )),
+            Error::ResourcesExhausted(detail)
+                if !detail.contains("max_value_bytes")
+                    && !detail.contains("query_memory_limit") =>
+            {
+                Error::ResourcesExhausted(format!(
+                    "the query needs more than {} bytes of memory (query_memory_limit): {detail}",
+                    self.limits.memory_per_query
+                ))
+            }
             other => other,
         }
     }

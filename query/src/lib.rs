@@ -12,6 +12,7 @@
 //! to the collector's buffer.
 
 mod blooms;
+mod bounds;
 mod engine;
 mod error;
 mod file_cache;
