@@ -36,7 +36,9 @@ use pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
 use pgwire::messages::startup::Authentication;
 use pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
 use pgwire::tokio::TlsAcceptor;
-use tokio::net::TcpListener;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+use tokio::net::TcpStream;
 use tokio::task::JoinSet;
 
 use crate::engine::Engine;
@@ -111,51 +113,167 @@ impl PgAuth {
     }
 }
 
-/// Serves SQL over the PostgreSQL protocol on `listener` until `stop` completes; open
-/// connections are then closed (they only read, so nothing is lost).
+/// How long a PostgreSQL client may take before it is disconnected.
+#[derive(Debug, Clone, Copy)]
+pub struct PgTimeouts {
+    /// From connecting to the end of authentication (PostgreSQL's `authentication_timeout`).
+    pub startup: Duration,
+    /// Between statements, once logged in (PostgreSQL's `idle_session_timeout`); none when
+    /// `None`.
+    pub idle_session: Option<Duration>,
+}
+
+impl Default for PgTimeouts {
+    fn default() -> Self {
+        Self {
+            startup: Duration::from_secs(10),
+            idle_session: None,
+        }
+    }
+}
+
+/// Serves SQL over the PostgreSQL protocol on the connections `incoming` yields (each with
+/// what holds its place under the listener's limit, dropped when the connection ends) until
+/// `stop` completes; open connections are then closed (they only read, so nothing is lost).
 /// With `tls`, clients must ask for TLS (`sslmode=require` or stricter); a plain startup
 /// is refused.
-pub async fn run(
-    listener: TcpListener,
+pub async fn run<H: Send + 'static>(
+    incoming: impl futures::Stream<Item = (TcpStream, SocketAddr, H)>,
     engine: Engine,
     auth: PgAuth,
     tls: Option<TlsAcceptor>,
+    timeouts: PgTimeouts,
     stop: impl Future<Output = ()>,
 ) {
+    use futures::StreamExt;
     // Connections run on the caller's runtime and the statements' work on the query runtime
     // (see `guard`), as for HTTP: a heavy query never stalls another connection.
-    let handlers = Arc::new(Handlers::new(engine, &auth, tls.is_some()));
+    let shared = Arc::new(Shared::new(engine, &auth, tls.is_some()));
     let mut connections = JoinSet::new();
     tokio::pin!(stop);
+    tokio::pin!(incoming);
     loop {
         let accepted = tokio::select! {
             () = &mut stop => break,
-            accepted = listener.accept() => accepted,
+            accepted = incoming.next() => accepted,
+        };
+        let Some((socket, peer, held)) = accepted else {
+            break;
         };
         // Reap finished connections so the set does not grow with the daemon's uptime.
         while connections.try_join_next().is_some() {}
-        match accepted {
-            Ok((socket, peer)) => {
-                let handlers = handlers.clone();
-                let tls = tls.clone();
-                connections.spawn(async move {
-                    if let Err(error) = pgwire::tokio::process_socket(socket, tls, handlers).await {
-                        tracing::debug!(%error, %peer, "PostgreSQL connection ended");
-                    }
-                });
+        let activity = Arc::new(Activity::new());
+        let handlers = Arc::new(Handlers {
+            shared: shared.clone(),
+            activity: activity.clone(),
+        });
+        let tls = tls.clone();
+        connections.spawn(async move {
+            let _held = held;
+            let served = pgwire::tokio::process_socket(socket, tls, handlers);
+            match activity.watch(served, timeouts).await {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) => tracing::debug!(%error, %peer, "PostgreSQL connection ended"),
+                Err(reason) => {
+                    metrics::counter!("apiscope_connections_timed_out_total", "reason" => reason)
+                        .increment(1);
+                    tracing::debug!(%peer, reason, "PostgreSQL connection closed");
+                }
             }
-            Err(error) => {
-                // Out of file descriptors, most likely: wait instead of spinning.
-                tracing::warn!(%error, "cannot accept a PostgreSQL connection");
-                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-            }
-        }
+        });
     }
     connections.shutdown().await;
 }
 
-/// The pieces pgwire asks for once per connection.
-struct Handlers {
+/// What one connection has been doing, for its time limits.
+pub(crate) struct Activity {
+    authenticated: AtomicBool,
+    /// When the last statement started or finished.
+    last: std::sync::Mutex<tokio::time::Instant>,
+    statements: AtomicUsize,
+}
+
+impl Activity {
+    fn new() -> Self {
+        Self {
+            authenticated: AtomicBool::new(false),
+            last: std::sync::Mutex::new(tokio::time::Instant::now()),
+            statements: AtomicUsize::new(0),
+        }
+    }
+
+    fn touch(&self) {
+        *self
+            .last
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = tokio::time::Instant::now();
+    }
+
+    /// A statement starts; it counts as running until the returned value is dropped.
+    pub(crate) fn statement(self: &Arc<Self>) -> Running {
+        self.statements.fetch_add(1, Ordering::Relaxed);
+        self.touch();
+        Running(self.clone())
+    }
+
+    /// Runs `served` until it ends, or until the client took too long to log in or sat idle
+    /// for too long; then the reason, as the metric's label.
+    async fn watch<T>(
+        &self,
+        served: impl Future<Output = T>,
+        timeouts: PgTimeouts,
+    ) -> Result<T, &'static str> {
+        tokio::pin!(served);
+        let started = tokio::time::Instant::now();
+        let mut deadline = started + timeouts.startup;
+        loop {
+            tokio::select! {
+                done = &mut served => return Ok(done),
+                () = tokio::time::sleep_until(deadline) => {}
+            }
+            if !self.authenticated.load(Ordering::Relaxed) {
+                return Err("pg_startup");
+            }
+            let Some(idle) = timeouts.idle_session else {
+                return Ok(served.await);
+            };
+            let last = *self
+                .last
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if self.statements.load(Ordering::Relaxed) == 0
+                && last + idle <= tokio::time::Instant::now()
+            {
+                return Err("pg_idle_session");
+            }
+            deadline = (last + idle).max(tokio::time::Instant::now() + Duration::from_millis(100));
+        }
+    }
+}
+
+/// A statement of a connection in progress.
+pub(crate) struct Running(Arc<Activity>);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.0.touch();
+        self.0.statements.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// The connection's [`Activity`], as statements find it among the client's extensions.
+struct ActivityOf(Arc<Activity>);
+
+/// The running statement's marker for the connection `client` is, if it logged in here.
+pub(crate) fn statement_of(client: &impl ClientInfo) -> Option<Running> {
+    client
+        .session_extensions()
+        .get::<ActivityOf>()
+        .map(|of| of.0.statement())
+}
+
+/// What every connection shares.
+struct Shared {
     session: Arc<Session>,
     secret: Option<Arc<Secret>>,
     auth: PgAuth,
@@ -164,7 +282,13 @@ struct Handlers {
     pids: Arc<RandomPidSecretKeyGenerator>,
 }
 
-impl Handlers {
+/// The pieces pgwire asks for once per connection.
+struct Handlers {
+    shared: Arc<Shared>,
+    activity: Arc<Activity>,
+}
+
+impl Shared {
     fn new(engine: Engine, auth: &PgAuth, tls_required: bool) -> Self {
         Self {
             session: Arc::new(Session::new(&engine, auth.gate.clone())),
@@ -179,23 +303,23 @@ impl Handlers {
 
 impl PgWireServerHandlers for Handlers {
     fn simple_query_handler(&self) -> Arc<impl SimpleQueryHandler> {
-        self.session.clone()
+        self.shared.session.clone()
     }
 
     fn extended_query_handler(&self) -> Arc<impl ExtendedQueryHandler> {
-        self.session.clone()
+        self.shared.session.clone()
     }
 
     fn startup_handler(&self) -> Arc<impl StartupHandler> {
         // SCRAM keeps its exchange's state in the handler: one per connection.
-        let how = match (&self.auth.gate, &self.secret) {
-            (Some(gate), _) if self.auth.tokens => How::Token(TokenLogin {
+        let how = match (&self.shared.auth.gate, &self.shared.secret) {
+            (Some(gate), _) if self.shared.auth.tokens => How::Token(TokenLogin {
                 gate: gate.clone(),
-                password: self.auth.password.clone(),
-                connections: self.connections.clone(),
-                pids: self.pids.clone(),
+                password: self.shared.auth.password.clone(),
+                connections: self.shared.connections.clone(),
+                pids: self.shared.pids.clone(),
             }),
-            (_, None) => How::Open(Open(self.connections.clone())),
+            (_, None) => How::Open(Open(self.shared.connections.clone())),
             (_, Some(secret)) => {
                 let mut scram = ScramAuth::new(secret.clone());
                 scram.set_iterations(SCRAM_ITERATIONS);
@@ -204,13 +328,14 @@ impl PgWireServerHandlers for Handlers {
                         Arc::new(DefaultServerParameterProvider::default()),
                     )
                     .with_scram(scram)
-                    .with_connection_manager(self.connections.clone()),
+                    .with_connection_manager(self.shared.connections.clone()),
                 ))
             }
         };
         Arc::new(Startup {
             how,
-            tls_required: self.tls_required,
+            tls_required: self.shared.tls_required,
+            activity: self.activity.clone(),
         })
     }
 
@@ -219,7 +344,7 @@ impl PgWireServerHandlers for Handlers {
     }
 
     fn cancel_handler(&self) -> Arc<impl CancelHandler> {
-        Arc::new(DefaultCancelHandler::new(self.connections.clone()))
+        Arc::new(DefaultCancelHandler::new(self.shared.connections.clone()))
     }
 }
 
@@ -227,6 +352,7 @@ impl PgWireServerHandlers for Handlers {
 struct Startup {
     how: How,
     tls_required: bool,
+    activity: Arc<Activity>,
 }
 
 enum How {
@@ -258,10 +384,20 @@ impl StartupHandler for Startup {
             ));
         }
         match &self.how {
-            How::Open(open) => open.on_startup(client, message).await,
-            How::Scram(scram) => scram.on_startup(client, message).await,
-            How::Token(token) => token.on_startup(client, message).await,
+            How::Open(open) => open.on_startup(client, message).await?,
+            How::Scram(scram) => scram.on_startup(client, message).await?,
+            How::Token(token) => token.on_startup(client, message).await?,
         }
+        if matches!(client.state(), PgWireConnectionState::ReadyForQuery)
+            && !self.activity.authenticated.swap(true, Ordering::Relaxed)
+        {
+            self.activity.touch();
+            let activity = self.activity.clone();
+            client
+                .session_extensions()
+                .get_or_insert_with(move || ActivityOf(activity));
+        }
+        Ok(())
     }
 }
 

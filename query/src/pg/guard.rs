@@ -21,12 +21,13 @@ use tokio::sync::{OwnedSemaphorePermit, mpsc};
 use tokio::task::AbortHandle;
 use tokio::time::{Instant, Sleep};
 
+use super::Running;
 use crate::engine::{Engine, humanize};
 use crate::error::Error;
 
 /// One statement's guards, shared by the responses it produces.
 pub(super) struct Guard {
-    permit: Arc<OwnedSemaphorePermit>,
+    permit: Arc<(OwnedSemaphorePermit, Option<Running>)>,
     deadline: Instant,
     max_rows: usize,
     runtime: Handle,
@@ -34,7 +35,8 @@ pub(super) struct Guard {
 
 impl Guard {
     /// Takes a place among the running queries, or refuses with SQLSTATE 53000.
-    pub(super) fn admit(engine: &Engine) -> PgWireResult<Self> {
+    /// `running` marks the connection busy for as long as the statement's rows are sent.
+    pub(super) fn admit(engine: &Engine, running: Option<Running>) -> PgWireResult<Self> {
         let permit = engine
             .admit()
             .map_err(|error| user_error("53000", &error))?;
@@ -43,7 +45,7 @@ impl Guard {
             .map_err(|error| PgWireError::ApiError(Box::new(error)))?;
         let limits = engine.limits();
         Ok(Self {
-            permit: Arc::new(permit),
+            permit: Arc::new((permit, running)),
             deadline: Instant::now() + limits.timeout,
             max_rows: limits.max_rows,
             runtime,
@@ -127,7 +129,7 @@ struct Rows {
     max_rows: usize,
     timed_out: String,
     done: bool,
-    _permit: Arc<OwnedSemaphorePermit>,
+    _permit: Arc<(OwnedSemaphorePermit, Option<Running>)>,
 }
 
 impl Stream for Rows {

@@ -96,7 +96,7 @@ impl SimpleQueryHandler for Session {
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
         self.admit(client)?;
-        let guard = Guard::admit(&self.engine)?;
+        let guard = Guard::admit(&self.engine, super::statement_of(client))?;
         let started = std::time::Instant::now();
         let sql = rewrite(query);
         let work = SimpleQueryHandler::do_query(&self.inner, client, &sql);
@@ -129,7 +129,7 @@ impl ExtendedQueryHandler for Session {
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
         self.admit(client)?;
-        let guard = Guard::admit(&self.engine)?;
+        let guard = Guard::admit(&self.engine, super::statement_of(client))?;
         let started = std::time::Instant::now();
         let work = ExtendedQueryHandler::do_query(&self.inner, client, portal, max_rows);
         let answer = guard.run(&self.engine, work).await;
