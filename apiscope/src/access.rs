@@ -356,21 +356,6 @@ pub(crate) fn log_refusal(listener: &str, peer: Option<SocketAddr>, target: &str
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Peer(pub(crate) SocketAddr);
 
-macro_rules! peer_of {
-    ($listener:ty) => {
-        impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, $listener>>
-            for Peer
-        {
-            fn connect_info(stream: axum::serve::IncomingStream<'_, $listener>) -> Self {
-                Peer(*stream.remote_addr())
-            }
-        }
-    };
-}
-
-peer_of!(crate::serve::PlainListener);
-peer_of!(crate::tls::TlsListener);
-
 /// Axum middleware: admits the request for `scope` or answers 401, 403 or 429.
 pub(crate) async fn http_guard(
     State((access, scope, listener)): State<(Arc<Access>, Scope, &'static str)>,

@@ -107,8 +107,8 @@ pub(crate) struct ServeArgs {
     /// How long a query may run [default: 30s].
     #[arg(long, env = "APISCOPE_QUERY_TIMEOUT", value_parser = parse_duration)]
     query_timeout: Option<Duration>,
-    /// Memory one query may reserve, in bytes [default: 1073741824].
-    #[arg(long, env = "APISCOPE_QUERY_MEMORY_LIMIT")]
+    /// Memory one query may reserve, in bytes or with a unit (`1GiB`) [default: 1073741824].
+    #[arg(long, env = "APISCOPE_QUERY_MEMORY_LIMIT", value_parser = parse_bytes)]
     query_memory_limit: Option<usize>,
     /// Rows a query result may have over HTTP and the CLI; more is refused [default: 100000].
     #[arg(long, env = "APISCOPE_MAX_RESULT_ROWS")]
@@ -159,6 +159,38 @@ pub(crate) struct ServeArgs {
     /// How often new files get their per-minute rollups; 0s writes none [default: 5s].
     #[arg(long, env = "APISCOPE_ROLLUP_INTERVAL", value_parser = parse_duration)]
     rollup_interval: Option<Duration>,
+    /// Connections the OTLP/gRPC listener holds at once; one more gets UNAVAILABLE [default: 1024].
+    #[arg(long, env = "APISCOPE_OTLP_GRPC_MAX_CONNECTIONS")]
+    otlp_grpc_max_connections: Option<usize>,
+    /// Connections the OTLP/HTTP listener holds at once; one more gets 503 [default: 1024].
+    #[arg(long, env = "APISCOPE_OTLP_HTTP_MAX_CONNECTIONS")]
+    otlp_http_max_connections: Option<usize>,
+    /// Connections the query API holds at once; one more gets 503 [default: 256].
+    #[arg(long, env = "APISCOPE_HTTP_MAX_CONNECTIONS")]
+    http_max_connections: Option<usize>,
+    /// Connections the PostgreSQL listener holds at once; one more gets SQLSTATE 53300 [default: 100].
+    #[arg(long, env = "APISCOPE_PG_MAX_CONNECTIONS")]
+    pg_max_connections: Option<usize>,
+    /// An HTTP or gRPC connection with no request in progress and no bytes moving for this
+    /// long is closed [default: 60s].
+    #[arg(long, env = "APISCOPE_IDLE_TIMEOUT", value_parser = parse_duration)]
+    idle_timeout: Option<Duration>,
+    /// How long an HTTP client may take to send a request's headers, counted from the end of
+    /// the previous request on a kept-alive connection [default: 10s].
+    #[arg(long, env = "APISCOPE_HTTP_HEADER_TIMEOUT", value_parser = parse_duration)]
+    http_header_timeout: Option<Duration>,
+    /// How long a PostgreSQL client may take from connecting to logged in [default: 10s].
+    #[arg(long, env = "APISCOPE_PG_STARTUP_TIMEOUT", value_parser = parse_duration)]
+    pg_startup_timeout: Option<Duration>,
+    /// A PostgreSQL session idle between statements for this long is closed; 0s never
+    /// [default: 0s].
+    #[arg(long, env = "APISCOPE_PG_IDLE_SESSION_TIMEOUT", value_parser = parse_duration)]
+    pg_idle_session_timeout: Option<Duration>,
+    /// Largest value one SQL function may build (`repeat`, `lpad`, `||`, `array_repeat`,
+    /// ...), in bytes or with a unit (`64MiB`); larger is refused before it is built
+    /// [default: 64MiB].
+    #[arg(long, env = "APISCOPE_MAX_VALUE_BYTES", value_parser = parse_bytes)]
+    max_value_bytes: Option<usize>,
 }
 
 /// The same settings as read from the TOML file.
@@ -184,6 +216,7 @@ struct FileConfig {
     log_format: Option<LogFormat>,
     #[serde(default, deserialize_with = "de_duration")]
     query_timeout: Option<Duration>,
+    #[serde(default, deserialize_with = "de_bytes")]
     query_memory_limit: Option<usize>,
     max_result_rows: Option<usize>,
     max_concurrent_queries: Option<usize>,
@@ -207,6 +240,20 @@ struct FileConfig {
     compaction_grace: Option<Duration>,
     #[serde(default, deserialize_with = "de_duration")]
     rollup_interval: Option<Duration>,
+    otlp_grpc_max_connections: Option<usize>,
+    otlp_http_max_connections: Option<usize>,
+    http_max_connections: Option<usize>,
+    pg_max_connections: Option<usize>,
+    #[serde(default, deserialize_with = "de_duration")]
+    idle_timeout: Option<Duration>,
+    #[serde(default, deserialize_with = "de_duration")]
+    http_header_timeout: Option<Duration>,
+    #[serde(default, deserialize_with = "de_duration")]
+    pg_startup_timeout: Option<Duration>,
+    #[serde(default, deserialize_with = "de_duration")]
+    pg_idle_session_timeout: Option<Duration>,
+    #[serde(default, deserialize_with = "de_bytes")]
+    max_value_bytes: Option<usize>,
 }
 
 /// Settings in force for `apiscope serve`.
@@ -227,6 +274,41 @@ pub(crate) struct Settings {
     pub(crate) collector: collector::Config,
     /// How often new files get their rollups; zero writes none.
     pub(crate) rollup_interval: Duration,
+    pub(crate) listen: Listen,
+}
+
+/// How many connections each listener holds, and how long a silent one may stay.
+#[derive(Debug, Clone)]
+pub(crate) struct Listen {
+    pub(crate) otlp_grpc_max_connections: usize,
+    pub(crate) otlp_http_max_connections: usize,
+    pub(crate) http_max_connections: usize,
+    pub(crate) pg_max_connections: usize,
+    /// Zero: connections may stay idle.
+    pub(crate) idle_timeout: Duration,
+    pub(crate) http_header_timeout: Duration,
+    pub(crate) pg: query::pg::PgTimeouts,
+}
+
+impl Listen {
+    /// The limits in force when the process may have at most `available` connections open:
+    /// each configured limit scaled down by the same factor when together they exceed it.
+    pub(crate) fn fit(&mut self, available: usize) -> bool {
+        let limits = [
+            &mut self.otlp_grpc_max_connections,
+            &mut self.otlp_http_max_connections,
+            &mut self.http_max_connections,
+            &mut self.pg_max_connections,
+        ];
+        let total: usize = limits.iter().map(|limit| **limit).sum();
+        if total <= available {
+            return false;
+        }
+        for limit in limits {
+            *limit = (*limit * available / total).max(1);
+        }
+        true
+    }
 }
 
 impl ServeArgs {
@@ -315,10 +397,73 @@ impl ServeArgs {
                 .max_concurrent_queries
                 .or(file.max_concurrent_queries)
                 .unwrap_or(defaults.max_concurrent),
+            max_value_bytes: self
+                .max_value_bytes
+                .or(file.max_value_bytes)
+                .unwrap_or(defaults.max_value_bytes),
         };
         if query_limits.timeout.is_zero() || query_limits.max_concurrent == 0 {
             return Err(Error::Config(
                 "query_timeout and max_concurrent_queries must be above 0".into(),
+            ));
+        }
+        let pg_defaults = query::pg::PgTimeouts::default();
+        let listen = Listen {
+            otlp_grpc_max_connections: self
+                .otlp_grpc_max_connections
+                .or(file.otlp_grpc_max_connections)
+                .unwrap_or(1024),
+            otlp_http_max_connections: self
+                .otlp_http_max_connections
+                .or(file.otlp_http_max_connections)
+                .unwrap_or(1024),
+            http_max_connections: self
+                .http_max_connections
+                .or(file.http_max_connections)
+                .unwrap_or(256),
+            pg_max_connections: self
+                .pg_max_connections
+                .or(file.pg_max_connections)
+                .unwrap_or(100),
+            idle_timeout: self
+                .idle_timeout
+                .or(file.idle_timeout)
+                .unwrap_or(Duration::from_secs(60)),
+            http_header_timeout: self
+                .http_header_timeout
+                .or(file.http_header_timeout)
+                .unwrap_or(Duration::from_secs(10)),
+            pg: query::pg::PgTimeouts {
+                startup: self
+                    .pg_startup_timeout
+                    .or(file.pg_startup_timeout)
+                    .unwrap_or(pg_defaults.startup),
+                idle_session: self
+                    .pg_idle_session_timeout
+                    .or(file.pg_idle_session_timeout)
+                    .filter(|timeout| !timeout.is_zero()),
+            },
+        };
+        let zero_limit = [
+            (
+                "otlp_grpc_max_connections",
+                listen.otlp_grpc_max_connections,
+            ),
+            (
+                "otlp_http_max_connections",
+                listen.otlp_http_max_connections,
+            ),
+            ("http_max_connections", listen.http_max_connections),
+            ("pg_max_connections", listen.pg_max_connections),
+        ]
+        .into_iter()
+        .find(|(_, limit)| *limit == 0);
+        if let Some((key, _)) = zero_limit {
+            return Err(Error::Config(format!("{key} must be above 0")));
+        }
+        if listen.http_header_timeout.is_zero() || listen.pg.startup.is_zero() {
+            return Err(Error::Config(
+                "http_header_timeout and pg_startup_timeout must be longer than 0s".into(),
             ));
         }
         let rate = |limit: Option<u32>| limit.and_then(NonZeroU32::new);
@@ -410,6 +555,7 @@ impl ServeArgs {
                 .rollup_interval
                 .or(file.rollup_interval)
                 .unwrap_or(Duration::from_secs(5)),
+            listen,
         })
     }
 }
@@ -455,6 +601,7 @@ impl Settings {
             ),
             format!("log_format = {:?}", self.log_format),
             format!("query limits = {:?}", self.query_limits),
+            format!("listeners = {:?}", self.listen),
         ];
         lines.splice(7..7, self.access.summary());
         lines.push(String::new());
@@ -485,6 +632,51 @@ fn read_file(path: &Path) -> Result<FileConfig> {
 pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
     humantime::parse_duration(text)
         .map_err(|error| format!("{error} (write durations like 10s, 5m, 7d)"))
+}
+
+/// Sizes in bytes, or with a unit: `67108864`, `64MiB`, `1GiB`, `500MB`.
+pub(crate) fn parse_bytes(text: &str) -> Result<usize, String> {
+    let text = text.trim();
+    let digits = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(digits);
+    let number: usize = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a size (write sizes like 67108864, 64MiB, 1GiB)"))?;
+    let scale: usize = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "kb" => 1000,
+        "kib" | "k" => 1 << 10,
+        "mb" => 1000 * 1000,
+        "mib" | "m" => 1 << 20,
+        "gb" => 1000 * 1000 * 1000,
+        "gib" | "g" => 1 << 30,
+        other => {
+            return Err(format!(
+                "unknown unit {other:?} in {text:?} (write sizes like 67108864, 64MiB, 1GiB)"
+            ));
+        }
+    };
+    number
+        .checked_mul(scale)
+        .ok_or_else(|| format!("{text:?} is too large"))
+}
+
+/// A size in the file: a number of bytes, or text with a unit.
+fn de_bytes<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<usize>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Size {
+        Bytes(usize),
+        Text(String),
+    }
+    match Size::deserialize(deserializer)? {
+        Size::Bytes(bytes) => Ok(Some(bytes)),
+        Size::Text(text) => parse_bytes(&text)
+            .map(Some)
+            .map_err(serde::de::Error::custom),
+    }
 }
 
 fn de_duration<'de, D: serde::Deserializer<'de>>(
@@ -571,6 +763,35 @@ mod tests {
         .unwrap();
         assert!(settings.exposed_without_auth.is_empty());
         assert!(!format!("{settings:?}").contains("s3cret"), "{settings:?}");
+    }
+
+    #[test]
+    fn sizes_take_units() {
+        assert_eq!(parse_bytes("67108864"), Ok(67_108_864));
+        assert_eq!(parse_bytes("64MiB"), Ok(64 << 20));
+        assert_eq!(parse_bytes("1GiB"), Ok(1 << 30));
+        assert_eq!(parse_bytes("500MB"), Ok(500_000_000));
+        assert!(
+            parse_bytes("64 parsecs")
+                .unwrap_err()
+                .contains("unknown unit")
+        );
+        assert!(parse_bytes("lots").is_err());
+    }
+
+    #[test]
+    fn connection_limits_fit_under_the_descriptors_left() {
+        let mut listen = ServeArgs::default().resolve().unwrap().listen;
+        assert!(!listen.fit(10_000), "the defaults fit under 10000");
+        assert_eq!(listen.pg_max_connections, 100);
+        assert!(listen.fit(704));
+        let total = listen.otlp_grpc_max_connections
+            + listen.otlp_http_max_connections
+            + listen.http_max_connections
+            + listen.pg_max_connections;
+        assert!(total <= 704, "{listen:?}");
+        assert_eq!(listen.pg_max_connections, 29);
+        assert_eq!(listen.otlp_grpc_max_connections, 299);
     }
 
     #[test]

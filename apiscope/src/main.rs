@@ -4,7 +4,9 @@
 mod access;
 mod client;
 mod config;
+mod fds;
 mod import;
+mod listen;
 mod loadgen;
 mod metrics;
 mod serve;

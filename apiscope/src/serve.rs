@@ -9,12 +9,13 @@ use std::sync::Arc;
 
 use collector::{Buffer, Collector};
 use query::{Engine, Snapshot, Source, TimeRange};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::access::{self, Scope};
 use crate::config::Settings;
+use crate::listen::{self, Listener};
 use crate::{Error, Result};
 
 /// The query side's view of the store: Parquet files plus the collector's buffer, taken
@@ -83,11 +84,54 @@ pub(crate) async fn run(mut settings: Settings) -> Result<()> {
     )
     .await?;
 
-    let grpc = bind("OTLP/gRPC", settings.otlp_grpc_addr).await?;
-    let otlp_http = bind("OTLP/HTTP", settings.otlp_http_addr).await?;
-    let query_http = bind("the query API", settings.http_addr).await?;
-    let pg = bind("the PostgreSQL listener", settings.pg_addr).await?;
-    let addr = |listener: &TcpListener| {
+    let mut listen = settings.listen.clone();
+    if let Some(open_files) = crate::fds::raise_open_files_limit() {
+        let available = open_files.saturating_sub(crate::fds::RESERVED) as usize;
+        if listen.fit(available) {
+            tracing::warn!(
+                open_files,
+                reserved = crate::fds::RESERVED,
+                otlp_grpc_max_connections = listen.otlp_grpc_max_connections,
+                otlp_http_max_connections = listen.otlp_http_max_connections,
+                http_max_connections = listen.http_max_connections,
+                pg_max_connections = listen.pg_max_connections,
+                "the open-files limit is low: connection limits lowered to fit under it; raise \
+                 it (ulimit -n, or LimitNOFILE= in a systemd unit) to allow more connections"
+            );
+        }
+    }
+    let idle = Some(listen.idle_timeout).filter(|timeout| !timeout.is_zero());
+    let tls = settings.tls.is_some();
+    let grpc = Listener::new(
+        bind("OTLP/gRPC", settings.otlp_grpc_addr).await?,
+        listen::OTLP_GRPC,
+        listen.otlp_grpc_max_connections,
+        idle,
+        tls,
+    );
+    let otlp_http = Listener::new(
+        bind("OTLP/HTTP", settings.otlp_http_addr).await?,
+        listen::OTLP_HTTP,
+        listen.otlp_http_max_connections,
+        idle,
+        tls,
+    );
+    let query_http = Listener::new(
+        bind("the query API", settings.http_addr).await?,
+        listen::QUERY_HTTP,
+        listen.http_max_connections,
+        idle,
+        tls,
+    );
+    // The PostgreSQL connection is handed to pgwire as a socket: its own timeouts apply.
+    let pg = Listener::new(
+        bind("the PostgreSQL listener", settings.pg_addr).await?,
+        listen::POSTGRES,
+        listen.pg_max_connections,
+        None,
+        tls,
+    );
+    let addr = |listener: &Listener| {
         listener
             .local_addr()
             .map(|a| a.to_string())
@@ -129,10 +173,7 @@ pub(crate) async fn run(mut settings: Settings) -> Result<()> {
         let served = grpc_server
             .add_service(traces)
             .add_service(logs)
-            .serve_with_incoming_shutdown(
-                tonic::transport::server::TcpIncoming::from(grpc).with_nodelay(Some(true)),
-                stop.cancelled_owned(),
-            )
+            .serve_with_incoming_shutdown(listen::incoming(grpc), stop.cancelled_owned())
             .await;
         if let Err(error) = served {
             tracing::error!(%error, "OTLP/gRPC server failed");
@@ -162,21 +203,26 @@ pub(crate) async fn run(mut settings: Settings) -> Result<()> {
         "query API",
     ))
     .merge(query::http::health());
-    for (what, listener, routes) in [
-        ("OTLP/HTTP", otlp_http, otlp_routes),
-        ("query API", query_http, query_routes),
-    ] {
-        let stop = stop_accepting.clone();
-        match &settings.tls {
-            Some(tls) => front_ends.spawn(serve_http(what, tls.listener(listener), routes, stop)),
-            None => front_ends.spawn(serve_http(what, PlainListener(listener), routes, stop)),
-        };
+    for (listener, routes) in [(otlp_http, otlp_routes), (query_http, query_routes)] {
+        front_ends.spawn(listen::serve_http(
+            listener,
+            settings.tls.as_ref().map(|tls| tls.http()),
+            routes,
+            listen.http_header_timeout,
+            stop_accepting.clone(),
+        ));
     }
+    let pg_connections = futures::stream::unfold(pg, |mut pg| async move {
+        let connection = pg.accept().await;
+        let (socket, held) = connection.stream.into_parts();
+        Some(((socket, connection.peer, held), pg))
+    });
     front_ends.spawn(query::pg::run(
-        pg,
+        pg_connections,
         engine.clone(),
         settings.pg_auth.clone(),
         settings.tls.as_ref().map(|tls| tls.postgres()),
+        listen.pg,
         stop_accepting.clone().cancelled_owned(),
     ));
     front_ends.close();
@@ -247,53 +293,10 @@ async fn roll_up(engine: Engine, every: std::time::Duration, stop: CancellationT
     }
 }
 
-/// An HTTP listener without TLS whose connections send without delay (see [`no_delay`]).
-pub(crate) struct PlainListener(TcpListener);
-
-impl axum::serve::Listener for PlainListener {
-    type Io = TcpStream;
-    type Addr = SocketAddr;
-
-    async fn accept(&mut self) -> (TcpStream, SocketAddr) {
-        let (mut socket, peer) = axum::serve::Listener::accept(&mut self.0).await;
-        no_delay(&mut socket);
-        (socket, peer)
-    }
-
-    fn local_addr(&self) -> std::io::Result<SocketAddr> {
-        self.0.local_addr()
-    }
-}
-
-/// Turns Nagle's algorithm off for an accepted connection. With it on, a reply written in
-/// two pieces (gRPC's data, then its trailers) holds the second until the client acknowledges
-/// the first, which Linux delays by 40 ms: a tenth of OTLP/gRPC exports at 100k spans/s were
-/// acknowledged 40 ms late.
-pub(crate) fn no_delay(socket: &mut TcpStream) {
-    if let Err(error) = socket.set_nodelay(true) {
-        tracing::debug!(%error, "cannot turn off Nagle's algorithm on a connection");
-    }
-}
-
 async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener> {
     TcpListener::bind(addr)
         .await
         .map_err(|source| Error::Bind { what, addr, source })
-}
-
-async fn serve_http<L>(what: &'static str, listener: L, app: axum::Router, stop: CancellationToken)
-where
-    L: axum::serve::Listener<Addr = SocketAddr>,
-    access::Peer:
-        for<'a> axum::extract::connect_info::Connected<axum::serve::IncomingStream<'a, L>>,
-{
-    let app = app.into_make_service_with_connect_info::<access::Peer>();
-    let served = axum::serve(listener, app)
-        .with_graceful_shutdown(stop.cancelled_owned())
-        .await;
-    if let Err(error) = served {
-        tracing::error!(%error, server = what, "server failed");
-    }
 }
 
 /// Ctrl-C or SIGTERM.
@@ -318,22 +321,5 @@ pub(crate) async fn shutdown_signal() {
     tokio::select! {
         _ = ctrl_c => {}
         _ = terminate => {}
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use axum::serve::Listener;
-
-    use super::*;
-
-    #[tokio::test]
-    async fn http_connections_are_accepted_without_nagle() {
-        let mut listener = PlainListener(TcpListener::bind("127.0.0.1:0").await.unwrap());
-        let addr = listener.local_addr().unwrap();
-        let client = TcpStream::connect(addr).await.unwrap();
-        let (accepted, peer) = listener.accept().await;
-        assert_eq!(peer, client.local_addr().unwrap());
-        assert!(accepted.nodelay().unwrap());
     }
 }

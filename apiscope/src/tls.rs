@@ -1,25 +1,17 @@
-//! TLS for every listener, from PEM files: the HTTP listeners through [`TlsListener`], the
-//! PostgreSQL listener through pgwire's acceptor, gRPC through tonic's own configuration
-//! (which also checks client certificates when a client CA is given).
+//! TLS for every listener, from PEM files: the HTTP listeners through a rustls acceptor
+//! (see `listen::serve_http`), the PostgreSQL listener through pgwire's acceptor, gRPC
+//! through tonic's own configuration (which also checks client certificates when a client
+//! CA is given).
 
-use std::io;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
 
 use rustls::ServerConfig;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
-use tokio_rustls::server::TlsStream;
 
 use crate::{Error, Result};
-
-/// A handshake that has not finished by then is dropped.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The certificate files given in the settings.
 #[derive(Debug, Clone)]
@@ -112,13 +104,9 @@ impl Tls {
         }
     }
 
-    /// `listener` with TLS in front.
-    pub(crate) fn listener(&self, listener: TcpListener) -> TlsListener {
-        TlsListener {
-            listener,
-            acceptor: TlsAcceptor::from(self.http.clone()),
-            handshakes: JoinSet::new(),
-        }
+    /// The acceptor of the HTTP listeners.
+    pub(crate) fn http(&self) -> TlsAcceptor {
+        TlsAcceptor::from(self.http.clone())
     }
 }
 
@@ -137,54 +125,4 @@ fn certificates(pem: &[u8], path: &Path) -> Result<Vec<CertificateDer<'static>>>
         )));
     }
     Ok(certs)
-}
-
-/// A TCP listener that hands axum connections once their TLS handshake is done. Handshakes
-/// run concurrently, so a slow or silent client does not hold up the others.
-pub(crate) struct TlsListener {
-    listener: TcpListener,
-    acceptor: TlsAcceptor,
-    handshakes: JoinSet<Option<(TlsStream<TcpStream>, SocketAddr)>>,
-}
-
-impl axum::serve::Listener for TlsListener {
-    type Io = TlsStream<TcpStream>;
-    type Addr = SocketAddr;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        loop {
-            tokio::select! {
-                accepted = self.listener.accept() => match accepted {
-                    Ok((mut socket, peer)) => {
-                        crate::serve::no_delay(&mut socket);
-                        let acceptor = self.acceptor.clone();
-                        self.handshakes.spawn(async move {
-                            let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(socket));
-                            match handshake.await {
-                                Ok(Ok(stream)) => Some((stream, peer)),
-                                Ok(Err(error)) => {
-                                    tracing::debug!(%peer, %error, "TLS handshake failed");
-                                    None
-                                }
-                                Err(_) => None,
-                            }
-                        });
-                    }
-                    Err(error) => {
-                        tracing::warn!(%error, "cannot accept a connection");
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                    }
-                },
-                Some(done) = self.handshakes.join_next(), if !self.handshakes.is_empty() => {
-                    if let Ok(Some(connection)) = done {
-                        return connection;
-                    }
-                }
-            }
-        }
-    }
-
-    fn local_addr(&self) -> io::Result<Self::Addr> {
-        self.listener.local_addr()
-    }
 }

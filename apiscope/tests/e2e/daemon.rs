@@ -46,11 +46,17 @@ impl Daemon {
 
     /// Starts a daemon over `data_dir` with extra flags.
     pub(crate) fn start_with(data_dir: &Path, extra: &[&str]) -> Daemon {
+        let mut command = serve(data_dir);
+        command.args(extra);
+        Daemon::start_command(command)
+    }
+
+    /// Starts `command`, an `apiscope serve` with its listeners on free ports.
+    pub(crate) fn start_command(mut command: Command) -> Daemon {
         // The tests' HTTP clients, and the OTLP exporters', leave the TLS provider to the
         // program, so that a test run alone builds them as well as one run with the others.
         let _ = rustls::crypto::ring::default_provider().install_default();
-        let mut child = serve(data_dir)
-            .args(extra)
+        let mut child = command
             .env("APISCOPE_FLUSH_INTERVAL", "1s")
             .env("APISCOPE_LOG", "info")
             .env("NO_COLOR", "1")

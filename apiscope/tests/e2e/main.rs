@@ -3,6 +3,7 @@
 //! its HTTP API, the PostgreSQL protocol (psql, tokio-postgres, psycopg), its Grafana
 //! dashboards' queries and its CLI. Expected answers are computed here from what was sent.
 
+mod abuse;
 mod bad_input;
 mod cli;
 mod compose;

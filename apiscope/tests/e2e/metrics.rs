@@ -16,10 +16,10 @@ use crate::pg::runtime;
 use crate::python_sdk::{here, python};
 
 /// The samples of one scrape, by name and sorted labels.
-struct Scrape(BTreeMap<(String, String), f64>);
+pub(crate) struct Scrape(BTreeMap<(String, String), f64>);
 
 impl Scrape {
-    fn of(daemon: &Daemon) -> Scrape {
+    pub(crate) fn of(daemon: &Daemon) -> Scrape {
         let response = http()
             .get(format!("{}/metrics", daemon.query_url()))
             .send()
@@ -67,7 +67,7 @@ impl Scrape {
     }
 
     /// The value of `name` with exactly these labels (`k=v,...`, sorted); 0 when absent.
-    fn get(&self, name: &str, labels: &str) -> f64 {
+    pub(crate) fn get(&self, name: &str, labels: &str) -> f64 {
         self.0
             .get(&(name.to_owned(), labels.to_owned()))
             .copied()
