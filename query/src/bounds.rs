@@ -124,7 +124,7 @@ impl Size {
             Size::Repeat => {
                 let (text, times) = (lengths(arg(0))?, ints(arg(1))?);
                 for (row, size) in sizes.iter_mut().enumerate() {
-                    *size = text.at(row).saturating_mul(times.at(row));
+                    *size = text.count(row).saturating_mul(times.count(row));
                 }
             }
             Size::Pad => {
@@ -134,24 +134,24 @@ impl Size {
                     None => PerRow::constant(1),
                 };
                 for (row, size) in sizes.iter_mut().enumerate() {
-                    let char_bytes = fill.at(row).min(4);
-                    *size = text.at(row) + width.at(row).saturating_mul(char_bytes);
+                    let char_bytes = fill.count(row).min(4);
+                    *size = text.count(row) + width.count(row).saturating_mul(char_bytes);
                 }
             }
             Size::Replace => {
                 let (text, from, to) = (lengths(arg(0))?, lengths(arg(1))?, lengths(arg(2))?);
                 for (row, size) in sizes.iter_mut().enumerate() {
-                    let matches = text.at(row) / from.at(row).max(1) + 1;
-                    *size = text.at(row) + matches.saturating_mul(to.at(row));
+                    let matches = text.count(row) / from.count(row).max(1) + 1;
+                    *size = text.count(row) + matches.saturating_mul(to.count(row));
                 }
             }
             Size::RegexpReplace => {
                 let (text, replacement) = (lengths(arg(0))?, lengths(arg(2))?);
                 for (row, size) in sizes.iter_mut().enumerate() {
-                    let text = text.at(row);
+                    let text = text.count(row);
                     let matches = text + 1;
-                    let copies = replacement.at(row).saturating_mul(text);
-                    *size = text + matches.saturating_mul(replacement.at(row)) + copies;
+                    let copies = replacement.count(row).saturating_mul(text);
+                    *size = text + matches.saturating_mul(replacement.count(row)) + copies;
                 }
             }
             Size::ArrayRepeat | Size::ArrayResize => {
@@ -160,7 +160,7 @@ impl Size {
                     _ => (list_element_bytes(arg(0))?, ints(arg(1))?),
                 };
                 for (row, size) in sizes.iter_mut().enumerate() {
-                    *size = count.at(row).saturating_mul(element.at(row).max(1));
+                    *size = count.count(row).saturating_mul(element.count(row).max(1));
                 }
             }
             Size::Range => {
@@ -174,14 +174,14 @@ impl Size {
     }
 }
 
-/// One argument's value for each row, as a non-negative number.
+/// One argument's value for each row: a column, or one value for every row.
 struct PerRow {
     values: Option<Int64Array>,
-    constant: u64,
+    constant: i64,
 }
 
 impl PerRow {
-    fn constant(value: u64) -> Self {
+    fn constant(value: i64) -> Self {
         Self {
             values: None,
             constant: value,
@@ -190,12 +190,11 @@ impl PerRow {
 
     fn of(values: Int64Array) -> Self {
         if values.len() == 1 {
-            let value = if values.is_null(0) {
+            return Self::constant(if values.is_null(0) {
                 0
             } else {
                 values.value(0)
-            };
-            return Self::constant(value.max(0) as u64);
+            });
         }
         Self {
             values: Some(values),
@@ -203,14 +202,18 @@ impl PerRow {
         }
     }
 
-    fn at(&self, row: usize) -> u64 {
+    /// The value at `row`; 0 for a null.
+    fn at(&self, row: usize) -> i64 {
         match &self.values {
-            Some(values) if row < values.len() && values.is_valid(row) => {
-                values.value(row).max(0) as u64
-            }
+            Some(values) if row < values.len() && values.is_valid(row) => values.value(row),
             Some(_) => 0,
             None => self.constant,
         }
+    }
+
+    /// The value at `row` as a count or a size: negative ones count as 0.
+    fn count(&self, row: usize) -> u64 {
+        self.at(row).max(0) as u64
     }
 }
 
@@ -254,7 +257,7 @@ fn element_bytes(value: Option<&ColumnarValue>, rows: usize) -> Result<PerRow> {
         return Ok(PerRow::constant(0));
     };
     if let Some(width) = array.data_type().primitive_width() {
-        return Ok(PerRow::constant(width as u64));
+        return Ok(PerRow::constant(width as i64));
     }
     if let Ok(lengths) = length(&array)
         && !array.data_type().is_nested()
@@ -262,7 +265,7 @@ fn element_bytes(value: Option<&ColumnarValue>, rows: usize) -> Result<PerRow> {
         return Ok(PerRow::of(as_i64(&lengths)?));
     }
     let share = array.get_array_memory_size() / array.len().clamp(1, rows.max(1));
-    Ok(PerRow::constant(share.max(8) as u64))
+    Ok(PerRow::constant(share.max(8) as i64))
 }
 
 /// The size of one element of a list argument: its share of the elements' memory.
@@ -276,7 +279,7 @@ fn list_element_bytes(value: Option<&ColumnarValue>) -> Result<PerRow> {
         _ => return Ok(PerRow::constant(8)),
     };
     let share = values.get_array_memory_size() / values.len().max(1);
-    Ok(PerRow::constant(share.max(8) as u64))
+    Ok(PerRow::constant(share.max(8) as i64))
 }
 
 /// Elements of `range(start, stop [, step])` for each row: integers, dates or timestamps
@@ -288,26 +291,26 @@ fn range_lengths(args: &[ColumnarValue], rows: usize) -> Result<Vec<u64>> {
             DataType::Date32 | DataType::Date64 | DataType::Timestamp(_, _)
         )
     });
-    let bounds = |value: Option<&ColumnarValue>| -> Result<PerRowSigned> {
+    let bounds = |value: Option<&ColumnarValue>| -> Result<PerRow> {
         let Some(array) = array_of(value)? else {
-            return Ok(PerRowSigned::constant(0));
+            return Ok(PerRow::constant(0));
         };
         let array = if temporal {
             arrow::compute::cast(&array, &DataType::Timestamp(TimeUnit::Nanosecond, None))?
         } else {
             array
         };
-        Ok(PerRowSigned::of(as_i64(&array)?))
+        Ok(PerRow::of(as_i64(&array)?))
     };
     // `range(stop)` counts from 0.
     let (start, stop) = if args.len() == 1 {
-        (PerRowSigned::constant(0), bounds(args.first())?)
+        (PerRow::constant(0), bounds(args.first())?)
     } else {
         (bounds(args.first())?, bounds(args.get(1))?)
     };
     let step = match args.get(2) {
         None if temporal => return Ok(vec![0; rows]),
-        None => PerRowSigned::constant(1),
+        None => PerRow::constant(1),
         Some(value) if temporal => {
             let array =
                 array_of(Some(value))?.unwrap_or_else(|| Arc::new(Int64Array::from(vec![1])));
@@ -317,7 +320,7 @@ fn range_lengths(args: &[ColumnarValue], rows: usize) -> Result<Vec<u64>> {
             )?;
             let steps = array.as_primitive::<arrow::datatypes::IntervalMonthDayNanoType>();
             let nanos: Int64Array = steps.iter().map(|step| step.map(interval_nanos)).collect();
-            PerRowSigned::of(nanos)
+            PerRow::of(nanos)
         }
         Some(value) => bounds(Some(value))?,
     };
@@ -336,43 +339,6 @@ fn interval_nanos(step: IntervalMonthDayNano) -> i64 {
     let months = i64::from(step.months).saturating_mul(28 * DAY);
     let days = i64::from(step.days).saturating_mul(DAY);
     months.saturating_add(days).saturating_add(step.nanoseconds)
-}
-
-/// [`PerRow`] for values that may be negative.
-struct PerRowSigned {
-    values: Option<Int64Array>,
-    constant: i64,
-}
-
-impl PerRowSigned {
-    fn constant(value: i64) -> Self {
-        Self {
-            values: None,
-            constant: value,
-        }
-    }
-
-    fn of(values: Int64Array) -> Self {
-        if values.len() == 1 {
-            return Self::constant(if values.is_null(0) {
-                0
-            } else {
-                values.value(0)
-            });
-        }
-        Self {
-            values: Some(values),
-            constant: 0,
-        }
-    }
-
-    fn at(&self, row: usize) -> i64 {
-        match &self.values {
-            Some(values) if row < values.len() && values.is_valid(row) => values.value(row),
-            Some(_) => 0,
-            None => self.constant,
-        }
-    }
 }
 
 /// A function that works out the size of its result before building it.
