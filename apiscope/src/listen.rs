@@ -31,6 +31,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::{Instant, Sleep};
 use tokio_rustls::TlsAcceptor;
+use tokio_util::either::Either;
 use tokio_util::sync::CancellationToken;
 
 use crate::access::Peer;
@@ -504,18 +505,13 @@ pub(crate) async fn serve_http(
         let watcher = graceful.watcher();
         let tls = tls.clone();
         tokio::spawn(async move {
-            let served = match tls {
-                None => {
-                    let connection = builder
-                        .serve_connection_with_upgrades(TokioIo::new(connection.stream), service)
-                        .into_owned();
-                    watcher.watch(connection).await
-                }
+            let stream = match tls {
+                None => Either::Left(connection.stream),
                 Some(acceptor) => {
                     let handshake =
                         tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(connection.stream));
-                    let stream = match handshake.await {
-                        Ok(Ok(stream)) => stream,
+                    match handshake.await {
+                        Ok(Ok(stream)) => Either::Right(stream),
                         Ok(Err(error)) => {
                             tracing::debug!(%peer, %error, "TLS handshake failed");
                             return;
@@ -524,13 +520,13 @@ pub(crate) async fn serve_http(
                             metrics::counter!("apiscope_connections_timed_out_total", "reason" => "tls_handshake").increment(1);
                             return;
                         }
-                    };
-                    let connection = builder
-                        .serve_connection_with_upgrades(TokioIo::new(stream), service)
-                        .into_owned();
-                    watcher.watch(connection).await
+                    }
                 }
             };
+            let connection = builder
+                .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                .into_owned();
+            let served = watcher.watch(connection).await;
             if let Err(error) = served {
                 let header_timeout = error
                     .downcast_ref::<hyper::Error>()
