@@ -12,6 +12,7 @@ use schemas::routes::OpenApi;
 use serde::Deserialize;
 
 use crate::access::{Access, AuthConfig, PgGate, RateLimits};
+use crate::listen::{self, Port};
 use crate::tls::{Tls, TlsFiles};
 use crate::{Error, Result};
 
@@ -291,20 +292,36 @@ pub(crate) struct Listen {
 }
 
 impl Listen {
+    /// The connection limit of `port`'s listener.
+    pub(crate) fn max_connections(&self, port: Port) -> usize {
+        // The four ports are the four constants of `listen`, told apart by their key.
+        match port.limit_key {
+            "otlp_grpc_max_connections" => self.otlp_grpc_max_connections,
+            "otlp_http_max_connections" => self.otlp_http_max_connections,
+            "http_max_connections" => self.http_max_connections,
+            _ => self.pg_max_connections,
+        }
+    }
+
+    /// Every listener's limit, with the listener.
+    fn limits_mut(&mut self) -> [(Port, &mut usize); 4] {
+        [
+            (listen::OTLP_GRPC, &mut self.otlp_grpc_max_connections),
+            (listen::OTLP_HTTP, &mut self.otlp_http_max_connections),
+            (listen::QUERY_HTTP, &mut self.http_max_connections),
+            (listen::POSTGRES, &mut self.pg_max_connections),
+        ]
+    }
+
     /// The limits in force when the process may have at most `available` connections open:
     /// each configured limit scaled down by the same factor when together they exceed it.
     pub(crate) fn fit(&mut self, available: usize) -> bool {
-        let limits = [
-            &mut self.otlp_grpc_max_connections,
-            &mut self.otlp_http_max_connections,
-            &mut self.http_max_connections,
-            &mut self.pg_max_connections,
-        ];
-        let total: usize = limits.iter().map(|limit| **limit).sum();
+        let limits = self.limits_mut();
+        let total: usize = limits.iter().map(|(_, limit)| **limit).sum();
         if total <= available {
             return false;
         }
-        for limit in limits {
+        for (_, limit) in limits {
             *limit = (*limit * available / total).max(1);
         }
         true
@@ -408,7 +425,7 @@ impl ServeArgs {
             ));
         }
         let pg_defaults = query::pg::PgTimeouts::default();
-        let listen = Listen {
+        let mut listen = Listen {
             otlp_grpc_max_connections: self
                 .otlp_grpc_max_connections
                 .or(file.otlp_grpc_max_connections)
@@ -444,22 +461,8 @@ impl ServeArgs {
                     .filter(|timeout| !timeout.is_zero()),
             },
         };
-        let zero_limit = [
-            (
-                "otlp_grpc_max_connections",
-                listen.otlp_grpc_max_connections,
-            ),
-            (
-                "otlp_http_max_connections",
-                listen.otlp_http_max_connections,
-            ),
-            ("http_max_connections", listen.http_max_connections),
-            ("pg_max_connections", listen.pg_max_connections),
-        ]
-        .into_iter()
-        .find(|(_, limit)| *limit == 0);
-        if let Some((key, _)) = zero_limit {
-            return Err(Error::Config(format!("{key} must be above 0")));
+        if let Some((port, _)) = listen.limits_mut().iter().find(|(_, limit)| **limit == 0) {
+            return Err(Error::Config(format!("{} must be above 0", port.limit_key)));
         }
         if listen.http_header_timeout.is_zero() || listen.pg.startup.is_zero() {
             return Err(Error::Config(

@@ -159,7 +159,7 @@ fn init_logging(format: config::LogFormat) {
 pub(crate) enum Error {
     #[error("{0}")]
     Config(String),
-    #[error("cannot listen on {addr} for {what}: {source}")]
+    #[error("cannot listen on {addr} for the {what} listener: {source}")]
     Bind {
         what: &'static str,
         addr: std::net::SocketAddr,

@@ -3,7 +3,6 @@
 //! Shutdown order: stop accepting and finish in-flight requests on every listener, then
 //! flush the buffer to Parquet, then exit. What is flushed is what a restart serves.
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -15,7 +14,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::access::{self, Scope};
 use crate::config::Settings;
-use crate::listen::{self, Listener};
+use crate::listen::{self, Listener, Port};
 use crate::{Error, Result};
 
 /// The query side's view of the store: Parquet files plus the collector's buffer, taken
@@ -102,35 +101,24 @@ pub(crate) async fn run(mut settings: Settings) -> Result<()> {
     }
     let idle = Some(listen.idle_timeout).filter(|timeout| !timeout.is_zero());
     let tls = settings.tls.is_some();
-    let grpc = Listener::new(
-        bind("OTLP/gRPC", settings.otlp_grpc_addr).await?,
-        listen::OTLP_GRPC,
-        listen.otlp_grpc_max_connections,
-        idle,
-        tls,
-    );
-    let otlp_http = Listener::new(
-        bind("OTLP/HTTP", settings.otlp_http_addr).await?,
-        listen::OTLP_HTTP,
-        listen.otlp_http_max_connections,
-        idle,
-        tls,
-    );
-    let query_http = Listener::new(
-        bind("the query API", settings.http_addr).await?,
-        listen::QUERY_HTTP,
-        listen.http_max_connections,
-        idle,
-        tls,
-    );
+    let open = |port: Port, addr, idle| {
+        let max_connections = listen.max_connections(port);
+        async move {
+            let tcp = TcpListener::bind(addr)
+                .await
+                .map_err(|source| Error::Bind {
+                    what: port.name,
+                    addr,
+                    source,
+                })?;
+            Ok::<_, Error>(Listener::new(tcp, port, max_connections, idle, tls))
+        }
+    };
+    let grpc = open(listen::OTLP_GRPC, settings.otlp_grpc_addr, idle).await?;
+    let otlp_http = open(listen::OTLP_HTTP, settings.otlp_http_addr, idle).await?;
+    let query_http = open(listen::QUERY_HTTP, settings.http_addr, idle).await?;
     // The PostgreSQL connection is handed to pgwire as a socket: its own timeouts apply.
-    let pg = Listener::new(
-        bind("the PostgreSQL listener", settings.pg_addr).await?,
-        listen::POSTGRES,
-        listen.pg_max_connections,
-        None,
-        tls,
-    );
+    let pg = open(listen::POSTGRES, settings.pg_addr, None).await?;
     let addr = |listener: &Listener| {
         listener
             .local_addr()
@@ -291,12 +279,6 @@ async fn roll_up(engine: Engine, every: std::time::Duration, stop: CancellationT
         };
         metrics::counter!("apiscope_rollup_passes_total", "outcome" => outcome).increment(1);
     }
-}
-
-async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|source| Error::Bind { what, addr, source })
 }
 
 /// Ctrl-C or SIGTERM.
