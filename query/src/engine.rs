@@ -9,7 +9,7 @@ use datafusion::execution::SessionStateBuilder;
 use datafusion::execution::cache::cache_manager::CacheManagerConfig;
 use datafusion::execution::context::{SQLOptions, SessionConfig, SessionContext};
 use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
-use datafusion::execution::memory_pool::GreedyMemoryPool;
+use datafusion::execution::memory_pool::{GreedyMemoryPool, MemoryPool};
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::logical_expr::LogicalPlan;
 use datafusion_postgres::datafusion_pg_catalog::pg_catalog::context::EmptyContextProvider;
@@ -20,6 +20,7 @@ use tokio::sync::Semaphore;
 use crate::error::{Error, Result};
 use crate::questions::QuestionSettings;
 use crate::rollups::Rollups;
+use crate::running::{Admission, Running};
 use crate::source::Source;
 use crate::table::StoreTable;
 
@@ -69,7 +70,8 @@ pub struct Engine {
     /// The per-minute rollups: `api_call_minutes`, and what writes them.
     rollups: Arc<Rollups>,
     limits: QueryLimits,
-    running: Arc<Semaphore>,
+    places: Arc<Semaphore>,
+    running: Arc<Running>,
     runtime: Arc<QueryRuntime>,
 }
 
@@ -167,12 +169,13 @@ impl Engine {
         let rollups = Arc::new(Rollups::new(&ctx.state(), source).await?);
         ctx.register_udtf("api_call_minutes", rollups.clone());
         crate::questions::register(&ctx, &settings).await?;
-        let running = Arc::new(Semaphore::new(limits.max_concurrent.max(1)));
+        let places = Arc::new(Semaphore::new(limits.max_concurrent.max(1)));
         Ok(Self {
             ctx: Arc::new(ctx),
             rollups,
             limits,
-            running,
+            places,
+            running: Arc::default(),
             runtime: Arc::new(QueryRuntime::new()?),
         })
     }
@@ -214,34 +217,57 @@ impl Engine {
 
     async fn guarded(&self, sql: &str) -> Result<QueryOutput> {
         let limits = &self.limits;
-        let _running = self.admit()?;
+        // A memory pool of this query's own.
+        let pool = Arc::new(GreedyMemoryPool::new(limits.memory_per_query));
+        let admission = self.admit(pool.clone())?;
         let handle = self.runtime()?;
         let engine = self.clone();
         let sql = sql.to_owned();
-        let mut task = handle.spawn(async move { engine.run(&sql).await });
-        match tokio::time::timeout(limits.timeout, &mut task).await {
-            Ok(Ok(answer)) => answer,
-            Ok(Err(join_error)) => Err(Error::Internal(format!("query task failed: {join_error}"))),
-            Err(_) => {
-                // Stop the work, not only the wait for it.
+        let mut task = handle.spawn(async move { engine.run(&sql, pool).await });
+        tokio::select! {
+            waited = tokio::time::timeout(limits.timeout, &mut task) => match waited {
+                Ok(Ok(answer)) => answer,
+                Ok(Err(join_error)) => {
+                    Err(Error::Internal(format!("query task failed: {join_error}")))
+                }
+                Err(_) => {
+                    // Stop the work, not only the wait for it.
+                    task.abort();
+                    Err(Error::ResourcesExhausted(format!(
+                        "the query ran longer than {} (query_timeout)",
+                        humanize(limits.timeout)
+                    )))
+                }
+            },
+            reason = admission.cancelled() => {
                 task.abort();
-                Err(Error::ResourcesExhausted(format!(
-                    "the query ran longer than {} (query_timeout)",
-                    humanize(limits.timeout)
-                )))
+                Err(Error::ResourcesExhausted(reason))
             }
         }
     }
 
-    /// A place among the queries running at once, held until dropped; refused (busy) when
-    /// `max_concurrent_queries` already run. HTTP, the CLI and PostgreSQL share them.
-    pub(crate) fn admit(&self) -> Result<tokio::sync::OwnedSemaphorePermit> {
-        self.running.clone().try_acquire_owned().map_err(|_| {
+    /// A place among the queries running at once, held until dropped, for a query whose
+    /// operators reserve from `pool`; refused (busy) when `max_concurrent_queries` already
+    /// run. HTTP, the CLI and PostgreSQL share them.
+    pub(crate) fn admit(&self, pool: Arc<dyn MemoryPool>) -> Result<Admission> {
+        let permit = self.places.clone().try_acquire_owned().map_err(|_| {
             Error::Busy(format!(
                 "{} queries are running, the most allowed at once (max_concurrent_queries); retry shortly",
                 self.limits.max_concurrent
             ))
-        })
+        })?;
+        Ok(self.running.admit(permit, pool))
+    }
+
+    /// Cancels the running query that holds the most memory, telling its client `why`;
+    /// the bytes it held, or `None` when no query runs. For the daemon's memory ceiling.
+    pub fn cancel_largest_query(&self, why: &str) -> Option<usize> {
+        self.running.cancel_largest(why)
+    }
+
+    /// The memory pool the PostgreSQL front-end's statements share.
+    pub(crate) fn shared_pool(&self) -> Arc<dyn MemoryPool> {
+        self.ctx.runtime_env().memory_pool.clone()
     }
 
     /// The runtime queries run on, apart from the one that receives data.
@@ -257,7 +283,7 @@ impl Engine {
         &self.limits
     }
 
-    async fn run(&self, sql: &str) -> Result<QueryOutput> {
+    async fn run(&self, sql: &str, pool: Arc<GreedyMemoryPool>) -> Result<QueryOutput> {
         let limits = &self.limits;
         // A memory pool of this query's own, over the shared session's tables and functions.
         // No spilling: a query over its memory is refused rather than filling the disk the
@@ -274,7 +300,7 @@ impl Engine {
             .with_file_statistics_cache_limit(shared.get_file_statistic_cache_limit());
         let runtime = RuntimeEnvBuilder::new()
             .with_cache_manager(caches)
-            .with_memory_pool(Arc::new(GreedyMemoryPool::new(limits.memory_per_query)))
+            .with_memory_pool(pool)
             .with_disk_manager_builder(
                 DiskManagerBuilder::default().with_mode(DiskManagerMode::Disabled),
             )

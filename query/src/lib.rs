@@ -26,6 +26,7 @@ pub mod pg;
 mod questions;
 mod read_types;
 mod rollups;
+mod running;
 mod source;
 mod table;
 mod unreadable;

@@ -17,17 +17,18 @@ use pgwire::api::results::{Response, SendableRowStream};
 use pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
 use pgwire::messages::data::DataRow;
 use tokio::runtime::Handle;
-use tokio::sync::{OwnedSemaphorePermit, mpsc};
+use tokio::sync::mpsc;
 use tokio::task::AbortHandle;
 use tokio::time::{Instant, Sleep};
 
 use super::Running;
 use crate::engine::{Engine, humanize};
 use crate::error::Error;
+use crate::running::Admission;
 
 /// One statement's guards, shared by the responses it produces.
 pub(super) struct Guard {
-    permit: Arc<(OwnedSemaphorePermit, Option<Running>)>,
+    permit: Arc<(Admission, Option<Running>)>,
     deadline: Instant,
     max_rows: usize,
     runtime: Handle,
@@ -38,7 +39,7 @@ impl Guard {
     /// `running` marks the connection busy for as long as the statement's rows are sent.
     pub(super) fn admit(engine: &Engine, running: Option<Running>) -> PgWireResult<Self> {
         let permit = engine
-            .admit()
+            .admit(engine.shared_pool())
             .map_err(|error| user_error("53000", &error))?;
         let runtime = engine
             .runtime()
@@ -64,9 +65,14 @@ impl Guard {
             runtime: &self.runtime,
             work: std::pin::pin!(work),
         };
-        match tokio::time::timeout_at(self.deadline, work).await {
-            Ok(answer) => answer,
-            Err(_) => Err(timed_out(engine)),
+        tokio::select! {
+            waited = tokio::time::timeout_at(self.deadline, work) => match waited {
+                Ok(answer) => answer,
+                Err(_) => Err(timed_out(engine)),
+            },
+            reason = self.permit.0.cancelled() => {
+                Err(user_error("53200", &Error::ResourcesExhausted(reason)))
+            }
         }
     }
 
@@ -95,6 +101,7 @@ impl Guard {
             max_rows: self.max_rows,
             timed_out: timed_out(engine).to_string(),
             done: false,
+            cancelled: Box::pin(self.permit.0.cancelled()),
             _permit: self.permit.clone(),
         }) as SendableRowStream;
         Response::Query(query)
@@ -129,7 +136,9 @@ struct Rows {
     max_rows: usize,
     timed_out: String,
     done: bool,
-    _permit: Arc<(OwnedSemaphorePermit, Option<Running>)>,
+    /// Completes when the daemon cancels the statement for its memory ceiling.
+    cancelled: Pin<Box<dyn Future<Output = String> + Send>>,
+    _permit: Arc<(Admission, Option<Running>)>,
 }
 
 impl Stream for Rows {
@@ -143,6 +152,11 @@ impl Stream for Rows {
             self.stop();
             let error = Error::ResourcesExhausted(self.timed_out.clone());
             return Poll::Ready(Some(Err(user_error("57014", &error))));
+        }
+        if let Poll::Ready(reason) = self.cancelled.as_mut().poll(cx) {
+            self.stop();
+            let error = Error::ResourcesExhausted(reason);
+            return Poll::Ready(Some(Err(user_error("53200", &error))));
         }
         match self.received.poll_recv(cx) {
             Poll::Ready(Some(Ok(row))) => {
