@@ -192,6 +192,11 @@ pub(crate) struct ServeArgs {
     /// [default: 64MiB].
     #[arg(long, env = "APISCOPE_MAX_VALUE_BYTES", value_parser = parse_bytes)]
     max_value_bytes: Option<usize>,
+    /// Resident memory of the whole daemon past which the query holding the most memory is
+    /// cancelled (ingest never is); bytes or with a unit; 0 for three quarters of the
+    /// machine's (or the control group's) memory [default: 0].
+    #[arg(long, env = "APISCOPE_MEMORY_LIMIT", value_parser = parse_bytes)]
+    memory_limit: Option<usize>,
 }
 
 /// The same settings as read from the TOML file.
@@ -255,6 +260,8 @@ struct FileConfig {
     pg_idle_session_timeout: Option<Duration>,
     #[serde(default, deserialize_with = "de_bytes")]
     max_value_bytes: Option<usize>,
+    #[serde(default, deserialize_with = "de_bytes")]
+    memory_limit: Option<usize>,
 }
 
 /// Settings in force for `apiscope serve`.
@@ -276,6 +283,8 @@ pub(crate) struct Settings {
     /// How often new files get their rollups; zero writes none.
     pub(crate) rollup_interval: Duration,
     pub(crate) listen: Listen,
+    /// The daemon's memory ceiling in bytes; `None`: three quarters of the machine's memory.
+    pub(crate) memory_limit: Option<u64>,
 }
 
 /// How many connections each listener holds, and how long a silent one may stay.
@@ -559,6 +568,11 @@ impl ServeArgs {
                 .or(file.rollup_interval)
                 .unwrap_or(Duration::from_secs(5)),
             listen,
+            memory_limit: self
+                .memory_limit
+                .or(file.memory_limit)
+                .filter(|bytes| *bytes > 0)
+                .map(|bytes| bytes as u64),
         })
     }
 }
@@ -605,6 +619,13 @@ impl Settings {
             format!("log_format = {:?}", self.log_format),
             format!("query limits = {:?}", self.query_limits),
             format!("listeners = {:?}", self.listen),
+            format!(
+                "memory_limit = {}",
+                match self.memory_limit {
+                    Some(bytes) => format!("{bytes} bytes"),
+                    None => "three quarters of the machine's memory".to_owned(),
+                }
+            ),
         ];
         lines.splice(7..7, self.access.summary());
         lines.push(String::new());

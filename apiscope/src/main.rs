@@ -2,6 +2,7 @@
 //! owns start-up and shutdown.
 
 mod access;
+mod ceiling;
 mod client;
 mod config;
 mod fds;

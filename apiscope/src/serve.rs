@@ -223,6 +223,17 @@ pub(crate) async fn run(mut settings: Settings) -> Result<()> {
         settings.rollup_interval,
         stop_flushing.clone(),
     ));
+    match settings.memory_limit.or_else(crate::ceiling::default_limit) {
+        Some(limit) => {
+            tracing::info!(memory_limit = limit, "memory ceiling in force");
+            tokio::spawn(crate::ceiling::watch(
+                engine.clone(),
+                limit,
+                stop_flushing.clone(),
+            ));
+        }
+        None => tracing::warn!("cannot read the machine's memory: no memory ceiling"),
+    }
     let forgetting = stop_flushing.clone();
     tokio::spawn(async move {
         let mut every_minute = tokio::time::interval(std::time::Duration::from_secs(60));

@@ -421,3 +421,36 @@ fn an_unfriendly_neighbour_does_not_stop_ingest() {
     assert!(scrape.get("apiscope_connections_refused_total", "listener=otlp_grpc") >= 1.0);
     assert!(scrape.get("apiscope_connections_refused_total", "listener=pg") >= 1.0);
 }
+
+#[test]
+fn over_the_memory_ceiling_queries_are_cancelled_and_ingest_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    // A ceiling the daemon is always over: every query that runs long enough is cancelled.
+    let daemon = Daemon::start_with(dir.path(), &["--memory-limit", "1"]);
+    let long = "SELECT count(*) FROM generate_series(1, 100000000000)";
+
+    let (status, body) = daemon.try_query(long);
+    assert_eq!(status, 422, "{body}");
+    let detail = body["detail"].as_str().unwrap();
+    assert!(detail.contains("memory_limit (1 bytes)"), "{detail}");
+    assert!(detail.contains("was cancelled"), "{detail}");
+
+    let error = runtime().block_on(async {
+        let client = connect(&daemon, None).await.unwrap();
+        client.simple_query(long).await.unwrap_err()
+    });
+    let error = error.as_db_error().expect("an error from the server");
+    assert_eq!(error.code().code(), "53200", "{error}");
+    assert!(error.message().contains("memory_limit"), "{error}");
+
+    // Ingest is never cancelled.
+    runtime().block_on(async {
+        let mut grpc = TraceServiceClient::connect(daemon.grpc_endpoint())
+            .await
+            .unwrap();
+        grpc.export(spans_request("ceiling", 1, 5)).await.unwrap();
+    });
+    let scrape = Scrape::of(&daemon);
+    assert!(scrape.get("apiscope_queries_cancelled_total", "reason=memory_limit") >= 2.0);
+    assert_eq!(daemon.wait_for_count("SELECT count(*) FROM spans", 5), 5);
+}
