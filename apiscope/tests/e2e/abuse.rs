@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
 
+use crate::compose::summary_count;
 use crate::daemon::{Daemon, binary, http, serve};
 use crate::metrics::Scrape;
 use crate::pg::{connect, runtime};
@@ -385,18 +386,9 @@ fn an_unfriendly_neighbour_does_not_stop_ingest() {
     // Ingest went on: every span the exporters had acknowledged is stored.
     let output = loadgen.wait_with_output().unwrap();
     let report = String::from_utf8_lossy(&output.stdout).to_string();
-    let figure = |name: &str| -> i64 {
-        let line = report.lines().find(|l| l.starts_with(name)).unwrap();
-        line[name.len()..]
-            .split_whitespace()
-            .next()
-            .unwrap()
-            .parse()
-            .unwrap()
-    };
-    let acknowledged = figure("acknowledged");
+    let acknowledged = summary_count(&report, "acknowledged");
     assert!(acknowledged >= 20_000, "{report}");
-    assert_eq!(figure("failed"), 0, "{report}");
+    assert_eq!(summary_count(&report, "failed"), 0, "{report}");
     assert_eq!(
         daemon.wait_for_count("SELECT count(*) FROM spans", acknowledged),
         acknowledged,

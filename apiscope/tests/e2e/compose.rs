@@ -170,7 +170,7 @@ fn demo_command(compose: &Value) -> Vec<String> {
 }
 
 /// The number on the summary line that starts with `name`.
-fn summary_count(summary: &str, name: &str) -> i64 {
+pub(crate) fn summary_count(summary: &str, name: &str) -> i64 {
     let line = summary
         .lines()
         .find(|l| l.starts_with(name))
