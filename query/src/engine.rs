@@ -76,8 +76,14 @@ pub struct Engine {
 }
 
 /// The threads queries run on, apart from the ones that receive data: a heavy query takes
-/// CPU time, but never the threads that acknowledge ingest.
+/// CPU time, but never the threads that acknowledge ingest. They run at a lower scheduling
+/// priority too (nice 10), so that where cores are few, queries use the CPU ingest leaves
+/// rather than halving ingest: on 2 cores, 4 clients sending heavy statements cut the
+/// acknowledgements per second of an OTLP load to 0.64 of a quiet run at equal priority.
 struct QueryRuntime(Option<tokio::runtime::Runtime>);
+
+/// The nice value of the query threads: lower priority than the daemon's other threads.
+const QUERY_NICE: i32 = 10;
 
 impl QueryRuntime {
     fn new() -> Result<Self> {
@@ -85,6 +91,7 @@ impl QueryRuntime {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(threads)
             .thread_name("apiscope-query")
+            .on_thread_start(lower_priority)
             .enable_all()
             .build()
             .map_err(|error| Error::Internal(format!("cannot start the query runtime: {error}")))?;
@@ -93,6 +100,17 @@ impl QueryRuntime {
 
     fn handle(&self) -> Option<&tokio::runtime::Handle> {
         self.0.as_ref().map(tokio::runtime::Runtime::handle)
+    }
+}
+
+/// Gives the calling thread (only) the query threads' lower priority. On failure the thread
+/// runs at the daemon's priority, as before.
+fn lower_priority() {
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: plain system calls on the calling thread's own id; no memory is passed.
+        let tid = unsafe { libc::gettid() };
+        unsafe { libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, QUERY_NICE) };
     }
 }
 
@@ -418,4 +436,27 @@ pub(crate) fn record_query(
         .increment(1);
     metrics::histogram!("apiscope_query_duration_seconds", "protocol" => protocol)
         .record(started.elapsed().as_secs_f64());
+}
+
+#[cfg(test)]
+mod runtime_tests {
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn query_threads_run_at_a_lower_priority() {
+        let runtime = super::QueryRuntime::new().unwrap();
+        let handle = runtime.handle().unwrap().clone();
+        let nice = std::thread::spawn(move || {
+            handle.block_on(async {
+                tokio::spawn(async {
+                    // SAFETY: reads the calling thread's own priority.
+                    unsafe { libc::getpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t) }
+                })
+                .await
+                .unwrap()
+            })
+        })
+        .join()
+        .unwrap();
+        assert!(nice >= super::QUERY_NICE, "query thread nice {nice}");
+    }
 }
