@@ -83,6 +83,19 @@ pub(crate) async fn run(mut settings: Settings) -> Result<()> {
     )
     .await?;
 
+    // Started before the listeners, so that the ready line is the last line of start-up.
+    let stop_ceiling = CancellationToken::new();
+    match settings.memory_limit.or_else(crate::ceiling::default_limit) {
+        Some(limit) => {
+            tracing::info!(memory_limit = limit, "memory ceiling in force");
+            tokio::spawn(crate::ceiling::watch(
+                engine.clone(),
+                limit,
+                stop_ceiling.clone(),
+            ));
+        }
+        None => tracing::warn!("cannot read the machine's memory: no memory ceiling"),
+    }
     let mut listen = settings.listen.clone();
     if let Some(open_files) = crate::fds::raise_open_files_limit() {
         let available = open_files.saturating_sub(crate::fds::RESERVED) as usize;
@@ -223,17 +236,6 @@ pub(crate) async fn run(mut settings: Settings) -> Result<()> {
         settings.rollup_interval,
         stop_flushing.clone(),
     ));
-    match settings.memory_limit.or_else(crate::ceiling::default_limit) {
-        Some(limit) => {
-            tracing::info!(memory_limit = limit, "memory ceiling in force");
-            tokio::spawn(crate::ceiling::watch(
-                engine.clone(),
-                limit,
-                stop_flushing.clone(),
-            ));
-        }
-        None => tracing::warn!("cannot read the machine's memory: no memory ceiling"),
-    }
     let forgetting = stop_flushing.clone();
     tokio::spawn(async move {
         let mut every_minute = tokio::time::interval(std::time::Duration::from_secs(60));
@@ -256,6 +258,7 @@ pub(crate) async fn run(mut settings: Settings) -> Result<()> {
     stop_accepting.cancel();
     front_ends.wait().await;
     stop_flushing.cancel();
+    stop_ceiling.cancel();
     flusher
         .await
         .map_err(|error| Error::Server(format!("flush task failed: {error}")))?;
