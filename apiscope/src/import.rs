@@ -10,6 +10,7 @@
 
 mod formats;
 
+use std::fmt::Write as _;
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -105,8 +106,10 @@ pub(crate) async fn run(args: ImportArgs) -> Result<()> {
 
     let seconds = started.elapsed().as_secs_f64().max(1e-9);
     let mut bad = 0;
+    let mut text = String::new();
     for (file, report) in &reports {
-        println!(
+        let _ = writeln!(
+            text,
             "{}: {} lines, {} imported, {} already imported, {} bad",
             file.display(),
             report.lines,
@@ -115,21 +118,23 @@ pub(crate) async fn run(args: ImportArgs) -> Result<()> {
             report.bad
         );
         for problem in &report.problems {
-            println!("  {problem}");
+            let _ = writeln!(text, "  {problem}");
         }
         if report.bad > report.problems.len() as u64 {
-            println!(
+            let _ = writeln!(
+                text,
                 "  ... and {} more",
                 report.bad - report.problems.len() as u64
             );
         }
         bad += report.bad;
     }
-    println!(
+    let _ = writeln!(
+        text,
         "total: {imported} rows imported in {seconds:.1} s ({:.0} rows/s), {bad} bad lines",
         imported as f64 / seconds
     );
-    Ok(())
+    crate::print(&text)
 }
 
 /// A fingerprint of a file: its first line (appends and rotation keep it), as 16 hex digits.

@@ -238,8 +238,12 @@ pub(crate) async fn run(args: LoadgenArgs) -> Result<()> {
             latencies.append(&mut own);
         }
     }
-    summary(&counts, started.elapsed(), &mut latencies, args.batch);
-    Ok(())
+    crate::print(&summary(
+        &counts,
+        started.elapsed(),
+        &mut latencies,
+        args.batch,
+    ))
 }
 
 /// The gap between two exports of one connection, or none for "as fast as acknowledged".
@@ -327,23 +331,23 @@ fn progress(counts: &Counts, started: Instant) {
     );
 }
 
-fn summary(counts: &Counts, elapsed: Duration, latencies: &mut [u32], batch: u64) {
+fn summary(counts: &Counts, elapsed: Duration, latencies: &mut [u32], batch: u64) -> String {
+    use std::fmt::Write;
     let seconds = elapsed.as_secs_f64().max(1e-9);
-    let line = |name: &str, value: u64| {
-        println!("{name:<22} {value:>12} {:>12.1}/s", value as f64 / seconds);
+    let mut text = format!("{:<22} {:>12.1}s\n", "elapsed", seconds);
+    let mut line = |name: &str, value: &AtomicU64| {
+        let value = value.load(Ordering::Relaxed);
+        let _ = writeln!(
+            text,
+            "{name:<22} {value:>12} {:>12.1}/s",
+            value as f64 / seconds
+        );
     };
-    println!("{:<22} {:>12.1}s", "elapsed", seconds);
-    line("spans sent", counts.sent.load(Ordering::Relaxed));
-    line("acknowledged", counts.acknowledged.load(Ordering::Relaxed));
-    line(
-        "refused (retryable)",
-        counts.refused.load(Ordering::Relaxed),
-    );
-    line(
-        "rejected (invalid)",
-        counts.rejected.load(Ordering::Relaxed),
-    );
-    line("failed", counts.failed.load(Ordering::Relaxed));
+    line("spans sent", &counts.sent);
+    line("acknowledged", &counts.acknowledged);
+    line("refused (retryable)", &counts.refused);
+    line("rejected (invalid)", &counts.rejected);
+    line("failed", &counts.failed);
     latencies.sort_unstable();
     let at = |q: f64| -> f64 {
         if latencies.is_empty() {
@@ -352,7 +356,8 @@ fn summary(counts: &Counts, elapsed: Duration, latencies: &mut [u32], batch: u64
         let rank = ((q * latencies.len() as f64).ceil() as usize).clamp(1, latencies.len());
         f64::from(latencies[rank - 1]) / 1000.0
     };
-    println!(
+    let _ = writeln!(
+        text,
         "{:<22} p50 {:.1} ms, p90 {:.1} ms, p99 {:.1} ms, max {:.1} ms ({} exports of about {batch} spans)",
         "acknowledgement",
         at(0.5),
@@ -361,4 +366,5 @@ fn summary(counts: &Counts, elapsed: Duration, latencies: &mut [u32], batch: u64
         at(1.0),
         latencies.len()
     );
+    text
 }

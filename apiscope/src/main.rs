@@ -90,13 +90,18 @@ fn main() -> ExitCode {
             let settings = match args.resolve() {
                 Ok(settings) => settings,
                 Err(error) => {
-                    eprintln!("error: {error}");
+                    say_error(&error);
                     return ExitCode::FAILURE;
                 }
             };
             if check_only {
-                println!("{}", settings.summary());
-                return ExitCode::SUCCESS;
+                return match print(&format!("{}\n", settings.summary())) {
+                    Ok(()) => ExitCode::SUCCESS,
+                    Err(error) => {
+                        say_error(&error);
+                        ExitCode::FAILURE
+                    }
+                };
             }
             let format = settings.log_format;
             (Resolved::Serve(Box::new(settings)), format)
@@ -112,7 +117,7 @@ fn main() -> ExitCode {
     {
         Ok(runtime) => runtime,
         Err(error) => {
-            eprintln!("error: cannot start the async runtime: {error}");
+            say_error(&format!("cannot start the async runtime: {error}"));
             return ExitCode::FAILURE;
         }
     };
@@ -128,10 +133,28 @@ fn main() -> ExitCode {
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            eprintln!("error: {error}");
+            say_error(&error);
             ExitCode::FAILURE
         }
     }
+}
+
+/// Writes `text` to standard output. A reader that stopped reading (`apiscope sql ... | head`)
+/// is not an error; a full disk behind a redirection is.
+pub(crate) fn print(text: &str) -> Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Err(error) if error.kind() != std::io::ErrorKind::BrokenPipe => Err(Error::Io(error)),
+        _ => Ok(()),
+    }
+}
+
+/// The last word of a command that failed, on stderr if anyone still reads it: `eprintln!`
+/// would panic on a closed stderr and turn a clean failure into exit code 101.
+fn say_error(error: &dyn std::fmt::Display) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "error: {error}");
 }
 
 /// A command ready to run.
@@ -144,9 +167,13 @@ enum Resolved {
 fn init_logging(format: config::LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("APISCOPE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // A log line that cannot be written (stderr closed by whoever started the daemon) is
+    // dropped: by default the subscriber reports it with `eprintln!`, which panics on the same
+    // closed stderr, and a panic on the shutdown path would stop the last flush.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .log_internal_errors(false);
     match format {
         config::LogFormat::Json => builder.json().init(),
         config::LogFormat::Pretty => builder

@@ -46,9 +46,10 @@ pub(crate) async fn run(args: SqlArgs) -> Result<()> {
     let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
     let table = arrow::util::pretty::pretty_format_batches(&batches)
         .map_err(|error| Error::Client(format!("cannot print the result: {error}")))?;
-    println!("{table}");
-    println!("({rows} row{})", if rows == 1 { "" } else { "s" });
-    Ok(())
+    crate::print(&format!(
+        "{table}\n({rows} row{})\n",
+        if rows == 1 { "" } else { "s" }
+    ))
 }
 
 /// Runs `sql` on the daemon at `url`; its rows.

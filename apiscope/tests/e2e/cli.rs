@@ -1,6 +1,7 @@
 //! `apiscope sql` against a running daemon and a data directory; read-only SQL.
 
-use std::process::Command;
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
 
 use serde_json::json;
 
@@ -135,6 +136,33 @@ fn sql_cli_prints_tables_and_sql_is_read_only() {
             .lines()
             .any(|l| l.split('|').map(str::trim).any(|c| c == "3")),
         "{stdout}"
+    );
+
+    // A reader that stops early (`| head -1`) ends the command quietly, without a panic
+    // (exit code 101). The answer is far larger than a pipe's buffer, so it is still being
+    // written when the reader goes.
+    let mut child = Command::new(binary())
+        .args([
+            "sql",
+            "--data-dir",
+            dir.path().to_str().unwrap(),
+            "SELECT value FROM generate_series(1, 50000)",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    assert!(first.starts_with('+'), "{first}");
+    let output = child.wait_with_output().unwrap();
+    assert!(
+        output.status.success(),
+        "{}: {}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
     );
 }
 

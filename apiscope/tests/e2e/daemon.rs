@@ -52,7 +52,17 @@ impl Daemon {
     }
 
     /// Starts `command`, an `apiscope serve` with its listeners on free ports.
-    pub(crate) fn start_command(mut command: Command) -> Daemon {
+    pub(crate) fn start_command(command: Command) -> Daemon {
+        Daemon::start_reading(command, true)
+    }
+
+    /// Starts `command`, and closes its stderr after the ready line, as a supervisor that
+    /// stops reading does: the daemon's log then goes nowhere.
+    pub(crate) fn start_unread(command: Command) -> Daemon {
+        Daemon::start_reading(command, false)
+    }
+
+    fn start_reading(mut command: Command, read_on: bool) -> Daemon {
         // The tests' HTTP clients, and the OTLP exporters', leave the TLS provider to the
         // program, so that a test run alone builds them as well as one run with the others.
         let _ = rustls::crypto::ring::default_provider().install_default();
@@ -72,10 +82,14 @@ impl Daemon {
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
-                if line.contains("apiscope ready") {
+                let ready = line.contains("apiscope ready");
+                if ready {
                     let _ = ready_tx.send(line.clone());
                 }
                 lines.lock().unwrap().push(line);
+                if ready && !read_on {
+                    break;
+                }
             }
         });
         let ready = match ready_rx.recv_timeout(Duration::from_secs(30)) {

@@ -157,3 +157,54 @@ fn a_second_daemon_over_the_same_data_directory_is_refused() {
     assert_eq!(next.count(once), 10);
     next.stop();
 }
+
+#[test]
+fn a_daemon_whose_stderr_is_closed_still_keeps_and_flushes_everything() {
+    let dir = tempfile::tempdir().unwrap();
+    let now = now_ns();
+    let spans = (0..7u64)
+        .map(|j| {
+            let attrs = json!([
+                {"key": "http.request.method", "value": {"stringValue": "GET"}},
+                {"key": "http.route", "value": {"stringValue": "/quiet"}},
+            ]);
+            span(&hex_id(1, 16), &hex_id(j + 1, 8), "GET", 2, now, 5, attrs)
+        })
+        .collect();
+    let body = serde_json::to_vec(&traces("unread", spans)).unwrap();
+    // A flush interval longer than the test: the rows reach Parquet at shutdown, which logs
+    // (the lines that, written to a closed pipe, used to panic the daemon with code 101).
+    let mut command = serve(dir.path());
+    command.args(["--flush-interval", "1h"]);
+    let daemon = Daemon::start_unread(command);
+    let (status, _) = post(
+        &daemon,
+        "/v1/traces",
+        "application/json",
+        None,
+        body.clone(),
+    );
+    assert_eq!(status, 200);
+    // Requests that log a warning each, with nobody reading.
+    for _ in 0..3 {
+        let (status, _) = post(
+            &daemon,
+            "/v1/traces",
+            "application/json",
+            None,
+            b"{".to_vec(),
+        );
+        assert_eq!(status, 400);
+    }
+    assert_eq!(daemon.count("SELECT count(*) FROM spans"), 7);
+    daemon.stop();
+
+    let daemon = Daemon::start(dir.path());
+    assert_eq!(daemon.count("SELECT count(*) FROM spans"), 7);
+    let log = daemon.stop();
+    assert!(
+        log.iter().any(|line| line.contains(" rows_restored=0 ")),
+        "the shutdown flush did not happen; the rows came back from the WAL:\n{}",
+        log.join("\n")
+    );
+}
