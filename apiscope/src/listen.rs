@@ -270,7 +270,7 @@ fn refusal(protocol: Protocol, message: String) -> Response {
 
 /// What PostgreSQL answers when `max_connections` are in use: the start-up packet is read
 /// (after declining TLS or GSS encryption, as a server without them does), then a FATAL
-/// error with SQLSTATE 53300.
+/// error "too many connections" (SQLSTATE 53300).
 async fn refuse_postgres(socket: &mut TcpStream, message: &str) -> io::Result<()> {
     const SSL_REQUEST: u32 = 80_877_103;
     const GSSENC_REQUEST: u32 = 80_877_104;
@@ -282,8 +282,9 @@ async fn refuse_postgres(socket: &mut TcpStream, message: &str) -> io::Result<()
     // The rest of the start-up packet (user, database, options); PostgreSQL caps it at 10000.
     let rest = (length.0 as u64).saturating_sub(8).min(10_000);
     tokio::io::copy(&mut (&mut *socket).take(rest), &mut tokio::io::sink()).await?;
+    let refusal = query::Error::TooManyConnections(message.to_owned());
     socket
-        .write_all(&postgres_error("FATAL", "53300", message))
+        .write_all(&query::pg::fatal_message(&refusal))
         .await?;
     socket.shutdown().await
 }
@@ -294,26 +295,6 @@ async fn read_packet_head(socket: &mut TcpStream) -> io::Result<(u32, u32)> {
     let length = u32::from_be_bytes([head[0], head[1], head[2], head[3]]);
     let code = u32::from_be_bytes([head[4], head[5], head[6], head[7]]);
     Ok((length, code))
-}
-
-/// A PostgreSQL `ErrorResponse` message.
-fn postgres_error(severity: &str, code: &str, message: &str) -> Vec<u8> {
-    let mut fields = Vec::new();
-    for (tag, value) in [
-        (b'S', severity),
-        (b'V', severity),
-        (b'C', code),
-        (b'M', message),
-    ] {
-        fields.push(tag);
-        fields.extend_from_slice(value.as_bytes());
-        fields.push(0);
-    }
-    fields.push(0);
-    let mut out = vec![b'E'];
-    out.extend_from_slice(&((fields.len() + 4) as u32).to_be_bytes());
-    out.extend_from_slice(&fields);
-    out
 }
 
 /// An admitted connection.

@@ -35,6 +35,10 @@ pub enum Error {
     /// Another process has the data directory open (see `owner`).
     #[error("{0}")]
     InUse(String),
+    /// A bug: the task handling the request panicked. Sending the same request again would
+    /// hit it again, so this is not retryable.
+    #[error("internal error: {0}")]
+    Internal(String),
 }
 
 /// `Result` with the collector's [`Error`].
@@ -54,6 +58,7 @@ impl Error {
             Error::Overloaded { .. } => 503,
             Error::ShuttingDown => 503,
             Error::Storage(_) | Error::InUse(_) => 503,
+            Error::Internal(_) => 500,
         }
     }
 
@@ -67,6 +72,7 @@ impl Error {
             Error::Overloaded { .. } => tonic::Code::Unavailable,
             Error::ShuttingDown => tonic::Code::Unavailable,
             Error::Storage(_) | Error::InUse(_) => tonic::Code::Unavailable,
+            Error::Internal(_) => tonic::Code::Internal,
         }
     }
 
@@ -78,7 +84,26 @@ impl Error {
             | Error::UnsupportedMediaType(_)
             | Error::UnsupportedEncoding(_)
             | Error::TooLarge { .. }
-            | Error::InUse(_) => None,
+            | Error::InUse(_)
+            | Error::Internal(_) => None,
         }
+    }
+
+    /// The error answering a request whose task failed: a panic is a bug, logged here once
+    /// with its message, and answered as internal (never as a retryable storage error, which
+    /// exporters would send again forever).
+    pub fn from_task(failed: tokio::task::JoinError) -> Error {
+        let message = match failed.try_into_panic() {
+            Ok(panic) => panic
+                .downcast_ref::<&str>()
+                .map(|text| (*text).to_owned())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "a panic without a message".to_owned()),
+            Err(failed) => failed.to_string(),
+        };
+        tracing::error!(panic = %message, "a request's task panicked; this is a bug, please report it");
+        Error::Internal(format!(
+            "the request's task failed ({message}); this is a bug in apiscope"
+        ))
     }
 }

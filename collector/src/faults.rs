@@ -1,6 +1,7 @@
 //! Fault injection at the file operations that decide durability (WAL write, WAL sync and
-//! the rename that publishes a flushed file), and at writing the lock file's pid. In test builds, a test can make the next
-//! operations under a folder fail; in other builds every check is a no-op.
+//! the rename that publishes a flushed file), at writing the lock file's pid, and a panic in
+//! decoding. In test builds, a test can make the next operations under a folder fail; in
+//! other builds every check is a no-op.
 
 /// A file operation that can be made to fail.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -9,6 +10,8 @@ pub(crate) enum Point {
     WalSync,
     Rename,
     LockWrite,
+    /// Decoding an export request; a planned failure here panics, as a decoder bug would.
+    Decode,
 }
 
 /// Fails if a test asked `point` to fail for files under a folder holding `path`.

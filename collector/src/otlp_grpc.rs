@@ -114,9 +114,7 @@ impl<S: Signal> UnaryService<Bytes> for Handler<S> {
             match tokio::task::spawn_blocking(export).await {
                 Ok(Ok(response)) => Ok(Response::new(response)),
                 Ok(Err(error)) => Err(status(&error)),
-                Err(join_error) => Err(status(&Error::Storage(format!(
-                    "ingest task failed: {join_error}"
-                )))),
+                Err(failed) => Err(status(&Error::from_task(failed))),
             }
         })
     }

@@ -71,10 +71,7 @@ async fn export<S: Signal>(
         Ok(Ok(Ok(response))) => format.respond(StatusCode::OK, &response),
         Ok(Ok(Err(error))) => error_response(format, &error),
         Ok(Err(error)) => refuse(format, error),
-        Err(join_error) => refuse(
-            format,
-            Error::Storage(format!("ingest task failed: {join_error}")),
-        ),
+        Err(failed) => refuse(format, Error::from_task(failed)),
     }
 }
 
@@ -134,11 +131,8 @@ async fn requests(
             outcome
         }
         Ok(Err((lines, error))) => return refuse(lines, error),
-        Err(join_error) => {
-            return refuse(
-                0,
-                Error::Storage(format!("ingest task failed: {join_error}")),
-            );
+        Err(failed) => {
+            return refuse(0, Error::from_task(failed));
         }
     };
     let status = if outcome.accepted == 0 && outcome.rejected > 0 {

@@ -41,6 +41,10 @@ pub trait Signal: Send + Sync + 'static {
         transport: &'static str,
         started: std::time::Instant,
     ) -> crate::Result<Self::Response> {
+        if crate::faults::check(crate::faults::Point::Decode, &collector.config().data_dir).is_err()
+        {
+            panic!("injected panic while decoding");
+        }
         let (count, result) = Self::ingest(collector, request);
         let counted = result
             .as_ref()

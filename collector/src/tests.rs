@@ -805,3 +805,71 @@ fn flushed_files_hold_their_hour_sorted_by_service_endpoint_and_time() {
     assert_eq!(stored, sent, "every span stored once");
     assert!(row_groups > 2, "the larger hour spans several row groups");
 }
+
+#[test]
+fn a_panic_in_decoding_answers_internal_and_the_next_request_is_served() {
+    use crate::faults::{Point, fail_next};
+    use tonic::codegen::Service;
+
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let (collector, _) = Collector::open(config(tmp.path())).unwrap();
+    let collector = Arc::new(collector);
+    let mut http = otlp_http::router(collector.clone());
+    let (mut grpc, _) = otlp_grpc::services(collector.clone());
+    let post_http = |router: &mut axum::Router, body: bytes::Bytes| {
+        let request = axum::http::Request::post("/v1/traces")
+            .header("content-type", "application/x-protobuf")
+            .body(axum::body::Body::from(body))
+            .unwrap();
+        runtime.block_on(router.call(request)).unwrap()
+    };
+    // One gRPC message: no compression, its length, the protobuf.
+    let grpc_request = |body: bytes::Bytes| {
+        let mut framed = vec![0u8];
+        framed.extend_from_slice(&(body.len() as u32).to_be_bytes());
+        framed.extend_from_slice(&body);
+        axum::http::Request::post(<signal::Traces as signal::Signal>::PATH)
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .body(axum::body::Body::from(framed))
+            .unwrap()
+    };
+
+    // HTTP: 500 and not retryable (no Retry-After); the next request is stored.
+    fail_next(Point::Decode, tmp.path(), 0, 1);
+    let answer = post_http(&mut http, request(0, &[BASE_NS]));
+    assert_eq!(answer.status(), 500);
+    assert!(answer.headers().get("retry-after").is_none());
+    let body = runtime
+        .block_on(axum::body::to_bytes(answer.into_body(), 1 << 20))
+        .unwrap();
+    let message = String::from_utf8_lossy(&body);
+    assert!(
+        message.contains("injected panic while decoding"),
+        "{message}"
+    );
+    assert_eq!(
+        post_http(&mut http, request(10, &[BASE_NS + 1])).status(),
+        200
+    );
+    assert_eq!(collector.buffer().rows(), 1);
+
+    // gRPC: INTERNAL (13), not UNAVAILABLE (14), which exporters retry.
+    fail_next(Point::Decode, tmp.path(), 0, 1);
+    let answer = runtime
+        .block_on(grpc.call(grpc_request(request(20, &[BASE_NS + 2]))))
+        .unwrap();
+    assert_eq!(answer.headers().get("grpc-status").unwrap(), "13");
+    let answer = runtime
+        .block_on(grpc.call(grpc_request(request(30, &[BASE_NS + 3]))))
+        .unwrap();
+    assert!(answer.headers().get("grpc-status").is_none());
+    runtime
+        .block_on(axum::body::to_bytes(
+            axum::body::Body::new(answer.into_body()),
+            1 << 20,
+        ))
+        .unwrap();
+    assert_eq!(collector.buffer().rows(), 2);
+}

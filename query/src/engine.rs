@@ -205,9 +205,7 @@ impl Engine {
         let task = self
             .runtime()?
             .spawn(async move { engine.rollups.build(&engine.ctx.state()).await });
-        let report = task
-            .await
-            .map_err(|error| Error::Internal(format!("rollup task failed: {error}")))??;
+        let report = task.await.map_err(Error::from_task)??;
         Ok(report)
     }
 
@@ -245,16 +243,11 @@ impl Engine {
         tokio::select! {
             waited = tokio::time::timeout(limits.timeout, &mut task) => match waited {
                 Ok(Ok(answer)) => answer,
-                Ok(Err(join_error)) => {
-                    Err(Error::Internal(format!("query task failed: {join_error}")))
-                }
+                Ok(Err(failed)) => Err(Error::from_task(failed)),
                 Err(_) => {
                     // Stop the work, not only the wait for it.
                     task.abort();
-                    Err(Error::ResourcesExhausted(format!(
-                        "the query ran longer than {} (query_timeout)",
-                        humanize(limits.timeout)
-                    )))
+                    Err(timed_out(limits))
                 }
             },
             reason = admission.cancelled() => {
@@ -347,10 +340,7 @@ impl Engine {
                 )));
             }
             if rows > limits.max_rows {
-                return Err(Error::ResourcesExhausted(format!(
-                    "the result has more than {} rows (max_result_rows); add a LIMIT, or aggregate",
-                    limits.max_rows
-                )));
+                return Err(too_many_rows(limits));
             }
             batches.push(batch);
         }
@@ -438,6 +428,22 @@ pub(crate) fn record_query(
         .record(started.elapsed().as_secs_f64());
 }
 
+/// The refusal of a query that ran longer than `query_timeout`, on every front-end.
+pub(crate) fn timed_out(limits: &QueryLimits) -> Error {
+    Error::TimedOut(format!(
+        "the query ran longer than {} (query_timeout)",
+        humanize(limits.timeout)
+    ))
+}
+
+/// The refusal of an answer longer than `max_result_rows`, on every front-end.
+pub(crate) fn too_many_rows(limits: &QueryLimits) -> Error {
+    Error::TooManyRows(format!(
+        "the result has more than {} rows (max_result_rows); add a LIMIT, or aggregate",
+        limits.max_rows
+    ))
+}
+
 #[cfg(test)]
 mod runtime_tests {
     #[cfg(target_os = "linux")]
@@ -458,5 +464,41 @@ mod runtime_tests {
         .join()
         .unwrap();
         assert!(nice >= super::QUERY_NICE, "query thread nice {nice}");
+    }
+
+    #[tokio::test]
+    async fn a_query_that_panics_is_an_internal_error_and_the_next_query_runs() {
+        use datafusion::arrow::datatypes::DataType;
+        use datafusion::logical_expr::{Volatility, create_udf};
+
+        let dir = tempfile::tempdir().unwrap();
+        let source = std::sync::Arc::new(crate::DataDir(dir.path().to_owned()));
+        let engine = super::Engine::new(source, Default::default(), Default::default())
+            .await
+            .unwrap();
+        let boom = create_udf(
+            "boom",
+            vec![DataType::Int64],
+            DataType::Int64,
+            Volatility::Volatile,
+            std::sync::Arc::new(|_| panic!("boom went the function")),
+        );
+        engine.context().register_udf(boom);
+
+        let error = engine
+            .query("SELECT boom(count(*)) FROM spans")
+            .await
+            .unwrap_err();
+        assert!(matches!(error, super::Error::Internal(_)), "{error:?}");
+        assert_eq!(error.http_status(), 500);
+        assert!(
+            error.to_string().contains("boom went the function"),
+            "{error}"
+        );
+        let answer = engine.query("SELECT count(*) FROM spans").await.unwrap();
+        assert_eq!(
+            answer.batches.iter().map(|b| b.num_rows()).sum::<usize>(),
+            1
+        );
     }
 }

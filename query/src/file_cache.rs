@@ -3,7 +3,9 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 
 /// Values by file path, within a budget.
 #[derive(Debug)]
@@ -42,7 +44,7 @@ impl<T> FileCache<T> {
 
     /// The value kept for `path`, now the most recently used.
     pub(crate) fn get(&self, path: &Path) -> Option<Arc<T>> {
-        let mut entries = self.entries.lock().expect("file cache lock");
+        let mut entries = self.entries.lock();
         entries.tick += 1;
         let tick = entries.tick;
         let entry = entries.by_path.get_mut(path)?;
@@ -56,7 +58,7 @@ impl<T> FileCache<T> {
         if bytes > self.budget {
             return;
         }
-        let mut entries = self.entries.lock().expect("file cache lock");
+        let mut entries = self.entries.lock();
         if let Some(old) = entries.by_path.remove(path) {
             entries.bytes -= old.bytes;
         }
@@ -84,7 +86,7 @@ impl<T> FileCache<T> {
     /// How many values, and bytes, are kept; checks that the bytes add up.
     #[cfg(test)]
     pub(crate) fn held(&self) -> (usize, usize) {
-        let entries = self.entries.lock().expect("file cache lock");
+        let entries = self.entries.lock();
         let sum: usize = entries.by_path.values().map(|entry| entry.bytes).sum();
         assert_eq!(entries.bytes, sum, "the cache's byte count drifted");
         assert!(entries.bytes <= self.budget);

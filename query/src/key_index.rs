@@ -19,7 +19,9 @@
 use std::collections::HashMap;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 
 use arrow::datatypes::{DataType, Schema, SchemaRef};
 use datafusion::common::tree_node::{Transformed, TreeNode};
@@ -216,7 +218,7 @@ impl Footers {
 impl Footers {
     /// `schema`, or the same schema seen before (most files have the same).
     fn shared(&self, schema: SchemaRef) -> SchemaRef {
-        let mut seen = self.schemas.lock().expect("schemas lock");
+        let mut seen = self.schemas.lock();
         match seen.iter().find(|known| **known == schema) {
             Some(known) => known.clone(),
             None => {

@@ -33,7 +33,7 @@ use pgwire::api::{
     ClientInfo, ConnectionManager, ErrorHandler, PgWireConnectionState, PgWireServerHandlers,
     PidSecretKeyGenerator, RandomPidSecretKeyGenerator,
 };
-use pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
+use pgwire::error::{PgWireError, PgWireResult};
 use pgwire::messages::startup::Authentication;
 use pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
 use pgwire::tokio::TlsAcceptor;
@@ -41,7 +41,10 @@ use tokio::net::TcpStream;
 use tokio::task::JoinSet;
 
 use crate::engine::Engine;
+use crate::error::Error;
 
+mod errors;
+pub use errors::fatal_message;
 mod guard;
 mod session;
 
@@ -188,7 +191,7 @@ pub async fn run<H: Send + 'static>(
 pub(crate) struct Activity {
     authenticated: AtomicBool,
     /// When the last statement started or finished.
-    last: std::sync::Mutex<tokio::time::Instant>,
+    last: parking_lot::Mutex<tokio::time::Instant>,
     statements: AtomicUsize,
 }
 
@@ -196,16 +199,13 @@ impl Activity {
     fn new() -> Self {
         Self {
             authenticated: AtomicBool::new(false),
-            last: std::sync::Mutex::new(tokio::time::Instant::now()),
+            last: parking_lot::Mutex::new(tokio::time::Instant::now()),
             statements: AtomicUsize::new(0),
         }
     }
 
     fn touch(&self) {
-        *self
-            .last
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = tokio::time::Instant::now();
+        *self.last.lock() = tokio::time::Instant::now();
     }
 
     /// A statement starts; it counts as running until the returned value is dropped.
@@ -236,10 +236,7 @@ impl Activity {
             let Some(idle) = timeouts.idle_session else {
                 return Ok(served.await);
             };
-            let last = *self
-                .last
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let last = *self.last.lock();
             if self.statements.load(Ordering::Relaxed) == 0
                 && last + idle <= tokio::time::Instant::now()
             {
@@ -377,10 +374,9 @@ impl StartupHandler for Startup {
             && matches!(message, PgWireFrontendMessage::Startup(_))
         {
             tracing::warn!(peer = %client.socket_addr(), reason = "tls_required", "PostgreSQL login refused: the client did not ask for TLS");
-            return Err(fatal(
-                "28000",
-                "this server requires TLS: connect with sslmode=require (or verify-full)",
-            ));
+            return Err(errors::fatal(&Error::Refused(
+                "this server requires TLS: connect with sslmode=require (or verify-full)".into(),
+            )));
         }
         match &self.how {
             How::Open(open) => open.on_startup(client, message).await?,
@@ -398,14 +394,6 @@ impl StartupHandler for Startup {
         }
         Ok(())
     }
-}
-
-fn fatal(code: &str, message: &str) -> PgWireError {
-    PgWireError::UserError(Box::new(ErrorInfo::new(
-        "FATAL".to_owned(),
-        code.to_owned(),
-        message.to_owned(),
-    )))
 }
 
 /// Clear-text password authentication where the password is a token with the query scope
@@ -446,7 +434,8 @@ impl TokenLogin {
                     Some(configured) if *configured == password => Ok("pg_password".to_owned()),
                     _ => self.gate.login(&password, client.socket_addr()),
                 };
-                let caller = caller.map_err(|reason| fatal("28P01", &reason))?;
+                let caller =
+                    caller.map_err(|reason| errors::fatal(&Error::Unauthenticated(reason)))?;
                 client.metadata_mut().insert(CALLER.to_owned(), caller);
                 let (pid, secret_key) = self.pids.generate(client);
                 client.set_pid_and_secret_key(pid, secret_key.clone());

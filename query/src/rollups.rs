@@ -19,7 +19,9 @@
 use std::collections::{BTreeSet, HashSet};
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 
 use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
@@ -297,11 +299,7 @@ impl Rollups {
                 if let Some(dir) = rollup.parent() {
                     dirs.insert(dir.to_owned());
                 }
-                let given_up = self
-                    .failed
-                    .lock()
-                    .expect("rollup failures lock")
-                    .contains(&file);
+                let given_up = self.failed.lock().contains(&file);
                 if given_up || rollup.exists() {
                     continue;
                 }
@@ -311,10 +309,7 @@ impl Rollups {
                     Err(_) if unreadable::contains(&file) => {}
                     Err(error) => {
                         tracing::warn!(file = %file.display(), %error, "cannot write this file's rollup; its calls are read instead");
-                        self.failed
-                            .lock()
-                            .expect("rollup failures lock")
-                            .insert(file);
+                        self.failed.lock().insert(file);
                         report.failed += 1;
                     }
                 }

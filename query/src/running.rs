@@ -3,8 +3,10 @@
 //! holding the most memory is stopped, so that a few heavy queries together cannot take the
 //! memory ingest needs.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+
+use parking_lot::Mutex;
 
 use datafusion::execution::memory_pool::MemoryPool;
 use tokio::sync::{OwnedSemaphorePermit, watch};
@@ -67,8 +69,8 @@ impl Running {
         Some(held)
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Arc<Query>>> {
-        self.queries.lock().unwrap_or_else(PoisonError::into_inner)
+    fn lock(&self) -> parking_lot::MutexGuard<'_, Vec<Arc<Query>>> {
+        self.queries.lock()
     }
 }
 

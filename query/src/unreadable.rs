@@ -6,12 +6,14 @@
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
-use std::sync::{LazyLock, Mutex, MutexGuard};
+use std::sync::LazyLock;
+
+use parking_lot::{Mutex, MutexGuard};
 
 static FILES: LazyLock<Mutex<HashSet<PathBuf>>> = LazyLock::new(Mutex::default);
 
 fn files() -> MutexGuard<'static, HashSet<PathBuf>> {
-    FILES.lock().expect("unreadable files lock")
+    FILES.lock()
 }
 
 fn count(files: &HashSet<PathBuf>) {

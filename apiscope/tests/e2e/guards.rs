@@ -103,6 +103,11 @@ fn queries_over_a_limit_are_refused_by_name() {
     });
     assert_eq!(error.code().map(|c| c.code()), Some("53000"), "{error}");
     assert!(format!("{error:?}").contains("max_concurrent_queries"));
+    // The same over the extended protocol.
+    let error = one_slot_taken(&daemon, || {
+        runtime.block_on(client.query("SELECT 1", &[])).err()
+    });
+    assert_eq!(error.code().map(|c| c.code()), Some("53000"), "{error}");
     drop(client);
 
     // The time and row limits over PostgreSQL, where rows stream: refused with the codes
@@ -113,18 +118,25 @@ fn queries_over_a_limit_are_refused_by_name() {
             ("SELECT span_id FROM spans", "54000", "max_result_rows"),
             (SLOW, "57014", "query_timeout"),
         ] {
-            let started = Instant::now();
-            let error = client.query(sql, &[]).await.unwrap_err();
-            assert_eq!(
-                error.code().map(|c| c.code()),
-                Some(code),
-                "{sql}: {error:?}"
-            );
-            assert!(format!("{error:?}").contains(setting), "{sql}: {error:?}");
-            assert!(
-                started.elapsed() < Duration::from_secs(30),
-                "{sql} was not stopped"
-            );
+            // The extended protocol, then the simple one.
+            for simple in [false, true] {
+                let started = Instant::now();
+                let error = if simple {
+                    client.simple_query(sql).await.map(|_| ()).unwrap_err()
+                } else {
+                    client.query(sql, &[]).await.map(|_| ()).unwrap_err()
+                };
+                assert_eq!(
+                    error.code().map(|c| c.code()),
+                    Some(code),
+                    "{sql} (simple: {simple}): {error:?}"
+                );
+                assert!(format!("{error:?}").contains(setting), "{sql}: {error:?}");
+                assert!(
+                    started.elapsed() < Duration::from_secs(30),
+                    "{sql} was not stopped"
+                );
+            }
         }
         let rows = client
             .query("SELECT span_id FROM spans LIMIT 5", &[])

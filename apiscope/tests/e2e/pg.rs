@@ -303,6 +303,21 @@ fn tokio_postgres_extended_and_simple_protocols() {
                 "{sql}: {error:?}"
             );
         }
+        // Bad SQL and failing statements get the codes PostgreSQL gives them, not
+        // internal_error (XX000), over both protocols.
+        for (sql, code) in [
+            ("SELEC 1", SqlState::SYNTAX_ERROR),
+            (
+                "SELECT nothing FROM no_such_table",
+                SqlState::SYNTAX_ERROR_OR_ACCESS_RULE_VIOLATION,
+            ),
+            ("SELECT CAST('x' AS INT)", SqlState::DATA_EXCEPTION),
+        ] {
+            let error = client.simple_query(sql).await.unwrap_err();
+            assert_eq!(error.code(), Some(&code), "{sql} (simple): {error:?}");
+            let error = client.query(sql, &[]).await.unwrap_err();
+            assert_eq!(error.code(), Some(&code), "{sql} (extended): {error:?}");
+        }
         // The connection is still usable after a refusal.
         let row = client.query_one("SELECT 41 + 1", &[]).await.unwrap();
         assert_eq!(row.get::<_, i64>(0), 42);

@@ -14,7 +14,7 @@ use std::task::{Context, Poll};
 use datafusion_postgres::pgwire;
 use futures::Stream;
 use pgwire::api::results::{Response, SendableRowStream};
-use pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
+use pgwire::error::PgWireResult;
 use pgwire::messages::data::DataRow;
 use tokio::runtime::Handle;
 use tokio::sync::mpsc;
@@ -22,7 +22,8 @@ use tokio::task::AbortHandle;
 use tokio::time::{Instant, Sleep};
 
 use super::Running;
-use crate::engine::{Engine, humanize};
+use super::errors::{from_library, statement_error};
+use crate::engine::{Engine, timed_out, too_many_rows};
 use crate::error::Error;
 use crate::running::Admission;
 
@@ -30,25 +31,21 @@ use crate::running::Admission;
 pub(super) struct Guard {
     permit: Arc<(Admission, Option<Running>)>,
     deadline: Instant,
-    max_rows: usize,
     runtime: Handle,
 }
 
 impl Guard {
-    /// Takes a place among the running queries, or refuses with SQLSTATE 53000.
+    /// Takes a place among the running queries, or refuses as busy.
     /// `running` marks the connection busy for as long as the statement's rows are sent.
     pub(super) fn admit(engine: &Engine, running: Option<Running>) -> PgWireResult<Self> {
         let permit = engine
             .admit(engine.shared_pool())
-            .map_err(|error| user_error("53000", &error))?;
-        let runtime = engine
-            .runtime()
-            .map_err(|error| PgWireError::ApiError(Box::new(error)))?;
+            .map_err(|error| statement_error(&error))?;
+        let runtime = engine.runtime().map_err(|error| statement_error(&error))?;
         let limits = engine.limits();
         Ok(Self {
             permit: Arc::new((permit, running)),
             deadline: Instant::now() + limits.timeout,
-            max_rows: limits.max_rows,
             runtime,
         })
     }
@@ -61,17 +58,21 @@ impl Guard {
         engine: &Engine,
         work: impl Future<Output = PgWireResult<T>>,
     ) -> PgWireResult<T> {
+        use futures::FutureExt;
         let work = OnRuntime {
             runtime: &self.runtime,
             work: std::pin::pin!(work),
         };
+        // A panic in planning is a bug, answered as one; the connection goes on.
+        let work = std::panic::AssertUnwindSafe(work).catch_unwind();
         tokio::select! {
             waited = tokio::time::timeout_at(self.deadline, work) => match waited {
-                Ok(answer) => answer,
-                Err(_) => Err(timed_out(engine)),
+                Ok(Ok(answer)) => answer.map_err(from_library),
+                Ok(Err(panic)) => Err(statement_error(&Error::from_panic(panic))),
+                Err(_) => Err(statement_error(&timed_out(engine.limits()))),
             },
             reason = self.permit.0.cancelled() => {
-                Err(user_error("53200", &Error::ResourcesExhausted(reason)))
+                Err(statement_error(&Error::ResourcesExhausted(reason)))
             }
         }
     }
@@ -86,11 +87,19 @@ impl Guard {
         // queue; the connection only sends them.
         let (sender, received) = mpsc::channel(ROWS_IN_FLIGHT);
         let producer = self.runtime.spawn(async move {
-            use futures::StreamExt;
-            while let Some(row) = rows.next().await {
-                if sender.send(row).await.is_err() {
-                    break;
+            use futures::{FutureExt, StreamExt};
+            let sending = std::panic::AssertUnwindSafe(async {
+                while let Some(row) = rows.next().await {
+                    if sender.send(row.map_err(from_library)).await.is_err() {
+                        break;
+                    }
                 }
+            });
+            // A panic while encoding rows is a bug; the client is told, rather than given
+            // the rows before it as if they were the whole answer.
+            if let Err(panic) = sending.catch_unwind().await {
+                let failed = Error::from_panic(panic);
+                let _ = sender.send(Err(statement_error(&failed))).await;
             }
         });
         query.data_rows = Box::pin(Rows {
@@ -98,8 +107,7 @@ impl Guard {
             producer: producer.abort_handle(),
             deadline: Box::pin(tokio::time::sleep_until(self.deadline)),
             sent: 0,
-            max_rows: self.max_rows,
-            timed_out: timed_out(engine).to_string(),
+            limits: engine.limits().clone(),
             done: false,
             cancelled: Box::pin(self.permit.0.cancelled()),
             _permit: self.permit.clone(),
@@ -133,8 +141,7 @@ struct Rows {
     producer: AbortHandle,
     deadline: Pin<Box<Sleep>>,
     sent: usize,
-    max_rows: usize,
-    timed_out: String,
+    limits: crate::engine::QueryLimits,
     done: bool,
     /// Completes when the daemon cancels the statement for its memory ceiling.
     cancelled: Pin<Box<dyn Future<Output = String> + Send>>,
@@ -150,24 +157,20 @@ impl Stream for Rows {
         }
         if self.deadline.as_mut().poll(cx).is_ready() {
             self.stop();
-            let error = Error::ResourcesExhausted(self.timed_out.clone());
-            return Poll::Ready(Some(Err(user_error("57014", &error))));
+            return Poll::Ready(Some(Err(statement_error(&timed_out(&self.limits)))));
         }
         if let Poll::Ready(reason) = self.cancelled.as_mut().poll(cx) {
             self.stop();
             let error = Error::ResourcesExhausted(reason);
-            return Poll::Ready(Some(Err(user_error("53200", &error))));
+            return Poll::Ready(Some(Err(statement_error(&error))));
         }
         match self.received.poll_recv(cx) {
             Poll::Ready(Some(Ok(row))) => {
                 self.sent += 1;
-                if self.sent > self.max_rows {
+                if self.sent > self.limits.max_rows {
                     self.stop();
-                    let error = Error::ResourcesExhausted(format!(
-                        "the result has more than {} rows (max_result_rows); add a LIMIT, or aggregate",
-                        self.max_rows
-                    ));
-                    return Poll::Ready(Some(Err(user_error("54000", &error))));
+                    let error = too_many_rows(&self.limits);
+                    return Poll::Ready(Some(Err(statement_error(&error))));
                 }
                 Poll::Ready(Some(Ok(row)))
             }
@@ -187,20 +190,4 @@ impl Drop for Rows {
     fn drop(&mut self) {
         self.producer.abort();
     }
-}
-
-fn timed_out(engine: &Engine) -> PgWireError {
-    let error = Error::ResourcesExhausted(format!(
-        "the query ran longer than {} (query_timeout)",
-        humanize(engine.limits().timeout)
-    ));
-    user_error("57014", &error)
-}
-
-fn user_error(code: &str, error: &Error) -> PgWireError {
-    PgWireError::UserError(Box::new(ErrorInfo::new(
-        "ERROR".to_owned(),
-        code.to_owned(),
-        error.to_string(),
-    )))
 }

@@ -23,12 +23,13 @@ use pgwire::api::results::{FieldInfo, Response};
 use pgwire::api::stmt::QueryParser;
 use pgwire::api::store::PortalStore;
 use pgwire::api::{ClientInfo, ClientPortalStore, Type};
-use pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
+use pgwire::error::{PgWireError, PgWireResult};
 use pgwire::messages::PgWireBackendMessage;
 use pgwire::types::format::FormatOptions;
 use regex::Regex;
 
 use super::Gate;
+use super::errors::statement_error;
 use super::guard::Guard;
 use crate::engine::Engine;
 use crate::error::Error;
@@ -66,7 +67,7 @@ impl Session {
     }
 
     /// The caller's rate limit, checked once per statement run. Over it, the statement is
-    /// refused with SQLSTATE 53400 and the wait; the connection stays usable.
+    /// refused as rate limited, with the wait; the connection stays usable.
     fn admit(&self, client: &impl ClientInfo) -> PgWireResult<()> {
         let Some(gate) = &self.gate else {
             return Ok(());
@@ -74,13 +75,9 @@ impl Session {
         let caller = super::caller_of(client);
         gate.admit(&caller).map_err(|wait| {
             tracing::warn!(listener = "PostgreSQL", peer = %client.socket_addr(), reason = "rate_limited", %caller, "request refused");
-            PgWireError::UserError(Box::new(ErrorInfo::new(
-                "ERROR".to_owned(),
-                "53400".to_owned(),
-                format!(
-                    "rate limit exceeded for {caller}: retry in {} ms",
-                    wait.as_millis().max(1)
-                ),
+            statement_error(&Error::RateLimited(format!(
+                "rate limit exceeded for {caller}: retry in {} ms",
+                wait.as_millis().max(1)
             )))
         })
     }
@@ -141,12 +138,7 @@ impl ExtendedQueryHandler for Session {
 /// Counts a statement in the query metrics. Results stream to the client after this, so
 /// the latency is to the first row.
 fn record_pg(started: std::time::Instant, answer: Result<(), &PgWireError>) {
-    let outcome = match answer {
-        Ok(()) => "ok",
-        Err(PgWireError::UserError(info)) if info.code == "25006" => "refused",
-        Err(_) => "failed",
-    };
-    crate::engine::record_query("postgres", outcome, started);
+    crate::engine::record_query("postgres", super::errors::outcome(answer), started);
 }
 
 /// The library's parser, given the rewritten SQL.
@@ -173,13 +165,14 @@ impl QueryParser for RewritingParser {
             datafusion::sql::sqlparser::parser::Parser::parse_sql(&dialect, &sql)
             && statements.len() > 1
         {
-            return Err(PgWireError::UserError(Box::new(ErrorInfo::new(
-                "ERROR".to_owned(),
-                "42601".to_owned(),
+            return Err(statement_error(&Error::Syntax(
                 "cannot insert multiple commands into a prepared statement".to_owned(),
-            ))));
+            )));
         }
-        self.0.parse_sql(client, &sql, types).await
+        self.0
+            .parse_sql(client, &sql, types)
+            .await
+            .map_err(super::errors::from_library)
     }
 
     fn get_parameter_types(&self, statement: &Self::Statement) -> PgWireResult<Vec<Type>> {
@@ -282,7 +275,7 @@ enum Verdict {
 async fn verdict(statement: &Statement, context: &SessionContext) -> Verdict {
     match statement {
         Statement::Set(set) => match engine_setting(set) {
-            Some(name) => Verdict::Refuse(read_only_error(&Error::ReadOnly(format!(
+            Some(name) => Verdict::Refuse(statement_error(&Error::ReadOnly(format!(
                 "SET {name} would change the engine's settings, which the server fixes"
             )))),
             None => Verdict::Pass,
@@ -319,7 +312,7 @@ async fn verdict(statement: &Statement, context: &SessionContext) -> Verdict {
                 .next()
                 .unwrap_or("this")
                 .to_uppercase();
-            Verdict::Refuse(read_only_error(&Error::ReadOnly(format!(
+            Verdict::Refuse(statement_error(&Error::ReadOnly(format!(
                 "{keyword} statements are refused"
             ))))
         }
@@ -337,12 +330,12 @@ async fn planned(statement: &Statement, context: &SessionContext) -> Verdict {
         return Verdict::Pass;
     };
     if let Err(error) = Engine::check_read_only(&plan) {
-        return Verdict::Refuse(read_only_error(&error));
+        return Verdict::Refuse(statement_error(&error));
     }
     match crate::json::maps_as_json(&plan) {
         Ok(Some(plan)) => Verdict::Run(plan),
         Ok(None) => Verdict::Pass,
-        Err(error) => Verdict::Refuse(PgWireError::ApiError(Box::new(error))),
+        Err(error) => Verdict::Refuse(statement_error(&error)),
     }
 }
 
@@ -355,7 +348,7 @@ async fn run(
     let frame = context
         .execute_logical_plan(plan)
         .await
-        .map_err(|error| PgWireError::ApiError(Box::new(error)))?;
+        .map_err(|error| statement_error(&error.into()))?;
     let format = Arc::new(FormatOptions::from_client_metadata(client.metadata()));
     let answer = encode_dataframe(frame, &Format::UnifiedText, Some(format)).await?;
     Ok(Response::Query(answer))
@@ -377,13 +370,4 @@ fn engine_setting(set: &Set) -> Option<String> {
         Set::SetTimeZone { local: true, .. } => Some("LOCAL TIME ZONE".to_owned()),
         _ => None,
     }
-}
-
-/// 25006 is read_only_sql_transaction, what PostgreSQL answers a write on a read-only server.
-fn read_only_error(error: &Error) -> PgWireError {
-    PgWireError::UserError(Box::new(ErrorInfo::new(
-        "ERROR".to_owned(),
-        "25006".to_owned(),
-        error.to_string(),
-    )))
 }
