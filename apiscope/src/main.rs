@@ -6,6 +6,7 @@ mod ceiling;
 mod client;
 mod config;
 mod fds;
+mod health;
 mod import;
 mod listen;
 mod loadgen;

@@ -192,7 +192,10 @@ pub(crate) async fn run(mut settings: Settings) -> Result<()> {
         Scope::Ingest,
         "OTLP/HTTP",
     )
-    .merge(query::http::health());
+    .merge(crate::health::router(
+        collector.clone(),
+        stop_accepting.clone(),
+    ));
     let query_routes = guarded(
         query::http::router(engine.clone()),
         Scope::Query,
@@ -203,7 +206,10 @@ pub(crate) async fn run(mut settings: Settings) -> Result<()> {
         Scope::Admin,
         "query API",
     ))
-    .merge(query::http::health());
+    .merge(crate::health::router(
+        collector.clone(),
+        stop_accepting.clone(),
+    ));
     for (listener, routes) in [(otlp_http, otlp_routes), (query_http, query_routes)] {
         front_ends.spawn(listen::serve_http(
             listener,

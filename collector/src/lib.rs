@@ -244,6 +244,28 @@ impl Collector {
         Ok((collector, report))
     }
 
+    /// Why ingest is refused now, whatever the request, if it is: the daemon is shutting
+    /// down, or the disk is under `min_free_bytes`. What `/readyz` reports.
+    pub fn not_accepting(&self) -> Option<Error> {
+        if self.closed.is_cancelled() {
+            return Some(Error::ShuttingDown);
+        }
+        self.disk_too_full()
+    }
+
+    /// A full disk would leave no room for the flush that releases the log: the daemon
+    /// could take nothing more until someone freed space. Refusing a little earlier lets the
+    /// flushes go on, and ingest resumes by itself once they have released the log.
+    fn disk_too_full(&self) -> Option<Error> {
+        let free = free_bytes(&self.config.data_dir)?;
+        (free < self.config.min_free_bytes).then(|| Error::Overloaded {
+            what: format!(
+                "the disk of the data directory has {free} bytes free, under min_free_bytes ({})",
+                self.config.min_free_bytes
+            ),
+        })
+    }
+
     /// The settings in force.
     pub fn config(&self) -> &Config {
         &self.config
@@ -313,19 +335,9 @@ impl Collector {
                 what: format!("the write-ahead log holds {wal_bytes} bytes (max_wal_bytes)"),
             });
         }
-        // A full disk would leave no room for the flush that releases the log: the daemon
-        // could take nothing more until someone freed space. Refusing a little earlier lets
-        // the flushes go on, and ingest resumes by itself once they have released the log.
-        if let Some(free) = free_bytes(&self.config.data_dir)
-            && free < self.config.min_free_bytes
-        {
+        if let Some(paused) = self.disk_too_full() {
             self.flush_wanted.notify_one();
-            return Err(Error::Overloaded {
-                what: format!(
-                    "the disk of the data directory has {free} bytes free, under min_free_bytes ({})",
-                    self.config.min_free_bytes
-                ),
-            });
+            return Err(paused);
         }
         outcome.accepted = batch.num_rows();
         let (done, logged) = oneshot::channel();

@@ -1,5 +1,4 @@
-//! SQL over HTTP: `POST /api/v1/query`; and `GET /healthz` and `GET /readyz`, which every
-//! HTTP listener serves without credentials.
+//! SQL over HTTP: `POST /api/v1/query`.
 //!
 //! The body is `{"sql": "..."}` (or the SQL itself as `text/plain` or `application/sql`).
 //! The answer is JSON by default and an Arrow IPC stream when the `Accept` header asks for
@@ -10,7 +9,7 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::post;
 use serde::Deserialize;
 use serde_json::json;
 
@@ -26,24 +25,6 @@ pub fn router(engine: Engine) -> Router {
     Router::new()
         .route("/api/v1/query", post(query))
         .with_state(engine)
-}
-
-/// `/healthz` and `/readyz`.
-pub fn health() -> Router {
-    Router::new()
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-}
-
-/// Liveness: answers while the process serves requests.
-pub async fn healthz() -> &'static str {
-    "ok\n"
-}
-
-/// Readiness: the write-ahead log is replayed before any listener opens, so a process that
-/// answers here has every acknowledged row queryable and accepts data.
-pub async fn readyz() -> &'static str {
-    "ready\n"
 }
 
 #[derive(Deserialize)]

@@ -198,5 +198,17 @@ fn a_disk_under_the_free_space_floor_pauses_ingest_and_not_queries() {
     let text = response.text().unwrap();
     assert!(text.contains("under min_free_bytes"), "{text}");
     assert_eq!(daemon.count("SELECT count(*) FROM spans"), 0);
+    // Not ready, on both HTTP listeners, for the same reason; still alive.
+    for base in [daemon.otlp_http_endpoint(), daemon.query_url()] {
+        let answer = http().get(format!("{base}/readyz")).send().unwrap();
+        assert_eq!(answer.status().as_u16(), 503, "{base}");
+        let text = answer.text().unwrap();
+        assert!(
+            text.contains("not ready") && text.contains("min_free_bytes"),
+            "{text}"
+        );
+        let answer = http().get(format!("{base}/healthz")).send().unwrap();
+        assert_eq!(answer.status().as_u16(), 200, "{base}");
+    }
     daemon.stop();
 }
