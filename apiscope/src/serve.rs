@@ -282,7 +282,8 @@ async fn roll_up(engine: Engine, every: std::time::Duration, stop: CancellationT
     let mut interval = tokio::time::interval(every);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     while stop.run_until_cancelled(interval.tick()).await.is_some() {
-        let outcome = match stop.run_until_cancelled(engine.roll_up()).await {
+        let writing = engine.roll_up(Arc::new(collector::RollupFiles));
+        let outcome = match stop.run_until_cancelled(writing).await {
             None => return,
             Some(Ok(report)) => {
                 metrics::counter!("apiscope_rollups_written_total")

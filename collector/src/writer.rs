@@ -1,7 +1,8 @@
 //! Buffered rows to Parquet files: sorted, split by hour, written whole before they appear.
 //!
 //! A file is written under a temporary name starting with a dot, synced, and only then
-//! renamed into its partition, so readers never see a partial file.
+//! renamed into its partition, so readers never see a partial file ([`Staged`] and
+//! [`publish`]: the one way any file enters the data directory, data and rollups alike).
 
 use std::collections::hash_map::RandomState;
 use std::fs::File;
@@ -36,6 +37,30 @@ pub struct Staged {
 }
 
 impl Staged {
+    /// Writes the file to be published as `destination`: under a temporary name beside it
+    /// (a dot first, so that no reader lists it), filled by `fill`, synced. Nothing is left
+    /// behind when it fails. The folder must exist.
+    pub fn write(destination: PathBuf, fill: impl FnOnce(File) -> Result<File>) -> Result<Staged> {
+        let name = destination
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let temporary = destination.with_file_name(format!(".{name}.tmp"));
+        let written = File::create(&temporary)
+            .map_err(storage)
+            .and_then(fill)
+            .and_then(|file| file.sync_all().map_err(storage));
+        if let Err(error) = written {
+            let _ = std::fs::remove_file(&temporary);
+            return Err(error);
+        }
+        Ok(Staged {
+            temporary,
+            destination,
+            rows: 0,
+        })
+    }
+
     /// The file's name once published.
     pub fn name(&self) -> String {
         self.destination
@@ -117,12 +142,7 @@ impl Writer {
     ) -> Result<Staged> {
         let dir = partition_dir(&self.data_dir, table.name, partition);
         std::fs::create_dir_all(&dir).map_err(storage)?;
-        let name = self.file_name(through);
-        let temporary = dir.join(format!(".{name}.tmp"));
-        let destination = dir.join(name);
-
-        let written = (|| {
-            let file = File::create(&temporary).map_err(storage)?;
+        let mut staged = Staged::write(dir.join(self.file_name(through)), |file| {
             let schema = table.stored_schema();
             let mut writer =
                 ArrowWriter::try_new(file, schema, Some(properties(through))).map_err(storage)?;
@@ -135,18 +155,10 @@ impl Writer {
             }
             writer
                 .append_key_value_metadata(KeyValue::new(KEY_INDEX_KEY.to_owned(), keys.to_json()));
-            let file = writer.into_inner().map_err(storage)?;
-            file.sync_all().map_err(storage)
-        })();
-        if let Err(error) = written {
-            let _ = std::fs::remove_file(&temporary);
-            return Err(error);
-        }
-        Ok(Staged {
-            temporary,
-            destination,
-            rows: rows.len(),
-        })
+            writer.into_inner().map_err(storage)
+        })?;
+        staged.rows = rows.len();
+        Ok(staged)
     }
 }
 

@@ -162,6 +162,7 @@ pub(crate) fn text(expr: &Expr) -> Option<String> {
 }
 
 #[cfg(test)]
+#[allow(clippy::disallowed_methods)] // Fixtures: files written as the write side would.
 mod tests {
     use arrow::array::{RecordBatch, StringArray};
     use arrow::datatypes::{DataType, Field, Schema};

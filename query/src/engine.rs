@@ -198,13 +198,17 @@ impl Engine {
         })
     }
 
-    /// Writes the per-minute rollups that the store's files lack, and removes those whose
-    /// file is gone (see `api_call_minutes`). Runs on the query threads.
-    pub async fn roll_up(&self) -> Result<crate::rollups::RollupReport> {
+    /// Computes the per-minute rollups that the store's files lack, for `writer` to write,
+    /// and has it remove those whose file is gone (see `api_call_minutes`). Runs on the
+    /// query threads.
+    pub async fn roll_up(
+        &self,
+        writer: Arc<dyn schemas::RollupWriter>,
+    ) -> Result<crate::rollups::RollupReport> {
         let engine = self.clone();
         let task = self
             .runtime()?
-            .spawn(async move { engine.rollups.build(&engine.ctx.state()).await });
+            .spawn(async move { engine.rollups.build(&engine.ctx.state(), writer).await });
         let report = task.await.map_err(Error::from_task)??;
         Ok(report)
     }

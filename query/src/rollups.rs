@@ -36,10 +36,7 @@ use datafusion::datasource::TableType;
 use datafusion::error::Result;
 use datafusion::execution::{SessionState, SessionStateBuilder};
 use datafusion::logical_expr::Expr;
-use datafusion::parquet::arrow::ArrowWriter;
 use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
-use datafusion::parquet::basic::Compression;
-use datafusion::parquet::file::properties::WriterProperties;
 use datafusion::physical_expr::PhysicalExpr;
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::projection::ProjectionExec;
@@ -52,13 +49,11 @@ use crate::questions::{self, Window, WindowArgs};
 use crate::source::{Snapshot, Source, TimeRange};
 use crate::table::StoreTable;
 use crate::unreadable;
+use schemas::{RollupWriter, rollup_path};
 
 /// Bytes of rollups kept in memory at most: about 1.5 MB per 8M spans as flushed (fewer
 /// once compacted), so some days of a busy fleet.
 const BUDGET: usize = 256 << 20;
-
-/// The folder, inside each hour partition, that holds its files' rollups.
-pub(crate) const DIR: &str = ".rollup";
 
 const MINUTE_NS: i64 = 60_000_000_000;
 
@@ -92,16 +87,6 @@ pub const COLUMNS: &[(&str, &str)] = &[
         "the calls' durations (ms) as a sketch, for `sketch_percentile` and `sketch_merge`",
     ),
 ];
-
-/// Where the rollup of data file `file` lives.
-pub(crate) fn path_of(file: &Path) -> Option<PathBuf> {
-    Some(file.parent()?.join(DIR).join(file.file_name()?))
-}
-
-/// The data file a rollup was made from.
-fn file_of(rollup: &Path) -> Option<PathBuf> {
-    Some(rollup.parent()?.parent()?.join(rollup.file_name()?))
-}
 
 /// Fixed files and rows per table: what one part of a rollup reads.
 #[derive(Debug, Default)]
@@ -177,13 +162,14 @@ pub struct RollupReport {
     pub failed: usize,
 }
 
-/// Writes the rollup of `file`, of `table`, to `rollup`.
+/// The rollup of `file`, of `table`, written to `rollup` by `writer`.
 async fn roll_up(
     state: &SessionState,
     table: &'static str,
     file: &Path,
     rollup: &Path,
     schema: SchemaRef,
+    writer: Arc<dyn RollupWriter>,
 ) -> Result<()> {
     let mut fixed = Fixed::default();
     fixed.part(table).files.push(file.to_owned());
@@ -197,63 +183,10 @@ async fn roll_up(
     }
     let batches = datafusion::physical_plan::collect(plan, state.task_ctx()).await?;
     let rollup = rollup.to_owned();
-    tokio::task::spawn_blocking(move || write(&rollup, schema, &batches))
+    tokio::task::spawn_blocking(move || writer.write(&rollup, schema, &batches))
         .await
         .map_err(|error| DataFusionError::External(Box::new(error)))?
         .map_err(|error| DataFusionError::External(Box::new(error)))
-}
-
-/// Writes `batches` to `path`, complete or not at all.
-fn write(path: &Path, schema: SchemaRef, batches: &[RecordBatch]) -> io::Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    // Not `create_dir_all`: a partition that retention has just dropped stays dropped.
-    match std::fs::create_dir(dir) {
-        Err(error) if error.kind() != io::ErrorKind::AlreadyExists => return Err(error),
-        _ => {}
-    }
-    let name = path.file_name().unwrap_or_default().to_string_lossy();
-    let temporary = dir.join(format!(".{name}.tmp"));
-    let file = std::fs::File::create(&temporary)?;
-    // LZ4: rollups are small, and a zstd column costs more to open (the Parquet reader makes
-    // zstd contexts for every column chunk) than it saves in reading.
-    let properties = WriterProperties::builder()
-        .set_compression(Compression::LZ4_RAW)
-        .build();
-    let mut writer =
-        ArrowWriter::try_new(file, schema, Some(properties)).map_err(io::Error::other)?;
-    for batch in batches {
-        writer.write(batch).map_err(io::Error::other)?;
-    }
-    let file = writer.into_inner().map_err(io::Error::other)?;
-    file.sync_all()?;
-    std::fs::rename(&temporary, path)
-}
-
-/// Removes the rollups in `dir` whose file is gone, and temporary files a crash left.
-fn remove_orphans(dir: &Path) -> Result<usize> {
-    let storage = |error: io::Error| DataFusionError::External(Box::new(error));
-    let mut removed = 0;
-    let entries = match std::fs::read_dir(dir) {
-        Ok(entries) => entries,
-        // No rollup was written in this partition.
-        Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(0),
-        Err(error) => return Err(storage(error)),
-    };
-    for entry in entries {
-        let path = entry.map_err(storage)?.path();
-        let temporary = path
-            .file_name()
-            .is_some_and(|name| name.to_string_lossy().starts_with('.'));
-        let orphan = file_of(&path).is_some_and(|file| !file.exists());
-        if temporary || orphan {
-            match std::fs::remove_file(&path) {
-                Ok(()) => removed += 1,
-                Err(error) if error.kind() == io::ErrorKind::NotFound => {}
-                Err(error) => return Err(storage(error)),
-            }
-        }
-    }
-    Ok(removed)
 }
 
 /// The store's per-minute rollups: what writes them, and `api_call_minutes([from [, to]])`,
@@ -281,10 +214,15 @@ impl Rollups {
         })
     }
 
-    /// Writes the rollups missing for the store's live files, and removes those whose file
-    /// is gone. A file whose rollup cannot be made (unreadable, or deleted meanwhile) is
-    /// reported once, counted in `failed`, and not tried again; its calls are read instead.
-    pub(crate) async fn build(&self, state: &SessionState) -> Result<RollupReport> {
+    /// Computes the rollups missing for the store's live files and has `writer` write them,
+    /// and remove those whose file is gone. A file whose rollup cannot be made (unreadable,
+    /// or deleted meanwhile) is reported once, counted in `failed`, and not tried again; its
+    /// calls are read instead.
+    pub(crate) async fn build(
+        &self,
+        state: &SessionState,
+        writer: Arc<dyn RollupWriter>,
+    ) -> Result<RollupReport> {
         let mut report = RollupReport::default();
         let mut dirs = BTreeSet::new();
         for table in schemas::TABLES {
@@ -293,7 +231,7 @@ impl Rollups {
                 .files(table, TimeRange::default())
                 .map_err(|error| DataFusionError::External(Box::new(error)))?;
             for file in files {
-                let Some(rollup) = path_of(&file) else {
+                let Some(rollup) = rollup_path(&file) else {
                     continue;
                 };
                 if let Some(dir) = rollup.parent() {
@@ -303,7 +241,9 @@ impl Rollups {
                 if given_up || rollup.exists() {
                     continue;
                 }
-                match roll_up(state, table.name, &file, &rollup, self.schema.clone()).await {
+                let schema = self.schema.clone();
+                let writing = writer.clone();
+                match roll_up(state, table.name, &file, &rollup, schema, writing).await {
                     Ok(()) => report.written += 1,
                     // Reported already, and tried again by the next pass: it may be restored.
                     Err(_) if unreadable::contains(&file) => {}
@@ -315,9 +255,15 @@ impl Rollups {
                 }
             }
         }
-        for dir in dirs {
-            report.removed += remove_orphans(&dir)?;
-        }
+        let storage = |error| DataFusionError::External(Box::new(error));
+        report.removed = tokio::task::spawn_blocking(move || {
+            dirs.iter()
+                .map(|dir| writer.remove_orphans(dir))
+                .sum::<std::io::Result<usize>>()
+        })
+        .await
+        .map_err(|error| DataFusionError::External(Box::new(error)))?
+        .map_err(storage)?;
         Ok(report)
     }
 }
@@ -501,7 +447,7 @@ fn load(
     file: &Path,
     schema: &SchemaRef,
 ) -> Option<Arc<Vec<RecordBatch>>> {
-    let path = path_of(file)?;
+    let path = rollup_path(file)?;
     if let Some(rows) = cache.get(&path) {
         return Some(rows);
     }
@@ -542,32 +488,9 @@ fn time_literal(ns: i64) -> Expr {
 }
 
 #[cfg(test)]
+#[allow(clippy::disallowed_methods)] // Fixtures: files written as the write side would.
 mod tests {
     use super::*;
-
-    #[test]
-    fn rollups_live_beside_their_files_and_go_with_them() {
-        let dir = tempfile::tempdir().unwrap();
-        let hour = dir.path().join("spans/date=2026-11-30/hour=17");
-        let rollups = hour.join(DIR);
-        std::fs::create_dir_all(&rollups).unwrap();
-        let kept = hour.join("1-a-0.parquet");
-        std::fs::write(&kept, b"data").unwrap();
-        let rollup = path_of(&kept).unwrap();
-        assert_eq!(rollup, rollups.join("1-a-0.parquet"));
-        assert_eq!(file_of(&rollup).unwrap(), kept);
-        std::fs::write(&rollup, b"rollup").unwrap();
-        // The rollup of a file compaction has deleted, and a write a crash cut short.
-        std::fs::write(rollups.join("0-a-0.parquet"), b"rollup").unwrap();
-        std::fs::write(rollups.join(".2-a-0.parquet.tmp"), b"part").unwrap();
-
-        assert_eq!(remove_orphans(&rollups).unwrap(), 2);
-        let left: Vec<_> = std::fs::read_dir(&rollups)
-            .unwrap()
-            .map(|entry| entry.unwrap().path())
-            .collect();
-        assert_eq!(left, [rollup]);
-    }
 
     #[test]
     fn a_damaged_or_missing_rollup_is_no_rollup_and_a_read_one_is_kept() {
@@ -578,8 +501,8 @@ mod tests {
         ]));
         let cache = FileCache::new(1 << 20);
         assert!(load(&cache, &file, &schema).is_none(), "not written yet");
-        std::fs::create_dir(dir.path().join(DIR)).unwrap();
-        let rollup = path_of(&file).unwrap();
+        std::fs::create_dir(dir.path().join(schemas::ROLLUP_DIR)).unwrap();
+        let rollup = rollup_path(&file).unwrap();
         std::fs::write(&rollup, b"PAR1 not parquet").unwrap();
         assert!(load(&cache, &file, &schema).is_none(), "damaged");
 
@@ -589,7 +512,9 @@ mod tests {
         )
         .unwrap();
         std::fs::remove_file(&rollup).unwrap();
-        write(&rollup, schema.clone(), std::slice::from_ref(&batch)).unwrap();
+        collector::RollupFiles
+            .write(&rollup, schema.clone(), std::slice::from_ref(&batch))
+            .unwrap();
         let other = Arc::new(arrow::datatypes::Schema::new(vec![
             arrow::datatypes::Field::new("calls", arrow::datatypes::DataType::Utf8, false),
         ]));
@@ -618,18 +543,9 @@ mod tests {
         // Not an empty rollup (the scan leaves the file out), and not given up on: tried
         // again by each pass, in case it is restored.
         for _ in 0..2 {
-            assert_eq!(engine.roll_up().await.unwrap(), RollupReport::default());
-            assert!(!path_of(&damaged).unwrap().exists());
+            let report = engine.roll_up(Arc::new(collector::RollupFiles)).await;
+            assert_eq!(report.unwrap(), RollupReport::default());
+            assert!(!rollup_path(&damaged).unwrap().exists());
         }
-    }
-
-    #[test]
-    fn a_rollup_is_not_written_into_a_dropped_partition() {
-        let dir = tempfile::tempdir().unwrap();
-        let gone = dir.path().join("spans/date=2026-11-30/hour=17");
-        let schema = Arc::new(arrow::datatypes::Schema::empty());
-        let error = write(&gone.join(DIR).join("1-a-0.parquet"), schema, &[]).unwrap_err();
-        assert_eq!(error.kind(), io::ErrorKind::NotFound);
-        assert!(!gone.exists());
     }
 }

@@ -459,6 +459,7 @@ fn timestamp_ns(expr: &Expr) -> Option<i64> {
 }
 
 #[cfg(test)]
+#[allow(clippy::disallowed_methods)] // Fixtures: files written as the write side would.
 mod tests {
     use arrow::array::{
         ArrayRef, BooleanArray, Float64Array, Int64Array, MapBuilder, RecordBatch, StringArray,
@@ -595,7 +596,11 @@ mod tests {
         };
         assert_eq!(answer(engine.clone()).await, serde_json::json!([[1, 1]]));
         assert_eq!(
-            engine.roll_up().await.unwrap().written,
+            engine
+                .roll_up(Arc::new(collector::RollupFiles))
+                .await
+                .unwrap()
+                .written,
             1,
             "a's rollup only"
         );
@@ -603,7 +608,11 @@ mod tests {
         store.write("b.parquet", &batch("b"), None);
         assert_eq!(answer(engine.clone()).await, serde_json::json!([[2, 2]]));
         assert_eq!(
-            engine.roll_up().await.unwrap().written,
+            engine
+                .roll_up(Arc::new(collector::RollupFiles))
+                .await
+                .unwrap()
+                .written,
             1,
             "b's rollup, once restored"
         );

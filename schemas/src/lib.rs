@@ -19,7 +19,8 @@ mod tables;
 pub use gather::{gather, gather_column};
 pub use key_index::{GRANULE_ROWS, KEY_INDEX_KEY, KeyIndex};
 pub use layout::{
-    REPLACED_BY, hour_dirs, hour_partitions, is_data_file, live_files, partition_dir, partition_of,
+    REPLACED_BY, ROLLUP_DIR, RollupWriter, hour_dirs, hour_partitions, is_data_file, live_files,
+    partition_dir, partition_of, rollup_path, rollup_source,
 };
 pub use tables::{
     Column, ColumnType, LOGS, REQUESTS, SPANS, Table, events_field, string_map_field,
