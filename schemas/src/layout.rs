@@ -149,6 +149,37 @@ fn read_dir_sorted(dir: &Path) -> io::Result<Vec<PathBuf>> {
     Ok(paths)
 }
 
+/// The folder, inside each hour partition, that holds its files' per-minute rollups.
+pub const ROLLUP_DIR: &str = ".rollup";
+
+/// Where the rollup of data file `file` lives: `.rollup/<same name>` beside it.
+pub fn rollup_path(file: &Path) -> Option<PathBuf> {
+    Some(file.parent()?.join(ROLLUP_DIR).join(file.file_name()?))
+}
+
+/// The data file a rollup was made from.
+pub fn rollup_source(rollup: &Path) -> Option<PathBuf> {
+    Some(rollup.parent()?.parent()?.join(rollup.file_name()?))
+}
+
+/// The write side of the per-minute rollups. The query engine computes a file's rollup
+/// (it has the SQL for it) and hands it here; only the write side creates, renames or
+/// removes files in the data directory.
+pub trait RollupWriter: Send + Sync {
+    /// Writes `batches` as the rollup at `rollup`, complete or not at all. Fails with
+    /// `NotFound` when the file's partition is gone (retention dropped it meanwhile).
+    fn write(
+        &self,
+        rollup: &Path,
+        schema: arrow::datatypes::SchemaRef,
+        batches: &[arrow::array::RecordBatch],
+    ) -> io::Result<()>;
+
+    /// Removes the rollups in the rollup folder `dir` whose file is gone, and temporary
+    /// files a crash left; returns how many.
+    fn remove_orphans(&self, dir: &Path) -> io::Result<usize>;
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -199,35 +230,4 @@ mod tests {
                 .is_empty()
         );
     }
-}
-
-/// The folder, inside each hour partition, that holds its files' per-minute rollups.
-pub const ROLLUP_DIR: &str = ".rollup";
-
-/// Where the rollup of data file `file` lives: `.rollup/<same name>` beside it.
-pub fn rollup_path(file: &Path) -> Option<PathBuf> {
-    Some(file.parent()?.join(ROLLUP_DIR).join(file.file_name()?))
-}
-
-/// The data file a rollup was made from.
-pub fn rollup_source(rollup: &Path) -> Option<PathBuf> {
-    Some(rollup.parent()?.parent()?.join(rollup.file_name()?))
-}
-
-/// The write side of the per-minute rollups. The query engine computes a file's rollup
-/// (it has the SQL for it) and hands it here; only the write side creates, renames or
-/// removes files in the data directory.
-pub trait RollupWriter: Send + Sync {
-    /// Writes `batches` as the rollup at `rollup`, complete or not at all. Fails with
-    /// `NotFound` when the file's partition is gone (retention dropped it meanwhile).
-    fn write(
-        &self,
-        rollup: &Path,
-        schema: arrow::datatypes::SchemaRef,
-        batches: &[arrow::array::RecordBatch],
-    ) -> io::Result<()>;
-
-    /// Removes the rollups in the rollup folder `dir` whose file is gone, and temporary
-    /// files a crash left; returns how many.
-    fn remove_orphans(&self, dir: &Path) -> io::Result<usize>;
 }
