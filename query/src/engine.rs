@@ -1,10 +1,13 @@
-//! The DataFusion session answering SQL, read-only.
+//! The DataFusion session answering SQL, read-only: its settings, its limits ([`bounds`],
+//! [`running`]) and the runtime queries run on.
+
+pub(crate) mod bounds;
+pub(crate) mod running;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use arrow::array::RecordBatch;
-use arrow::datatypes::SchemaRef;
 use datafusion::execution::SessionStateBuilder;
 use datafusion::execution::cache::cache_manager::CacheManagerConfig;
 use datafusion::execution::context::{SQLOptions, SessionConfig, SessionContext};
@@ -18,20 +21,11 @@ use futures::StreamExt;
 use tokio::sync::Semaphore;
 
 use crate::error::{Error, Result};
+use crate::output::QueryOutput;
 use crate::questions::QuestionSettings;
-use crate::rollups::Rollups;
-use crate::running::{Admission, Running};
-use crate::source::Source;
-use crate::table::StoreTable;
-
-/// A finished query's rows.
-#[derive(Debug)]
-pub struct QueryOutput {
-    /// The result's schema (also when there are no rows).
-    pub schema: SchemaRef,
-    /// The rows.
-    pub batches: Vec<RecordBatch>,
-}
+use crate::questions::rollups::Rollups;
+use crate::scan::{CATALOG, Source, StoreTable};
+use running::{Admission, Running};
 
 /// What one query may use, and how many may run at once. Each refusal names its limit.
 #[derive(Debug, Clone)]
@@ -59,9 +53,6 @@ impl Default for QueryLimits {
         }
     }
 }
-
-/// The catalog holding apiscope's tables; also the database name PostgreSQL clients see.
-pub const CATALOG: &str = "apiscope";
 
 /// Answers read-only SQL over `spans` and `logs`.
 #[derive(Clone)]
@@ -163,7 +154,7 @@ impl Engine {
                 DiskManagerBuilder::default().with_mode(DiskManagerMode::Disabled),
             )
             .build_arc()?;
-        let values = crate::bounds::ValueLimits {
+        let values = crate::engine::bounds::ValueLimits {
             value: limits.max_value_bytes,
             batch: limits.memory_per_query,
         };
@@ -171,7 +162,7 @@ impl Engine {
             .with_config(config)
             .with_runtime_env(runtime)
             .with_default_features()
-            .with_physical_optimizer_rule(crate::bounds::rule(values))
+            .with_physical_optimizer_rule(crate::engine::bounds::rule(values))
             .build();
         let ctx = SessionContext::new_with_state(state);
         for table in schemas::TABLES {
@@ -182,7 +173,7 @@ impl Engine {
         setup_pg_catalog(&ctx, CATALOG, EmptyContextProvider)
             .map_err(|error| Error::Internal(format!("pg_catalog: {error}")))?;
         crate::functions::register(&ctx, settings.openapi.clone());
-        crate::bounds::register(&ctx, values);
+        crate::engine::bounds::register(&ctx, values);
         ctx.register_table("openapi_operations", openapi_operations(&settings.openapi)?)?;
         let rollups = Arc::new(Rollups::new(&ctx.state(), source).await?);
         ctx.register_udtf("api_call_minutes", rollups.clone());
@@ -204,7 +195,7 @@ impl Engine {
     pub async fn roll_up(
         &self,
         writer: Arc<dyn schemas::RollupWriter>,
-    ) -> Result<crate::rollups::RollupReport> {
+    ) -> Result<crate::questions::rollups::RollupReport> {
         let engine = self.clone();
         let task = self
             .runtime()?

@@ -1,8 +1,12 @@
 //! SQL functions apiscope adds to DataFusion's: `current_setting(name)` for PostgreSQL
 //! clients, `to_json(value)`, and the route helpers the `api_calls` view and
 //! `contract_drift` use (`route_template(path)`, `route_shape(route)`, `api_version(route)`);
-//! and two it replaces, `approx_percentile_cont` and `approx_median` (see
-//! [`crate::percentile`]).
+//! and two it replaces, `approx_percentile_cont` and `approx_median` (see [`percentile`]).
+//! The functions that read stored columns (`pairs_map`, `pairs_value`) belong to the scan
+//! and are registered here with the rest.
+
+pub(crate) mod percentile;
+pub(crate) mod to_json;
 
 use std::sync::Arc;
 
@@ -30,14 +34,14 @@ pub(crate) fn register(ctx: &SessionContext, openapi: Arc<OpenApi>) {
     ctx.register_udf(text_function("api_version", |route| {
         Ok(schemas::routes::version_prefix(route).map(str::to_owned))
     }));
-    ctx.register_udf(crate::json::TO_JSON.as_ref().clone());
-    ctx.register_udf(crate::pairs_map::PAIRS_MAP.as_ref().clone());
-    ctx.register_udf(crate::pairs_map::PAIRS_VALUE.as_ref().clone());
-    ctx.register_udaf(crate::percentile::approx_percentile_cont());
-    ctx.register_udaf(crate::percentile::approx_median());
-    ctx.register_udaf(crate::percentile::percentile_sketch());
-    ctx.register_udaf(crate::percentile::sketch_merge());
-    ctx.register_udaf(crate::percentile::sketch_percentile());
+    ctx.register_udf(to_json::TO_JSON.as_ref().clone());
+    ctx.register_udf(crate::scan::pairs_map::PAIRS_MAP.as_ref().clone());
+    ctx.register_udf(crate::scan::pairs_map::PAIRS_VALUE.as_ref().clone());
+    ctx.register_udaf(percentile::approx_percentile_cont());
+    ctx.register_udaf(percentile::approx_median());
+    ctx.register_udaf(percentile::percentile_sketch());
+    ctx.register_udaf(percentile::sketch_merge());
+    ctx.register_udaf(percentile::sketch_percentile());
 }
 
 /// A function from text to text; NULL in, NULL out.

@@ -13,9 +13,10 @@ use axum::routing::post;
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::engine::{Engine, QueryOutput};
+use crate::engine::Engine;
 use crate::error::{Error, Result};
-use crate::json::to_json;
+use crate::output::QueryOutput;
+use crate::output::to_json;
 
 /// The media type of Arrow IPC streams.
 pub const ARROW_STREAM: &str = "application/vnd.apache.arrow.stream";

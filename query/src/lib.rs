@@ -1,41 +1,38 @@
 //! apiscope's query side: a DataFusion session over the store, and SQL over HTTP and the
 //! PostgreSQL wire protocol.
 //!
+//! The modules follow the read path, and each depends only on those below it:
+//!
 //! ```text
-//! HTTP ───────┐
-//!             ├─ SQL ─ read-only check ─ DataFusion plan ─┬─ Parquet files of the hours kept
-//! PostgreSQL ─┘   (one session)                          └─ rows not yet flushed (a Source)
+//! http, pg                front-ends: requests and the wire, errors as each one answers them
+//!   └─ engine             the session, its limits (bounds, running) and the query runtime
+//!        ├─ questions     the api_calls view and the question functions (SQL in questions/sql),
+//!        │                api_call_minutes over the per-minute rollups
+//!        ├─ functions     SQL functions: percentile sketches, to_json, route helpers
+//!        └─ scan          table providers over Parquet files plus unflushed rows: sources,
+//!                         pruning (blooms, key index), read types, caches, unreadable files
+//! error, output           leaves: the one error type and a finished query's rows
 //! ```
 //!
-//! This crate does not depend on the collector: it reads Parquet through the layout that
-//! `schemas` defines, and unflushed rows through the [`Source`] trait, which the binary wires
-//! to the collector's buffer.
+//! This crate does not depend on the collector, and never writes to the store: it reads
+//! Parquet through the layout that `schemas` defines, and unflushed rows through the
+//! [`Source`] trait, which the binary wires to the collector's buffer. Rollups are computed
+//! here and written by a [`schemas::RollupWriter`] the binary passes in.
 
-mod blooms;
-mod bounds;
 mod engine;
 mod error;
-mod file_cache;
 mod functions;
 pub mod http;
-mod json;
-mod key_index;
-mod pairs_map;
-mod percentile;
+mod output;
 pub mod pg;
 mod questions;
-mod read_types;
-mod rollups;
-mod running;
-mod source;
-mod table;
-mod unreadable;
+mod scan;
 
-pub use engine::{CATALOG, Engine, QueryLimits, QueryOutput};
+pub use engine::{Engine, QueryLimits};
 pub use error::{Error, Result};
-pub use json::to_json;
+pub use output::{QueryOutput, to_json};
+pub use questions::rollups::{COLUMNS as API_CALL_MINUTES_COLUMNS, RollupReport};
 pub use questions::{
     API_CALLS, QUESTIONS, Question, QuestionSettings, REGRESSION_MIN_CALLS, RETRY_GAP_S,
 };
-pub use rollups::{COLUMNS as API_CALL_MINUTES_COLUMNS, RollupReport};
-pub use source::{DataDir, Snapshot, Source, TimeRange, list_files};
+pub use scan::{CATALOG, DataDir, Snapshot, Source, TimeRange, list_files};

@@ -27,6 +27,8 @@ use datafusion::physical_plan::ExecutionPlan;
 use datafusion::prelude::SessionContext;
 use schemas::routes::OpenApi;
 
+pub(crate) mod rollups;
+
 /// What the questions need to know from the configuration.
 #[derive(Debug, Clone, Default)]
 pub struct QuestionSettings {
@@ -105,40 +107,7 @@ pub static API_CALLS: Question = Question {
             "the server span, for joining the calls it made (spans only)",
         ),
     ],
-    sql: "SELECT time, service_name, endpoint, http_method, http_route, http_status_code, \
-          duration_ms, client_id, api_version, is_error, trace_id, 'span' AS source, error_type, \
-          CAST(attributes['http.request.resend_count'] AS BIGINT) AS resend_count, span_id \
-          FROM spans WHERE span_kind = 'server' \
-          UNION ALL \
-          SELECT time, service_name, endpoint, http_method, http_route, http_status_code, \
-          duration_ms, client_id, api_version, is_error, trace_id, 'request_log' AS source, \
-          attributes['error_type'] AS error_type, \
-          CAST(attributes['resend_count'] AS BIGINT) AS resend_count, \
-          arrow_cast(NULL, 'Utf8') AS span_id \
-          FROM requests \
-          UNION ALL \
-          SELECT time, service_name, http_method || ' ' || http_route AS endpoint, http_method, \
-          http_route, http_status_code, duration_ms, client_id, api_version(http_route) AS api_version, \
-          http_status_code >= 500 AS is_error, trace_id, 'log' AS source, error_type, \
-          resend_count, arrow_cast(NULL, 'Utf8') AS span_id \
-          FROM ( \
-            SELECT time, service_name, trace_id, \
-            upper(coalesce(attributes['http.request.method'], attributes['http.method'])) AS http_method, \
-            coalesce(attributes['http.route'], route_template(coalesce(attributes['url.path'], \
-              attributes['http.target'], attributes['http.path']))) AS http_route, \
-            CAST(coalesce(attributes['http.response.status_code'], attributes['http.status_code']) AS INT) \
-              AS http_status_code, \
-            coalesce(CAST(attributes['duration_ms'] AS DOUBLE), \
-              CAST(attributes['http.server.request.duration'] AS DOUBLE) * 1000.0) AS duration_ms, \
-            coalesce(attributes['client.id'], attributes['app.client_id'], attributes['enduser.id'], \
-              attributes['user.id'], attributes['client.address']) AS client_id, \
-            attributes['error.type'] AS error_type, \
-            CAST(attributes['http.request.resend_count'] AS BIGINT) AS resend_count \
-            FROM logs \
-            WHERE coalesce(attributes['http.request.method'], attributes['http.method']) IS NOT NULL \
-            AND coalesce(attributes['http.response.status_code'], attributes['http.status_code']) IS NOT NULL \
-            AND coalesce(attributes['http.route'], attributes['url.path'], attributes['http.target'], \
-              attributes['http.path']) IS NOT NULL)",
+    sql: include_str!("questions/sql/api_calls.sql"),
     needs_openapi: false,
 };
 
@@ -167,19 +136,7 @@ pub static QUESTIONS: &[Question] = &[
             ("max_ms", "longest call"),
         ],
         // The sketches are merged once per endpoint, then asked three percentiles.
-        sql: "WITH merged AS ( \
-                SELECT service_name, endpoint, sum(calls) AS calls, sum(errors) AS errors, \
-                max(max_ms) AS max_ms, sketch_merge(latency) AS latency \
-                FROM {minutes} GROUP BY service_name, endpoint) \
-              SELECT service_name, endpoint, calls, calls / {seconds} AS rate_per_s, \
-              errors, errors * 1.0 / calls AS error_rate, \
-              sketch_percentile(latency, 0.5) AS p50_ms, \
-              sketch_percentile(latency, 0.95) AS p95_ms, \
-              sketch_percentile(latency, 0.99) AS p99_ms, \
-              max_ms \
-              FROM merged \
-              GROUP BY service_name, endpoint, calls, errors, max_ms \
-              ORDER BY calls DESC, service_name, endpoint",
+        sql: include_str!("questions/sql/endpoint_stats.sql"),
         needs_openapi: false,
     },
     Question {
@@ -196,20 +153,7 @@ pub static QUESTIONS: &[Question] = &[
                 "the endpoint that failed most often for this client (null when none failed)",
             ),
         ],
-        sql: "WITH calls AS (SELECT * FROM api_calls WHERE {window}), \
-              failing AS ( \
-                SELECT client_id, endpoint, row_number() OVER ( \
-                  PARTITION BY client_id ORDER BY count(*) DESC, endpoint) AS place \
-                FROM calls WHERE is_error GROUP BY client_id, endpoint) \
-              SELECT c.client_id, count(*) AS calls, \
-              sum(CASE WHEN c.is_error THEN 1 ELSE 0 END) AS errors, \
-              avg(CASE WHEN c.is_error THEN 1.0 ELSE 0.0 END) AS error_rate, \
-              approx_percentile_cont(c.duration_ms, 0.95) AS p95_ms, \
-              max(f.endpoint) AS top_failing_endpoint \
-              FROM calls c LEFT JOIN failing f \
-                ON (f.client_id IS NOT DISTINCT FROM c.client_id) AND f.place = 1 \
-              GROUP BY c.client_id \
-              ORDER BY calls DESC, c.client_id",
+        sql: include_str!("questions/sql/client_stats.sql"),
         needs_openapi: false,
     },
     Question {
@@ -232,26 +176,7 @@ pub static QUESTIONS: &[Question] = &[
                 "time spent in these calls over the time of the server spans that made them",
             ),
         ],
-        sql: "WITH deps AS ( \
-                SELECT service_name, dependency, duration_ms, is_error, trace_id, parent_span_id \
-                FROM spans \
-                WHERE span_kind IN ('client', 'producer') AND dependency IS NOT NULL AND {window}), \
-              callers AS ( \
-                SELECT d.service_name, d.dependency, sum(s.duration_ms) AS caller_ms \
-                FROM (SELECT DISTINCT service_name, dependency, trace_id, parent_span_id FROM deps) d \
-                JOIN api_calls s ON s.trace_id = d.trace_id AND s.span_id = d.parent_span_id \
-                GROUP BY d.service_name, d.dependency) \
-              SELECT d.service_name, d.dependency, count(*) AS calls, \
-              sum(CASE WHEN d.is_error THEN 1 ELSE 0 END) AS errors, \
-              avg(CASE WHEN d.is_error THEN 1.0 ELSE 0.0 END) AS error_rate, \
-              approx_percentile_cont(d.duration_ms, 0.5) AS p50_ms, \
-              approx_percentile_cont(d.duration_ms, 0.95) AS p95_ms, \
-              approx_percentile_cont(d.duration_ms, 0.99) AS p99_ms, \
-              sum(d.duration_ms) / max(c.caller_ms) AS share_of_caller_time \
-              FROM deps d LEFT JOIN callers c \
-                ON c.service_name = d.service_name AND c.dependency = d.dependency \
-              GROUP BY d.service_name, d.dependency \
-              ORDER BY calls DESC, d.service_name, d.dependency",
+        sql: include_str!("questions/sql/dependency_stats.sql"),
         needs_openapi: false,
     },
     Question {
@@ -264,10 +189,7 @@ pub static QUESTIONS: &[Question] = &[
             ("error_type", "the error's type, when known"),
             ("calls", "calls that failed this way"),
         ],
-        sql: "SELECT service_name, endpoint, http_status_code, error_type, count(*) AS calls \
-              FROM api_calls WHERE {window} AND (is_error OR http_status_code >= 400) \
-              GROUP BY service_name, endpoint, http_status_code, error_type \
-              ORDER BY calls DESC, service_name, endpoint, http_status_code",
+        sql: include_str!("questions/sql/error_breakdown.sql"),
         needs_openapi: false,
     },
     Question {
@@ -289,21 +211,7 @@ pub static QUESTIONS: &[Question] = &[
                 "p95_ms / previous_p95_ms; ranked by this, largest first",
             ),
         ],
-        sql: "WITH now_ AS ( \
-                SELECT service_name, endpoint, sum(calls) AS calls, \
-                sketch_percentile(latency, 0.95) AS p95 \
-                FROM {minutes} GROUP BY service_name, endpoint), \
-              before_ AS ( \
-                SELECT service_name, endpoint, sum(calls) AS calls, \
-                sketch_percentile(latency, 0.95) AS p95 \
-                FROM {previous_minutes} GROUP BY service_name, endpoint) \
-              SELECT n.service_name, n.endpoint, n.calls, b.calls AS previous_calls, \
-              n.p95 AS p95_ms, b.p95 AS previous_p95_ms, n.p95 - b.p95 AS change_ms, \
-              n.p95 / b.p95 AS change_ratio \
-              FROM now_ n JOIN before_ b \
-                ON n.service_name = b.service_name AND n.endpoint = b.endpoint \
-              WHERE n.calls >= {min_calls} AND b.calls >= {min_calls} AND b.p95 > 0 \
-              ORDER BY change_ratio DESC, n.service_name, n.endpoint",
+        sql: include_str!("questions/sql/latency_regressions.sql"),
         needs_openapi: false,
     },
     Question {
@@ -321,34 +229,7 @@ pub static QUESTIONS: &[Question] = &[
                 "share - previous_share; ranked by its size, largest first",
             ),
         ],
-        sql: "WITH now_ AS ( \
-                SELECT 'client' AS dimension, client_id AS value, count(*) AS calls \
-                FROM api_calls WHERE {window} GROUP BY client_id \
-                UNION ALL \
-                SELECT 'endpoint' AS dimension, endpoint AS value, count(*) AS calls \
-                FROM api_calls WHERE {window} GROUP BY endpoint), \
-              before_ AS ( \
-                SELECT 'client' AS dimension, client_id AS value, count(*) AS calls \
-                FROM api_calls WHERE {previous} GROUP BY client_id \
-                UNION ALL \
-                SELECT 'endpoint' AS dimension, endpoint AS value, count(*) AS calls \
-                FROM api_calls WHERE {previous} GROUP BY endpoint), \
-              totals AS ( \
-                SELECT (SELECT count(*) FROM api_calls WHERE {window}) AS now_total, \
-                (SELECT count(*) FROM api_calls WHERE {previous}) AS before_total), \
-              joined AS ( \
-                SELECT coalesce(n.dimension, b.dimension) AS dimension, \
-                coalesce(n.value, b.value) AS value, \
-                coalesce(n.calls, 0) AS calls, coalesce(b.calls, 0) AS previous_calls \
-                FROM now_ n FULL JOIN before_ b \
-                  ON n.dimension = b.dimension AND (n.value IS NOT DISTINCT FROM b.value)) \
-              SELECT j.dimension, j.value, j.calls, j.previous_calls, \
-              j.calls * 1.0 / nullif(t.now_total, 0) AS share, \
-              j.previous_calls * 1.0 / nullif(t.before_total, 0) AS previous_share, \
-              coalesce(j.calls * 1.0 / nullif(t.now_total, 0), 0.0) \
-                - coalesce(j.previous_calls * 1.0 / nullif(t.before_total, 0), 0.0) AS share_change \
-              FROM joined j CROSS JOIN totals t \
-              ORDER BY abs(share_change) DESC, j.dimension, j.value",
+        sql: include_str!("questions/sql/traffic_shift.sql"),
         needs_openapi: false,
     },
     Question {
@@ -372,32 +253,7 @@ pub static QUESTIONS: &[Question] = &[
                 "client and producer spans made directly by these calls, per call",
             ),
         ],
-        sql: "WITH calls AS ( \
-                SELECT client_id, endpoint, time, is_error, resend_count, http_status_code, \
-                error_type, trace_id, span_id, \
-                lag(is_error) OVER (PARTITION BY client_id, endpoint ORDER BY time) AS after_error, \
-                lag(time) OVER (PARTITION BY client_id, endpoint ORDER BY time) AS after_time \
-                FROM api_calls WHERE {window}), \
-              fanout AS ( \
-                SELECT c.client_id, c.endpoint, count(*) AS dependency_calls \
-                FROM calls c JOIN spans d ON d.trace_id = c.trace_id AND d.parent_span_id = c.span_id \
-                WHERE d.span_kind IN ('client', 'producer') AND {window_d} \
-                GROUP BY c.client_id, c.endpoint), \
-              flagged AS ( \
-                SELECT *, CASE WHEN coalesce(resend_count, 0) > 0 \
-                  OR (after_error AND time - after_time <= interval '{retry_gap_s} seconds') \
-                  THEN 1 ELSE 0 END AS retry \
-                FROM calls) \
-              SELECT c.client_id, c.endpoint, count(*) AS calls, \
-              sum(c.retry) AS retries, avg(c.retry * 1.0) AS retry_rate, \
-              sum(CASE WHEN c.http_status_code IN (408, 504) \
-                OR lower(c.error_type) LIKE '%timeout%' OR lower(c.error_type) LIKE '%deadline%' \
-                THEN 1 ELSE 0 END) AS timeouts, \
-              coalesce(max(f.dependency_calls), 0) * 1.0 / count(*) AS dependency_calls_per_request \
-              FROM flagged c LEFT JOIN fanout f \
-                ON (f.client_id IS NOT DISTINCT FROM c.client_id) AND f.endpoint = c.endpoint \
-              GROUP BY c.client_id, c.endpoint \
-              ORDER BY retries DESC, calls DESC, c.client_id, c.endpoint",
+        sql: include_str!("questions/sql/retry_amplification.sql"),
         needs_openapi: false,
     },
     Question {
@@ -413,11 +269,7 @@ pub static QUESTIONS: &[Question] = &[
                 "whether the version is listed in `deprecated_versions`",
             ),
         ],
-        sql: "SELECT api_version, client_id, count(*) AS calls, max(time) AS last_seen, \
-              api_version IN ({deprecated}) AS deprecated \
-              FROM api_calls WHERE {window} AND api_version IS NOT NULL \
-              GROUP BY api_version, client_id \
-              ORDER BY api_version, calls DESC, client_id",
+        sql: include_str!("questions/sql/version_usage.sql"),
         needs_openapi: false,
     },
     Question {
@@ -431,11 +283,7 @@ pub static QUESTIONS: &[Question] = &[
             ("calls", "calls refused so"),
             ("last_seen", "the latest of them"),
         ],
-        sql: "SELECT client_id, service_name, endpoint, http_status_code, count(*) AS calls, \
-              max(time) AS last_seen \
-              FROM api_calls WHERE {window} AND http_status_code IN (401, 403, 429) \
-              GROUP BY client_id, service_name, endpoint, http_status_code \
-              ORDER BY calls DESC, client_id, service_name, endpoint, http_status_code",
+        sql: include_str!("questions/sql/refusals.sql"),
         needs_openapi: false,
     },
     Question {
@@ -458,44 +306,7 @@ pub static QUESTIONS: &[Question] = &[
             ("calls", "calls in the window (0 for an unused operation)"),
             ("last_seen", "the latest of them"),
         ],
-        sql: "WITH seen AS ( \
-                SELECT http_method, http_route, route_shape(http_route) AS shape, \
-                http_status_code, count(*) AS calls, max(time) AS last_seen \
-                FROM api_calls WHERE {window} \
-                GROUP BY http_method, http_route, http_status_code), \
-              documented AS ( \
-                SELECT DISTINCT method, route, route_shape(route) AS shape FROM openapi_operations), \
-              undocumented AS ( \
-                SELECT s.http_method, s.http_route, sum(s.calls) AS calls, \
-                max(s.last_seen) AS last_seen \
-                FROM seen s LEFT JOIN documented d \
-                  ON d.method = s.http_method AND d.shape = s.shape \
-                WHERE d.route IS NULL GROUP BY s.http_method, s.http_route), \
-              unused AS ( \
-                SELECT d.method, d.route FROM documented d \
-                LEFT JOIN (SELECT DISTINCT http_method, shape FROM seen) s \
-                  ON s.http_method = d.method AND s.shape = d.shape \
-                WHERE s.shape IS NULL), \
-              statuses AS ( \
-                SELECT s.http_method, d.route AS http_route, s.http_status_code, \
-                sum(s.calls) AS calls, max(s.last_seen) AS last_seen \
-                FROM seen s JOIN documented d ON d.method = s.http_method AND d.shape = s.shape \
-                LEFT JOIN openapi_operations o ON o.method = d.method AND o.route = d.route \
-                  AND (o.status = CAST(s.http_status_code AS VARCHAR) \
-                    OR o.status = concat(substr(CAST(s.http_status_code AS VARCHAR), 1, 1), 'XX') \
-                    OR o.status = 'DEFAULT') \
-                WHERE o.route IS NULL \
-                GROUP BY s.http_method, d.route, s.http_status_code) \
-              SELECT 'undocumented_route' AS kind, http_method, http_route, \
-              arrow_cast(NULL, 'Int32') AS http_status_code, calls, last_seen FROM undocumented \
-              UNION ALL \
-              SELECT 'unused_operation' AS kind, method AS http_method, route AS http_route, \
-              arrow_cast(NULL, 'Int32') AS http_status_code, CAST(0 AS BIGINT) AS calls, \
-              arrow_cast(NULL, 'Timestamp(Nanosecond, Some(\"UTC\"))') AS last_seen FROM unused \
-              UNION ALL \
-              SELECT 'undocumented_status' AS kind, http_method, http_route, http_status_code, \
-              calls, last_seen FROM statuses \
-              ORDER BY kind, http_method, http_route, http_status_code",
+        sql: include_str!("questions/sql/contract_drift.sql"),
         needs_openapi: true,
     },
 ];
@@ -781,112 +592,4 @@ fn unqualify(expr: Expr) -> Result<Expr> {
 }
 
 #[cfg(test)]
-mod tests {
-    use std::sync::Arc;
-
-    use super::*;
-    use crate::engine::Engine;
-    use crate::source::DataDir;
-
-    #[tokio::test]
-    async fn every_question_answers_the_columns_it_documents() {
-        let dir = tempfile::tempdir().unwrap();
-        let source = Arc::new(DataDir(dir.path().to_owned()));
-        let document =
-            "openapi: 3.0.0\npaths:\n  /a/{id}:\n    get:\n      responses: {'200': {}}\n";
-        let openapi = OpenApi::parse(&[("a.yaml".into(), document.into())]).unwrap();
-        let settings = QuestionSettings {
-            openapi: Arc::new(openapi),
-            ..QuestionSettings::default()
-        };
-        let engine = Engine::new(source, settings.clone(), Default::default())
-            .await
-            .unwrap();
-        let bare = Engine::new(
-            Arc::new(DataDir(dir.path().to_owned())),
-            QuestionSettings::default(),
-            Default::default(),
-        )
-        .await
-        .unwrap();
-        let refused = bare
-            .query("SELECT * FROM contract_drift()")
-            .await
-            .unwrap_err();
-        assert!(refused.to_string().contains("--openapi"), "{refused}");
-        let unused = engine
-            .query("SELECT kind, http_route FROM contract_drift()")
-            .await
-            .unwrap();
-        let json = crate::to_json(&unused).unwrap();
-        assert_eq!(
-            json["rows"],
-            serde_json::json!([["unused_operation", "/a/{id}"]])
-        );
-        let view = std::iter::once(("api_calls".to_owned(), API_CALLS.columns));
-        let functions = QUESTIONS
-            .iter()
-            .map(|q| (format!("{}()", q.name), q.columns));
-        let minutes = std::iter::once(("api_call_minutes()".to_owned(), crate::rollups::COLUMNS));
-        for (from, documented) in view.chain(functions).chain(minutes) {
-            let output = engine
-                .query(&format!("SELECT * FROM {from}"))
-                .await
-                .unwrap();
-            let columns: Vec<&str> = output
-                .schema
-                .fields()
-                .iter()
-                .map(|f| f.name().as_str())
-                .collect();
-            let documented: Vec<&str> = documented.iter().map(|(name, _)| *name).collect();
-            assert_eq!(columns, documented, "{from}");
-        }
-    }
-
-    #[test]
-    fn readme_documents_every_question() {
-        let readme = include_str!("../../README.md");
-        let documented = std::iter::once(&API_CALLS)
-            .chain(QUESTIONS)
-            .map(|q| (q.name, q.markdown()))
-            .chain([(
-                "api_call_minutes",
-                columns_markdown(crate::rollups::COLUMNS),
-            )]);
-        for (name, markdown) in documented {
-            assert!(
-                readme.contains(&markdown),
-                "README.md must hold the column table of `{name}`, exactly:\n{markdown}"
-            );
-        }
-    }
-
-    #[test]
-    fn windows_become_filters_on_time() {
-        let window = Window {
-            from: 1_764_000_000_000_000_000,
-            to: 1_764_003_600_000_000_000,
-        };
-        let settings = QuestionSettings {
-            deprecated_versions: vec!["v1".into(), "v0'".into()],
-            ..QuestionSettings::default()
-        };
-        let sql = window.sql(&QUESTIONS[7], &settings);
-        assert!(
-            sql.contains(
-                "time >= '2025-11-24T16:00:00.000000000Z' AND time < '2025-11-24T17:00:00.000000000Z'"
-            ),
-            "{sql}"
-        );
-        assert!(sql.contains("IN ('v1', 'v0''')"), "{sql}");
-        let regressions = window.sql(&QUESTIONS[4], &settings);
-        assert!(
-            regressions.contains(
-                "api_call_minutes('2025-11-24T15:00:00.000000000Z', '2025-11-24T16:00:00.000000000Z')"
-            ),
-            "{regressions}"
-        );
-        assert!(!regressions.contains('{'), "{regressions}");
-    }
-}
+mod tests;

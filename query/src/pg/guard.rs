@@ -23,9 +23,9 @@ use tokio::time::{Instant, Sleep};
 
 use super::Running;
 use super::errors::{from_library, statement_error};
+use crate::engine::running::Admission;
 use crate::engine::{Engine, timed_out, too_many_rows};
 use crate::error::Error;
-use crate::running::Admission;
 
 /// One statement's guards, shared by the responses it produces.
 pub(super) struct Guard {

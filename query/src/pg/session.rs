@@ -332,7 +332,7 @@ async fn planned(statement: &Statement, context: &SessionContext) -> Verdict {
     if let Err(error) = Engine::check_read_only(&plan) {
         return Verdict::Refuse(statement_error(&error));
     }
-    match crate::json::maps_as_json(&plan) {
+    match crate::functions::to_json::maps_as_json(&plan) {
         Ok(Some(plan)) => Verdict::Run(plan),
         Ok(None) => Verdict::Pass,
         Err(error) => Verdict::Refuse(statement_error(&error)),

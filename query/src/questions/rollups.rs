@@ -43,12 +43,12 @@ use datafusion::physical_plan::projection::ProjectionExec;
 use datafusion::physical_plan::union::UnionExec;
 use datafusion::prelude::{SessionContext, col, lit};
 
-use crate::engine::CATALOG;
-use crate::file_cache::FileCache;
 use crate::questions::{self, Window, WindowArgs};
-use crate::source::{Snapshot, Source, TimeRange};
-use crate::table::StoreTable;
-use crate::unreadable;
+use crate::scan::CATALOG;
+use crate::scan::file_cache::FileCache;
+use crate::scan::source::{Snapshot, Source, TimeRange};
+use crate::scan::table::StoreTable;
+use crate::scan::unreadable;
 use schemas::{RollupWriter, rollup_path};
 
 /// Bytes of rollups kept in memory at most: about 1.5 MB per 8M spans as flushed (fewer
@@ -59,10 +59,7 @@ const MINUTE_NS: i64 = 60_000_000_000;
 
 /// The calls of `api_calls` matching `{filter}`, per minute, service and endpoint: the rows
 /// of a rollup, and of the parts `api_call_minutes` reads from the calls themselves.
-const PER_MINUTE: &str = "SELECT date_trunc('minute', time) AS minute, service_name, endpoint, \
-    source, count(*) AS calls, sum(CASE WHEN is_error THEN 1 ELSE 0 END) AS errors, \
-    max(duration_ms) AS max_ms, percentile_sketch(duration_ms) AS latency \
-    FROM api_calls WHERE {filter} GROUP BY 1, 2, 3, 4";
+const PER_MINUTE: &str = include_str!("sql/per_minute.sql");
 
 /// The columns of `api_call_minutes`, with what each holds, as the README documents them.
 pub const COLUMNS: &[(&str, &str)] = &[
@@ -536,7 +533,7 @@ mod tests {
         std::fs::create_dir_all(&hour).unwrap();
         let damaged = hour.join("1-a-0.parquet");
         std::fs::write(&damaged, b"not parquet at all").unwrap();
-        let source = Arc::new(crate::source::DataDir(dir.path().to_owned()));
+        let source = Arc::new(crate::scan::source::DataDir(dir.path().to_owned()));
         let engine = crate::Engine::new(source, Default::default(), Default::default())
             .await
             .unwrap();

@@ -48,9 +48,9 @@ use futures::FutureExt;
 use futures::future::BoxFuture;
 use schemas::{KEY_INDEX_KEY, KeyIndex};
 
-use crate::blooms::text;
-use crate::file_cache::FileCache;
-use crate::{read_types, unreadable};
+use crate::scan::blooms::text;
+use crate::scan::file_cache::FileCache;
+use crate::scan::{read_types, unreadable};
 
 /// Bytes of footers' facts kept at most (an index is a few kilobytes a file).
 const BUDGET: usize = 64 << 20;

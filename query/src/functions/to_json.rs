@@ -1,70 +1,18 @@
-//! Query results as JSON: `{"columns": [{"name", "type"}], "rows": [[...], ...]}`; and the
-//! `to_json` SQL function, which gives maps and lists as JSON text to clients that have no
-//! type for them (PostgreSQL's).
+//! `to_json(value)`, which gives maps and lists as JSON text to clients that have no type
+//! for them (PostgreSQL's), and the plan rewrite that applies it to a result's map columns.
 
 use std::sync::{Arc, LazyLock};
 
-use arrow::array::{ArrayRef, RecordBatch, StringArray};
-use arrow::datatypes::{DataType, Field, Schema};
+use arrow::array::StringArray;
+use arrow::datatypes::DataType;
 use datafusion::common::{Column, DataFusionError};
 use datafusion::logical_expr::{
     ColumnarValue, Expr, LogicalPlan, LogicalPlanBuilder, ScalarFunctionArgs, ScalarUDF,
     ScalarUDFImpl, Signature, Volatility,
 };
-use serde_json::{Map, Value, json};
 
-use crate::engine::QueryOutput;
-use crate::error::{Error, Result};
-
-/// The JSON answer of the HTTP API for `output`. Values follow arrow's JSON encoding:
-/// numbers as numbers, timestamps as RFC 3339 text, maps as objects, lists as arrays.
-pub fn to_json(output: &QueryOutput) -> Result<Value> {
-    let columns: Vec<Value> = output
-        .schema
-        .fields()
-        .iter()
-        .map(|field| json!({"name": field.name(), "type": field.data_type().to_string()}))
-        .collect();
-    let mut rows = Vec::new();
-    for batch in &output.batches {
-        let mut batch_rows: Vec<Vec<Value>> =
-            vec![Vec::with_capacity(batch.num_columns()); batch.num_rows()];
-        for column in batch.columns() {
-            for (row, value) in column_values(column)?.into_iter().enumerate() {
-                batch_rows[row].push(value);
-            }
-        }
-        rows.extend(batch_rows.into_iter().map(Value::Array));
-    }
-    Ok(json!({"columns": columns, "rows": rows}))
-}
-
-/// One column's values, encoded by arrow's JSON writer (one column at a time, so that
-/// duplicate column names in a result cannot collide).
-fn column_values(column: &ArrayRef) -> Result<Vec<Value>> {
-    let field = Field::new("v", column.data_type().clone(), true);
-    let batch = RecordBatch::try_new(Arc::new(Schema::new(vec![field])), vec![column.clone()])
-        .map_err(|error| Error::Internal(error.to_string()))?;
-    let mut writer = arrow::json::WriterBuilder::new()
-        .with_explicit_nulls(true)
-        .build::<_, arrow::json::writer::JsonArray>(Vec::new());
-    writer
-        .write(&batch)
-        .map_err(|error| Error::Internal(format!("encoding JSON: {error}")))?;
-    writer
-        .finish()
-        .map_err(|error| Error::Internal(format!("encoding JSON: {error}")))?;
-    let bytes = writer.into_inner();
-    if bytes.is_empty() {
-        return Ok(Vec::new());
-    }
-    let objects: Vec<Map<String, Value>> = serde_json::from_slice(&bytes)
-        .map_err(|error| Error::Internal(format!("encoding JSON: {error}")))?;
-    Ok(objects
-        .into_iter()
-        .map(|mut object| object.remove("v").unwrap_or(Value::Null))
-        .collect())
-}
+use crate::error::Result;
+use crate::output::column_values;
 
 /// `to_json(value)`: any value as JSON text, the way the HTTP API writes it (maps as
 /// objects, lists as arrays); NULL stays NULL.

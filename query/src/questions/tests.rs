@@ -1,0 +1,109 @@
+use std::sync::Arc;
+
+use super::*;
+use crate::engine::Engine;
+use crate::scan::source::DataDir;
+
+#[tokio::test]
+async fn every_question_answers_the_columns_it_documents() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = Arc::new(DataDir(dir.path().to_owned()));
+    let document = "openapi: 3.0.0\npaths:\n  /a/{id}:\n    get:\n      responses: {'200': {}}\n";
+    let openapi = OpenApi::parse(&[("a.yaml".into(), document.into())]).unwrap();
+    let settings = QuestionSettings {
+        openapi: Arc::new(openapi),
+        ..QuestionSettings::default()
+    };
+    let engine = Engine::new(source, settings.clone(), Default::default())
+        .await
+        .unwrap();
+    let bare = Engine::new(
+        Arc::new(DataDir(dir.path().to_owned())),
+        QuestionSettings::default(),
+        Default::default(),
+    )
+    .await
+    .unwrap();
+    let refused = bare
+        .query("SELECT * FROM contract_drift()")
+        .await
+        .unwrap_err();
+    assert!(refused.to_string().contains("--openapi"), "{refused}");
+    let unused = engine
+        .query("SELECT kind, http_route FROM contract_drift()")
+        .await
+        .unwrap();
+    let json = crate::to_json(&unused).unwrap();
+    assert_eq!(
+        json["rows"],
+        serde_json::json!([["unused_operation", "/a/{id}"]])
+    );
+    let view = std::iter::once(("api_calls".to_owned(), API_CALLS.columns));
+    let functions = QUESTIONS
+        .iter()
+        .map(|q| (format!("{}()", q.name), q.columns));
+    let minutes = std::iter::once((
+        "api_call_minutes()".to_owned(),
+        crate::questions::rollups::COLUMNS,
+    ));
+    for (from, documented) in view.chain(functions).chain(minutes) {
+        let output = engine
+            .query(&format!("SELECT * FROM {from}"))
+            .await
+            .unwrap();
+        let columns: Vec<&str> = output
+            .schema
+            .fields()
+            .iter()
+            .map(|f| f.name().as_str())
+            .collect();
+        let documented: Vec<&str> = documented.iter().map(|(name, _)| *name).collect();
+        assert_eq!(columns, documented, "{from}");
+    }
+}
+
+#[test]
+fn readme_documents_every_question() {
+    let readme = include_str!("../../../README.md");
+    let documented = std::iter::once(&API_CALLS)
+        .chain(QUESTIONS)
+        .map(|q| (q.name, q.markdown()))
+        .chain([(
+            "api_call_minutes",
+            columns_markdown(crate::questions::rollups::COLUMNS),
+        )]);
+    for (name, markdown) in documented {
+        assert!(
+            readme.contains(&markdown),
+            "README.md must hold the column table of `{name}`, exactly:\n{markdown}"
+        );
+    }
+}
+
+#[test]
+fn windows_become_filters_on_time() {
+    let window = Window {
+        from: 1_764_000_000_000_000_000,
+        to: 1_764_003_600_000_000_000,
+    };
+    let settings = QuestionSettings {
+        deprecated_versions: vec!["v1".into(), "v0'".into()],
+        ..QuestionSettings::default()
+    };
+    let sql = window.sql(&QUESTIONS[7], &settings);
+    assert!(
+        sql.contains(
+            "time >= '2025-11-24T16:00:00.000000000Z' AND time < '2025-11-24T17:00:00.000000000Z'"
+        ),
+        "{sql}"
+    );
+    assert!(sql.contains("IN ('v1', 'v0''')"), "{sql}");
+    let regressions = window.sql(&QUESTIONS[4], &settings);
+    assert!(
+        regressions.contains(
+            "api_call_minutes('2025-11-24T15:00:00.000000000Z', '2025-11-24T16:00:00.000000000Z')"
+        ),
+        "{regressions}"
+    );
+    assert!(!regressions.contains('{'), "{regressions}");
+}
