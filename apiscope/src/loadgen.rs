@@ -226,7 +226,7 @@ pub(crate) async fn run(args: LoadgenArgs) -> Result<()> {
     loop {
         tokio::select! {
             _ = report.tick() => progress(&counts, started),
-            () = crate::serve::shutdown_signal() => break,
+            () = crate::shutdown::signal() => break,
             () = until(deadline) => break,
             () = until_spans(&counts, limit) => break,
         }

@@ -12,6 +12,7 @@ mod listen;
 mod loadgen;
 mod metrics;
 mod serve;
+mod shutdown;
 mod sql;
 mod tls;
 

@@ -256,7 +256,7 @@ pub(crate) async fn run(mut settings: Settings) -> Result<()> {
         }
     });
 
-    shutdown_signal().await;
+    crate::shutdown::signal().await;
     tracing::info!(
         buffered_rows = collector.buffer().rows(),
         "shutting down: draining requests"
@@ -299,30 +299,5 @@ async fn roll_up(engine: Engine, every: std::time::Duration, stop: CancellationT
             }
         };
         metrics::counter!("apiscope_rollup_passes_total", "outcome" => outcome).increment(1);
-    }
-}
-
-/// Ctrl-C or SIGTERM.
-pub(crate) async fn shutdown_signal() {
-    let ctrl_c = async {
-        if let Err(error) = tokio::signal::ctrl_c().await {
-            tracing::error!(%error, "cannot listen for Ctrl-C");
-            std::future::pending::<()>().await;
-        }
-    };
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(error) => {
-                tracing::error!(%error, "cannot listen for SIGTERM");
-                std::future::pending::<()>().await;
-            }
-        }
-    };
-    tokio::select! {
-        _ = ctrl_c => {}
-        _ = terminate => {}
     }
 }

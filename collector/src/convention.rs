@@ -11,7 +11,7 @@ pub use schemas::routes::{template_path, version_prefix};
 use arrow::array::StringBuilder;
 use opentelemetry_proto::tonic::common::v1::{AnyValue, any_value::Value};
 
-use crate::wire::{Attr, AttrValue};
+use crate::attributes::{Attr, AttrValue};
 
 /// The default attribute keys that name a client, first present wins.
 pub const DEFAULT_CLIENT_ID_KEYS: &[&str] = &[

@@ -15,26 +15,27 @@
 //! interval, when the buffer passes a row count, and at shutdown. At start-up the WAL is
 //! replayed: rows not yet in Parquet come back, once.
 
+mod arrow_builders;
+mod attributes;
 mod buffer;
 mod compaction;
 pub mod convention;
+mod dir_lock;
 mod error;
 mod faults;
 mod logs;
 pub mod metrics;
 pub mod otlp_grpc;
 pub mod otlp_http;
-mod owner;
+mod protobuf;
 mod replay;
 mod requests;
 mod rollup_files;
-mod rows;
 pub mod signal;
 mod spans;
 #[cfg(test)]
 mod testing;
 mod wal;
-mod wire;
 mod writer;
 
 use std::sync::Arc;
@@ -47,16 +48,16 @@ use tokio_util::sync::CancellationToken;
 
 pub use buffer::Buffer;
 pub use compaction::{CLOSED_AFTER, MaintenanceReport};
+pub use dir_lock::LOCK_FILE;
 pub use error::{Error, RETRY_AFTER, Result};
 pub use logs::decode_logs;
 pub use metrics::Throttle;
-pub use owner::LOCK_FILE;
+pub use protobuf::WireError;
 pub use replay::ReplayReport;
 pub use requests::decode_requests;
 pub use rollup_files::RollupFiles;
 pub use spans::SpanDecoder;
 pub use wal::Durability;
-pub use wire::WireError;
 pub use writer::{WAL_SEQ_KEY, Writer, covered_seq};
 
 /// The rows decoded from one request, and what was refused.
@@ -208,7 +209,7 @@ pub struct Collector {
     /// Data files compaction found it cannot read, left as they are from then on.
     unreadable: std::sync::Mutex<std::collections::HashSet<std::path::PathBuf>>,
     /// Declared last, so dropped last: the directory is released once the WAL has stopped.
-    _owner: owner::Owner,
+    _owner: dir_lock::Owner,
 }
 
 impl Collector {
@@ -216,7 +217,7 @@ impl Collector {
     /// replays the WAL, then starts logging. Blocking (it reads the log): call it before
     /// serving.
     pub fn open(config: Config) -> Result<(Self, ReplayReport)> {
-        let owner = owner::Owner::claim(&config.data_dir)?;
+        let owner = dir_lock::Owner::claim(&config.data_dir)?;
         if config.min_free_bytes > 0 && free_bytes(&config.data_dir).is_none() {
             tracing::warn!(
                 data_dir = %config.data_dir.display(),

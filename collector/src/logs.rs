@@ -4,9 +4,9 @@ use std::sync::Arc;
 
 use arrow::array::{ArrayRef, Int32Builder, RecordBatch, StringBuilder};
 
+use crate::arrow_builders::{ResourceTextBuilder, StringMapBuilder, timestamp_builder};
 use crate::convention::{hex, value_text};
-use crate::rows::{ResourceTextBuilder, StringMapBuilder, timestamp_builder};
-use crate::wire::{self, Attr, AttrValue, Fields, Shape, WireError, any_value, push_attr};
+use crate::protobuf::{self, Attr, AttrValue, Fields, Shape, WireError, any_value, push_attr};
 use crate::{Decoded, Rejections};
 
 const LOGS: Shape = Shape {
@@ -35,7 +35,7 @@ pub fn decode_logs(request: &[u8], received_ns: i64) -> Result<Decoded, WireErro
     let mut rows = 0;
     let mut record = RecordView::default();
 
-    wire::for_each_item(request, &LOGS, |from, scope, message| {
+    protobuf::for_each_item(request, &LOGS, |from, scope, message| {
         record.read(message)?;
         let times = match record_times(&record, received_ns) {
             Ok(times) => times,

@@ -18,8 +18,8 @@ use serde_json::{Map, Value};
 
 use schemas::routes::OpenApi;
 
+use crate::arrow_builders::timestamp_builder;
 use crate::convention::version_prefix;
-use crate::rows::timestamp_builder;
 use crate::{Decoded, Rejections};
 
 /// The fields read into columns; the others go to `attributes`.

@@ -11,9 +11,11 @@ use arrow::array::{
 };
 use opentelemetry_proto::tonic::trace::v1::{span::SpanKind, status::StatusCode};
 
+use crate::arrow_builders::{
+    EventsBuilder, ResourceTextBuilder, StringMapBuilder, timestamp_builder,
+};
 use crate::convention::{Attrs, append_hex, dependency, split_url, version_prefix};
-use crate::rows::{EventsBuilder, ResourceTextBuilder, StringMapBuilder, timestamp_builder};
-use crate::wire::{self, Attr, Fields, Shape, WireError, push_attr};
+use crate::protobuf::{self, Attr, Fields, Shape, WireError, push_attr};
 use crate::{Decoded, Rejections};
 
 /// How spans become rows: which attributes name a client.
@@ -52,7 +54,7 @@ impl SpanDecoder {
         let mut columns = SpanColumns::default();
         let mut rejections = Rejections::default();
         let mut span = SpanView::default();
-        wire::for_each_item(request, &TRACES, |resource, scope_name, message| {
+        protobuf::for_each_item(request, &TRACES, |resource, scope_name, message| {
             span.read(message)?;
             if let Err(problem) = check_span(&span) {
                 rejections.reject(problem);

@@ -4,14 +4,14 @@
 //! layout `schemas` defines) united with the rows not yet flushed ([`Source`]). Reading
 //! prunes files by hour, by the `trace_id` bloom filters ([`blooms`]) and by each file's
 //! attribute key index ([`key_index`]); map columns are read in the cheaper types of
-//! [`read_types`] and [`pairs_map`]; footers and filters read once are kept ([`file_cache`]);
+//! [`read_as`] and [`pairs_map`]; footers and filters read once are kept ([`file_cache`]);
 //! a file that cannot be read is left out and reported ([`unreadable`]).
 
 pub(crate) mod blooms;
 pub(crate) mod file_cache;
 pub(crate) mod key_index;
 pub(crate) mod pairs_map;
-pub(crate) mod read_types;
+pub(crate) mod read_as;
 pub(crate) mod source;
 pub(crate) mod table;
 pub(crate) mod unreadable;

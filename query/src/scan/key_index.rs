@@ -13,7 +13,7 @@
 //! decodes the map. The table applies it to the rows of the other files ([`ScanFile::answered`]).
 //!
 //! The footer read for the index also gives the schema each file is read with
-//! ([`read_types::read_schema`]), so every scan, with or without such a filter, goes through
+//! ([`read_as::read_schema`]), so every scan, with or without such a filter, goes through
 //! [`Footers::select`] and [`attach`].
 
 use std::collections::HashMap;
@@ -50,7 +50,7 @@ use schemas::{KEY_INDEX_KEY, KeyIndex};
 
 use crate::scan::blooms::text;
 use crate::scan::file_cache::FileCache;
-use crate::scan::{read_types, unreadable};
+use crate::scan::{read_as, unreadable};
 
 /// Bytes of footers' facts kept at most (an index is a few kilobytes a file).
 const BUDGET: usize = 64 << 20;
@@ -71,7 +71,7 @@ pub(crate) struct Footers {
 struct Footer {
     /// `None` for a file without an index.
     index: Option<KeyIndex>,
-    /// See [`read_types::read_schema`].
+    /// See [`read_as::read_schema`].
     read_as: Option<SchemaRef>,
     /// The file's own schema (`None` for a file that cannot be read).
     schema: Option<SchemaRef>,
@@ -252,7 +252,7 @@ fn read(file: &Path) -> datafusion::parquet::errors::Result<(Footer, usize)> {
         .and_then(KeyIndex::from_json)
         .filter(|index| index.rows() as i64 == rows);
     let schema = parquet_to_arrow_schema(metadata.file_metadata().schema_descr(), pairs)?;
-    let read_as = read_types::read_schema(&schema, &dictionary_encoded(&metadata));
+    let read_as = read_as::read_schema(&schema, &dictionary_encoded(&metadata));
     let bytes = text.map_or(0, str::len) * 2 + 64;
     Ok((
         Footer {

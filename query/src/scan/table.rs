@@ -32,7 +32,7 @@ use schemas::Table;
 use crate::scan::blooms::{self, Blooms};
 use crate::scan::key_index::{self, Footers, ScanFile};
 use crate::scan::pairs_map;
-use crate::scan::read_types::LookupBeforeCast;
+use crate::scan::read_as::LookupBeforeCast;
 use crate::scan::source::{Source, TimeRange};
 
 /// One stored table.

@@ -13,6 +13,7 @@ use opentelemetry_proto::tonic::common::v1::any_value::Value;
 use opentelemetry_proto::tonic::common::v1::{ArrayValue, KeyValueList};
 use prost::Message;
 
+pub(crate) use crate::attributes::{Attr, AttrValue};
 use crate::convention::ResourceInfo;
 
 /// Why a payload is not valid protobuf (of the shape OTLP gives it).
@@ -244,28 +245,6 @@ impl<'a> Iterator for Fields<'a> {
         }
         None
     }
-}
-
-/// An attribute value as sent: text and bytes borrowed from the payload. Arrays and
-/// key-value lists, rare in API telemetry, are decoded into their generated messages.
-#[derive(Debug, Clone, PartialEq)]
-pub(crate) enum AttrValue<'a> {
-    Str(&'a str),
-    Bool(bool),
-    Int(i64),
-    Double(f64),
-    Bytes(&'a [u8]),
-    /// An index into a profile's string table.
-    Strindex(i32),
-    /// An array or a key-value list.
-    Structured(Value),
-}
-
-/// One attribute: its key and, unless it was sent without one, its value.
-#[derive(Debug, Clone, PartialEq)]
-pub(crate) struct Attr<'a> {
-    pub(crate) key: &'a str,
-    pub(crate) value: Option<AttrValue<'a>>,
 }
 
 /// An `AnyValue`; `None` when it holds none. Of several, the last one written counts.

@@ -2,8 +2,8 @@
 
 use std::sync::Arc;
 
+use crate::attributes::Attr;
 use crate::convention::{ResourceInfo, append_text, value_text};
-use crate::wire::Attr;
 use arrow::array::{
     ArrayBuilder, ArrayRef, DictionaryArray, Int32Builder, ListArray, MapBuilder, StringBuilder,
     StructArray, TimestampNanosecondBuilder, new_null_array,
