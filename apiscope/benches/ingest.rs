@@ -15,7 +15,7 @@
 //! the ingest rate is reported as a ratio to `fsync` without them.
 
 #[allow(dead_code)]
-#[path = "../tests/e2e/daemon.rs"]
+#[path = "../../tests/e2e/support/daemon.rs"]
 mod daemon;
 
 use std::sync::Arc;

@@ -8,9 +8,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde_json::json;
 
-use crate::daemon::{Daemon, http};
 use crate::now_ns;
-use crate::otlp_json::{hex_id, load_request, span, traces};
+use crate::support::daemon::{Daemon, http};
+use crate::support::otlp::{hex_id, load_request, span, traces};
 
 const CLIENTS: u64 = 3;
 const CYCLES: usize = 10;
@@ -131,7 +131,7 @@ fn a_damaged_wal_tail_is_moved_aside_and_the_daemon_starts() {
             )
         })
         .collect();
-    let (status, _) = crate::otlp_json::post(
+    let (status, _) = crate::support::otlp::post(
         &daemon,
         "/v1/traces",
         "application/json",

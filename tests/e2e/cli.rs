@@ -5,9 +5,9 @@ use std::process::{Command, Stdio};
 
 use serde_json::json;
 
-use crate::daemon::{Daemon, binary, http, serve};
 use crate::now_ns;
-use crate::otlp_json::{hex_id, post, span, traces};
+use crate::support::daemon::{Daemon, binary, http, serve};
+use crate::support::otlp::{hex_id, post, span, traces};
 
 #[test]
 fn sql_cli_prints_tables_and_sql_is_read_only() {

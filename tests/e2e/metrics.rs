@@ -1,79 +1,18 @@
 //! `/metrics` read by the Prometheus Python client's text parser, against what the test
 //! sent and what is on disk.
 
-use std::collections::BTreeMap;
-use std::io::Write;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
 use serde_json::{Value, json};
 
-use crate::daemon::{Daemon, http};
 use crate::now_ns;
-use crate::otlp_json::{hex_id, load_request, post, span, traces};
-use crate::pg::runtime;
-use crate::python_sdk::{here, python};
-
-/// The samples of one scrape, by name and sorted labels.
-pub(crate) struct Scrape(BTreeMap<(String, String), f64>);
-
-impl Scrape {
-    pub(crate) fn of(daemon: &Daemon) -> Scrape {
-        let response = http()
-            .get(format!("{}/metrics", daemon.query_url()))
-            .send()
-            .unwrap();
-        assert_eq!(response.status().as_u16(), 200);
-        let content_type = response.headers()["content-type"]
-            .to_str()
-            .unwrap()
-            .to_owned();
-        assert!(content_type.starts_with("text/plain"), "{content_type}");
-        let text = response.text().unwrap();
-        let mut parser = Command::new(python())
-            .arg(here().join("prometheus_parse.py"))
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        parser
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(text.as_bytes())
-            .unwrap();
-        let output = parser.wait_with_output().unwrap();
-        assert!(
-            output.status.success(),
-            "the Prometheus parser refused /metrics: {}\n{text}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        let mut samples = BTreeMap::new();
-        for line in String::from_utf8(output.stdout).unwrap().lines() {
-            let sample: Value = serde_json::from_str(line).unwrap();
-            let labels: BTreeMap<String, String> =
-                serde_json::from_value(sample["labels"].clone()).unwrap();
-            let labels = labels
-                .iter()
-                .map(|(k, v)| format!("{k}={v}"))
-                .collect::<Vec<_>>()
-                .join(",");
-            let name = sample["name"].as_str().unwrap().to_owned();
-            samples.insert((name, labels), sample["value"].as_f64().unwrap());
-        }
-        Scrape(samples)
-    }
-
-    /// The value of `name` with exactly these labels (`k=v,...`, sorted); 0 when absent.
-    pub(crate) fn get(&self, name: &str, labels: &str) -> f64 {
-        self.0
-            .get(&(name.to_owned(), labels.to_owned()))
-            .copied()
-            .unwrap_or(0.0)
-    }
-}
+use crate::support::daemon::Daemon;
+use crate::support::otlp::{hex_id, load_request, post, span, traces};
+use crate::support::pg::runtime;
+use crate::support::prometheus::Scrape;
+use crate::support::python::python;
 
 #[test]
 fn metrics_count_what_was_sent() {
@@ -293,7 +232,7 @@ fn metrics_count_what_was_sent() {
     assert_eq!(daemon.try_query("DROP TABLE spans").0, 403);
     assert_eq!(daemon.try_query("SELEC nonsense").0, 400);
     runtime().block_on(async {
-        let client = crate::pg::connect(&daemon, None).await.unwrap();
+        let client = crate::support::pg::connect(&daemon, None).await.unwrap();
         client.simple_query("SELECT 1").await.unwrap();
     });
     let after = Scrape::of(&daemon);

@@ -15,8 +15,8 @@ use opentelemetry_sdk::trace::SdkTracerProvider;
 
 use serde_json::{Value, json};
 
-use crate::daemon::Daemon;
-use crate::otlp_json::{hex_id, post, span, traces};
+use crate::support::daemon::Daemon;
+use crate::support::otlp::{hex_id, post, span, traces};
 
 /// One generated server call.
 #[derive(Debug, Clone)]

@@ -8,9 +8,7 @@ mod bad_input;
 mod cli;
 mod compose;
 mod crash;
-mod daemon;
 mod dashboards;
-mod fleet;
 mod guards;
 mod import;
 mod limits;
@@ -24,6 +22,7 @@ mod request_logs;
 mod restart;
 mod rust_sdk;
 mod security;
+mod support;
 
 use std::time::{SystemTime, UNIX_EPOCH};
 

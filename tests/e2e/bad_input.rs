@@ -6,9 +6,9 @@ use prost::Message;
 use serde_json::json;
 use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 
-use crate::daemon::Daemon;
 use crate::now_ns;
-use crate::otlp_json::{gzip, hex_id, post, span, traces};
+use crate::support::daemon::Daemon;
+use crate::support::otlp::{gzip, hex_id, post, span, traces};
 
 /// `google.rpc.Status`, as OTLP/HTTP error bodies carry it.
 #[derive(Clone, PartialEq, Message)]

@@ -6,8 +6,8 @@ use std::collections::BTreeMap;
 
 use serde_json::{Value, json};
 
-use crate::daemon::Daemon;
-use crate::otlp_json::{hex_id, post, span, traces};
+use crate::support::daemon::Daemon;
+use crate::support::otlp::{hex_id, post, span, traces};
 
 /// Seconds between two requests of the fleet.
 pub(crate) const STEP_S: i64 = 6;

@@ -7,8 +7,8 @@ use std::process::Command;
 
 use serde_json::Value;
 
-use crate::daemon::{Daemon, binary};
 use crate::dashboards::{repo, yaml};
+use crate::support::daemon::{Daemon, binary};
 
 /// The `ENV` settings of the Dockerfile's final stage.
 fn dockerfile_env() -> BTreeMap<String, String> {

@@ -7,9 +7,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use crate::daemon::{Daemon, serve};
 use crate::now_ns;
-use crate::otlp_json::{hex_id, load_request, post, span, traces};
+use crate::support::daemon::{Daemon, serve};
+use crate::support::otlp::{hex_id, load_request, post, span, traces};
 
 const HOUR_NS: i64 = 3_600_000_000_000;
 

@@ -3,8 +3,8 @@
 
 use serde_json::{Value, json};
 
-use crate::daemon::Daemon;
-use crate::otlp_json::{gzip, post};
+use crate::support::daemon::Daemon;
+use crate::support::otlp::{gzip, post};
 
 fn answer(bytes: &[u8]) -> Value {
     serde_json::from_slice(bytes)

@@ -13,10 +13,10 @@ use serde_json::Value;
 use tokio_postgres::types::Type;
 use tokio_postgres::{Client, Row, SimpleQueryMessage};
 
-use crate::daemon::Daemon;
-use crate::fleet::{Fleet, percentile_tolerance, quantile};
-use crate::pg::{connect, runtime};
-use crate::python_sdk::python;
+use crate::support::daemon::Daemon;
+use crate::support::fleet::{Fleet, percentile_tolerance, quantile};
+use crate::support::pg::{connect, runtime};
+use crate::support::python::python;
 
 const DATASOURCE_UID: &str = "apiscope";
 const DATASOURCE_TYPE: &str = "grafana-postgresql-datasource";
@@ -402,7 +402,7 @@ fn check_calls_and_errors(
     rows: &[Row],
     column: &str,
     fleet: &Fleet,
-    key: impl Fn(&crate::fleet::Request) -> String,
+    key: impl Fn(&crate::support::fleet::Request) -> String,
 ) {
     let calls = fleet.count_by(&key);
     let errors = fleet.errors_by(&key);
@@ -424,7 +424,7 @@ fn check_values(dashboard: &str, panel: &str, rows: &[Row], fleet: &Fleet, range
     let what = format!("{dashboard} / {panel}");
     let interval = range.interval_s() as f64;
     let range_s = (range.to - range.from).num_seconds() as f64;
-    let durations = |keep: &dyn Fn(&crate::fleet::Request) -> bool| -> Vec<f64> {
+    let durations = |keep: &dyn Fn(&crate::support::fleet::Request) -> bool| -> Vec<f64> {
         fleet
             .requests
             .iter()

@@ -8,7 +8,7 @@ use std::process::{Command, Output};
 use chrono::{DateTime, Utc};
 use serde_json::json;
 
-use crate::daemon::{Daemon, binary};
+use crate::support::daemon::{Daemon, binary};
 
 fn import(daemon: &Daemon, format: &str, files: &[&Path], extra: &[&str]) -> Output {
     Command::new(binary())
@@ -129,7 +129,7 @@ fn importing_access_logs_keeps_every_line_once() {
     // The same log rotated and compressed is the same file: nothing new.
     let rotated = logs.path().join("access.log.1.gz");
     let text = std::fs::read(&combined).unwrap();
-    std::fs::write(&rotated, crate::otlp_json::gzip(&text)).unwrap();
+    std::fs::write(&rotated, crate::support::otlp::gzip(&text)).unwrap();
     let output = summary(&import(&daemon, "nginx-combined", &[&rotated], &[]));
     assert_eq!(counts(&output), [28, 0, 28, 0], "{output}");
 

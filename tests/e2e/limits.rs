@@ -8,9 +8,9 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use serde_json::json;
 
-use crate::daemon::{Daemon, http};
 use crate::now_ns;
-use crate::otlp_json::{gzip, hex_id, load_request, span, traces};
+use crate::support::daemon::{Daemon, http};
+use crate::support::otlp::{gzip, hex_id, load_request, span, traces};
 
 #[test]
 fn overload_gets_only_retryable_refusals_and_keeps_every_acknowledged_span() {
@@ -130,7 +130,7 @@ fn gzip_bombs_are_refused_on_both_transports_with_flat_memory() {
     }
     let bomb = encoder.finish().unwrap();
     assert!(bomb.len() < 4 * 1024 * 1024, "{}", bomb.len());
-    let (status, _) = crate::otlp_json::post(
+    let (status, _) = crate::support::otlp::post(
         &daemon,
         "/v1/traces",
         "application/x-protobuf",
@@ -170,7 +170,7 @@ fn gzip_bombs_are_refused_on_both_transports_with_flat_memory() {
         )],
     ))
     .unwrap();
-    let (status, _) = crate::otlp_json::post(
+    let (status, _) = crate::support::otlp::post(
         &daemon,
         "/v1/traces",
         "application/json",

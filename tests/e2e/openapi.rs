@@ -3,8 +3,8 @@
 
 use serde_json::{Value, json};
 
-use crate::daemon::Daemon;
-use crate::otlp_json::{hex_id, post, span, traces};
+use crate::support::daemon::Daemon;
+use crate::support::otlp::{hex_id, post, span, traces};
 
 const DOCUMENT: &str = r#"
 openapi: 3.0.3
@@ -147,7 +147,7 @@ fn openapi_templates_and_contract_drift() {
     // A document that does not parse stops the start with its name.
     let broken = dir.path().join("broken.yaml");
     std::fs::write(&broken, "openapi: [").unwrap();
-    let output = std::process::Command::new(crate::daemon::binary())
+    let output = std::process::Command::new(crate::support::daemon::binary())
         .args(["serve", "--openapi"])
         .arg(&broken)
         .args(["--data-dir"])

@@ -10,10 +10,10 @@ use std::time::{Duration, Instant};
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
 
 use crate::compose::summary_count;
-use crate::daemon::{Daemon, binary, http, serve};
-use crate::metrics::Scrape;
-use crate::pg::{connect, runtime};
 use crate::security::spans_request;
+use crate::support::daemon::{Daemon, binary, http, serve};
+use crate::support::pg::{connect, runtime};
+use crate::support::prometheus::Scrape;
 
 /// Raises this process's open-files limit to the hard one: the test holds thousands of
 /// sockets. Returns the limit in force.

@@ -15,7 +15,7 @@ use opentelemetry_sdk::logs::SdkLoggerProvider;
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use serde_json::json;
 
-use crate::daemon::{Daemon, pairs};
+use crate::support::daemon::{Daemon, pairs};
 
 /// One kind of call the test makes, and how many times.
 struct Call {

@@ -16,10 +16,10 @@ use serde_json::json;
 use sha2::Digest;
 use tonic_types::StatusExt;
 
-use crate::daemon::{Daemon, http};
 use crate::now_ns;
-use crate::otlp_json::{hex_id, span, traces};
-use crate::pg::runtime;
+use crate::support::daemon::{Daemon, http};
+use crate::support::otlp::{hex_id, span, traces};
+use crate::support::pg::runtime;
 
 const INGEST: &str = "ingest-secret-0123456789";
 const QUERY: &str = "query-secret-0123456789";
@@ -282,11 +282,11 @@ fn every_endpoint_refuses_without_the_right_token() {
     // PostgreSQL: the token is the password.
     runtime().block_on(async {
         for password in [None, Some(WRONG), Some(INGEST)] {
-            let refused = crate::pg::connect(&daemon, password).await;
+            let refused = crate::support::pg::connect(&daemon, password).await;
             assert!(refused.is_err(), "logged in with {password:?}");
         }
         for password in [QUERY, ADMIN] {
-            let client = crate::pg::connect(&daemon, Some(password)).await.unwrap();
+            let client = crate::support::pg::connect(&daemon, Some(password)).await.unwrap();
             let rows = client.simple_query("SELECT 41 + 1").await.unwrap();
             assert!(matches!(&rows[1], tokio_postgres::SimpleQueryMessage::Row(r) if r.get(0) == Some("42")));
         }
@@ -409,7 +409,9 @@ fn a_caller_over_its_rate_is_refused_retryably_and_one_under_it_is_not() {
     // Queries over PostgreSQL: over the limit, SQLSTATE 53400; the session stays usable.
     std::thread::sleep(Duration::from_secs(1));
     runtime().block_on(async {
-        let client = crate::pg::connect(&daemon, Some(QUERY)).await.unwrap();
+        let client = crate::support::pg::connect(&daemon, Some(QUERY))
+            .await
+            .unwrap();
         let mut limited = 0;
         for _ in 0..4 {
             if let Err(error) = client.simple_query("SELECT 1").await {
@@ -609,7 +611,7 @@ fn tls_on_every_listener() {
     // The CLI, trusting the CA: what both transports sent is there.
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let output = std::process::Command::new(crate::daemon::binary())
+        let output = std::process::Command::new(crate::support::daemon::binary())
             .args(["sql", "--url", &https_query, "--ca-cert", &arg(&ca)])
             .arg("SELECT count(*) AS n FROM spans WHERE service_name LIKE 'tls-%'")
             .output()

@@ -5,8 +5,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use crate::daemon::{Daemon, http};
-use crate::otlp_json::{hex_id, post, span, traces};
+use crate::support::daemon::{Daemon, http};
+use crate::support::otlp::{hex_id, post, span, traces};
 
 /// Eight billion rows, each compared: never done in two seconds.
 const SLOW: &str = "SELECT count(*) FROM (SELECT duration_ns FROM spans) a, \
@@ -96,8 +96,10 @@ fn queries_over_a_limit_are_refused_by_name() {
 
     // Over PostgreSQL the same place is taken: SQLSTATE 53000 naming the limit. The client
     // connects first, so only its queries race the slow one.
-    let runtime = crate::pg::runtime();
-    let client = runtime.block_on(crate::pg::connect(&daemon, None)).unwrap();
+    let runtime = crate::support::pg::runtime();
+    let client = runtime
+        .block_on(crate::support::pg::connect(&daemon, None))
+        .unwrap();
     let error = one_slot_taken(&daemon, || {
         runtime.block_on(client.simple_query("SELECT 1")).err()
     });
@@ -112,8 +114,8 @@ fn queries_over_a_limit_are_refused_by_name() {
 
     // The time and row limits over PostgreSQL, where rows stream: refused with the codes
     // PostgreSQL uses (57014 as for statement_timeout, 54000), naming the setting.
-    crate::pg::runtime().block_on(async {
-        let client = crate::pg::connect(&daemon, None).await.unwrap();
+    crate::support::pg::runtime().block_on(async {
+        let client = crate::support::pg::connect(&daemon, None).await.unwrap();
         for (sql, code, setting) in [
             ("SELECT span_id FROM spans", "54000", "max_result_rows"),
             (SLOW, "57014", "query_timeout"),
@@ -234,8 +236,8 @@ fn the_refusal_corpus_is_refused_over_http_and_postgres() {
         let (status, body) = daemon.try_query(sql);
         assert!((400..500).contains(&status), "HTTP ran {sql}: {body}");
     }
-    crate::pg::runtime().block_on(async {
-        let client = crate::pg::connect(&daemon, None).await.unwrap();
+    crate::support::pg::runtime().block_on(async {
+        let client = crate::support::pg::connect(&daemon, None).await.unwrap();
         for sql in &corpus {
             assert!(client.simple_query(sql).await.is_err(), "PostgreSQL (simple) ran {sql}");
             assert!(client.query(sql.as_str(), &[]).await.is_err(), "PostgreSQL (extended) ran {sql}");
