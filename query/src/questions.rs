@@ -58,13 +58,13 @@ pub struct Question {
 }
 
 impl Question {
-    /// The documentation table of the question's columns, as the README holds it.
+    /// The documentation table of the question's columns, as docs/questions.md holds it.
     pub fn markdown(&self) -> String {
         columns_markdown(self.columns)
     }
 }
 
-/// A documentation table of columns, as the README holds it.
+/// A documentation table of columns, as docs/questions.md holds it.
 pub(crate) fn columns_markdown(columns: &[(&str, &str)]) -> String {
     let mut text = String::from("| column | what it holds |\n|---|---|\n");
     for (name, doc) in columns {

@@ -1,7 +1,7 @@
 //! The tables apiscope stores and how they lie on disk.
 //!
 //! Every table is described once, as a list of [`Column`]s with a doc line each; the Arrow
-//! schema, the README's column tables and the Parquet metadata are all derived from that list.
+//! schema, the column tables of docs/tables.md and the Parquet metadata are all derived from that list.
 //!
 //! ```text
 //! <data_dir>/<table>/date=YYYY-MM-DD/hour=HH/<unique>.parquet
@@ -41,5 +41,5 @@ pub const SCHEMA_VERSION_KEY: &str = "apiscope.schema_version";
 /// writer gives them, and trace lookups skip files and row groups with them.
 pub const BLOOM_COLUMN: &str = "trace_id";
 
-/// All stored tables, in the order the README documents them.
+/// All stored tables, in the order docs/tables.md documents them.
 pub const TABLES: &[&Table] = &[&SPANS, &LOGS, &REQUESTS];

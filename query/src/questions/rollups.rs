@@ -61,7 +61,7 @@ const MINUTE_NS: i64 = 60_000_000_000;
 /// of a rollup, and of the parts `api_call_minutes` reads from the calls themselves.
 const PER_MINUTE: &str = include_str!("sql/per_minute.sql");
 
-/// The columns of `api_call_minutes`, with what each holds, as the README documents them.
+/// The columns of `api_call_minutes`, with what each holds, as docs/questions.md documents them.
 pub const COLUMNS: &[(&str, &str)] = &[
     (
         "minute",
