@@ -28,6 +28,8 @@ use datafusion::prelude::SessionContext;
 use schemas::routes::OpenApi;
 
 pub(crate) mod rollups;
+#[cfg(test)]
+mod slt;
 
 /// What the questions need to know from the configuration.
 #[derive(Debug, Clone, Default)]

@@ -1,0 +1,192 @@
+//! The question functions pinned by sqllogictest files, one per question
+//! (`tests/slt/<question>.slt`), over a fixture data directory built from
+//! `tests/fixtures/requests.ndjson` by the collector, as the daemon would store it, rollups
+//! included. A change in a question's SQL shows up here, without a daemon.
+//!
+//! The fixture's calls are few and their numbers round, so that each expected answer in the
+//! files can be worked out by hand from the fixture (the files say how).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arrow::array::{Array, AsArray};
+use arrow::datatypes::{DataType, Float64Type};
+use arrow::util::display::{ArrayFormatter, FormatOptions};
+use async_trait::async_trait;
+use sqllogictest::{AsyncDB, DBOutput, DefaultColumnType};
+
+use crate::engine::Engine;
+use crate::error::Error;
+use crate::questions::QuestionSettings;
+use crate::scan::DataDir;
+
+fn repository() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// The engine over the fixture, with `v1` deprecated.
+struct Fixture {
+    engine: Engine,
+    _dir: tempfile::TempDir,
+}
+
+impl Fixture {
+    async fn new() -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let requests = std::fs::read(repository().join("tests/fixtures/requests.ndjson")).unwrap();
+        let collector = collector::Collector::open(collector::Config::new(dir.path()))
+            .unwrap()
+            .0;
+        let collector = Arc::new(collector);
+        let ingesting = collector.clone();
+        let outcome = tokio::task::spawn_blocking(move || {
+            ingesting.ingest_requests(bytes::Bytes::from(requests))
+        })
+        .await
+        .unwrap()
+        .unwrap();
+        assert_eq!((outcome.rejected, outcome.accepted), (0, 11), "{outcome:?}");
+        collector.flush().await.unwrap();
+        drop(collector);
+
+        let settings = QuestionSettings {
+            deprecated_versions: vec!["v1".to_owned()],
+            ..QuestionSettings::default()
+        };
+        let source = Arc::new(DataDir(dir.path().to_owned()));
+        let engine = Engine::new(source, settings, Default::default())
+            .await
+            .unwrap();
+        let report = engine
+            .roll_up(Arc::new(collector::RollupFiles))
+            .await
+            .unwrap();
+        assert!(report.written > 0, "{report:?}");
+        Fixture { engine, _dir: dir }
+    }
+}
+
+/// The engine as sqllogictest sees a database: every value as text, NULL as `NULL`.
+struct Db(Engine);
+
+#[async_trait]
+impl AsyncDB for Db {
+    type Error = Error;
+    type ColumnType = DefaultColumnType;
+
+    async fn run(&mut self, sql: &str) -> Result<DBOutput<DefaultColumnType>, Error> {
+        let output = self.0.query(sql).await?;
+        let types = output
+            .schema
+            .fields()
+            .iter()
+            .map(|field| match field.data_type() {
+                data_type if data_type.is_integer() => DefaultColumnType::Integer,
+                data_type if data_type.is_floating() => DefaultColumnType::FloatingPoint,
+                DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => {
+                    DefaultColumnType::Text
+                }
+                _ => DefaultColumnType::Any,
+            })
+            .collect();
+        let options = FormatOptions::default().with_null("NULL");
+        let mut rows = Vec::new();
+        for batch in &output.batches {
+            let columns: Vec<ArrayFormatter> = batch
+                .columns()
+                .iter()
+                .map(|column| ArrayFormatter::try_new(column.as_ref(), &options))
+                .collect::<Result<_, _>>()
+                .map_err(|error| Error::Internal(error.to_string()))?;
+            for row in 0..batch.num_rows() {
+                let cells = columns.iter().zip(batch.columns()).map(|(text, column)| {
+                    match column.as_primitive_opt::<Float64Type>() {
+                        Some(floats) if floats.is_valid(row) => decimal(floats.value(row)),
+                        _ => text.value(row).to_string(),
+                    }
+                });
+                rows.push(cells.collect());
+            }
+        }
+        Ok(DBOutput::Rows { types, rows })
+    }
+
+    async fn shutdown(&mut self) {}
+
+    async fn sleep(duration: std::time::Duration) {
+        tokio::time::sleep(duration).await;
+    }
+}
+
+/// A float as the files write it: at most ten decimals, without trailing zeros (`39.7` for
+/// 39.699999999999996, `4` for 4.0), so that an expected value reads as worked out by hand.
+fn decimal(value: f64) -> String {
+    if !value.is_finite() {
+        return value.to_string();
+    }
+    let text = format!("{value:.10}");
+    let text = text.trim_end_matches('0').trim_end_matches('.');
+    if text == "-0" {
+        "0".to_owned()
+    } else {
+        text.to_owned()
+    }
+}
+
+/// Runs `tests/slt/<name>.slt` over a fresh fixture.
+async fn run(name: &str) {
+    let fixture = Fixture::new().await;
+    let engine = fixture.engine.clone();
+    let mut runner = sqllogictest::Runner::new(move || {
+        let engine = engine.clone();
+        async move { Ok(Db(engine)) }
+    });
+    let file = repository().join(format!("tests/slt/{name}.slt"));
+    if let Err(error) = runner.run_file_async(&file).await {
+        panic!("{}:\n{error}", file.display());
+    }
+}
+
+/// Every question, and the files: one per question, each run by a test below.
+const FILES: &[&str] = &[
+    "api_calls",
+    "client_stats",
+    "endpoint_stats",
+    "error_breakdown",
+    "refusals",
+    "traffic_shift",
+    "version_usage",
+];
+
+#[test]
+fn every_slt_file_is_run() {
+    let mut found: Vec<String> = std::fs::read_dir(repository().join("tests/slt"))
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| path.extension().is_some_and(|e| e == "slt"))
+        .map(|path| path.file_stem().unwrap().to_string_lossy().into_owned())
+        .collect();
+    found.sort();
+    assert_eq!(found, FILES);
+}
+
+macro_rules! slt {
+    ($($name:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() {
+                run(stringify!($name)).await;
+            }
+        )*
+    };
+}
+
+slt!(
+    api_calls,
+    client_stats,
+    endpoint_stats,
+    error_breakdown,
+    refusals,
+    traffic_shift,
+    version_usage,
+);
