@@ -45,7 +45,7 @@ impl Fixture {
         .await
         .unwrap()
         .unwrap();
-        assert_eq!((outcome.rejected, outcome.accepted), (0, 11), "{outcome:?}");
+        assert_eq!((outcome.rejected, outcome.accepted), (0, 16), "{outcome:?}");
         collector.flush().await.unwrap();
         drop(collector);
 
@@ -149,11 +149,13 @@ async fn run(name: &str) {
 
 /// Every question, and the files: one per question, each run by a test below.
 const FILES: &[&str] = &[
+    "api_call_minutes",
     "api_calls",
     "client_stats",
     "endpoint_stats",
     "error_breakdown",
     "refusals",
+    "retry_amplification",
     "traffic_shift",
     "version_usage",
 ];
@@ -182,11 +184,13 @@ macro_rules! slt {
 }
 
 slt!(
+    api_call_minutes,
     api_calls,
     client_stats,
     endpoint_stats,
     error_breakdown,
     refusals,
+    retry_amplification,
     traffic_shift,
     version_usage,
 );
