@@ -61,7 +61,24 @@ impl Scrape {
     }
 
     /// The value of `name` with exactly these labels (`k=v,...`, sorted); 0 when absent.
+    /// The sample `name{labels}`, which must be in the scrape: a renamed or vanished series
+    /// fails here rather than reading as 0.
     pub(crate) fn get(&self, name: &str, labels: &str) -> f64 {
+        if let Some(value) = self.0.get(&(name.to_owned(), labels.to_owned())) {
+            return *value;
+        }
+        let same_name: Vec<&str> = self
+            .0
+            .keys()
+            .filter(|(n, _)| n == name)
+            .map(|(_, l)| l.as_str())
+            .collect();
+        panic!("no series {name}{{{labels}}} in the scrape; with that name: {same_name:?}");
+    }
+
+    /// The sample `name{labels}`, or 0 when the scrape has none: for a counter that only
+    /// appears once something has counted (a refusal that has not happened yet).
+    pub(crate) fn get_or_zero(&self, name: &str, labels: &str) -> f64 {
         self.0
             .get(&(name.to_owned(), labels.to_owned()))
             .copied()
