@@ -435,34 +435,77 @@ fn s(value: &Value) -> String {
     value.as_str().unwrap_or("<null>").to_owned()
 }
 
-#[test]
-fn question_functions_answer_the_story() {
-    let dir = tempfile::tempdir().unwrap();
-    // No rollups at first: every answer below comes from the calls themselves.
-    let daemon = Daemon::start_with(
-        dir.path(),
-        &["--deprecated-version", "v1", "--rollup-interval", "0s"],
-    );
-    let now_s = crate::now_ns() / 1_000_000_000;
-    let start_s = (now_s - 40 * 60) / 60 * 60;
-    let end_s = start_s + WINDOW_S;
-    let calls = story(start_s);
-    let sent = send(&daemon, &calls);
-    for (table, rows) in [
-        ("spans", sent.spans),
-        ("requests", sent.request_lines),
-        ("logs", sent.log_records),
-    ] {
-        let sql = format!("SELECT count(*) FROM {table}");
-        assert_eq!(daemon.wait_for_count(&sql, rows), rows, "{table}");
+/// The story told to a fresh daemon (without rollups, so that every answer comes from the
+/// calls themselves), and the window it falls in. Each test below tells it again, so that one
+/// question's failure does not hide another's.
+struct Told {
+    dir: tempfile::TempDir,
+    daemon: Daemon,
+    calls: Vec<Call>,
+    sent: Sent,
+    now_s: i64,
+    start_s: i64,
+    end_s: i64,
+    /// The window's two bounds, as the question functions take them.
+    window: String,
+}
+
+impl Told {
+    fn new() -> Told {
+        let dir = tempfile::tempdir().unwrap();
+        let daemon = Daemon::start_with(
+            dir.path(),
+            &["--deprecated-version", "v1", "--rollup-interval", "0s"],
+        );
+        let now_s = crate::now_ns() / 1_000_000_000;
+        let start_s = (now_s - 40 * 60) / 60 * 60;
+        let end_s = start_s + WINDOW_S;
+        let calls = story(start_s);
+        let sent = send(&daemon, &calls);
+        for (table, rows) in [
+            ("spans", sent.spans),
+            ("requests", sent.request_lines),
+            ("logs", sent.log_records),
+        ] {
+            let sql = format!("SELECT count(*) FROM {table}");
+            assert_eq!(daemon.wait_for_count(&sql, rows), rows, "{table}");
+        }
+        let window = format!("'{}', '{}'", rfc3339(start_s), rfc3339(end_s));
+        Told {
+            dir,
+            daemon,
+            calls,
+            sent,
+            now_s,
+            start_s,
+            end_s,
+            window,
+        }
     }
-    let window = format!("'{}', '{}'", rfc3339(start_s), rfc3339(end_s));
-    let now: Vec<&Call> = calls.iter().filter(|c| c.time_s >= start_s).collect();
-    let before: Vec<&Call> = calls.iter().filter(|c| c.time_s < start_s).collect();
+
+    /// The calls inside the window.
+    fn now(&self) -> Vec<&Call> {
+        let start_s = self.start_s;
+        self.calls.iter().filter(|c| c.time_s >= start_s).collect()
+    }
+
+    /// The calls of the window of equal length before it.
+    fn before(&self) -> Vec<&Call> {
+        let start_s = self.start_s;
+        self.calls.iter().filter(|c| c.time_s < start_s).collect()
+    }
+}
+
+#[test]
+fn api_calls_hold_each_call_once() {
+    let told = Told::new();
+    let daemon = &told.daemon;
+    let calls = &told.calls;
+    let sent = &told.sent;
 
     // api_calls: one row per call, whichever way it came.
     let rows = records(
-        &daemon,
+        daemon,
         "SELECT source, count(*) AS n FROM api_calls GROUP BY source ORDER BY source",
     );
     let by_source: Vec<(String, i64)> = rows
@@ -478,9 +521,17 @@ fn question_functions_answer_the_story() {
             ("span".to_owned(), server_spans),
         ]
     );
+}
+
+#[test]
+fn endpoint_and_client_stats_count_and_rank_the_story() {
+    let told = Told::new();
+    let daemon = &told.daemon;
+    let window = &told.window;
+    let now = told.now();
 
     // endpoint_stats: exact counts; constant durations make the percentiles exact too.
-    let rows = records(&daemon, &format!("SELECT * FROM endpoint_stats({window})"));
+    let rows = records(daemon, &format!("SELECT * FROM endpoint_stats({window})"));
     let calls_by = count(&now, |c| c.endpoint());
     let errors_by = count(
         &now.iter()
@@ -520,7 +571,7 @@ fn question_functions_answer_the_story() {
     assert_eq!(&s(&rows[0]["endpoint"]), busiest);
 
     // client_stats: per client calls, errors and the endpoint failing most.
-    let rows = records(&daemon, &format!("SELECT * FROM client_stats({window})"));
+    let rows = records(daemon, &format!("SELECT * FROM client_stats({window})"));
     let calls_by = count(&now, |c| c.client.to_owned());
     assert_eq!(rows.len(), calls_by.len());
     for row in &rows {
@@ -535,12 +586,17 @@ fn question_functions_answer_the_story() {
         let top = failed.first().map(|c| c.endpoint());
         assert_eq!(row["top_failing_endpoint"], json!(top), "{client}");
     }
+}
+
+#[test]
+fn dependency_stats_and_error_breakdown_answer_the_story() {
+    let told = Told::new();
+    let daemon = &told.daemon;
+    let window = &told.window;
+    let now = told.now();
 
     // dependency_stats: orders call the database twice, 10 ms each, per 50 ms request.
-    let rows = records(
-        &daemon,
-        &format!("SELECT * FROM dependency_stats({window})"),
-    );
+    let rows = records(daemon, &format!("SELECT * FROM dependency_stats({window})"));
     assert_eq!(rows.len(), 1, "{rows:?}");
     let orders_with_deps: Vec<&&Call> = now
         .iter()
@@ -555,7 +611,7 @@ fn question_functions_answer_the_story() {
     );
 
     // error_breakdown: 5xx and 4xx by endpoint and status.
-    let rows = records(&daemon, &format!("SELECT * FROM error_breakdown({window})"));
+    let rows = records(daemon, &format!("SELECT * FROM error_breakdown({window})"));
     let failed: Vec<&Call> = now.iter().copied().filter(|c| c.status >= 400).collect();
     let expected = count(&failed, |c| (c.endpoint(), c.status));
     let seen: BTreeMap<(String, i64), i64> = rows
@@ -570,10 +626,19 @@ fn question_functions_answer_the_story() {
     assert_eq!(seen, expected);
     let timeout = rows.iter().find(|r| r["http_status_code"] == 504).unwrap();
     assert_eq!(timeout["error_type"], "timeout");
+}
+
+#[test]
+fn latency_regressions_and_traffic_shift_compare_with_the_hour_before() {
+    let told = Told::new();
+    let daemon = &told.daemon;
+    let window = &told.window;
+    let now = told.now();
+    let before = told.before();
 
     // latency_regressions: items went from 10 to 30 ms; orders did not change.
     let rows = records(
-        &daemon,
+        daemon,
         &format!("SELECT * FROM latency_regressions({window})"),
     );
     assert_eq!(rows[0]["endpoint"], "GET /v2/items/{id}", "{rows:?}");
@@ -587,7 +652,7 @@ fn question_functions_answer_the_story() {
     assert!(rows.iter().all(|r| r["endpoint"] != "GET /v1/users/{id}"));
 
     // traffic_shift: shares per client and endpoint in both windows.
-    let rows = records(&daemon, &format!("SELECT * FROM traffic_shift({window})"));
+    let rows = records(daemon, &format!("SELECT * FROM traffic_shift({window})"));
     for (dimension, key) in [("client", 0), ("endpoint", 1)] {
         let key_of = |c: &Call| {
             if key == 0 {
@@ -626,10 +691,18 @@ fn question_functions_answer_the_story() {
         })
         .unwrap();
     assert_eq!(biggest, &rows[0], "ranked by the size of the change");
+}
+
+#[test]
+fn retry_amplification_counts_retries_timeouts_and_fan_out() {
+    let told = Told::new();
+    let daemon = &told.daemon;
+    let window = &told.window;
+    let now = told.now();
 
     // retry_amplification: retries after failures within 10 s, or marked; timeouts; fan-out.
     let rows = records(
-        &daemon,
+        daemon,
         &format!("SELECT * FROM retry_amplification({window})"),
     );
     let mut expected: BTreeMap<(String, String), (i64, i64, i64, i64)> = BTreeMap::new();
@@ -664,10 +737,18 @@ fn question_functions_answer_the_story() {
     }
     let ios = &expected[&("ios".to_owned(), "POST /v2/payments".to_owned())];
     assert_eq!(ios.1, 5, "the story has five retries after failures");
+}
+
+#[test]
+fn version_usage_and_refusals_name_the_clients() {
+    let told = Told::new();
+    let daemon = &told.daemon;
+    let window = &told.window;
+    let now = told.now();
 
     // version_usage: who still calls v1 is one query.
     let rows = records(
-        &daemon,
+        daemon,
         &format!("SELECT * FROM version_usage({window}) WHERE deprecated"),
     );
     assert_eq!(rows.len(), 1, "{rows:?}");
@@ -682,14 +763,14 @@ fn question_functions_answer_the_story() {
     let seen =
         chrono::DateTime::parse_from_rfc3339(rows[0]["last_seen"].as_str().unwrap()).unwrap();
     assert_eq!(seen.timestamp(), last_seen);
-    let all = records(&daemon, &format!("SELECT * FROM version_usage({window})"));
+    let all = records(daemon, &format!("SELECT * FROM version_usage({window})"));
     assert_eq!(
         all.len(),
         count(&now, |c| (c.version().to_owned(), c.client.to_owned())).len()
     );
 
     // refusals: 401s and 429s of the partner.
-    let rows = records(&daemon, &format!("SELECT * FROM refusals({window})"));
+    let rows = records(daemon, &format!("SELECT * FROM refusals({window})"));
     let refused: Vec<&Call> = now
         .iter()
         .copied()
@@ -707,11 +788,21 @@ fn question_functions_answer_the_story() {
         .collect();
     assert_eq!(seen, expected);
     assert!(rows.iter().all(|r| r["client_id"] == "partner"));
+}
+
+#[test]
+fn windows_default_to_the_last_hour_and_bad_ones_are_refused() {
+    let told = Told::new();
+    let daemon = &told.daemon;
+    let calls = &told.calls;
+    let start_s = told.start_s;
+    let now_s = told.now_s;
+    let now = told.now();
 
     // Windows: the default is the last hour; one argument runs to now; bad ones are refused.
     // (One statement, so that both sides see the same now().)
     let last_hour = records(
-        &daemon,
+        daemon,
         "SELECT (SELECT sum(calls) FROM endpoint_stats()) AS a, \
          (SELECT count(*) FROM api_calls \
           WHERE time >= now() - interval '1 hour' AND time < now()) AS b",
@@ -724,7 +815,7 @@ fn question_functions_answer_the_story() {
         "{a} calls in the last hour, about {recent} expected"
     );
     let from_start = records(
-        &daemon,
+        daemon,
         &format!(
             "SELECT sum(calls) AS n FROM endpoint_stats('{}')",
             rfc3339(start_s)
@@ -732,7 +823,7 @@ fn question_functions_answer_the_story() {
     );
     assert_eq!(from_start[0]["n"], now.len());
     let relative = records(
-        &daemon,
+        daemon,
         "SELECT sum(calls) AS n FROM endpoint_stats(now() - interval '2 hours', now())",
     );
     assert_eq!(relative[0]["n"], calls.len());
@@ -747,6 +838,20 @@ fn question_functions_answer_the_story() {
             "{body}"
         );
     }
+}
+
+#[test]
+fn rollups_give_the_same_answers_and_spare_the_data_files() {
+    let Told {
+        dir,
+        daemon,
+        calls,
+        start_s,
+        end_s,
+        window,
+        ..
+    } = Told::new();
+    let now: Vec<&Call> = calls.iter().filter(|c| c.time_s >= start_s).collect();
 
     // With per-minute rollups: the same answers, over whole minutes and over windows that
     // cut minutes, once every file has its rollup.
