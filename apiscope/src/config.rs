@@ -1,5 +1,11 @@
 //! `apiscope serve` settings: defaults, then the TOML file, then `APISCOPE_*` environment
 //! variables, then flags.
+//!
+//! Each option is declared once, as a field of [`ServeArgs`]: its flag, its variable and its
+//! key in the file (the flag's name with underscores) all come from that declaration, and
+//! the same parser reads all three (so sizes take units everywhere). The file's values are
+//! handed to clap as the flags' defaults ([`parse`]); its tables (`[[auth.tokens]]`) are
+//! read apart.
 
 use std::net::SocketAddr;
 use std::num::NonZeroU32;
@@ -130,7 +136,7 @@ pub(crate) struct ServeArgs {
     #[arg(long, env = "APISCOPE_MAX_BUFFER_ROWS")]
     max_buffer_rows: Option<usize>,
     /// Largest request body, counted after decompression [default: 20971520].
-    #[arg(long, env = "APISCOPE_MAX_BODY_BYTES")]
+    #[arg(long, env = "APISCOPE_MAX_BODY_BYTES", value_parser = parse_bytes)]
     max_body_bytes: Option<usize>,
     /// When an acknowledgement means the data is on disk: fsync, batch or none [default: fsync].
     #[arg(long, env = "APISCOPE_DURABILITY")]
@@ -139,15 +145,15 @@ pub(crate) struct ServeArgs {
     #[arg(long, env = "APISCOPE_WAL_SYNC_INTERVAL", value_parser = parse_duration)]
     wal_sync_interval: Option<Duration>,
     /// Arrow memory of buffered rows past which ingest is refused [default: 536870912].
-    #[arg(long, env = "APISCOPE_MAX_BUFFER_BYTES")]
+    #[arg(long, env = "APISCOPE_MAX_BUFFER_BYTES", value_parser = parse_bytes)]
     max_buffer_bytes: Option<usize>,
     /// WAL bytes on disk past which ingest is refused until a flush [default: 4294967296].
-    #[arg(long, env = "APISCOPE_MAX_WAL_BYTES")]
-    max_wal_bytes: Option<u64>,
+    #[arg(long, env = "APISCOPE_MAX_WAL_BYTES", value_parser = parse_bytes)]
+    max_wal_bytes: Option<usize>,
     /// Free bytes on the data directory's disk under which ingest is refused, so that flushes
     /// still have room; 0 turns the check off [default: 268435456].
-    #[arg(long, env = "APISCOPE_MIN_FREE_BYTES")]
-    min_free_bytes: Option<u64>,
+    #[arg(long, env = "APISCOPE_MIN_FREE_BYTES", value_parser = parse_bytes)]
+    min_free_bytes: Option<usize>,
     /// Hours older than this are dropped [default: 7d].
     #[arg(long, env = "APISCOPE_RETENTION", value_parser = parse_duration)]
     retention: Option<Duration>,
@@ -196,71 +202,6 @@ pub(crate) struct ServeArgs {
     /// cancelled (ingest never is); bytes or with a unit; 0 for three quarters of the
     /// machine's (or the control group's) memory [default: 0].
     #[arg(long, env = "APISCOPE_MEMORY_LIMIT", value_parser = parse_bytes)]
-    memory_limit: Option<usize>,
-}
-
-/// The same settings as read from the TOML file.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FileConfig {
-    data_dir: Option<PathBuf>,
-    otlp_grpc_addr: Option<SocketAddr>,
-    otlp_http_addr: Option<SocketAddr>,
-    http_addr: Option<SocketAddr>,
-    pg_addr: Option<SocketAddr>,
-    pg_password: Option<String>,
-    insecure_no_auth: Option<bool>,
-    ingest_rate_limit: Option<u32>,
-    query_rate_limit: Option<u32>,
-    tls_cert: Option<PathBuf>,
-    tls_key: Option<PathBuf>,
-    tls_client_ca: Option<PathBuf>,
-    #[serde(default)]
-    auth: AuthConfig,
-    deprecated_versions: Option<Vec<String>>,
-    openapi: Option<Vec<PathBuf>>,
-    log_format: Option<LogFormat>,
-    #[serde(default, deserialize_with = "de_duration")]
-    query_timeout: Option<Duration>,
-    #[serde(default, deserialize_with = "de_bytes")]
-    query_memory_limit: Option<usize>,
-    max_result_rows: Option<usize>,
-    max_concurrent_queries: Option<usize>,
-    client_id_keys: Option<Vec<String>>,
-    #[serde(default, deserialize_with = "de_duration")]
-    flush_interval: Option<Duration>,
-    flush_rows: Option<usize>,
-    max_buffer_rows: Option<usize>,
-    max_body_bytes: Option<usize>,
-    durability: Option<String>,
-    #[serde(default, deserialize_with = "de_duration")]
-    wal_sync_interval: Option<Duration>,
-    max_buffer_bytes: Option<usize>,
-    max_wal_bytes: Option<u64>,
-    min_free_bytes: Option<u64>,
-    #[serde(default, deserialize_with = "de_duration")]
-    retention: Option<Duration>,
-    #[serde(default, deserialize_with = "de_duration")]
-    compaction_interval: Option<Duration>,
-    #[serde(default, deserialize_with = "de_duration")]
-    compaction_grace: Option<Duration>,
-    #[serde(default, deserialize_with = "de_duration")]
-    rollup_interval: Option<Duration>,
-    otlp_grpc_max_connections: Option<usize>,
-    otlp_http_max_connections: Option<usize>,
-    http_max_connections: Option<usize>,
-    pg_max_connections: Option<usize>,
-    #[serde(default, deserialize_with = "de_duration")]
-    idle_timeout: Option<Duration>,
-    #[serde(default, deserialize_with = "de_duration")]
-    http_header_timeout: Option<Duration>,
-    #[serde(default, deserialize_with = "de_duration")]
-    pg_startup_timeout: Option<Duration>,
-    #[serde(default, deserialize_with = "de_duration")]
-    pg_idle_session_timeout: Option<Duration>,
-    #[serde(default, deserialize_with = "de_bytes")]
-    max_value_bytes: Option<usize>,
-    #[serde(default, deserialize_with = "de_bytes")]
     memory_limit: Option<usize>,
 }
 
@@ -338,51 +279,49 @@ impl Listen {
 }
 
 impl ServeArgs {
-    /// Layers flags and environment (already merged by clap) over the file over defaults.
+    /// The settings in force: flags over environment over the config file (all three merged
+    /// by clap, the file's values as its defaults: see [`parse`]) over built-in defaults.
     pub(crate) fn resolve(self) -> Result<Settings> {
-        let file = match &self.config {
-            Some(path) => read_file(path)?,
-            None => FileConfig::default(),
+        let tables = match &self.config {
+            Some(path) => FileTables::read(path)?,
+            None => FileTables::default(),
         };
-        let data_dir = self
-            .data_dir
-            .or(file.data_dir)
-            .unwrap_or_else(|| PathBuf::from("./data"));
+        let data_dir = self.data_dir.unwrap_or_else(|| PathBuf::from("./data"));
         let mut collector = collector::Config::new(data_dir);
-        let openapi_files = self.openapi.or(file.openapi).unwrap_or_default();
+        let openapi_files = self.openapi.unwrap_or_default();
         let routes = Arc::new(OpenApi::load(&openapi_files).map_err(Error::Config)?);
         collector.spans.routes = routes.clone();
-        if let Some(keys) = self.client_id_keys.or(file.client_id_keys) {
+        if let Some(keys) = self.client_id_keys {
             collector.spans.client_id_keys = keys;
         }
-        if let Some(interval) = self.flush_interval.or(file.flush_interval) {
+        if let Some(interval) = self.flush_interval {
             collector.flush_interval = interval;
         }
-        if let Some(rows) = self.flush_rows.or(file.flush_rows) {
+        if let Some(rows) = self.flush_rows {
             collector.flush_rows = rows;
         }
-        if let Some(rows) = self.max_buffer_rows.or(file.max_buffer_rows) {
+        if let Some(rows) = self.max_buffer_rows {
             collector.max_buffer_rows = rows;
         }
-        if let Some(bytes) = self.max_body_bytes.or(file.max_body_bytes) {
+        if let Some(bytes) = self.max_body_bytes {
             collector.max_body_bytes = bytes;
         }
-        if let Some(bytes) = self.max_buffer_bytes.or(file.max_buffer_bytes) {
+        if let Some(bytes) = self.max_buffer_bytes {
             collector.max_buffer_bytes = bytes;
         }
-        if let Some(bytes) = self.max_wal_bytes.or(file.max_wal_bytes) {
-            collector.max_wal_bytes = bytes;
+        if let Some(bytes) = self.max_wal_bytes {
+            collector.max_wal_bytes = bytes as u64;
         }
-        if let Some(bytes) = self.min_free_bytes.or(file.min_free_bytes) {
-            collector.min_free_bytes = bytes;
+        if let Some(bytes) = self.min_free_bytes {
+            collector.min_free_bytes = bytes as u64;
         }
-        if let Some(retention) = self.retention.or(file.retention) {
+        if let Some(retention) = self.retention {
             collector.retention = retention;
         }
-        if let Some(interval) = self.compaction_interval.or(file.compaction_interval) {
+        if let Some(interval) = self.compaction_interval {
             collector.compaction_interval = interval;
         }
-        if let Some(grace) = self.compaction_grace.or(file.compaction_grace) {
+        if let Some(grace) = self.compaction_grace {
             collector.compaction_grace = grace;
         }
         if collector.compaction_interval.is_zero() {
@@ -390,14 +329,8 @@ impl ServeArgs {
                 "compaction_interval must be longer than 0s".into(),
             ));
         }
-        let sync_interval = self
-            .wal_sync_interval
-            .or(file.wal_sync_interval)
-            .unwrap_or(Duration::from_millis(200));
-        let mode = self
-            .durability
-            .or(file.durability)
-            .unwrap_or_else(|| "fsync".into());
+        let sync_interval = self.wal_sync_interval.unwrap_or(Duration::from_millis(200));
+        let mode = self.durability.unwrap_or_else(|| "fsync".into());
         collector.durability =
             collector::Durability::parse(&mode, sync_interval).map_err(Error::Config)?;
         if collector.flush_interval.is_zero() {
@@ -407,26 +340,13 @@ impl ServeArgs {
         }
         let defaults = query::QueryLimits::default();
         let query_limits = query::QueryLimits {
-            memory_per_query: self
-                .query_memory_limit
-                .or(file.query_memory_limit)
-                .unwrap_or(defaults.memory_per_query),
-            timeout: self
-                .query_timeout
-                .or(file.query_timeout)
-                .unwrap_or(defaults.timeout),
-            max_rows: self
-                .max_result_rows
-                .or(file.max_result_rows)
-                .unwrap_or(defaults.max_rows),
+            memory_per_query: self.query_memory_limit.unwrap_or(defaults.memory_per_query),
+            timeout: self.query_timeout.unwrap_or(defaults.timeout),
+            max_rows: self.max_result_rows.unwrap_or(defaults.max_rows),
             max_concurrent: self
                 .max_concurrent_queries
-                .or(file.max_concurrent_queries)
                 .unwrap_or(defaults.max_concurrent),
-            max_value_bytes: self
-                .max_value_bytes
-                .or(file.max_value_bytes)
-                .unwrap_or(defaults.max_value_bytes),
+            max_value_bytes: self.max_value_bytes.unwrap_or(defaults.max_value_bytes),
         };
         if query_limits.timeout.is_zero() || query_limits.max_concurrent == 0 {
             return Err(Error::Config(
@@ -435,38 +355,16 @@ impl ServeArgs {
         }
         let pg_defaults = query::pg::PgTimeouts::default();
         let mut listen = Listen {
-            otlp_grpc_max_connections: self
-                .otlp_grpc_max_connections
-                .or(file.otlp_grpc_max_connections)
-                .unwrap_or(1024),
-            otlp_http_max_connections: self
-                .otlp_http_max_connections
-                .or(file.otlp_http_max_connections)
-                .unwrap_or(1024),
-            http_max_connections: self
-                .http_max_connections
-                .or(file.http_max_connections)
-                .unwrap_or(256),
-            pg_max_connections: self
-                .pg_max_connections
-                .or(file.pg_max_connections)
-                .unwrap_or(100),
-            idle_timeout: self
-                .idle_timeout
-                .or(file.idle_timeout)
-                .unwrap_or(Duration::from_secs(60)),
-            http_header_timeout: self
-                .http_header_timeout
-                .or(file.http_header_timeout)
-                .unwrap_or(Duration::from_secs(10)),
+            otlp_grpc_max_connections: self.otlp_grpc_max_connections.unwrap_or(1024),
+            otlp_http_max_connections: self.otlp_http_max_connections.unwrap_or(1024),
+            http_max_connections: self.http_max_connections.unwrap_or(256),
+            pg_max_connections: self.pg_max_connections.unwrap_or(100),
+            idle_timeout: self.idle_timeout.unwrap_or(Duration::from_secs(60)),
+            http_header_timeout: self.http_header_timeout.unwrap_or(Duration::from_secs(10)),
             pg: query::pg::PgTimeouts {
-                startup: self
-                    .pg_startup_timeout
-                    .or(file.pg_startup_timeout)
-                    .unwrap_or(pg_defaults.startup),
+                startup: self.pg_startup_timeout.unwrap_or(pg_defaults.startup),
                 idle_session: self
                     .pg_idle_session_timeout
-                    .or(file.pg_idle_session_timeout)
                     .filter(|timeout| !timeout.is_zero()),
             },
         };
@@ -480,18 +378,15 @@ impl ServeArgs {
         }
         let rate = |limit: Option<u32>| limit.and_then(NonZeroU32::new);
         let limits = RateLimits {
-            ingest: rate(self.ingest_rate_limit.or(file.ingest_rate_limit)),
-            query: rate(self.query_rate_limit.or(file.query_rate_limit)),
+            ingest: rate(self.ingest_rate_limit),
+            query: rate(self.query_rate_limit),
         };
-        let access = Arc::new(Access::new(&file.auth, limits)?);
-        let tls = match (
-            self.tls_cert.or(file.tls_cert),
-            self.tls_key.or(file.tls_key),
-        ) {
+        let access = Arc::new(Access::new(&tables.auth, limits)?);
+        let tls = match (self.tls_cert, self.tls_key) {
             (Some(cert), Some(key)) => Some(Tls::load(&TlsFiles {
                 cert,
                 key,
-                client_ca: self.tls_client_ca.or(file.tls_client_ca),
+                client_ca: self.tls_client_ca,
             })?),
             (None, None) => None,
             _ => {
@@ -500,11 +395,11 @@ impl ServeArgs {
                 ));
             }
         };
-        let otlp_grpc_addr = pick(self.otlp_grpc_addr, file.otlp_grpc_addr, "127.0.0.1:4317");
-        let otlp_http_addr = pick(self.otlp_http_addr, file.otlp_http_addr, "127.0.0.1:4318");
-        let http_addr = pick(self.http_addr, file.http_addr, "127.0.0.1:7171");
-        let pg_addr = pick(self.pg_addr, file.pg_addr, "127.0.0.1:7432");
-        let pg_password = self.pg_password.or(file.pg_password);
+        let otlp_grpc_addr = pick(self.otlp_grpc_addr, "127.0.0.1:4317");
+        let otlp_http_addr = pick(self.otlp_http_addr, "127.0.0.1:4318");
+        let http_addr = pick(self.http_addr, "127.0.0.1:7171");
+        let pg_addr = pick(self.pg_addr, "127.0.0.1:7432");
+        let pg_password = self.pg_password;
         if pg_password.as_deref() == Some("") {
             return Err(Error::Config("pg_password must not be empty".into()));
         }
@@ -536,7 +431,7 @@ impl ServeArgs {
                 }
             }
         }
-        let insecure_no_auth = self.insecure_no_auth || file.insecure_no_auth.unwrap_or(false);
+        let insecure_no_auth = self.insecure_no_auth;
         if let Some(addr) = exposed_without_auth.first().filter(|_| !insecure_no_auth) {
             return Err(Error::Config(format!(
                 "{addr} is not a loopback address and no token is configured: add \
@@ -554,23 +449,16 @@ impl ServeArgs {
             tls,
             exposed_without_auth,
             questions: query::QuestionSettings {
-                deprecated_versions: self
-                    .deprecated_versions
-                    .or(file.deprecated_versions)
-                    .unwrap_or_default(),
+                deprecated_versions: self.deprecated_versions.unwrap_or_default(),
                 openapi: routes,
             },
-            log_format: self.log_format.or(file.log_format).unwrap_or_default(),
+            log_format: self.log_format.unwrap_or_default(),
             query_limits,
             collector,
-            rollup_interval: self
-                .rollup_interval
-                .or(file.rollup_interval)
-                .unwrap_or(Duration::from_secs(5)),
+            rollup_interval: self.rollup_interval.unwrap_or(Duration::from_secs(5)),
             listen,
             memory_limit: self
                 .memory_limit
-                .or(file.memory_limit)
                 .filter(|bytes| *bytes > 0)
                 .map(|bytes| bytes as u64),
         })
@@ -633,15 +521,35 @@ impl Settings {
     }
 }
 
-fn pick(flag: Option<SocketAddr>, file: Option<SocketAddr>, default: &str) -> SocketAddr {
-    flag.or(file).unwrap_or_else(|| {
+fn pick(given: Option<SocketAddr>, default: &str) -> SocketAddr {
+    given.unwrap_or_else(|| {
         default
             .parse()
             .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 0)))
     })
 }
 
-fn read_file(path: &Path) -> Result<FileConfig> {
+/// The config file's tables, which are no flags: `[[auth.tokens]]`.
+#[derive(Debug, Default, Deserialize)]
+struct FileTables {
+    #[serde(default)]
+    auth: AuthConfig,
+}
+
+impl FileTables {
+    fn read(path: &Path) -> Result<FileTables> {
+        let mut table = read_table(path)?;
+        table.retain(|key, _| TABLES.contains(&key));
+        table
+            .try_into()
+            .map_err(|error| Error::Config(format!("config file {}: {error}", path.display())))
+    }
+}
+
+/// The keys of the config file that are tables rather than flags.
+const TABLES: &[&str] = &["auth"];
+
+fn read_table(path: &Path) -> Result<toml::Table> {
     let text = std::fs::read_to_string(path).map_err(|error| {
         Error::Config(format!(
             "cannot read config file {}: {error}",
@@ -650,6 +558,111 @@ fn read_file(path: &Path) -> Result<FileConfig> {
     })?;
     toml::from_str(&text)
         .map_err(|error| Error::Config(format!("config file {}: {error}", path.display())))
+}
+
+/// Flags of `serve` that are not settings, and so no keys of the file.
+const NOT_KEYS: &[&str] = &["config", "check_config", "help"];
+
+/// The config file's values as the defaults of `serve`'s flags, so that each option is
+/// declared once, in [`ServeArgs`], and its key is the flag's name with underscores
+/// (`--flush-interval`, `flush_interval`); environment variables and flags still win. Each
+/// value is checked by the flag's own parser, and named by its key when it is refused.
+fn file_defaults(path: &Path, serve: &clap::Command) -> Result<Vec<(String, Vec<String>)>> {
+    let refuse = |what: String| Error::Config(format!("config file {}: {what}", path.display()));
+    let mut defaults = Vec::new();
+    for (key, value) in read_table(path)? {
+        if TABLES.contains(&key.as_str()) {
+            continue;
+        }
+        let arg = serve
+            .get_arguments()
+            .find(|arg| arg.get_id() == key.as_str() && !NOT_KEYS.contains(&key.as_str()))
+            .ok_or_else(|| refuse(format!("unknown key `{key}`")))?;
+        let scalar = |value: &toml::Value| match value {
+            toml::Value::String(text) => Ok(text.clone()),
+            toml::Value::Integer(number) => Ok(number.to_string()),
+            toml::Value::Float(number) => Ok(number.to_string()),
+            toml::Value::Boolean(flag) => Ok(flag.to_string()),
+            other => Err(refuse(format!("`{key}` cannot be {}", other.type_str()))),
+        };
+        let values = match &value {
+            toml::Value::Array(items) => items.iter().map(scalar).collect::<Result<Vec<_>>>()?,
+            one => vec![scalar(one)?],
+        };
+        if !matches!(value, toml::Value::Boolean(_)) {
+            let long = arg.get_long().unwrap_or(key.as_str());
+            let mut argv = vec![serve.get_name().to_owned()];
+            argv.extend(values.iter().map(|value| format!("--{long}={value}")));
+            if let Err(error) = serve.clone().try_get_matches_from(argv) {
+                use clap::error::ErrorKind;
+                if matches!(
+                    error.kind(),
+                    ErrorKind::InvalidValue | ErrorKind::ValueValidation
+                ) {
+                    let detail = error.to_string();
+                    let detail = detail.lines().next().unwrap_or_default();
+                    let detail = detail.trim_start_matches("error: ");
+                    return Err(refuse(format!("`{key}`: {detail}")));
+                }
+            }
+        }
+        defaults.push((key, values));
+    }
+    Ok(defaults)
+}
+
+/// Parses `argv` as `P`. When the `serve` arguments (of the subcommand `serve`, or of `P`
+/// itself when `serve` is `None`) name a config file, they are parsed again with the file's
+/// values as their defaults.
+pub(crate) fn parse<P: clap::Parser>(
+    argv: Vec<std::ffi::OsString>,
+    serve: Option<&str>,
+    config_of: impl Fn(&P) -> Option<PathBuf>,
+) -> Result<P, ParseError> {
+    let first = P::try_parse_from(&argv)?;
+    let Some(path) = config_of(&first) else {
+        return Ok(first);
+    };
+    let path = path.as_path();
+    let command = P::command();
+    let serve_command = match serve {
+        Some(name) => command.find_subcommand(name).cloned().unwrap_or_default(),
+        None => command.clone(),
+    };
+    let defaults = file_defaults(path, &serve_command)?;
+    let with_defaults = move |mut command: clap::Command| {
+        for (key, values) in defaults {
+            command = command.mut_arg(key, |arg| arg.default_values(values));
+        }
+        command
+    };
+    let command = match serve {
+        Some(name) => command.mut_subcommand(name, with_defaults),
+        None => with_defaults(command),
+    };
+    let matches = command.try_get_matches_from(&argv)?;
+    Ok(<P as clap::FromArgMatches>::from_arg_matches(&matches)?)
+}
+
+/// Why the command line (with the config file) could not be parsed.
+#[derive(Debug)]
+pub(crate) enum ParseError {
+    /// Clap's own error, printed and exited with as clap does.
+    Clap(clap::Error),
+    /// A config file that cannot be read or has a bad key or value.
+    File(Error),
+}
+
+impl From<clap::Error> for ParseError {
+    fn from(error: clap::Error) -> Self {
+        ParseError::Clap(error)
+    }
+}
+
+impl From<Error> for ParseError {
+    fn from(error: Error) -> Self {
+        ParseError::File(error)
+    }
 }
 
 /// Durations in human form: `500ms`, `10s`, `5m`, `7d`.
@@ -688,33 +701,29 @@ pub(crate) fn parse_bytes(text: &str) -> Result<usize, String> {
 }
 
 /// A size in the file: a number of bytes, or text with a unit.
-fn de_bytes<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<usize>, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Size {
-        Bytes(usize),
-        Text(String),
-    }
-    match Size::deserialize(deserializer)? {
-        Size::Bytes(bytes) => Ok(Some(bytes)),
-        Size::Text(text) => parse_bytes(&text)
-            .map(Some)
-            .map_err(serde::de::Error::custom),
-    }
-}
-
-fn de_duration<'de, D: serde::Deserializer<'de>>(
-    deserializer: D,
-) -> Result<Option<Duration>, D::Error> {
-    let text = String::deserialize(deserializer)?;
-    parse_duration(&text)
-        .map(Some)
-        .map_err(serde::de::Error::custom)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `serve`'s arguments alone, as a command line.
+    #[derive(Debug, clap::Parser)]
+    struct Serve {
+        #[command(flatten)]
+        args: ServeArgs,
+    }
+
+    /// `argv` parsed as `serve`'s flags would be, config file included.
+    fn parsed(argv: &[&str]) -> Result<ServeArgs, ParseError> {
+        let argv = std::iter::once("serve").chain(argv.iter().copied());
+        let parsed = parse::<Serve>(argv.map(Into::into).collect(), None, |serve| {
+            serve.args.config.clone()
+        })?;
+        Ok(parsed.args)
+    }
+
+    fn text(path: &Path) -> &str {
+        path.to_str().unwrap()
+    }
 
     #[test]
     fn flags_override_the_file_which_overrides_defaults() {
@@ -722,18 +731,19 @@ mod tests {
         let path = dir.path().join("apiscope.toml");
         std::fs::write(
             &path,
-            "data_dir = \"/srv/apiscope\"\nhttp_addr = \"127.0.0.1:9000\"\nflush_interval = \"2s\"\n",
+            "data_dir = \"/srv/apiscope\"\nhttp_addr = \"127.0.0.1:9000\"\nflush_interval = \"2s\"\n\
+             max_buffer_bytes = \"256MiB\"\nquery_memory_limit = 1073741824\n\
+             deprecated_versions = [\"v1\", \"v2\"]\n",
         )
         .unwrap();
-        let args = ServeArgs {
-            config: Some(path),
-            http_addr: Some("127.0.0.1:9100".parse().unwrap()),
-            ..ServeArgs::default()
-        };
-        let settings = args.resolve().unwrap();
+        let args = parsed(&["--config", text(&path), "--http-addr", "127.0.0.1:9100"]);
+        let settings = args.unwrap().resolve().unwrap();
         assert_eq!(settings.http_addr.port(), 9100);
         assert_eq!(settings.collector.data_dir, PathBuf::from("/srv/apiscope"));
         assert_eq!(settings.collector.flush_interval, Duration::from_secs(2));
+        assert_eq!(settings.collector.max_buffer_bytes, 256 << 20);
+        assert_eq!(settings.query_limits.memory_per_query, 1 << 30);
+        assert_eq!(settings.questions.deprecated_versions, ["v1", "v2"]);
         assert_eq!(settings.otlp_grpc_addr.port(), 4317);
         assert_eq!(settings.pg_addr.port(), 7432);
     }
@@ -763,12 +773,10 @@ mod tests {
             "[[auth.tokens]]\nname = \"ops\"\ntoken = \"0123456789abcdef-secret\"\nscopes = [\"admin\"]\n",
         )
         .unwrap();
-        let settings = ServeArgs {
-            config: Some(path),
-            ..off_loopback()
-        }
-        .resolve()
-        .unwrap();
+        let settings = parsed(&["--config", text(&path), "--http-addr", "0.0.0.0:7171"])
+            .unwrap()
+            .resolve()
+            .unwrap();
         assert!(settings.exposed_without_auth.is_empty());
         assert!(!settings.summary().contains("0123456789abcdef-secret"));
         assert!(
@@ -823,12 +831,20 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("apiscope.toml");
         std::fs::write(&path, "data_dri = \"x\"\n").unwrap();
-        let args = ServeArgs {
-            config: Some(path),
-            ..ServeArgs::default()
+        let Err(ParseError::File(error)) = parsed(&["--config", text(&path)]) else {
+            panic!("an unknown key was taken");
         };
-        let error = args.resolve().unwrap_err().to_string();
-        assert!(error.contains("data_dri"), "{error}");
+        assert!(error.to_string().contains("data_dri"), "{error}");
+        // A bad value is refused by the flag's own parser, named by its key.
+        std::fs::write(&path, "flush_interval = \"soon\"\n").unwrap();
+        let Err(ParseError::File(error)) = parsed(&["--config", text(&path)]) else {
+            panic!("a bad duration was taken");
+        };
+        let error = error.to_string();
+        assert!(
+            error.contains("flush_interval") && error.contains("soon"),
+            "{error}"
+        );
     }
 
     #[test]
@@ -836,12 +852,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("apiscope.toml");
         std::fs::write(&path, include_str!("../../config.example.toml")).unwrap();
-        let from_file = ServeArgs {
-            config: Some(path),
-            ..ServeArgs::default()
-        }
-        .resolve()
-        .unwrap();
+        let from_file = parsed(&["--config", text(&path)])
+            .unwrap()
+            .resolve()
+            .unwrap();
         let defaults = ServeArgs::default().resolve().unwrap();
         assert_eq!(format!("{from_file:?}"), format!("{defaults:?}"));
     }

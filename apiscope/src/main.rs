@@ -83,7 +83,19 @@ enum Command {
 fn main() -> ExitCode {
     keep_freed_memory_between_flushes();
     no_transparent_huge_pages();
-    let cli = Cli::parse();
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let config_of = |cli: &Cli| match &cli.command {
+        Command::Serve(args) => args.config.clone(),
+        _ => None,
+    };
+    let cli = match config::parse::<Cli>(argv, Some("serve"), config_of) {
+        Ok(cli) => cli,
+        Err(config::ParseError::Clap(error)) => error.exit(),
+        Err(config::ParseError::File(error)) => {
+            say_error(&error);
+            return ExitCode::FAILURE;
+        }
+    };
     // `serve` reads its log format from its settings (flags, environment or file), so it
     // resolves them before logging starts; the other commands read the environment.
     let (command, log_format) = match cli.command {
