@@ -14,7 +14,7 @@ use tokio_postgres::types::Type;
 use tokio_postgres::{Client, Row, SimpleQueryMessage};
 
 use crate::support::daemon::Daemon;
-use crate::support::fleet::{Fleet, percentile_tolerance, quantile};
+use crate::support::fleet::{Fleet, Request, percentile_tolerance, quantile};
 use crate::support::pg::{connect, runtime};
 use crate::support::python::python;
 
@@ -419,8 +419,51 @@ fn check_calls_and_errors(
     }
 }
 
-/// The values a panel must show over the fleet, for the panels whose numbers matter most.
-fn check_values(dashboard: &str, panel: &str, rows: &[Row], fleet: &Fleet, range: &Range) {
+/// What one row of a time series must hold, from the fleet's requests in its bucket and
+/// series: the value, and how far from it the panel may be.
+type Expect<'a> = dyn Fn(&[&Request]) -> (f64, f64) + 'a;
+
+/// A time-series panel against the fleet, bucket by bucket: the rows are exactly the
+/// buckets and series that hold requests (`series` names a request's series, or leaves it
+/// out), and each row's `column` is what `expect` makes of that bucket's requests.
+fn check_buckets(
+    what: &str,
+    rows: &[Row],
+    column: &str,
+    range: &Range,
+    fleet: &Fleet,
+    series: impl Fn(&Request) -> Option<String>,
+    expect: &Expect<'_>,
+) {
+    let interval = range.interval_s();
+    let mut expected: BTreeMap<(i64, String), Vec<&Request>> = BTreeMap::new();
+    for request in &fleet.requests {
+        if let Some(name) = series(request) {
+            let bucket = request.time_s - request.time_s.rem_euclid(interval);
+            expected.entry((bucket, name)).or_default().push(request);
+        }
+    }
+    let seen: BTreeSet<(i64, String)> = rows
+        .iter()
+        .map(|row| (number(row, "time") as i64, text(row, "metric")))
+        .collect();
+    let wanted: BTreeSet<(i64, String)> = expected.keys().cloned().collect();
+    assert_eq!(seen, wanted, "{what}: buckets and series");
+    for row in rows {
+        let key = (number(row, "time") as i64, text(row, "metric"));
+        let (value, tolerance) = expect(&expected[&key]);
+        assert_close(
+            &format!("{what} {column} at {key:?}"),
+            number(row, column),
+            value,
+            tolerance,
+        );
+    }
+}
+
+/// The values a panel must show over the fleet; false for a panel that has no check here,
+/// which the test refuses.
+fn check_values(dashboard: &str, panel: &str, rows: &[Row], fleet: &Fleet, range: &Range) -> bool {
     let what = format!("{dashboard} / {panel}");
     let interval = range.interval_s() as f64;
     let range_s = (range.to - range.from).num_seconds() as f64;
@@ -480,14 +523,6 @@ fn check_values(dashboard: &str, panel: &str, rows: &[Row], fleet: &Fleet, range
                 assert_eq!(number(row, "max_ms"), max, "{what}: {endpoint}");
             }
         }
-        ("apiscope-endpoints", "Errors by endpoint") => assert_eq!(
-            series_totals(rows, "errors", 1.0)
-                .into_iter()
-                .filter(|(_, n)| *n > 0.0)
-                .collect::<BTreeMap<_, _>>(),
-            as_f64(fleet.errors_by(|r| r.endpoint())),
-            "{what}"
-        ),
         ("apiscope-clients", "Clients") => {
             check_calls_and_errors(&what, rows, "client_id", fleet, |r| r.client.to_owned());
             for row in rows {
@@ -614,8 +649,77 @@ fn check_values(dashboard: &str, panel: &str, rows: &[Row], fleet: &Fleet, range
                 assert_eq!(last.timestamp(), expected, "{what}: {service}");
             }
         }
-        _ => {}
+        _ => {
+            let per_second = |count: usize| count as f64 / interval;
+            let rate = |requests: &[&Request]| (per_second(requests.len()), 1e-9);
+            let errors = |requests: &[&Request]| requests.iter().filter(|r| r.is_error()).count();
+            let error_rate =
+                |requests: &[&Request]| (errors(requests) as f64 / requests.len() as f64, 1e-9);
+            let percentile = |q: f64, of: fn(&Request) -> i64| {
+                move |requests: &[&Request]| {
+                    let values: Vec<f64> = requests.iter().map(|r| of(r) as f64).collect();
+                    let exact = quantile(&values, q);
+                    (exact, percentile_tolerance(exact))
+                }
+            };
+            let client = |r: &Request| Some(r.client.to_owned());
+            let service = |r: &Request| Some(r.service.to_owned());
+            let dependency = |r: &Request| Some(r.dependency.to_owned());
+            let endpoint = |r: &Request| Some(r.endpoint());
+            let duration = |r: &Request| r.duration_ms;
+            let check =
+                |column: &str, series: &dyn Fn(&Request) -> Option<String>, expect: &Expect<'_>| {
+                    check_buckets(&what, rows, column, range, fleet, series, expect)
+                };
+            match (dashboard, panel) {
+                ("apiscope-clients", "Calls by client") => check("rate", &client, &rate),
+                ("apiscope-clients", "Error rate by client") => {
+                    check("error_rate", &client, &error_rate)
+                }
+                // A server span and a client span per request.
+                ("apiscope-daemon", "Spans per second by service") => {
+                    check("spans", &service, &|requests: &[&Request]| {
+                        (per_second(2 * requests.len()), 1e-9)
+                    })
+                }
+                // One error log per failed request, all sent as checkout's.
+                ("apiscope-daemon", "Log records per second by service") => check(
+                    "records",
+                    &|r: &Request| r.is_error().then(|| "checkout".to_owned()),
+                    &rate,
+                ),
+                ("apiscope-dependencies", "Calls by dependency") => {
+                    check("rate", &dependency, &rate)
+                }
+                ("apiscope-dependencies", "p95 latency by dependency") => {
+                    check("p95", &dependency, &percentile(0.95, |r| r.dependency_ms))
+                }
+                // Dependency calls never fail in the fleet.
+                ("apiscope-dependencies", "Dependency error rate") => {
+                    check("error_rate", &dependency, &|_: &[&Request]| (0.0, 0.0))
+                }
+                ("apiscope-endpoints", "Calls by endpoint") => check("rate", &endpoint, &rate),
+                ("apiscope-endpoints", "p95 latency by endpoint") => {
+                    check("p95", &endpoint, &percentile(0.95, duration))
+                }
+                ("apiscope-endpoints", "Errors by endpoint") => {
+                    check("errors", &endpoint, &|requests: &[&Request]| {
+                        (errors(requests) as f64, 0.0)
+                    })
+                }
+                ("apiscope-overview", "Error rate by service") => {
+                    check("error_rate", &service, &error_rate)
+                }
+                ("apiscope-overview", "Latency p50 / p95 / p99 by service") => {
+                    check("p50", &service, &percentile(0.5, duration));
+                    check("p95", &service, &percentile(0.95, duration));
+                    check("p99", &service, &percentile(0.99, duration));
+                }
+                _ => return false,
+            }
+        }
     }
+    true
 }
 
 /// The first column of `sql`'s rows, as text.
@@ -701,7 +805,10 @@ fn every_panel_query_answers_over_the_postgres_protocol() {
                         .unwrap_or_else(|e| panic!("{what}: {e:?}\n{sql}"));
                     let format = target["format"].as_str().unwrap_or("time_series");
                     check_shape(&what, format, &rows);
-                    check_values(uid, title, &rows, &fleet, &range);
+                    assert!(
+                        check_values(uid, title, &rows, &fleet, &range),
+                        "{what}: no check of this panel's values; add one to check_values"
+                    );
                     assert_eq!(simple_rows(&client, &sql).await, rows.len(), "{what}");
                     panels_checked += 1;
                 }
