@@ -18,6 +18,8 @@ pub(crate) struct Daemon {
     /// Sent as `Authorization: Bearer` by [`Daemon::try_query`] and what builds on it.
     pub(crate) token: Option<String>,
     log: Arc<Mutex<Vec<String>>>,
+    /// Reads the daemon's stderr into `log`; done once the daemon has exited.
+    reader: Option<std::thread::JoinHandle<()>>,
 }
 
 pub(crate) fn binary() -> &'static str {
@@ -79,7 +81,7 @@ impl Daemon {
         let log = Arc::new(Mutex::new(Vec::new()));
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let lines = log.clone();
-        std::thread::spawn(move || {
+        let reader = std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
                 let ready = line.contains("apiscope ready");
@@ -114,6 +116,7 @@ impl Daemon {
             token: None,
             child: Some(child),
             log,
+            reader: Some(reader),
         }
     }
 
@@ -200,8 +203,10 @@ impl Daemon {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        // Let the reader thread take the last lines.
-        std::thread::sleep(Duration::from_millis(100));
+        // The reader ends at the end of stderr, which closes when the daemon exits.
+        if let Some(reader) = self.reader.take() {
+            reader.join().unwrap();
+        }
         self.log()
     }
 
