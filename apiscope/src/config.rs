@@ -17,9 +17,9 @@ use clap::Args;
 use schemas::routes::OpenApi;
 use serde::Deserialize;
 
-use crate::access::{Access, AuthConfig, PgGate, RateLimits};
+use crate::access::{AuthConfig, RateLimits};
 use crate::listen::{self, Port};
-use crate::tls::{Tls, TlsFiles};
+use crate::tls::TlsFiles;
 use crate::{Error, Result};
 
 /// How log lines are written.
@@ -212,9 +212,12 @@ pub(crate) struct Settings {
     pub(crate) otlp_http_addr: SocketAddr,
     pub(crate) http_addr: SocketAddr,
     pub(crate) pg_addr: SocketAddr,
-    pub(crate) pg_auth: query::pg::PgAuth,
-    pub(crate) access: Arc<Access>,
-    pub(crate) tls: Option<Tls>,
+    /// The password PostgreSQL clients give without tokens (never printed).
+    pub(crate) pg_password: Option<Secret>,
+    /// `[[auth.tokens]]`, checked and made usable by `serve::Guards`.
+    pub(crate) auth: Arc<AuthConfig>,
+    pub(crate) rate_limits: RateLimits,
+    pub(crate) tls: Option<TlsFiles>,
     /// Listeners off loopback that anyone may use (`--insecure-no-auth`), for the warning.
     pub(crate) exposed_without_auth: Vec<SocketAddr>,
     pub(crate) questions: query::QuestionSettings,
@@ -381,13 +384,12 @@ impl ServeArgs {
             ingest: rate(self.ingest_rate_limit),
             query: rate(self.query_rate_limit),
         };
-        let access = Arc::new(Access::new(&tables.auth, limits)?);
         let tls = match (self.tls_cert, self.tls_key) {
-            (Some(cert), Some(key)) => Some(Tls::load(&TlsFiles {
+            (Some(cert), Some(key)) => Some(TlsFiles {
                 cert,
                 key,
                 client_ca: self.tls_client_ca,
-            })?),
+            }),
             (None, None) => None,
             _ => {
                 return Err(Error::Config(
@@ -403,19 +405,11 @@ impl ServeArgs {
         if pg_password.as_deref() == Some("") {
             return Err(Error::Config("pg_password must not be empty".into()));
         }
-        let gate = Arc::new(PgGate {
-            access: access.clone(),
-        });
-        let pg_auth = match &pg_password {
-            Some(password) => query::pg::PgAuth::password(password),
-            None => query::pg::PgAuth::open(),
-        }
-        .with_gate(gate, access.enabled());
 
         // Off loopback, every listener needs credentials: tokens, or for the PostgreSQL
         // listener its password.
         let mut exposed_without_auth = Vec::new();
-        if !access.enabled() {
+        if tables.auth.tokens.is_empty() {
             let open_pg = pg_password.is_none().then_some(pg_addr);
             for addr in [
                 Some(otlp_grpc_addr),
@@ -444,8 +438,9 @@ impl ServeArgs {
             otlp_http_addr,
             http_addr,
             pg_addr,
-            pg_auth,
-            access,
+            pg_password: pg_password.map(Secret),
+            auth: Arc::new(tables.auth),
+            rate_limits: limits,
             tls,
             exposed_without_auth,
             questions: query::QuestionSettings {
@@ -465,9 +460,20 @@ impl ServeArgs {
     }
 }
 
+/// A secret setting: its `Debug` never shows it.
+#[derive(Clone)]
+pub(crate) struct Secret(pub(crate) String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<secret>")
+    }
+}
+
 impl Settings {
-    /// What `--check-config` prints: the settings in force, secrets left out.
-    pub(crate) fn summary(&self) -> String {
+    /// What `--check-config` prints: the settings in force, secrets left out, with what
+    /// the guards they make say of themselves (`serve::Guards::summary`).
+    pub(crate) fn summary(&self, guards: Vec<String>) -> String {
         let c = &self.collector;
         let mut lines = vec![
             "configuration OK".to_owned(),
@@ -476,7 +482,6 @@ impl Settings {
             format!("otlp_http_addr = {}", self.otlp_http_addr),
             format!("http_addr = {}", self.http_addr),
             format!("pg_addr = {}", self.pg_addr),
-            format!("pg auth = {}", self.pg_auth.describe()),
             format!(
                 "tls = {}",
                 match &self.tls {
@@ -515,7 +520,7 @@ impl Settings {
                 }
             ),
         ];
-        lines.splice(7..7, self.access.summary());
+        lines.splice(6..6, guards);
         lines.push(String::new());
         lines.join("\n")
     }
@@ -778,12 +783,10 @@ mod tests {
             .resolve()
             .unwrap();
         assert!(settings.exposed_without_auth.is_empty());
-        assert!(!settings.summary().contains("0123456789abcdef-secret"));
-        assert!(
-            settings.summary().contains("ops (admin)"),
-            "{}",
-            settings.summary()
-        );
+        let guards = crate::serve::Guards::new(&settings).unwrap();
+        let summary = settings.summary(guards.summary());
+        assert!(!summary.contains("0123456789abcdef-secret"), "{summary}");
+        assert!(summary.contains("ops (admin)"), "{summary}");
 
         // The PostgreSQL listener alone may rely on its password.
         let settings = ServeArgs {

@@ -109,7 +109,9 @@ fn main() -> ExitCode {
                 }
             };
             if check_only {
-                return match print(&format!("{}\n", settings.summary())) {
+                let checked = serve::Guards::new(&settings)
+                    .and_then(|guards| print(&format!("{}\n", settings.summary(guards.summary()))));
+                return match checked {
                     Ok(()) => ExitCode::SUCCESS,
                     Err(error) => {
                         say_error(&error);

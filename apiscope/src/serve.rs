@@ -49,7 +49,48 @@ impl Source for Live {
     }
 }
 
+/// What the settings' plain data makes at start: the tokens and rate limits checked and
+/// indexed, the TLS identity read and checked, the PostgreSQL login. Also what
+/// `--check-config` builds, to refuse what start would.
+pub(crate) struct Guards {
+    pub(crate) access: Arc<access::Access>,
+    pub(crate) tls: Option<crate::tls::Tls>,
+    pub(crate) pg_auth: query::pg::PgAuth,
+}
+
+impl Guards {
+    pub(crate) fn new(settings: &Settings) -> Result<Guards> {
+        let access = Arc::new(access::Access::new(&settings.auth, settings.rate_limits)?);
+        let tls = settings
+            .tls
+            .as_ref()
+            .map(crate::tls::Tls::load)
+            .transpose()?;
+        let gate = Arc::new(access::PgGate {
+            access: access.clone(),
+        });
+        let pg_auth = match &settings.pg_password {
+            Some(password) => query::pg::PgAuth::password(&password.0),
+            None => query::pg::PgAuth::open(),
+        }
+        .with_gate(gate, access.enabled());
+        Ok(Guards {
+            access,
+            tls,
+            pg_auth,
+        })
+    }
+
+    /// What `--check-config` shows of them: the PostgreSQL login, tokens and rate limits.
+    pub(crate) fn summary(&self) -> Vec<String> {
+        let mut lines = vec![format!("pg auth = {}", self.pg_auth.describe())];
+        lines.extend(self.access.summary());
+        lines
+    }
+}
+
 pub(crate) async fn run(mut settings: Settings) -> Result<()> {
+    let guards = Guards::new(&settings)?;
     let metrics = crate::metrics::install()?;
     let data_dir = &settings.collector.data_dir;
     std::fs::create_dir_all(data_dir).map_err(|error| {
@@ -113,7 +154,7 @@ pub(crate) async fn run(mut settings: Settings) -> Result<()> {
         }
     }
     let idle = Some(listen.idle_timeout).filter(|timeout| !timeout.is_zero());
-    let tls = settings.tls.is_some();
+    let tls = guards.tls.is_some();
     let open = |port: Port, addr, idle| {
         let max_connections = listen.max_connections(port);
         async move {
@@ -150,7 +191,7 @@ pub(crate) async fn run(mut settings: Settings) -> Result<()> {
     let stop_accepting = CancellationToken::new();
     let front_ends = TaskTracker::new();
 
-    let access = settings.access.clone();
+    let access = guards.access.clone();
     if !settings.exposed_without_auth.is_empty() {
         tracing::warn!(
             addresses = ?settings.exposed_without_auth,
@@ -162,7 +203,7 @@ pub(crate) async fn run(mut settings: Settings) -> Result<()> {
     let (traces, logs) = collector::otlp_grpc::services(collector.clone());
     let stop = stop_accepting.clone();
     let mut grpc_server = tonic::transport::Server::builder();
-    if let Some(tls) = &settings.tls {
+    if let Some(tls) = &guards.tls {
         grpc_server = grpc_server
             .tls_config(tls.grpc())
             .map_err(|error| Error::Config(format!("TLS for OTLP/gRPC: {error}")))?;
@@ -213,7 +254,7 @@ pub(crate) async fn run(mut settings: Settings) -> Result<()> {
     for (listener, routes) in [(otlp_http, otlp_routes), (query_http, query_routes)] {
         front_ends.spawn(listen::serve_http(
             listener,
-            settings.tls.as_ref().map(|tls| tls.http()),
+            guards.tls.as_ref().map(|tls| tls.http()),
             routes,
             listen.http_header_timeout,
             stop_accepting.clone(),
@@ -227,8 +268,8 @@ pub(crate) async fn run(mut settings: Settings) -> Result<()> {
     front_ends.spawn(query::pg::run(
         pg_connections,
         engine.clone(),
-        settings.pg_auth.clone(),
-        settings.tls.as_ref().map(|tls| tls.postgres()),
+        guards.pg_auth.clone(),
+        guards.tls.as_ref().map(|tls| tls.postgres()),
         listen.pg,
         stop_accepting.clone().cancelled_owned(),
     ));
