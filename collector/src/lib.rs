@@ -1,4 +1,6 @@
-//! apiscope's ingest path: receivers, decoding to Arrow rows, the buffer and the Parquet writer.
+//! apiscope's write side: receivers, decoding to Arrow rows, the write-ahead log, the
+//! buffer, the Parquet writer, compaction and retention, and the rollup files. Nothing else
+//! creates, renames or removes files in the store.
 //!
 //! ```text
 //! OTLP gRPC ─────┐                    ┌─ WAL (group commit, fdatasync) ─┐

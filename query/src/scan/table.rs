@@ -1,5 +1,5 @@
-//! The table provider behind `spans` and `logs`: Parquet files of the hours a query's time
-//! filter keeps, united with the rows not yet flushed.
+//! The table provider behind every stored table (`spans`, `logs`, `requests`): Parquet
+//! files of the hours a query's time filter keeps, united with the rows not yet flushed.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
