@@ -11,6 +11,7 @@ mod crash;
 mod dashboards;
 mod guards;
 mod import;
+mod layout;
 mod limits;
 mod metrics;
 mod openapi;
