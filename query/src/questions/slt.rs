@@ -24,7 +24,8 @@ fn repository() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
-/// The engine over the fixture, with `v1` deprecated.
+/// The engine over the fixture, with `v1` deprecated and `tests/fixtures/openapi.yaml` as
+/// the contract.
 struct Fixture {
     engine: Engine,
     _dir: tempfile::TempDir,
@@ -45,13 +46,22 @@ impl Fixture {
         .await
         .unwrap()
         .unwrap();
-        assert_eq!((outcome.rejected, outcome.accepted), (0, 16), "{outcome:?}");
+        assert_eq!((outcome.rejected, outcome.accepted), (0, 56), "{outcome:?}");
+        let ingesting = collector.clone();
+        let outcome = tokio::task::spawn_blocking(move || ingesting.ingest_traces(traces()))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!((outcome.rejected, outcome.accepted), (0, 4), "{outcome:?}");
         collector.flush().await.unwrap();
         drop(collector);
 
+        let openapi =
+            schemas::routes::OpenApi::load(&[repository().join("tests/fixtures/openapi.yaml")])
+                .unwrap();
         let settings = QuestionSettings {
             deprecated_versions: vec!["v1".to_owned()],
-            ..QuestionSettings::default()
+            openapi: Arc::new(openapi),
         };
         let source = Arc::new(DataDir(dir.path().to_owned()));
         let engine = Engine::new(source, settings, Default::default())
@@ -64,6 +74,87 @@ impl Fixture {
         assert!(report.written > 0, "{report:?}");
         Fixture { engine, _dir: dir }
     }
+}
+
+/// Two calls of `GET /v2/stock` at 15:00 and 15:01 (20 and 40 ms), each waiting on one
+/// query of PostgreSQL database `shop` (4 ms, and 10 ms that failed), as an OTLP export.
+fn traces() -> bytes::Bytes {
+    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+    use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value::Value};
+    use opentelemetry_proto::tonic::resource::v1::Resource;
+    use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span, Status};
+    use prost::Message;
+
+    let text = |key: &str, value: &str| KeyValue {
+        key: key.to_owned(),
+        value: Some(AnyValue {
+            value: Some(Value::StringValue(value.to_owned())),
+        }),
+        ..KeyValue::default()
+    };
+    let number = |key: &str, value: i64| KeyValue {
+        key: key.to_owned(),
+        value: Some(AnyValue {
+            value: Some(Value::IntValue(value)),
+        }),
+        ..KeyValue::default()
+    };
+    const AT_15: u64 = 1_795_791_600_000_000_000; // 2026-11-27T15:00:00Z
+    let mut spans = Vec::new();
+    for (n, (server_ms, db_ms, db_failed)) in
+        [(20, 4, false), (40, 10, true)].into_iter().enumerate()
+    {
+        let start = AT_15 + n as u64 * 60_000_000_000;
+        let trace_id = vec![n as u8 + 1; 16];
+        let server_id = vec![0x10 + n as u8; 8];
+        spans.push(Span {
+            trace_id: trace_id.clone(),
+            span_id: server_id.clone(),
+            name: "GET /v2/stock".to_owned(),
+            kind: 2,
+            start_time_unix_nano: start,
+            end_time_unix_nano: start + server_ms * 1_000_000,
+            attributes: vec![
+                text("http.request.method", "GET"),
+                text("http.route", "/v2/stock"),
+                number("http.response.status_code", 200),
+                text("client.id", "web"),
+            ],
+            ..Span::default()
+        });
+        spans.push(Span {
+            trace_id,
+            span_id: vec![0x20 + n as u8; 8],
+            parent_span_id: server_id,
+            name: "SELECT stock".to_owned(),
+            kind: 3,
+            start_time_unix_nano: start + 1_000_000,
+            end_time_unix_nano: start + (1 + db_ms) * 1_000_000,
+            attributes: vec![
+                text("db.system.name", "postgresql"),
+                text("db.namespace", "shop"),
+            ],
+            status: db_failed.then(|| Status {
+                code: 2,
+                ..Status::default()
+            }),
+            ..Span::default()
+        });
+    }
+    let request = ExportTraceServiceRequest {
+        resource_spans: vec![ResourceSpans {
+            resource: Some(Resource {
+                attributes: vec![text("service.name", "shop")],
+                ..Resource::default()
+            }),
+            scope_spans: vec![ScopeSpans {
+                spans,
+                ..ScopeSpans::default()
+            }],
+            ..ResourceSpans::default()
+        }],
+    };
+    request.encode_to_vec().into()
 }
 
 /// The engine as sqllogictest sees a database: every value as text, NULL as `NULL`.
@@ -152,8 +243,11 @@ const FILES: &[&str] = &[
     "api_call_minutes",
     "api_calls",
     "client_stats",
+    "contract_drift",
+    "dependency_stats",
     "endpoint_stats",
     "error_breakdown",
+    "latency_regressions",
     "refusals",
     "retry_amplification",
     "traffic_shift",
@@ -187,8 +281,11 @@ slt!(
     api_call_minutes,
     api_calls,
     client_stats,
+    contract_drift,
+    dependency_stats,
     endpoint_stats,
     error_breakdown,
+    latency_regressions,
     refusals,
     retry_amplification,
     traffic_shift,
