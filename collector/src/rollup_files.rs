@@ -10,7 +10,7 @@ use parquet::arrow::ArrowWriter;
 use parquet::basic::Compression;
 use parquet::file::properties::WriterProperties;
 
-use crate::writer::{Staged, publish};
+use crate::writer::{Staged, publish, storage};
 
 /// Writes rollups beside their data files, each complete or not at all.
 #[derive(Debug, Default, Clone, Copy)]
@@ -30,16 +30,12 @@ impl schemas::RollupWriter for RollupFiles {
             let properties = WriterProperties::builder()
                 .set_compression(Compression::LZ4_RAW)
                 .build();
-            let mut writer = ArrowWriter::try_new(file, schema, Some(properties))
-                .map_err(|error| crate::Error::Storage(error.to_string()))?;
+            let mut writer =
+                ArrowWriter::try_new(file, schema, Some(properties)).map_err(storage)?;
             for batch in batches {
-                writer
-                    .write(batch)
-                    .map_err(|error| crate::Error::Storage(error.to_string()))?;
+                writer.write(batch).map_err(storage)?;
             }
-            writer
-                .into_inner()
-                .map_err(|error| crate::Error::Storage(error.to_string()))
+            writer.into_inner().map_err(storage)
         })
         .map_err(io::Error::other)?;
         publish(std::slice::from_ref(&staged)).map_err(io::Error::other)

@@ -389,7 +389,8 @@ fn ranks(rows: &arrow::row::Rows) -> Vec<u32> {
     ids.into_iter().map(|id| rank_of[id as usize]).collect()
 }
 
-fn storage(error: impl std::fmt::Display) -> Error {
+/// A failed file operation or Parquet encoding, as the write side reports it.
+pub(crate) fn storage(error: impl std::fmt::Display) -> Error {
     Error::Storage(error.to_string())
 }
 
