@@ -475,6 +475,26 @@ fn check_values(dashboard: &str, panel: &str, rows: &[Row], fleet: &Fleet, range
             .map(|r| r.duration_ms as f64)
             .collect()
     };
+    let per_second = |count: usize| count as f64 / interval;
+    let rate = |requests: &[&Request]| (per_second(requests.len()), 1e-9);
+    let errors = |requests: &[&Request]| requests.iter().filter(|r| r.is_error()).count();
+    let error_rate =
+        |requests: &[&Request]| (errors(requests) as f64 / requests.len() as f64, 1e-9);
+    let percentile = |q: f64, of: fn(&Request) -> i64| {
+        move |requests: &[&Request]| {
+            let values: Vec<f64> = requests.iter().map(|r| of(r) as f64).collect();
+            let exact = quantile(&values, q);
+            (exact, percentile_tolerance(exact))
+        }
+    };
+    let client = |r: &Request| Some(r.client.to_owned());
+    let service = |r: &Request| Some(r.service.to_owned());
+    let dependency = |r: &Request| Some(r.dependency.to_owned());
+    let endpoint = |r: &Request| Some(r.endpoint());
+    let duration = |r: &Request| r.duration_ms;
+    let check = |column: &str, series: &dyn Fn(&Request) -> Option<String>, expect: &Expect<'_>| {
+        check_buckets(&what, rows, column, range, fleet, series, expect)
+    };
     match (dashboard, panel) {
         ("apiscope-overview", "Requests") => {
             assert_eq!(
@@ -649,75 +669,46 @@ fn check_values(dashboard: &str, panel: &str, rows: &[Row], fleet: &Fleet, range
                 assert_eq!(last.timestamp(), expected, "{what}: {service}");
             }
         }
-        _ => {
-            let per_second = |count: usize| count as f64 / interval;
-            let rate = |requests: &[&Request]| (per_second(requests.len()), 1e-9);
-            let errors = |requests: &[&Request]| requests.iter().filter(|r| r.is_error()).count();
-            let error_rate =
-                |requests: &[&Request]| (errors(requests) as f64 / requests.len() as f64, 1e-9);
-            let percentile = |q: f64, of: fn(&Request) -> i64| {
-                move |requests: &[&Request]| {
-                    let values: Vec<f64> = requests.iter().map(|r| of(r) as f64).collect();
-                    let exact = quantile(&values, q);
-                    (exact, percentile_tolerance(exact))
-                }
-            };
-            let client = |r: &Request| Some(r.client.to_owned());
-            let service = |r: &Request| Some(r.service.to_owned());
-            let dependency = |r: &Request| Some(r.dependency.to_owned());
-            let endpoint = |r: &Request| Some(r.endpoint());
-            let duration = |r: &Request| r.duration_ms;
-            let check =
-                |column: &str, series: &dyn Fn(&Request) -> Option<String>, expect: &Expect<'_>| {
-                    check_buckets(&what, rows, column, range, fleet, series, expect)
-                };
-            match (dashboard, panel) {
-                ("apiscope-clients", "Calls by client") => check("rate", &client, &rate),
-                ("apiscope-clients", "Error rate by client") => {
-                    check("error_rate", &client, &error_rate)
-                }
-                // A server span and a client span per request.
-                ("apiscope-daemon", "Spans per second by service") => {
-                    check("spans", &service, &|requests: &[&Request]| {
-                        (per_second(2 * requests.len()), 1e-9)
-                    })
-                }
-                // One error log per failed request, all sent as checkout's.
-                ("apiscope-daemon", "Log records per second by service") => check(
-                    "records",
-                    &|r: &Request| r.is_error().then(|| "checkout".to_owned()),
-                    &rate,
-                ),
-                ("apiscope-dependencies", "Calls by dependency") => {
-                    check("rate", &dependency, &rate)
-                }
-                ("apiscope-dependencies", "p95 latency by dependency") => {
-                    check("p95", &dependency, &percentile(0.95, |r| r.dependency_ms))
-                }
-                // Dependency calls never fail in the fleet.
-                ("apiscope-dependencies", "Dependency error rate") => {
-                    check("error_rate", &dependency, &|_: &[&Request]| (0.0, 0.0))
-                }
-                ("apiscope-endpoints", "Calls by endpoint") => check("rate", &endpoint, &rate),
-                ("apiscope-endpoints", "p95 latency by endpoint") => {
-                    check("p95", &endpoint, &percentile(0.95, duration))
-                }
-                ("apiscope-endpoints", "Errors by endpoint") => {
-                    check("errors", &endpoint, &|requests: &[&Request]| {
-                        (errors(requests) as f64, 0.0)
-                    })
-                }
-                ("apiscope-overview", "Error rate by service") => {
-                    check("error_rate", &service, &error_rate)
-                }
-                ("apiscope-overview", "Latency p50 / p95 / p99 by service") => {
-                    check("p50", &service, &percentile(0.5, duration));
-                    check("p95", &service, &percentile(0.95, duration));
-                    check("p99", &service, &percentile(0.99, duration));
-                }
-                _ => return false,
-            }
+        ("apiscope-clients", "Calls by client") => check("rate", &client, &rate),
+        ("apiscope-clients", "Error rate by client") => check("error_rate", &client, &error_rate),
+        // A server span and a client span per request.
+        ("apiscope-daemon", "Spans per second by service") => {
+            check("spans", &service, &|requests: &[&Request]| {
+                (per_second(2 * requests.len()), 1e-9)
+            })
         }
+        // One error log per failed request, all sent as checkout's.
+        ("apiscope-daemon", "Log records per second by service") => check(
+            "records",
+            &|r: &Request| r.is_error().then(|| "checkout".to_owned()),
+            &rate,
+        ),
+        ("apiscope-dependencies", "Calls by dependency") => check("rate", &dependency, &rate),
+        ("apiscope-dependencies", "p95 latency by dependency") => {
+            check("p95", &dependency, &percentile(0.95, |r| r.dependency_ms))
+        }
+        // Dependency calls never fail in the fleet.
+        ("apiscope-dependencies", "Dependency error rate") => {
+            check("error_rate", &dependency, &|_: &[&Request]| (0.0, 0.0))
+        }
+        ("apiscope-endpoints", "Calls by endpoint") => check("rate", &endpoint, &rate),
+        ("apiscope-endpoints", "p95 latency by endpoint") => {
+            check("p95", &endpoint, &percentile(0.95, duration))
+        }
+        ("apiscope-endpoints", "Errors by endpoint") => {
+            check("errors", &endpoint, &|requests: &[&Request]| {
+                (errors(requests) as f64, 0.0)
+            })
+        }
+        ("apiscope-overview", "Error rate by service") => {
+            check("error_rate", &service, &error_rate)
+        }
+        ("apiscope-overview", "Latency p50 / p95 / p99 by service") => {
+            check("p50", &service, &percentile(0.5, duration));
+            check("p95", &service, &percentile(0.95, duration));
+            check("p99", &service, &percentile(0.99, duration));
+        }
+        _ => return false,
     }
     true
 }
