@@ -120,6 +120,10 @@ pub(crate) struct ServeArgs {
     /// Rows a query result may have over HTTP and the CLI; more is refused [default: 100000].
     #[arg(long, env = "APISCOPE_MAX_RESULT_ROWS")]
     max_result_rows: Option<usize>,
+    /// Spans of one trace the Jaeger and Tempo APIs return; a longer trace is cut to its
+    /// first spans, with a warning on its root span [default: 20000].
+    #[arg(long, env = "APISCOPE_MAX_TRACE_SPANS")]
+    max_trace_spans: Option<usize>,
     /// Queries running at once; one more gets 503 with Retry-After [default: 8].
     #[arg(long, env = "APISCOPE_MAX_CONCURRENT_QUERIES")]
     max_concurrent_queries: Option<usize>,
@@ -350,10 +354,14 @@ impl ServeArgs {
                 .max_concurrent_queries
                 .unwrap_or(defaults.max_concurrent),
             max_value_bytes: self.max_value_bytes.unwrap_or(defaults.max_value_bytes),
+            max_trace_spans: self.max_trace_spans.unwrap_or(defaults.max_trace_spans),
         };
-        if query_limits.timeout.is_zero() || query_limits.max_concurrent == 0 {
+        if query_limits.timeout.is_zero()
+            || query_limits.max_concurrent == 0
+            || query_limits.max_trace_spans == 0
+        {
             return Err(Error::Config(
-                "query_timeout and max_concurrent_queries must be above 0".into(),
+                "query_timeout, max_concurrent_queries and max_trace_spans must be above 0".into(),
             ));
         }
         let pg_defaults = query::pg::PgTimeouts::default();

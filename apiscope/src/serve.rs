@@ -238,7 +238,7 @@ pub(crate) async fn run(mut settings: Settings) -> Result<()> {
         stop_accepting.clone(),
     ));
     let query_routes = guarded(
-        query::http::router(engine.clone()),
+        query::http::router(engine.clone()).merge(query::traces::router(engine.clone())),
         Scope::Query,
         "query API",
     )

@@ -40,6 +40,8 @@ pub struct QueryLimits {
     pub max_concurrent: usize,
     /// The largest value one function or expression may build; larger is refused.
     pub max_value_bytes: usize,
+    /// Spans of one trace the trace APIs return; a longer trace is cut, with a warning.
+    pub max_trace_spans: usize,
 }
 
 impl Default for QueryLimits {
@@ -50,6 +52,7 @@ impl Default for QueryLimits {
             max_rows: 100_000,
             max_concurrent: 8,
             max_value_bytes: 64 * 1024 * 1024,
+            max_trace_spans: 20_000,
         }
     }
 }

@@ -4,7 +4,8 @@
 //! The modules follow the read path, and each depends only on those below it:
 //!
 //! ```text
-//! http, pg                front-ends: requests and the wire, errors as each one answers them
+//! http, pg, traces        front-ends: requests and the wire, errors as each one answers them
+//!                         (traces: the Jaeger and Tempo APIs for Grafana's trace view)
 //!   └─ engine             the session, its limits (bounds, running) and the query runtime
 //!        ├─ questions     the api_calls view and the question functions (SQL in questions/sql),
 //!        │                api_call_minutes over the per-minute rollups
@@ -27,6 +28,7 @@ mod output;
 pub mod pg;
 mod questions;
 mod scan;
+pub mod traces;
 
 pub use engine::{Engine, QueryLimits};
 pub use error::{Error, Result};

@@ -200,6 +200,7 @@ fn query_depends_only_downward() {
     let below: BTreeMap<&str, &[&str]> = BTreeMap::from([
         ("http", &["engine", "error", "output"][..]),
         ("pg", &["engine", "functions", "error", "output"][..]),
+        ("traces", &["engine", "error", "output"][..]),
         (
             "engine",
             &["questions", "functions", "scan", "error", "output"][..],

@@ -1,0 +1,360 @@
+//! Traces for Grafana's trace view and the terminal: the Jaeger query API and the Tempo API
+//! on the query HTTP port, over the `spans` table.
+//!
+//! Every answer starts from SQL run through [`Engine::query`], so the query guards (time,
+//! memory, rows, queries at once) and the query scope hold as for `/api/v1/query`.
+//!
+//! ```text
+//! jaeger, tempo       the two wire formats and their routes
+//!   ├─ traceql        the TraceQL subset Grafana's search builder writes, compiled to SQL
+//!   └─ shape          a fetched trace made safe to draw: duplicates, orphans, cycles, cap
+//! (this module)       the span model, fetching a trace by id, ids, times, SQL literals
+//! ```
+
+mod jaeger;
+mod shape;
+mod tempo;
+mod traceql;
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use arrow::array::{
+    Array, ArrayRef, AsArray, BooleanArray, Int64Array, ListArray, MapArray, RecordBatch,
+    StringArray, StructArray,
+};
+use arrow::compute::cast;
+use arrow::datatypes::{DataType, Int64Type};
+use axum::Router;
+
+use crate::engine::Engine;
+use crate::error::{Error, Result};
+
+pub use jaeger::jaeger_json;
+pub use shape::Shaped;
+
+/// The Jaeger and Tempo routes, for the query HTTP port. A trace longer than the engine's
+/// `max_trace_spans` is cut to its first spans by start time, with a warning on its root.
+pub fn router(engine: Engine) -> Router {
+    let max_spans = engine.limits().max_trace_spans.max(1);
+    let state = Traces { engine, max_spans };
+    jaeger::routes().merge(tempo::routes()).with_state(state)
+}
+
+/// What the handlers share.
+#[derive(Clone)]
+pub(crate) struct Traces {
+    pub(crate) engine: Engine,
+    /// Spans of one trace returned at most.
+    pub(crate) max_spans: usize,
+}
+
+/// One stored span, as the trace views need it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Span {
+    /// 32 lowercase hex digits.
+    pub trace_id: String,
+    /// 16 lowercase hex digits.
+    pub span_id: String,
+    /// The parent's id; `None` for a root span.
+    pub parent_span_id: Option<String>,
+    /// Resource `service.name`.
+    pub service_name: String,
+    /// The span's name.
+    pub name: String,
+    /// `server`, `client`, `producer`, `consumer`, `internal` or `unspecified`.
+    pub kind: String,
+    /// `unset`, `ok` or `error`.
+    pub status_code: String,
+    /// The status message, when set.
+    pub status_message: Option<String>,
+    /// apiscope's error flag (status error, or an HTTP status that counts as an error).
+    pub is_error: bool,
+    /// Instrumentation scope name.
+    pub scope_name: Option<String>,
+    /// Start, ns since the epoch.
+    pub start_ns: i64,
+    /// Duration, ns.
+    pub duration_ns: i64,
+    /// Span attributes, values as text.
+    pub attributes: Vec<(String, String)>,
+    /// Resource attributes, values as text.
+    pub resource: Vec<(String, String)>,
+    /// Span events.
+    pub events: Vec<Event>,
+}
+
+/// A span event.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Event {
+    /// ns since the epoch.
+    pub time_ns: i64,
+    /// The event's name.
+    pub name: String,
+    /// Its attributes, values as text.
+    pub attributes: Vec<(String, String)>,
+}
+
+/// The columns [`spans_of`] reads, in SQL.
+pub(crate) const SPAN_COLUMNS: &str = "trace_id, span_id, parent_span_id, service_name, \
+    span_name, span_kind, status_code, status_message, is_error, scope_name, \
+    arrow_cast(time, 'Int64') AS start_ns, duration_ns, attributes, resource_attributes, events";
+
+/// A trace id as stored: 32 lowercase hex digits. Shorter ids (Jaeger's and Zipkin's 64-bit
+/// ids, 16 digits) are padded with zeros on the left, as OTLP stores them.
+pub fn normalize_trace_id(id: &str) -> Result<String> {
+    let id = id.trim();
+    if id.is_empty() || id.len() > 32 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(Error::BadRequest(format!(
+            "`{}` is not a trace id: 1 to 32 hex digits (16 or 32 as sent)",
+            id.chars().take(64).collect::<String>()
+        )));
+    }
+    Ok(format!("{:0>32}", id.to_ascii_lowercase()))
+}
+
+/// A time given as seconds, milliseconds, microseconds or nanoseconds since the epoch, told
+/// apart by magnitude (Grafana sends each, depending on the API and its version), in ns.
+pub fn epoch_ns(value: i64) -> i64 {
+    let magnitude = value.unsigned_abs();
+    if magnitude < 100_000_000_000 {
+        value.saturating_mul(1_000_000_000) // seconds until year 5138
+    } else if magnitude < 100_000_000_000_000 {
+        value.saturating_mul(1_000_000) // milliseconds
+    } else if magnitude < 100_000_000_000_000_000 {
+        value.saturating_mul(1_000) // microseconds
+    } else {
+        value
+    }
+}
+
+/// Now, ns since the epoch.
+pub(crate) fn now_ns() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as i64)
+}
+
+/// `text` as a SQL string literal.
+pub(crate) fn literal(text: &str) -> String {
+    format!("'{}'", text.replace('\'', "''"))
+}
+
+/// `time >= lo AND time < hi` in SQL for a range in ns; `TRUE` when both are open.
+pub(crate) fn time_filter(lo: Option<i64>, hi: Option<i64>) -> String {
+    let bound = |ns: i64| format!("arrow_cast({ns}, 'Timestamp(Nanosecond, Some(\"UTC\"))')");
+    match (lo, hi) {
+        (Some(lo), Some(hi)) => format!("time >= {} AND time < {}", bound(lo), bound(hi)),
+        (Some(lo), None) => format!("time >= {}", bound(lo)),
+        (None, Some(hi)) => format!("time < {}", bound(hi)),
+        (None, None) => "TRUE".to_owned(),
+    }
+}
+
+/// The spans of trace `id` (as [`normalize_trace_id`] gives it) starting in `lo..hi`, in
+/// start order, at most `max_spans + 1` of them (one more tells that the trace was cut).
+pub async fn fetch(
+    engine: &Engine,
+    id: &str,
+    lo: Option<i64>,
+    hi: Option<i64>,
+    max_spans: usize,
+) -> Result<Vec<Span>> {
+    let sql = format!(
+        "SELECT {SPAN_COLUMNS} FROM spans WHERE trace_id = {} AND {} ORDER BY time, span_id LIMIT {}",
+        literal(id),
+        time_filter(lo, hi),
+        max_spans.saturating_add(1)
+    );
+    spans_of(&engine.query(&sql).await?.batches)
+}
+
+/// A trace fetched by id and made safe to draw; `None` when no span of it is stored.
+pub async fn trace(
+    engine: &Engine,
+    id: &str,
+    lo: Option<i64>,
+    hi: Option<i64>,
+    max_spans: usize,
+) -> Result<Option<Shaped>> {
+    let id = normalize_trace_id(id)?;
+    let spans = fetch(engine, &id, lo, hi, max_spans).await?;
+    if spans.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(Shaped::new(spans, max_spans)))
+}
+
+/// The spans in `batches`, which hold the [`SPAN_COLUMNS`].
+pub(crate) fn spans_of(batches: &[RecordBatch]) -> Result<Vec<Span>> {
+    let mut spans = Vec::new();
+    for batch in batches {
+        let text = |name: &str| text_column(batch, name);
+        let trace_id = text("trace_id")?;
+        let span_id = text("span_id")?;
+        let parent = text("parent_span_id")?;
+        let service = text("service_name")?;
+        let name = text("span_name")?;
+        let kind = text("span_kind")?;
+        let status = text("status_code")?;
+        let message = text("status_message")?;
+        let scope = text("scope_name")?;
+        let is_error = column(batch, "is_error")?;
+        let is_error = is_error
+            .as_any()
+            .downcast_ref::<BooleanArray>()
+            .ok_or_else(|| internal("is_error is not boolean"))?;
+        let start = int_column(batch, "start_ns")?;
+        let duration = int_column(batch, "duration_ns")?;
+        let attributes = column(batch, "attributes")?;
+        let resource = column(batch, "resource_attributes")?;
+        let events = column(batch, "events")?;
+        for row in 0..batch.num_rows() {
+            let optional = |array: &StringArray| {
+                (!array.is_null(row) && !array.value(row).is_empty())
+                    .then(|| array.value(row).to_owned())
+            };
+            spans.push(Span {
+                trace_id: trace_id.value(row).to_owned(),
+                span_id: span_id.value(row).to_owned(),
+                parent_span_id: optional(&parent),
+                service_name: service.value(row).to_owned(),
+                name: name.value(row).to_owned(),
+                kind: kind.value(row).to_owned(),
+                status_code: status.value(row).to_owned(),
+                status_message: optional(&message),
+                is_error: is_error.value(row),
+                scope_name: optional(&scope),
+                start_ns: start.value(row),
+                duration_ns: duration.value(row),
+                attributes: map_pairs(attributes, row)?,
+                resource: map_pairs(resource, row)?,
+                events: events_of(events, row)?,
+            });
+        }
+    }
+    Ok(spans)
+}
+
+fn internal(what: &str) -> Error {
+    Error::Internal(format!("reading spans: {what}"))
+}
+
+fn column<'a>(batch: &'a RecordBatch, name: &str) -> Result<&'a ArrayRef> {
+    batch
+        .column_by_name(name)
+        .ok_or_else(|| internal(&format!("no column {name}")))
+}
+
+/// A text column as plain UTF-8 (dictionaries and views cast).
+pub(crate) fn text_column(batch: &RecordBatch, name: &str) -> Result<StringArray> {
+    as_text(column(batch, name)?)
+}
+
+fn as_text(array: &ArrayRef) -> Result<StringArray> {
+    let text = cast(array, &DataType::Utf8).map_err(|error| internal(&error.to_string()))?;
+    Ok(text.as_string::<i32>().clone())
+}
+
+pub(crate) fn int_column(batch: &RecordBatch, name: &str) -> Result<Int64Array> {
+    let array = column(batch, name)?;
+    let ints = cast(array, &DataType::Int64).map_err(|error| internal(&error.to_string()))?;
+    Ok(ints.as_primitive::<Int64Type>().clone())
+}
+
+/// The entries of row `row` of a `map<text, text>` column.
+fn map_pairs(array: &ArrayRef, row: usize) -> Result<Vec<(String, String)>> {
+    let Some(map) = array.as_any().downcast_ref::<MapArray>() else {
+        return Err(internal("an attributes column is not a map"));
+    };
+    if map.is_null(row) {
+        return Ok(Vec::new());
+    }
+    entries(&map.value(row))
+}
+
+fn entries(entries: &StructArray) -> Result<Vec<(String, String)>> {
+    let keys = as_text(entries.column(0))?;
+    let values = as_text(entries.column(1))?;
+    Ok((0..keys.len())
+        .map(|i| {
+            let value = if values.is_null(i) {
+                ""
+            } else {
+                values.value(i)
+            };
+            (keys.value(i).to_owned(), value.to_owned())
+        })
+        .collect())
+}
+
+fn events_of(array: &ArrayRef, row: usize) -> Result<Vec<Event>> {
+    let Some(list) = array.as_any().downcast_ref::<ListArray>() else {
+        return Err(internal("events is not a list"));
+    };
+    if list.is_null(row) {
+        return Ok(Vec::new());
+    }
+    let items = list.value(row);
+    let Some(items) = items.as_any().downcast_ref::<StructArray>() else {
+        return Err(internal("an event is not a struct"));
+    };
+    let times =
+        cast(items.column(0), &DataType::Int64).map_err(|error| internal(&error.to_string()))?;
+    let times = times.as_primitive::<Int64Type>();
+    let names = as_text(items.column(1))?;
+    let attributes = items
+        .column(2)
+        .as_any()
+        .downcast_ref::<MapArray>()
+        .ok_or_else(|| internal("event attributes are not a map"))?;
+    let mut events = Vec::with_capacity(items.len());
+    for i in 0..items.len() {
+        if items.is_null(i) {
+            continue;
+        }
+        let attributes = if attributes.is_null(i) {
+            Vec::new()
+        } else {
+            entries(&attributes.value(i))?
+        };
+        events.push(Event {
+            time_ns: times.value(i),
+            name: names.value(i).to_owned(),
+            attributes,
+        });
+    }
+    Ok(events)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trace_ids_are_padded_lowercase_hex_and_nothing_else() {
+        assert_eq!(
+            normalize_trace_id("ABCDEF0123456789").unwrap(),
+            "0000000000000000abcdef0123456789"
+        );
+        let full = "4bf92f3577b34da6a3ce929d0e0e4736";
+        assert_eq!(normalize_trace_id(full).unwrap(), full);
+        for bad in ["", "xyz", "' OR 1=1 --", &"a".repeat(33)] {
+            assert!(normalize_trace_id(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn epoch_times_are_read_in_the_unit_their_size_implies() {
+        let ns = 1_765_000_000_123_456_789_i64;
+        assert_eq!(epoch_ns(ns / 1_000_000_000), 1_765_000_000 * 1_000_000_000);
+        assert_eq!(epoch_ns(ns / 1_000_000), 1_765_000_000_123 * 1_000_000);
+        assert_eq!(epoch_ns(ns / 1_000), 1_765_000_000_123_456 * 1_000);
+        assert_eq!(epoch_ns(ns), ns);
+    }
+
+    #[test]
+    fn literals_double_their_quotes() {
+        assert_eq!(literal("it's"), "'it''s'");
+        assert_eq!(literal(r"a\'b"), r"'a\''b'");
+    }
+}

@@ -1,0 +1,555 @@
+//! The Jaeger query API that Grafana's Jaeger data source calls, in Jaeger's UI JSON model:
+//! services, operations, trace search, trace by id and service dependencies.
+
+use std::collections::HashMap;
+
+use axum::Router;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use serde_json::{Value, json};
+
+use super::{Shaped, Traces, literal, now_ns, time_filter};
+use crate::error::{Error, Result};
+
+const HOUR_NS: i64 = 3_600 * 1_000_000_000;
+
+/// How far back `/api/services` and the operation lists look.
+pub(crate) const CATALOG_LOOKBACK_NS: i64 = 24 * HOUR_NS;
+
+/// Traces a search returns when it names no `limit`, and the most it may ask for.
+const SEARCH_LIMIT: usize = 20;
+const SEARCH_LIMIT_MAX: usize = 1_000;
+
+pub(super) fn routes() -> Router<Traces> {
+    Router::new()
+        .route("/api/services", get(services))
+        .route(
+            "/api/services/{service}/operations",
+            get(service_operations),
+        )
+        .route("/api/operations", get(operations))
+        .route("/api/traces", get(search))
+        .route("/api/traces/{id}", get(trace_by_id))
+        .route("/api/dependencies", get(dependencies))
+}
+
+type Params = Query<HashMap<String, String>>;
+
+/// Jaeger's envelope around `data`.
+fn envelope(data: Value) -> Response {
+    let total = data.as_array().map_or(0, Vec::len);
+    axum::Json(json!({
+        "data": data,
+        "total": total,
+        "limit": 0,
+        "offset": 0,
+        "errors": null,
+    }))
+    .into_response()
+}
+
+/// An error in Jaeger's envelope, with its HTTP status.
+fn failure(error: &Error) -> Response {
+    let status =
+        StatusCode::from_u16(error.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    failure_with(status, &error.to_string())
+}
+
+fn failure_with(status: StatusCode, message: &str) -> Response {
+    if status.is_server_error() {
+        tracing::warn!(%message, "trace query failed");
+    }
+    let body = json!({
+        "data": null,
+        "total": 0,
+        "limit": 0,
+        "offset": 0,
+        "errors": [{"code": status.as_u16(), "msg": message}],
+    });
+    let mut response = (status, axum::Json(body)).into_response();
+    if status == StatusCode::SERVICE_UNAVAILABLE {
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+    }
+    response
+}
+
+fn answer(result: Result<Response>) -> Response {
+    result.unwrap_or_else(|error| failure(&error))
+}
+
+/// The first text column of every row.
+async fn strings(traces: &Traces, sql: &str) -> Result<Vec<String>> {
+    let output = traces.engine.query(sql).await?;
+    let mut values = Vec::new();
+    for batch in &output.batches {
+        let column = super::as_text(batch.column(0))?;
+        values.extend(column.iter().flatten().map(str::to_owned));
+    }
+    Ok(values)
+}
+
+async fn services(State(traces): State<Traces>) -> Response {
+    answer(
+        async {
+            let sql = format!(
+                "SELECT DISTINCT service_name FROM spans WHERE {} ORDER BY 1",
+                time_filter(Some(now_ns() - CATALOG_LOOKBACK_NS), None)
+            );
+            Ok(envelope(json!(strings(&traces, &sql).await?)))
+        }
+        .await,
+    )
+}
+
+async fn operation_names(traces: &Traces, service: &str, kind: Option<&str>) -> Result<Value> {
+    let kind_filter = match kind.filter(|k| !k.is_empty()) {
+        Some(kind) => format!(" AND span_kind = {}", literal(&kind.to_ascii_lowercase())),
+        None => String::new(),
+    };
+    let sql = format!(
+        "SELECT span_name, span_kind FROM spans WHERE service_name = {} AND {}{kind_filter} \
+         GROUP BY span_name, span_kind ORDER BY 1, 2",
+        literal(service),
+        time_filter(Some(now_ns() - CATALOG_LOOKBACK_NS), None)
+    );
+    let output = traces.engine.query(&sql).await?;
+    let mut operations = Vec::new();
+    for batch in &output.batches {
+        let names = super::as_text(batch.column(0))?;
+        let kinds = super::as_text(batch.column(1))?;
+        for row in 0..batch.num_rows() {
+            operations.push((names.value(row).to_owned(), kinds.value(row).to_owned()));
+        }
+    }
+    Ok(json!(
+        operations
+            .iter()
+            .map(|(name, kind)| json!({"name": name, "spanKind": kind}))
+            .collect::<Vec<_>>()
+    ))
+}
+
+async fn service_operations(State(traces): State<Traces>, Path(service): Path<String>) -> Response {
+    answer(
+        async {
+            let operations = operation_names(&traces, &service, None).await?;
+            let mut names: Vec<&str> = operations
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|o| o["name"].as_str())
+                .collect();
+            names.dedup();
+            Ok(envelope(json!(names)))
+        }
+        .await,
+    )
+}
+
+async fn operations(State(traces): State<Traces>, Query(params): Params) -> Response {
+    answer(
+        async {
+            let service = params.get("service").ok_or_else(|| {
+                Error::BadRequest("`service` is required: /api/operations?service=NAME".into())
+            })?;
+            let kind = params.get("spanKind").map(String::as_str);
+            Ok(envelope(operation_names(&traces, service, kind).await?))
+        }
+        .await,
+    )
+}
+
+async fn trace_by_id(
+    State(traces): State<Traces>,
+    Path(id): Path<String>,
+    Query(params): Params,
+    headers: HeaderMap,
+) -> Response {
+    // Tempo's data source falls back to this path, asking for protobuf.
+    if super::tempo::wants_protobuf(&headers) {
+        return super::tempo::trace_protobuf(&traces, &id, &params, false).await;
+    }
+    answer(
+        async {
+            let (lo, hi) = bounds(&params, "start", "end")?;
+            match super::trace(&traces.engine, &id, lo, hi, traces.max_spans).await? {
+                Some(trace) => Ok(envelope(json!([jaeger_json(&trace)]))),
+                None => Ok(failure_with(StatusCode::NOT_FOUND, "trace not found")),
+            }
+        }
+        .await,
+    )
+}
+
+/// Optional time bounds from two parameters, in any epoch unit (see [`super::epoch_ns`]).
+pub(super) fn bounds(
+    params: &HashMap<String, String>,
+    lo: &str,
+    hi: &str,
+) -> Result<(Option<i64>, Option<i64>)> {
+    let read = |name: &str| -> Result<Option<i64>> {
+        match params.get(name).map(|v| v.trim()).filter(|v| !v.is_empty()) {
+            None => Ok(None),
+            Some(value) => value
+                .parse::<i64>()
+                .map(|v| Some(super::epoch_ns(v)))
+                .map_err(|_| {
+                    Error::BadRequest(format!(
+                        "`{name}` must be a time since the epoch (s, ms, µs or ns), not `{value}`"
+                    ))
+                }),
+        }
+    };
+    Ok((read(lo)?, read(hi)?.map(|hi| hi.saturating_add(1))))
+}
+
+/// A Go duration (`1.2s`, `100ms`, `1h30m`, `250us`) in ns.
+pub(crate) fn go_duration(text: &str) -> Result<i64> {
+    let bad = || {
+        Error::BadRequest(format!(
+            "`{text}` is not a duration: a number and a unit (ns, us, µs, ms, s, m, h), like 100ms or 1.5s"
+        ))
+    };
+    let mut rest = text.trim();
+    if rest.is_empty() {
+        return Err(bad());
+    }
+    let mut total = 0f64;
+    while !rest.is_empty() {
+        let number_end = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .ok_or_else(bad)?;
+        let number: f64 = rest[..number_end].parse().map_err(|_| bad())?;
+        rest = &rest[number_end..];
+        let unit_end = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
+        let scale = match &rest[..unit_end] {
+            "ns" => 1.0,
+            "us" | "µs" | "μs" => 1e3,
+            "ms" => 1e6,
+            "s" => 1e9,
+            "m" => 60e9,
+            "h" => 3_600e9,
+            _ => return Err(bad()),
+        };
+        total += number * scale;
+        rest = &rest[unit_end..];
+    }
+    if !total.is_finite() || total > i64::MAX as f64 {
+        return Err(bad());
+    }
+    Ok(total as i64)
+}
+
+/// The tags of a search: a JSON object (what Grafana sends), or `key=value` pairs separated
+/// by spaces (Jaeger UI's logfmt).
+fn search_tags(text: &str) -> Result<Vec<(String, String)>> {
+    let text = text.trim();
+    if text.is_empty() {
+        return Ok(Vec::new());
+    }
+    if text.starts_with('{') {
+        let object: serde_json::Map<String, Value> =
+            serde_json::from_str(text).map_err(|error| {
+                Error::BadRequest(format!(
+                    "`tags` must be a JSON object like {{\"http.status_code\":\"500\"}}: {error}"
+                ))
+            })?;
+        return Ok(object
+            .into_iter()
+            .map(|(key, value)| {
+                let value = match value {
+                    Value::String(text) => text,
+                    other => other.to_string(),
+                };
+                (key, value)
+            })
+            .collect());
+    }
+    text.split_whitespace()
+        .map(|pair| {
+            let (key, value) = pair
+                .split_once('=')
+                .ok_or_else(|| Error::BadRequest(format!("`tags`: `{pair}` is not key=value")))?;
+            Ok((key.to_owned(), value.trim_matches('"').to_owned()))
+        })
+        .collect()
+}
+
+/// The SQL condition a span must meet for one Jaeger tag.
+fn tag_condition(key: &str, value: &str) -> String {
+    match key {
+        "error" => format!("is_error = {}", value.eq_ignore_ascii_case("true")),
+        "span.kind" => format!("span_kind = {}", literal(&value.to_ascii_lowercase())),
+        "otel.status_code" => format!("status_code = {}", literal(&value.to_ascii_lowercase())),
+        "otel.status_description" => format!("status_message = {}", literal(value)),
+        "otel.scope.name" | "otel.library.name" => format!("scope_name = {}", literal(value)),
+        "service.name" => format!("service_name = {}", literal(value)),
+        _ => format!(
+            "(attributes[{key}] = {value} OR resource_attributes[{key}] = {value})",
+            key = literal(key),
+            value = literal(value)
+        ),
+    }
+}
+
+async fn search(State(traces): State<Traces>, Query(params): Params) -> Response {
+    answer(search_traces(&traces, &params).await)
+}
+
+async fn search_traces(traces: &Traces, params: &HashMap<String, String>) -> Result<Response> {
+    let given = |name: &str| params.get(name).map(|v| v.trim()).filter(|v| !v.is_empty());
+    let (lo, hi) = bounds(params, "start", "end")?;
+    let hi = hi.unwrap_or_else(|| now_ns() + 1);
+    let lo = lo.unwrap_or(hi - HOUR_NS);
+    let mut conditions = vec![time_filter(Some(lo), Some(hi))];
+    if let Some(service) = given("service") {
+        conditions.push(format!("service_name = {}", literal(service)));
+    }
+    if let Some(operation) = given("operation") {
+        conditions.push(format!("span_name = {}", literal(operation)));
+    }
+    if let Some(min) = given("minDuration") {
+        conditions.push(format!("duration_ns >= {}", go_duration(min)?));
+    }
+    if let Some(max) = given("maxDuration") {
+        conditions.push(format!("duration_ns <= {}", go_duration(max)?));
+    }
+    for (key, value) in search_tags(given("tags").unwrap_or(""))? {
+        conditions.push(tag_condition(&key, &value));
+    }
+    let limit = match given("limit") {
+        None => SEARCH_LIMIT,
+        Some(text) => text
+            .parse::<usize>()
+            .ok()
+            .filter(|&n| n > 0)
+            .ok_or_else(|| {
+                Error::BadRequest(format!("`limit` must be a positive number, not `{text}`"))
+            })?
+            .min(SEARCH_LIMIT_MAX),
+    };
+    let sql = format!(
+        "SELECT trace_id FROM spans WHERE {} GROUP BY trace_id ORDER BY max(time) DESC LIMIT {limit}",
+        conditions.join(" AND ")
+    );
+    let ids = strings(traces, &sql).await?;
+    let found = fetch_many(traces, &ids, lo - HOUR_NS, hi + HOUR_NS).await?;
+    let data: Vec<Value> = found.iter().map(jaeger_json).collect();
+    Ok(envelope(json!(data)))
+}
+
+/// The traces `ids` (in that order), each cut at the span limit, from spans starting in
+/// `lo..hi`.
+pub(super) async fn fetch_many(
+    traces: &Traces,
+    ids: &[String],
+    lo: i64,
+    hi: i64,
+) -> Result<Vec<Shaped>> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let max = traces.max_spans;
+    let list: Vec<String> = ids.iter().map(|id| literal(id)).collect();
+    let sql = format!(
+        "SELECT * FROM (SELECT {}, row_number() OVER (PARTITION BY trace_id ORDER BY time, span_id) AS n \
+         FROM spans WHERE trace_id IN ({}) AND {}) WHERE n <= {} ORDER BY trace_id, n",
+        super::SPAN_COLUMNS,
+        list.join(", "),
+        time_filter(Some(lo), Some(hi)),
+        max.saturating_add(1)
+    );
+    let spans = super::spans_of(&traces.engine.query(&sql).await?.batches)?;
+    let mut by_trace: HashMap<String, Vec<super::Span>> = HashMap::new();
+    for span in spans {
+        by_trace
+            .entry(span.trace_id.clone())
+            .or_default()
+            .push(span);
+    }
+    Ok(ids
+        .iter()
+        .filter_map(|id| by_trace.remove(id))
+        .map(|spans| Shaped::new(spans, max))
+        .collect())
+}
+
+async fn dependencies(State(traces): State<Traces>, Query(params): Params) -> Response {
+    answer(
+        async {
+            let read = |name: &str| -> Result<Option<i64>> {
+                params
+                    .get(name)
+                    .map(|v| {
+                        v.trim().parse::<i64>().map_err(|_| {
+                            Error::BadRequest(format!("`{name}` must be milliseconds, not `{v}`"))
+                        })
+                    })
+                    .transpose()
+            };
+            let end = read("endTs")?.map_or_else(now_ns, |ms| ms.saturating_mul(1_000_000));
+            let lookback = read("lookback")?.map_or(24 * HOUR_NS, |ms| ms.saturating_mul(1_000_000));
+            let lo = end.saturating_sub(lookback);
+            let sql = format!(
+                "SELECT p.service_name AS parent, c.service_name AS child, count(*) AS calls \
+                 FROM spans c JOIN spans p ON c.trace_id = p.trace_id AND c.parent_span_id = p.span_id \
+                 WHERE c.{} AND p.{} AND c.service_name <> p.service_name \
+                 GROUP BY 1, 2 ORDER BY 1, 2",
+                time_filter(Some(lo), Some(end)),
+                time_filter(Some(lo - HOUR_NS), Some(end + HOUR_NS)),
+            );
+            let output = traces.engine.query(&sql).await?;
+            let mut links = Vec::new();
+            for batch in &output.batches {
+                let parents = super::as_text(batch.column(0))?;
+                let children = super::as_text(batch.column(1))?;
+                let calls = super::int_column(batch, "calls")?;
+                for row in 0..batch.num_rows() {
+                    links.push(json!({
+                        "parent": parents.value(row),
+                        "child": children.value(row),
+                        "callCount": calls.value(row),
+                    }));
+                }
+            }
+            Ok(envelope(json!(links)))
+        }
+        .await,
+    )
+}
+
+/// A tag of Jaeger's model.
+fn tag(key: &str, value: &str) -> Value {
+    json!({"key": key, "type": "string", "value": value})
+}
+
+/// `trace` in Jaeger's UI JSON model.
+pub fn jaeger_json(trace: &Shaped) -> Value {
+    let mut processes: Vec<(&str, &[(String, String)])> = Vec::new();
+    let mut process_ids = Vec::with_capacity(trace.spans.len());
+    for span in &trace.spans {
+        let key = (span.service_name.as_str(), span.resource.as_slice());
+        let index = match processes.iter().position(|p| *p == key) {
+            Some(index) => index,
+            None => {
+                processes.push(key);
+                processes.len() - 1
+            }
+        };
+        process_ids.push(format!("p{}", index + 1));
+    }
+    let spans: Vec<Value> = trace
+        .spans
+        .iter()
+        .enumerate()
+        .map(|(i, span)| {
+            let mut references = Vec::new();
+            if let Some(parent) = trace.parents[i] {
+                references.push(json!({
+                    "refType": "CHILD_OF",
+                    "traceID": span.trace_id,
+                    "spanID": trace.ids[parent],
+                }));
+            }
+            let mut tags: Vec<Value> = span.attributes.iter().map(|(k, v)| tag(k, v)).collect();
+            if span.kind != "unspecified" {
+                tags.push(tag("span.kind", &span.kind));
+            }
+            if span.status_code != "unset" {
+                tags.push(tag(
+                    "otel.status_code",
+                    &span.status_code.to_ascii_uppercase(),
+                ));
+            }
+            if let Some(message) = &span.status_message {
+                tags.push(tag("otel.status_description", message));
+            }
+            if let Some(scope) = &span.scope_name {
+                tags.push(tag("otel.scope.name", scope));
+            }
+            if span.is_error {
+                tags.push(json!({"key": "error", "type": "bool", "value": true}));
+            }
+            let logs: Vec<Value> = span
+                .events
+                .iter()
+                .map(|event| {
+                    let mut fields = vec![tag("event", &event.name)];
+                    fields.extend(event.attributes.iter().map(|(k, v)| tag(k, v)));
+                    json!({"timestamp": event.time_ns / 1_000, "fields": fields})
+                })
+                .collect();
+            let warnings = &trace.warnings[i];
+            json!({
+                "traceID": span.trace_id,
+                "spanID": trace.ids[i],
+                "flags": 1,
+                "operationName": span.name,
+                "references": references,
+                "startTime": span.start_ns / 1_000,
+                "duration": span.duration_ns / 1_000,
+                "tags": tags,
+                "logs": logs,
+                "processID": process_ids[i],
+                "warnings": if warnings.is_empty() { Value::Null } else { json!(warnings) },
+            })
+        })
+        .collect();
+    let processes: serde_json::Map<String, Value> = processes
+        .iter()
+        .enumerate()
+        .map(|(index, (service, resource))| {
+            let mut tags: Vec<Value> = resource.iter().map(|(k, v)| tag(k, v)).collect();
+            if !resource.iter().any(|(k, _)| k == "service.name") {
+                tags.insert(0, tag("service.name", service));
+            }
+            (
+                format!("p{}", index + 1),
+                json!({"serviceName": service, "tags": tags}),
+            )
+        })
+        .collect();
+    json!({
+        "traceID": trace.spans.first().map(|s| s.trace_id.as_str()).unwrap_or_default(),
+        "spans": spans,
+        "processes": processes,
+        "warnings": null,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn go_durations_read_as_go_reads_them() {
+        assert_eq!(go_duration("100ms").unwrap(), 100_000_000);
+        assert_eq!(go_duration("1.5s").unwrap(), 1_500_000_000);
+        assert_eq!(go_duration("1h30m").unwrap(), 5_400_000_000_000);
+        assert_eq!(go_duration("250us").unwrap(), 250_000);
+        assert_eq!(go_duration("250µs").unwrap(), 250_000);
+        for bad in ["", "ms", "10", "10 parsecs", "1e400s"] {
+            assert!(go_duration(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn tags_come_as_json_or_logfmt() {
+        let json = search_tags(r#"{"http.status_code":"500","error":true}"#).unwrap();
+        assert!(json.contains(&("http.status_code".into(), "500".into())));
+        assert!(json.contains(&("error".into(), "true".into())));
+        let logfmt = search_tags(r#"a=1 b="two""#).unwrap();
+        assert_eq!(
+            logfmt,
+            vec![("a".into(), "1".into()), ("b".into(), "two".into())]
+        );
+        assert!(search_tags("{not json").is_err());
+        assert!(search_tags("novalue").is_err());
+    }
+}
