@@ -35,9 +35,15 @@ def provider(service, exporter):
     return p
 
 
-def emit(tracer, transport, name, kind, attributes, error=False, parent=None):
+def emit(tracer, transport, name, kind, attributes, error=False, parent=None, event=None):
     ctx = trace.set_span_in_context(parent) if parent is not None else None
     span = tracer.start_span(name, kind=kind, attributes=attributes, context=ctx)
+    events = []
+    if event is not None:
+        event_name, event_attributes = event
+        event_time = time.time_ns()
+        span.add_event(event_name, event_attributes, timestamp=event_time)
+        events.append({"name": event_name, "time_ns": event_time, "attributes": event_attributes})
     if error:
         span.set_status(Status(StatusCode.ERROR, "upstream failed"))
     span.end()
@@ -46,8 +52,14 @@ def emit(tracer, transport, name, kind, attributes, error=False, parent=None):
         "transport": transport,
         "trace_id": format(sc.trace_id, "032x"),
         "span_id": format(sc.span_id, "016x"),
+        "parent_span_id": format(span.parent.span_id, "016x") if span.parent else None,
         "name": name,
+        "kind": kind.name.lower(),
+        "start_ns": span.start_time,
+        "end_ns": span.end_time,
         "attributes": attributes,
+        "events": events,
+        "error": error,
     }), flush=True)
     return span
 
@@ -71,7 +83,7 @@ for transport, p in (("grpc", grpc_provider), ("http", http_provider)):
             "http.client_ip": "198.51.100.7",
             "http.user_agent": "python-requests/2.32",
             "net.host.name": "shop.example",
-        })
+        }, event=("cart loaded", {"cart.items": "3"}))
         emit(tracer, transport, "SELECT cart", SpanKind.CLIENT, {
             "db.system": "postgresql",
             "db.name": "carts",

@@ -24,6 +24,7 @@ mod restart;
 mod rust_sdk;
 mod security;
 mod support;
+mod traces;
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
