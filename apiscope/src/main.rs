@@ -15,6 +15,7 @@ mod serve;
 mod shutdown;
 mod sql;
 mod tls;
+mod trace;
 
 use std::process::ExitCode;
 
@@ -74,6 +75,8 @@ enum Command {
     Serve(Box<config::ServeArgs>),
     /// Run one SQL query against a running daemon (or a data directory) and print a table.
     Sql(sql::SqlArgs),
+    /// Print one trace as a waterfall: by id, or a recent (or the slowest) call of an endpoint.
+    Trace(trace::TraceArgs),
     /// Send a simulated fleet's API traces over OTLP, and report acknowledgements.
     Loadgen(loadgen::LoadgenArgs),
     /// Import access logs (nginx, Envoy, NDJSON) into a running daemon's `requests` table.
@@ -141,6 +144,7 @@ fn main() -> ExitCode {
         match command {
             Resolved::Serve(settings) => serve::run(*settings).await,
             Resolved::Other(Command::Sql(args)) => sql::run(args).await,
+            Resolved::Other(Command::Trace(args)) => trace::run(args).await,
             Resolved::Other(Command::Loadgen(args)) => loadgen::run(args).await,
             Resolved::Other(Command::Import(args)) => import::run(args).await,
             Resolved::Other(Command::Serve(_)) => Ok(()),

@@ -25,19 +25,7 @@ pub(crate) struct SqlArgs {
 
 pub(crate) async fn run(args: SqlArgs) -> Result<()> {
     let batches = match &args.data_dir {
-        Some(dir) => {
-            let dir = dir.canonicalize().map_err(|error| {
-                Error::Client(format!(
-                    "cannot open data directory {}: {error}",
-                    dir.display()
-                ))
-            })?;
-            let source = Arc::new(query::DataDir(dir));
-            let settings = query::QuestionSettings::default();
-            let engine =
-                query::Engine::new(source, settings, query::QueryLimits::default()).await?;
-            engine.query(&args.sql).await?.batches
-        }
+        Some(dir) => local_engine(dir).await?.query(&args.sql).await?.batches,
         None => {
             let client = args.client.http(std::time::Duration::from_secs(300))?;
             remote(&client, &args.url, &args.sql).await?
@@ -50,6 +38,19 @@ pub(crate) async fn run(args: SqlArgs) -> Result<()> {
         "{table}\n({rows} row{})\n",
         if rows == 1 { "" } else { "s" }
     ))
+}
+
+/// A query engine over the flushed files of the data directory `dir`, with default limits.
+pub(crate) async fn local_engine(dir: &std::path::Path) -> Result<query::Engine> {
+    let dir = dir.canonicalize().map_err(|error| {
+        Error::Client(format!(
+            "cannot open data directory {}: {error}",
+            dir.display()
+        ))
+    })?;
+    let source = Arc::new(query::DataDir(dir));
+    let settings = query::QuestionSettings::default();
+    Ok(query::Engine::new(source, settings, query::QueryLimits::default()).await?)
 }
 
 /// Runs `sql` on the daemon at `url`; its rows.

@@ -135,7 +135,7 @@ pub(crate) fn now_ns() -> i64 {
 }
 
 /// `text` as a SQL string literal.
-pub(crate) fn literal(text: &str) -> String {
+pub fn literal(text: &str) -> String {
     format!("'{}'", text.replace('\'', "''"))
 }
 

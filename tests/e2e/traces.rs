@@ -735,6 +735,75 @@ fn grafana_jaeger_and_tempo_data_sources_see_sdk_traces_span_for_span() {
         &format!("/api/search/tag/http.route/values?{window}"),
     );
     assert_eq!(values["tagValues"], json!(["/orders", "/v2/orders"]));
+
+    // The terminal's waterfall, from the daemon by id and by endpoint, then from the store.
+    let waterfall = |args: &[&str]| -> Vec<String> {
+        let output = Command::new(crate::support::daemon::binary())
+            .arg("trace")
+            .args(args)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(output.status.success(), "{args:?}: {stderr}");
+        String::from_utf8(output.stdout)
+            .unwrap()
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    };
+    let url = daemon.query_url();
+    let by_id = waterfall(&[&trace_id, "--url", &url, "--width", "20"]);
+    check_waterfall(&by_id, &trace_id);
+    let by_endpoint = waterfall(&[
+        "--endpoint",
+        "POST /v2/orders",
+        "--slowest",
+        "--since",
+        "1h",
+        "--url",
+        &url,
+        "--width",
+        "20",
+    ]);
+    assert_eq!(by_endpoint, by_id);
+    let output = Command::new(crate::support::daemon::binary())
+        .args(["trace", &hex_id(7, 16), "--url", &url])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("no trace"));
+    daemon.stop();
+    let store = dir.path().to_str().unwrap();
+    assert_eq!(
+        waterfall(&[&trace_id, "--data-dir", store, "--width", "20"]),
+        by_id
+    );
+}
+
+/// The waterfall of the SDK trace: each span under its parent, in start order, the failing
+/// one marked, bars placed in the trace's 48.25 ms.
+fn check_waterfall(lines: &[String], trace_id: &str) {
+    assert_eq!(
+        lines[0],
+        format!("trace {trace_id}  4 spans, 2 services, 48.25 ms")
+    );
+    let expected = [
+        ("storefront  POST /v2/orders", 0, 20, "48.25 ms", true),
+        ("  storefront  SELECT carts", 0, 1, "3.12 ms", false),
+        ("  storefront  POST", 2, 18, "42.90 ms", false),
+        ("    orders  POST /orders", 2, 17, "41.70 ms", true),
+    ];
+    assert_eq!(lines.len(), 1 + expected.len(), "{lines:#?}");
+    for (line, (label, offset, length, duration, failed)) in lines[1..].iter().zip(expected) {
+        assert!(line.starts_with(label), "{line}");
+        let bar: Vec<char> = line.split('|').nth(1).unwrap().chars().collect();
+        assert_eq!(bar.len(), 20, "{line}");
+        let first = bar.iter().position(|c| *c == '█').unwrap();
+        let count = bar.iter().filter(|c| **c == '█').count();
+        assert_eq!((first, count), (offset, length), "{line}");
+        assert!(line.contains(duration), "{line}");
+        assert_eq!(line.ends_with("✗ error"), failed, "{line}");
+    }
 }
 
 #[test]
