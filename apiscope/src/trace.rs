@@ -240,7 +240,7 @@ pub(crate) fn waterfall(trace: &Value, width: usize) -> String {
         ));
         for warning in spans[i]["warnings"].as_array().into_iter().flatten() {
             out.push_str(&format!(
-                "{}  ⚠ {}\n",
+                "{}⚠ {}\n",
                 "  ".repeat(depth + 1),
                 warning.as_str().unwrap_or("")
             ));
