@@ -20,6 +20,8 @@ use crate::support::python::python;
 
 const DATASOURCE_UID: &str = "apiscope";
 const DATASOURCE_TYPE: &str = "grafana-postgresql-datasource";
+/// The provisioned trace data sources (Jaeger, Tempo) that trace ids link to.
+const TRACE_UIDS: [&str; 2] = ["apiscope-jaeger", "apiscope-tempo"];
 
 pub(crate) fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -77,6 +79,30 @@ fn dashboards_and_provisioning_are_valid() {
         "database belongs in jsonData"
     );
 
+    // The trace data sources point at the query port, where the Jaeger and Tempo APIs are.
+    let compose = std::fs::read_to_string(repo().join("docker-compose.yml")).unwrap();
+    let trace_sources: BTreeMap<String, String> = datasources["datasources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|d| d["type"] == "jaeger" || d["type"] == "tempo")
+        .map(|d| {
+            assert_eq!(d["url"], "http://apiscope:7171", "{d}");
+            assert!(compose.contains("7171:7171"), "the query port is published");
+            (
+                d["uid"].as_str().unwrap().to_owned(),
+                d["type"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        trace_sources,
+        BTreeMap::from([
+            (TRACE_UIDS[0].to_owned(), "jaeger".to_owned()),
+            (TRACE_UIDS[1].to_owned(), "tempo".to_owned())
+        ])
+    );
+
     let providers = yaml(&repo().join("dashboards/dashboards/provider.yaml"));
     let path = providers["providers"][0]["options"]["path"]
         .as_str()
@@ -119,6 +145,24 @@ fn dashboards_and_provisioning_are_valid() {
                 panel["description"].as_str().is_some_and(|d| !d.is_empty()),
                 "{file}: {title} has no description"
             );
+            // A panel showing trace ids links each one to both trace views.
+            let sql = panel["targets"][0]["rawSql"].as_str().unwrap_or("");
+            if sql.contains("trace_id,") {
+                let linked: BTreeSet<&str> = panel["fieldConfig"]["overrides"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .filter(|o| o["matcher"]["options"] == "trace_id")
+                    .flat_map(|o| o["properties"].as_array().unwrap())
+                    .filter(|p| p["id"] == "links")
+                    .flat_map(|p| p["value"].as_array().unwrap())
+                    .map(|link| {
+                        assert_eq!(link["internal"]["query"]["query"], "${__value.raw}");
+                        link["internal"]["datasourceUid"].as_str().unwrap()
+                    })
+                    .collect();
+                assert_eq!(linked, BTreeSet::from(TRACE_UIDS), "{file}: {title}");
+            }
             for target in panel["targets"].as_array().unwrap() {
                 assert_eq!(
                     target["datasource"]["uid"], DATASOURCE_UID,
@@ -708,9 +752,80 @@ fn check_values(dashboard: &str, panel: &str, rows: &[Row], fleet: &Fleet, range
             check("p95", &service, &percentile(0.95, duration));
             check("p99", &service, &percentile(0.99, duration));
         }
+        ("apiscope-endpoints" | "apiscope-clients", "Slowest traces") => {
+            check_traces(&what, rows, fleet, false, |r| (r.duration_ms, r.time_s));
+        }
+        ("apiscope-endpoints" | "apiscope-clients" | "apiscope-errors", "Failing traces") => {
+            check_traces(&what, rows, fleet, true, |r| (r.time_s, 0));
+        }
+        ("apiscope-dependencies", "Slowest and failing dependency calls") => {
+            // No dependency call fails in the fleet: the slowest calls, each in its trace.
+            let mut expected: Vec<(i64, i64)> = fleet
+                .requests
+                .iter()
+                .map(|r| (r.dependency_ms, r.time_s))
+                .collect();
+            expected.sort_by(|a, b| b.cmp(a));
+            expected.truncate(20);
+            let seen: Vec<(i64, i64)> = rows
+                .iter()
+                .map(|row| {
+                    let request = fleet_request(fleet, &text(row, "trace_id"));
+                    assert_eq!(text(row, "dependency"), request.dependency, "{what}");
+                    assert!(!row.get::<_, bool>("is_error"), "{what}");
+                    (number(row, "duration_ms") as i64, request.time_s)
+                })
+                .collect();
+            assert_eq!(seen, expected, "{what}");
+        }
         _ => return false,
     }
     true
+}
+
+/// The fleet request whose trace is `trace_id`.
+fn fleet_request<'a>(fleet: &'a Fleet, trace_id: &str) -> &'a Request {
+    let k = u64::from_str_radix(trace_id, 16).unwrap() - 0x7000;
+    &fleet.requests[k as usize]
+}
+
+/// A table of traces: its rows are the fleet's requests (the failed ones when `failed`),
+/// ranked by `rank` from the top, at most 20, each row holding its request's values.
+fn check_traces(
+    what: &str,
+    rows: &[Row],
+    fleet: &Fleet,
+    failed: bool,
+    rank: fn(&Request) -> (i64, i64),
+) {
+    let mut expected: Vec<(i64, i64)> = fleet
+        .requests
+        .iter()
+        .filter(|r| !failed || r.is_error())
+        .map(rank)
+        .collect();
+    expected.sort_by(|a, b| b.cmp(a));
+    expected.truncate(20);
+    let seen: Vec<(i64, i64)> = rows
+        .iter()
+        .map(|row| {
+            let request = fleet_request(fleet, &text(row, "trace_id"));
+            assert_eq!(text(row, "endpoint"), request.endpoint(), "{what}");
+            assert_eq!(text(row, "client_id"), request.client, "{what}");
+            assert_eq!(
+                number(row, "duration_ms") as i64,
+                request.duration_ms,
+                "{what}"
+            );
+            assert_eq!(
+                number(row, "http_status_code") as i64,
+                request.status,
+                "{what}"
+            );
+            rank(request)
+        })
+        .collect();
+    assert_eq!(seen, expected, "{what}");
 }
 
 /// The first column of `sql`'s rows, as text.
