@@ -8,7 +8,8 @@
 //! jaeger, tempo       the two wire formats and their routes
 //!   ├─ traceql        the TraceQL subset Grafana's search builder writes, compiled to SQL
 //!   └─ shape          a fetched trace made safe to draw: duplicates, orphans, cycles, cap
-//! (this module)       the span model, fetching a trace by id, ids, times, SQL literals
+//! (this module)       the span model, fetching a trace by id, `/api/traces/{id}` (which
+//!                     both answer), ids, times, durations, SQL literals
 //! ```
 
 mod jaeger;
@@ -16,6 +17,7 @@ mod shape;
 mod tempo;
 mod traceql;
 
+use std::collections::HashMap;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use arrow::array::{
@@ -25,6 +27,10 @@ use arrow::array::{
 use arrow::compute::cast;
 use arrow::datatypes::{DataType, Int64Type};
 use axum::Router;
+use axum::extract::{Path, Query, State};
+use axum::http::HeaderMap;
+use axum::response::Response;
+use axum::routing::get;
 
 use crate::engine::Engine;
 use crate::error::{Error, Result};
@@ -37,7 +43,25 @@ pub use shape::Shaped;
 pub fn router(engine: Engine) -> Router {
     let max_spans = engine.limits().max_trace_spans.max(1);
     let state = Traces { engine, max_spans };
-    jaeger::routes().merge(tempo::routes()).with_state(state)
+    jaeger::routes()
+        .merge(tempo::routes())
+        .route("/api/traces/{id}", get(trace_by_id))
+        .with_state(state)
+}
+
+/// `GET /api/traces/{id}`: Jaeger's JSON, or Tempo's protobuf `Trace` for its data source,
+/// which falls back to this path (asking for protobuf) when `/api/v2/traces` answers 404.
+async fn trace_by_id(
+    State(traces): State<Traces>,
+    Path(id): Path<String>,
+    Query(params): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+) -> Response {
+    if tempo::wants_protobuf(&headers) {
+        tempo::trace_protobuf(&traces, &id, &params, false).await
+    } else {
+        jaeger::trace_json(&traces, &id, &params).await
+    }
 }
 
 /// What the handlers share.
@@ -125,6 +149,67 @@ pub fn epoch_ns(value: i64) -> i64 {
     } else {
         value
     }
+}
+
+/// Optional time bounds from two parameters, in any epoch unit (see [`epoch_ns`]).
+pub(crate) fn bounds(
+    params: &HashMap<String, String>,
+    lo: &str,
+    hi: &str,
+) -> Result<(Option<i64>, Option<i64>)> {
+    let read = |name: &str| -> Result<Option<i64>> {
+        match params.get(name).map(|v| v.trim()).filter(|v| !v.is_empty()) {
+            None => Ok(None),
+            Some(value) => value
+                .parse::<i64>()
+                .map(|v| Some(epoch_ns(v)))
+                .map_err(|_| {
+                    Error::BadRequest(format!(
+                        "`{name}` must be a time since the epoch (s, ms, µs or ns), not `{value}`"
+                    ))
+                }),
+        }
+    };
+    Ok((read(lo)?, read(hi)?.map(|hi| hi.saturating_add(1))))
+}
+
+/// A Go duration (`1.2s`, `100ms`, `1h30m`, `250us`) in ns.
+pub(crate) fn go_duration(text: &str) -> Result<i64> {
+    let bad = || {
+        Error::BadRequest(format!(
+            "`{text}` is not a duration: a number and a unit (ns, us, µs, ms, s, m, h), like 100ms or 1.5s"
+        ))
+    };
+    let mut rest = text.trim();
+    if rest.is_empty() {
+        return Err(bad());
+    }
+    let mut total = 0f64;
+    while !rest.is_empty() {
+        let number_end = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .ok_or_else(bad)?;
+        let number: f64 = rest[..number_end].parse().map_err(|_| bad())?;
+        rest = &rest[number_end..];
+        let unit_end = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
+        let scale = match &rest[..unit_end] {
+            "ns" => 1.0,
+            "us" | "µs" | "μs" => 1e3,
+            "ms" => 1e6,
+            "s" => 1e9,
+            "m" => 60e9,
+            "h" => 3_600e9,
+            _ => return Err(bad()),
+        };
+        total += number * scale;
+        rest = &rest[unit_end..];
+    }
+    if !total.is_finite() || total > i64::MAX as f64 {
+        return Err(bad());
+    }
+    Ok(total as i64)
 }
 
 /// Now, ns since the epoch.
@@ -350,6 +435,18 @@ mod tests {
         assert_eq!(epoch_ns(ns / 1_000_000), 1_765_000_000_123 * 1_000_000);
         assert_eq!(epoch_ns(ns / 1_000), 1_765_000_000_123_456 * 1_000);
         assert_eq!(epoch_ns(ns), ns);
+    }
+
+    #[test]
+    fn go_durations_read_as_go_reads_them() {
+        assert_eq!(go_duration("100ms").unwrap(), 100_000_000);
+        assert_eq!(go_duration("1.5s").unwrap(), 1_500_000_000);
+        assert_eq!(go_duration("1h30m").unwrap(), 5_400_000_000_000);
+        assert_eq!(go_duration("250us").unwrap(), 250_000);
+        assert_eq!(go_duration("250µs").unwrap(), 250_000);
+        for bad in ["", "ms", "10", "10 parsecs", "1e400s"] {
+            assert!(go_duration(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -5,12 +5,12 @@ use std::collections::HashMap;
 
 use axum::Router;
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde_json::{Value, json};
 
-use super::{Shaped, Traces, literal, now_ns, time_filter};
+use super::{Shaped, Traces, bounds, go_duration, literal, now_ns, time_filter};
 use crate::error::{Error, Result};
 
 const HOUR_NS: i64 = 3_600 * 1_000_000_000;
@@ -31,7 +31,6 @@ pub(super) fn routes() -> Router<Traces> {
         )
         .route("/api/operations", get(operations))
         .route("/api/traces", get(search))
-        .route("/api/traces/{id}", get(trace_by_id))
         .route("/api/dependencies", get(dependencies))
 }
 
@@ -163,87 +162,22 @@ async fn operations(State(traces): State<Traces>, Query(params): Params) -> Resp
     )
 }
 
-async fn trace_by_id(
-    State(traces): State<Traces>,
-    Path(id): Path<String>,
-    Query(params): Params,
-    headers: HeaderMap,
+/// Trace `id` in Jaeger's JSON (`GET /api/traces/{id}` without `Accept: application/protobuf`).
+pub(super) async fn trace_json(
+    traces: &Traces,
+    id: &str,
+    params: &HashMap<String, String>,
 ) -> Response {
-    // Tempo's data source falls back to this path, asking for protobuf.
-    if super::tempo::wants_protobuf(&headers) {
-        return super::tempo::trace_protobuf(&traces, &id, &params, false).await;
-    }
     answer(
         async {
-            let (lo, hi) = bounds(&params, "start", "end")?;
-            match super::trace(&traces.engine, &id, lo, hi, traces.max_spans).await? {
+            let (lo, hi) = bounds(params, "start", "end")?;
+            match super::trace(&traces.engine, id, lo, hi, traces.max_spans).await? {
                 Some(trace) => Ok(envelope(json!([jaeger_json(&trace)]))),
                 None => Ok(failure_with(StatusCode::NOT_FOUND, "trace not found")),
             }
         }
         .await,
     )
-}
-
-/// Optional time bounds from two parameters, in any epoch unit (see [`super::epoch_ns`]).
-pub(super) fn bounds(
-    params: &HashMap<String, String>,
-    lo: &str,
-    hi: &str,
-) -> Result<(Option<i64>, Option<i64>)> {
-    let read = |name: &str| -> Result<Option<i64>> {
-        match params.get(name).map(|v| v.trim()).filter(|v| !v.is_empty()) {
-            None => Ok(None),
-            Some(value) => value
-                .parse::<i64>()
-                .map(|v| Some(super::epoch_ns(v)))
-                .map_err(|_| {
-                    Error::BadRequest(format!(
-                        "`{name}` must be a time since the epoch (s, ms, µs or ns), not `{value}`"
-                    ))
-                }),
-        }
-    };
-    Ok((read(lo)?, read(hi)?.map(|hi| hi.saturating_add(1))))
-}
-
-/// A Go duration (`1.2s`, `100ms`, `1h30m`, `250us`) in ns.
-pub(crate) fn go_duration(text: &str) -> Result<i64> {
-    let bad = || {
-        Error::BadRequest(format!(
-            "`{text}` is not a duration: a number and a unit (ns, us, µs, ms, s, m, h), like 100ms or 1.5s"
-        ))
-    };
-    let mut rest = text.trim();
-    if rest.is_empty() {
-        return Err(bad());
-    }
-    let mut total = 0f64;
-    while !rest.is_empty() {
-        let number_end = rest
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .ok_or_else(bad)?;
-        let number: f64 = rest[..number_end].parse().map_err(|_| bad())?;
-        rest = &rest[number_end..];
-        let unit_end = rest
-            .find(|c: char| c.is_ascii_digit() || c == '.')
-            .unwrap_or(rest.len());
-        let scale = match &rest[..unit_end] {
-            "ns" => 1.0,
-            "us" | "µs" | "μs" => 1e3,
-            "ms" => 1e6,
-            "s" => 1e9,
-            "m" => 60e9,
-            "h" => 3_600e9,
-            _ => return Err(bad()),
-        };
-        total += number * scale;
-        rest = &rest[unit_end..];
-    }
-    if !total.is_finite() || total > i64::MAX as f64 {
-        return Err(bad());
-    }
-    Ok(total as i64)
 }
 
 /// The tags of a search: a JSON object (what Grafana sends), or `key=value` pairs separated
@@ -526,18 +460,6 @@ pub fn jaeger_json(trace: &Shaped) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn go_durations_read_as_go_reads_them() {
-        assert_eq!(go_duration("100ms").unwrap(), 100_000_000);
-        assert_eq!(go_duration("1.5s").unwrap(), 1_500_000_000);
-        assert_eq!(go_duration("1h30m").unwrap(), 5_400_000_000_000);
-        assert_eq!(go_duration("250us").unwrap(), 250_000);
-        assert_eq!(go_duration("250µs").unwrap(), 250_000);
-        for bad in ["", "ms", "10", "10 parsecs", "1e400s"] {
-            assert!(go_duration(bad).is_err(), "{bad}");
-        }
-    }
 
     #[test]
     fn tags_come_as_json_or_logfmt() {

@@ -17,9 +17,8 @@ use opentelemetry_proto::tonic::trace::v1::{
 use prost::Message;
 use serde_json::{Value, json};
 
-use super::jaeger::bounds;
 use super::traceql::{self, TagValues};
-use super::{Shaped, Traces, literal, now_ns, time_filter};
+use super::{Shaped, Traces, bounds, literal, now_ns, time_filter};
 use crate::error::{Error, Result};
 
 const HOUR_NS: i64 = 3_600 * 1_000_000_000;

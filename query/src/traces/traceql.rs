@@ -430,7 +430,7 @@ fn sql_op(op: &str) -> &str {
 
 /// A TraceQL duration (`100ms`, `1.5s`, `2m`) in ns.
 fn duration_ns(word: &str) -> Option<i64> {
-    super::jaeger::go_duration(word).ok()
+    super::go_duration(word).ok()
 }
 
 #[cfg(test)]
