@@ -3,13 +3,13 @@
 use std::sync::Arc;
 
 use crate::attributes::Attr;
-use crate::convention::{ResourceInfo, append_text, value_text};
+use crate::convention::{ResourceInfo, append_hex, append_text, value_text};
 use arrow::array::{
     ArrayBuilder, ArrayRef, DictionaryArray, Int32Builder, ListArray, MapBuilder, StringBuilder,
     StructArray, TimestampNanosecondBuilder, new_null_array,
 };
 use arrow::buffer::OffsetBuffer;
-use arrow::datatypes::{DataType, Fields, Int32Type};
+use arrow::datatypes::{DataType, Field, Int32Type};
 use schemas::ColumnType;
 
 /// A `Map<Utf8, Utf8>` column, filled from OTLP attribute lists.
@@ -123,26 +123,70 @@ impl EventsBuilder {
     }
 
     pub(crate) fn finish(&mut self) -> ArrayRef {
-        let field = schemas::events_field();
-        let DataType::List(item) = field.data_type() else {
-            unreachable!("events_field is a list")
-        };
-        let DataType::Struct(fields) = item.data_type() else {
-            unreachable!("events are structs")
-        };
-        let fields: Fields = fields.clone();
         let children: Vec<ArrayRef> = vec![
             Arc::new(self.times.finish()),
             Arc::new(self.names.finish()),
             self.attributes.finish(),
         ];
-        let events = StructArray::new(fields, children, None);
-        let offsets = OffsetBuffer::from_lengths(std::mem::take(&mut self.lengths));
-        Arc::new(ListArray::new(
-            item.clone(),
-            offsets,
-            Arc::new(events),
-            None,
-        ))
+        list_of_structs(schemas::events_field(), children, &mut self.lengths)
     }
+}
+
+/// Builds the `links` column: per span, a list of `{trace_id, span_id, attributes}`.
+pub(crate) struct LinksBuilder {
+    trace_ids: StringBuilder,
+    span_ids: StringBuilder,
+    attributes: StringMapBuilder,
+    lengths: Vec<usize>,
+}
+
+impl LinksBuilder {
+    pub(crate) fn new() -> Self {
+        Self {
+            trace_ids: StringBuilder::new(),
+            span_ids: StringBuilder::new(),
+            attributes: StringMapBuilder::new(),
+            lengths: Vec::new(),
+        }
+    }
+
+    /// Appends one link (ids as bytes, stored as hex) to the current span's list.
+    pub(crate) fn push_link(&mut self, trace_id: &[u8], span_id: &[u8], attributes: &[Attr<'_>]) {
+        append_hex(&mut self.trace_ids, trace_id);
+        append_hex(&mut self.span_ids, span_id);
+        self.attributes.append_attributes(attributes);
+    }
+
+    /// Closes the current span's list after `count` links were pushed for it.
+    pub(crate) fn end_span(&mut self, count: usize) {
+        self.lengths.push(count);
+    }
+
+    pub(crate) fn finish(&mut self) -> ArrayRef {
+        let children: Vec<ArrayRef> = vec![
+            Arc::new(self.trace_ids.finish()),
+            Arc::new(self.span_ids.finish()),
+            self.attributes.finish(),
+        ];
+        list_of_structs(schemas::links_field(), children, &mut self.lengths)
+    }
+}
+
+/// A list column of `field`'s type (a list of structs) from the structs' child arrays and
+/// the number of structs in each row.
+fn list_of_structs(field: Field, children: Vec<ArrayRef>, lengths: &mut Vec<usize>) -> ArrayRef {
+    let DataType::List(item) = field.data_type() else {
+        unreachable!("{} is a list", field.name())
+    };
+    let DataType::Struct(fields) = item.data_type() else {
+        unreachable!("{} holds structs", field.name())
+    };
+    let structs = StructArray::new(fields.clone(), children, None);
+    let offsets = OffsetBuffer::from_lengths(std::mem::take(lengths));
+    Arc::new(ListArray::new(
+        item.clone(),
+        offsets,
+        Arc::new(structs),
+        None,
+    ))
 }

@@ -12,7 +12,7 @@ use arrow::array::{
 use opentelemetry_proto::tonic::trace::v1::{span::SpanKind, status::StatusCode};
 
 use crate::arrow_builders::{
-    EventsBuilder, ResourceTextBuilder, StringMapBuilder, timestamp_builder,
+    EventsBuilder, LinksBuilder, ResourceTextBuilder, StringMapBuilder, timestamp_builder,
 };
 use crate::convention::{Attrs, append_hex, dependency, split_url, version_prefix};
 use crate::protobuf::{self, Attr, Fields, Shape, WireError, push_attr};
@@ -209,6 +209,11 @@ impl SpanDecoder {
             c.events.push_event(time, event.name, attributes);
         }
         c.events.end_span(span.events.len());
+        for link in &span.links {
+            let attributes = &span.link_attributes[link.attributes.clone()];
+            c.links.push_link(link.trace_id, link.span_id, attributes);
+        }
+        c.links.end_span(span.links.len());
         c.rows += 1;
     }
 }
@@ -227,8 +232,17 @@ struct SpanView<'a> {
     events: Vec<EventView<'a>>,
     /// The attributes of every event; each event names its range.
     event_attributes: Vec<Attr<'a>>,
+    links: Vec<LinkView<'a>>,
+    /// The attributes of every link; each link names its range.
+    link_attributes: Vec<Attr<'a>>,
     status_code: i32,
     status_message: &'a str,
+}
+
+struct LinkView<'a> {
+    trace_id: &'a [u8],
+    span_id: &'a [u8],
+    attributes: Range<usize>,
 }
 
 struct EventView<'a> {
@@ -251,6 +265,8 @@ impl<'a> SpanView<'a> {
         self.attributes.clear();
         self.events.clear();
         self.event_attributes.clear();
+        self.links.clear();
+        self.link_attributes.clear();
         self.status_code = 0;
         self.status_message = "";
         for field in Fields::of(message) {
@@ -265,6 +281,7 @@ impl<'a> SpanView<'a> {
                 8 => self.end = field.fixed64("Span.end_time_unix_nano")?,
                 9 => push_attr(&mut self.attributes, field.bytes("Span.attributes")?)?,
                 11 => self.read_event(field.bytes("Span.events")?)?,
+                13 => self.read_link(field.bytes("Span.links")?)?,
                 15 => self.read_status(field.bytes("Span.status")?)?,
                 _ => {}
             }
@@ -292,6 +309,29 @@ impl<'a> SpanView<'a> {
         }
         event.attributes.end = self.event_attributes.len();
         self.events.push(event);
+        Ok(())
+    }
+
+    fn read_link(&mut self, message: &'a [u8]) -> Result<(), WireError> {
+        let first = self.link_attributes.len();
+        let mut link = LinkView {
+            trace_id: &[],
+            span_id: &[],
+            attributes: first..first,
+        };
+        for field in Fields::of(message) {
+            match field? {
+                (1, id) => link.trace_id = id.bytes("Span.Link.trace_id")?,
+                (2, id) => link.span_id = id.bytes("Span.Link.span_id")?,
+                (4, attr) => push_attr(
+                    &mut self.link_attributes,
+                    attr.bytes("Span.Link.attributes")?,
+                )?,
+                _ => {}
+            }
+        }
+        link.attributes.end = self.link_attributes.len();
+        self.links.push(link);
         Ok(())
     }
 
@@ -391,6 +431,7 @@ struct SpanColumns {
     is_error: BooleanBuilder,
     attributes: StringMapBuilder,
     events: EventsBuilder,
+    links: LinksBuilder,
     resource: ResourceTextBuilder,
 }
 
@@ -427,6 +468,7 @@ impl Default for SpanColumns {
             is_error: BooleanBuilder::new(),
             attributes: StringMapBuilder::new(),
             events: EventsBuilder::new(),
+            links: LinksBuilder::new(),
             resource: ResourceTextBuilder::default(),
         }
     }
@@ -464,6 +506,7 @@ impl SpanColumns {
             Arc::new(self.is_error.finish()),
             self.attributes.finish(),
             self.events.finish(),
+            self.links.finish(),
         ];
         columns.extend(self.resource.finish());
         // The columns above follow schemas::SPANS one for one; a mismatch is a bug caught

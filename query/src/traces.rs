@@ -105,6 +105,19 @@ pub struct Span {
     pub resource: Vec<(String, String)>,
     /// Span events.
     pub events: Vec<Event>,
+    /// Links to other spans (of this trace or others).
+    pub links: Vec<Link>,
+}
+
+/// A span link.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Link {
+    /// The linked span's trace, 32 hex digits.
+    pub trace_id: String,
+    /// The linked span, 16 hex digits.
+    pub span_id: String,
+    /// The link's attributes, values as text.
+    pub attributes: Vec<(String, String)>,
 }
 
 /// A span event.
@@ -121,7 +134,7 @@ pub struct Event {
 /// The columns [`spans_of`] reads, in SQL.
 pub(crate) const SPAN_COLUMNS: &str = "trace_id, span_id, parent_span_id, service_name, \
     span_name, span_kind, status_code, status_message, is_error, scope_name, \
-    arrow_cast(time, 'Int64') AS start_ns, duration_ns, attributes, resource_attributes, events";
+    arrow_cast(time, 'Int64') AS start_ns, duration_ns, attributes, resource_attributes, events, links";
 
 /// A trace id as stored: 32 lowercase hex digits. Shorter ids (Jaeger's and Zipkin's 64-bit
 /// ids, 16 digits) are padded with zeros on the left, as OTLP stores them.
@@ -293,6 +306,7 @@ pub(crate) fn spans_of(batches: &[RecordBatch]) -> Result<Vec<Span>> {
         let attributes = column(batch, "attributes")?;
         let resource = column(batch, "resource_attributes")?;
         let events = column(batch, "events")?;
+        let links = column(batch, "links")?;
         for row in 0..batch.num_rows() {
             let optional = |array: &StringArray| {
                 (!array.is_null(row) && !array.value(row).is_empty())
@@ -314,6 +328,7 @@ pub(crate) fn spans_of(batches: &[RecordBatch]) -> Result<Vec<Span>> {
                 attributes: map_pairs(attributes, row)?,
                 resource: map_pairs(resource, row)?,
                 events: events_of(events, row)?,
+                links: links_of(links, row)?,
             });
         }
     }
@@ -372,40 +387,73 @@ fn entries(entries: &StructArray) -> Result<Vec<(String, String)>> {
         .collect())
 }
 
-fn events_of(array: &ArrayRef, row: usize) -> Result<Vec<Event>> {
+/// The structs of row `row` of a list-of-structs column; none where the row is null.
+fn structs_of(array: &ArrayRef, row: usize, what: &str) -> Result<Option<StructArray>> {
     let Some(list) = array.as_any().downcast_ref::<ListArray>() else {
-        return Err(internal("events is not a list"));
+        return Err(internal(&format!("{what} is not a list")));
     };
     if list.is_null(row) {
-        return Ok(Vec::new());
+        return Ok(None);
     }
     let items = list.value(row);
-    let Some(items) = items.as_any().downcast_ref::<StructArray>() else {
-        return Err(internal("an event is not a struct"));
+    match items.as_any().downcast_ref::<StructArray>() {
+        Some(items) => Ok(Some(items.clone())),
+        None => Err(internal(&format!("{what} do not hold structs"))),
+    }
+}
+
+/// The attributes of struct `i` of `items`, whose column `at` is a map.
+fn struct_attributes(items: &StructArray, at: usize, i: usize) -> Result<Vec<(String, String)>> {
+    let attributes = items
+        .column(at)
+        .as_any()
+        .downcast_ref::<MapArray>()
+        .ok_or_else(|| internal("attributes are not a map"))?;
+    if attributes.is_null(i) {
+        return Ok(Vec::new());
+    }
+    entries(&attributes.value(i))
+}
+
+/// The links of one span; links whose ids are not hex of the right length are left out.
+fn links_of(array: &ArrayRef, row: usize) -> Result<Vec<Link>> {
+    let Some(items) = structs_of(array, row, "links")? else {
+        return Ok(Vec::new());
+    };
+    let trace_ids = as_text(items.column(0))?;
+    let span_ids = as_text(items.column(1))?;
+    let mut links = Vec::with_capacity(items.len());
+    for i in 0..items.len() {
+        let (trace_id, span_id) = (trace_ids.value(i), span_ids.value(i));
+        if items.is_null(i) || trace_id.len() != 32 || span_id.len() != 16 {
+            continue;
+        }
+        links.push(Link {
+            trace_id: trace_id.to_owned(),
+            span_id: span_id.to_owned(),
+            attributes: struct_attributes(&items, 2, i)?,
+        });
+    }
+    Ok(links)
+}
+
+fn events_of(array: &ArrayRef, row: usize) -> Result<Vec<Event>> {
+    let Some(items) = structs_of(array, row, "events")? else {
+        return Ok(Vec::new());
     };
     let times =
         cast(items.column(0), &DataType::Int64).map_err(|error| internal(&error.to_string()))?;
     let times = times.as_primitive::<Int64Type>();
     let names = as_text(items.column(1))?;
-    let attributes = items
-        .column(2)
-        .as_any()
-        .downcast_ref::<MapArray>()
-        .ok_or_else(|| internal("event attributes are not a map"))?;
     let mut events = Vec::with_capacity(items.len());
     for i in 0..items.len() {
         if items.is_null(i) {
             continue;
         }
-        let attributes = if attributes.is_null(i) {
-            Vec::new()
-        } else {
-            entries(&attributes.value(i))?
-        };
         events.push(Event {
             time_ns: times.value(i),
             name: names.value(i).to_owned(),
-            attributes,
+            attributes: struct_attributes(&items, 2, i)?,
         });
     }
     Ok(events)

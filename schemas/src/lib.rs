@@ -23,7 +23,7 @@ pub use layout::{
     partition_dir, partition_of, rollup_path, rollup_source,
 };
 pub use tables::{
-    Column, ColumnType, LOGS, REQUESTS, SPANS, Table, events_field, string_map_field,
+    Column, ColumnType, LOGS, REQUESTS, SPANS, Table, events_field, links_field, string_map_field,
 };
 
 /// Version of the on-disk schema; stored in every Parquet file's key-value metadata under

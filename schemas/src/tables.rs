@@ -23,6 +23,8 @@ pub enum ColumnType {
     StringMap,
     /// `List<Struct<time, name, attributes>>`: span events.
     Events,
+    /// `list<struct<trace_id, span_id, attributes>>`: span links.
+    Links,
     /// UTF-8 text as a dictionary (`Dictionary<Int32, Utf8>`): a long text that many rows
     /// share, held once per batch.
     SharedText,
@@ -40,6 +42,7 @@ impl ColumnType {
             ColumnType::Bool => DataType::Boolean,
             ColumnType::StringMap => string_map_field("attributes").data_type().clone(),
             ColumnType::Events => events_field().data_type().clone(),
+            ColumnType::Links => links_field().data_type().clone(),
             ColumnType::SharedText => {
                 DataType::Dictionary(Box::new(DataType::Int32), Box::new(DataType::Utf8))
             }
@@ -57,6 +60,7 @@ impl ColumnType {
             ColumnType::Bool => "boolean",
             ColumnType::StringMap => "map<text, text>",
             ColumnType::Events => "list<struct<time, name, attributes>>",
+            ColumnType::Links => "list<struct<trace_id, span_id, attributes>>",
             ColumnType::SharedText => "text",
         }
     }
@@ -90,6 +94,20 @@ pub fn events_field() -> Field {
     Field::new(
         "events",
         DataType::List(Arc::new(Field::new("item", event, true))),
+        true,
+    )
+}
+
+/// The field of the `links` column: a list of `{trace_id, span_id, attributes}` structs.
+pub fn links_field() -> Field {
+    let link = DataType::Struct(Fields::from(vec![
+        Field::new("trace_id", DataType::Utf8, false),
+        Field::new("span_id", DataType::Utf8, false),
+        string_map_field("attributes"),
+    ]));
+    Field::new(
+        "links",
+        DataType::List(Arc::new(Field::new("item", link, true))),
         true,
     )
 }
@@ -209,6 +227,7 @@ impl Column {
         match self.ty {
             ColumnType::StringMap => string_map_field(self.name),
             ColumnType::Events => events_field(),
+            ColumnType::Links => links_field(),
             ty => Field::new(self.name, ty.data_type(), self.nullable),
         }
     }
@@ -397,6 +416,12 @@ pub static SPANS: Table = Table {
             Events,
             true,
             "span events: time, name, attributes",
+        ),
+        col(
+            "links",
+            Links,
+            true,
+            "span links: the linked span's trace_id and span_id (hex), the link's attributes (null in files written before links were stored)",
         ),
     ],
     stored_only: RESOURCE_STORED,

@@ -37,6 +37,8 @@ struct Sent {
     end_ns: i64,
     attributes: BTreeMap<String, String>,
     events: Vec<(String, i64, BTreeMap<String, String>)>,
+    /// Links: trace id, span id, attributes.
+    links: Vec<(String, String, BTreeMap<String, String>)>,
     error: bool,
 }
 
@@ -108,6 +110,7 @@ fn send_with_rust_sdk(daemon: &Daemon) -> Vec<Sent> {
                     (start_us, end_us): (u64, u64),
                     attributes: Vec<(&str, &str)>,
                     event: Option<(&str, u64, (&str, &str))>,
+                    link: Option<(&str, &str)>,
                     error: bool|
      -> Sent {
         let tracer = provider.tracer("e2e.traces");
@@ -129,8 +132,34 @@ fn send_with_rust_sdk(daemon: &Daemon) -> Vec<Sent> {
             SpanKind::Client => "client",
             _ => "internal",
         };
+        let links: Vec<(String, String, BTreeMap<String, String>)> = link
+            .map(|(trace, span)| {
+                let attributes = BTreeMap::from([("link.kind".to_owned(), "batch".to_owned())]);
+                (trace.to_owned(), span.to_owned(), attributes)
+            })
+            .into_iter()
+            .collect();
         let mut span = tracer
             .span_builder(name.to_owned())
+            .with_links(
+                links
+                    .iter()
+                    .map(|(trace, span, _)| {
+                        let context = opentelemetry::trace::SpanContext::new(
+                            opentelemetry::trace::TraceId::from_hex(trace).unwrap(),
+                            opentelemetry::trace::SpanId::from_hex(span).unwrap(),
+                            opentelemetry::trace::TraceFlags::SAMPLED,
+                            true,
+                            Default::default(),
+                        );
+                        opentelemetry::trace::Link::new(
+                            context,
+                            vec![KeyValue::new("link.kind", "batch")],
+                            0,
+                        )
+                    })
+                    .collect(),
+            )
             .with_kind(kind)
             .with_start_time(at(start_us))
             .with_attributes(
@@ -172,6 +201,7 @@ fn send_with_rust_sdk(daemon: &Daemon) -> Vec<Sent> {
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
             events,
+            links,
             error,
         };
         sent.push(one.clone());
@@ -190,6 +220,7 @@ fn send_with_rust_sdk(daemon: &Daemon) -> Vec<Sent> {
             ("http.response.status_code", "502"),
         ],
         Some(("cart loaded", 1_500, ("cart.items", "3"))),
+        None,
         false,
     );
     emit(
@@ -200,6 +231,7 @@ fn send_with_rust_sdk(daemon: &Daemon) -> Vec<Sent> {
         SpanKind::Client,
         (1_000, 4_125),
         vec![("db.system.name", "postgresql"), ("db.namespace", "shop")],
+        None,
         None,
         false,
     );
@@ -214,6 +246,7 @@ fn send_with_rust_sdk(daemon: &Daemon) -> Vec<Sent> {
             ("http.request.method", "POST"),
             ("server.address", "orders"),
         ],
+        None,
         None,
         false,
     );
@@ -230,6 +263,7 @@ fn send_with_rust_sdk(daemon: &Daemon) -> Vec<Sent> {
             ("http.response.status_code", "500"),
         ],
         Some(("exception", 46_000, ("exception.type", "CardDeclined"))),
+        Some(("0af7651916cd43dd8448eb211c80319c", "b7ad6b7169203331")),
         true,
     );
     storefront.shutdown().unwrap();
@@ -266,7 +300,12 @@ fn check_jaeger_trace(trace: &Value) -> HashMap<String, Value> {
     for span in spans {
         let mut seen = BTreeSet::new();
         let mut current = span.clone();
-        while let Some(parent) = current["references"].as_array().unwrap().first() {
+        while let Some(parent) = current["references"]
+            .as_array()
+            .unwrap()
+            .first()
+            .filter(|r| r["traceID"] == trace["traceID"])
+        {
             let parent_id = parent["spanID"].as_str().unwrap();
             assert!(
                 seen.insert(parent_id.to_owned()),
@@ -312,13 +351,15 @@ fn check_against_sent(trace: &Value, sent: &[Sent]) {
             one.name
         );
         let references = span["references"].as_array().unwrap();
-        match &one.parent {
-            Some(parent) => {
-                assert_eq!(references[0]["refType"], "CHILD_OF");
-                assert_eq!(references[0]["spanID"], json!(parent));
-            }
-            None => assert!(references.is_empty()),
+        let mut expected = Vec::new();
+        if let Some(parent) = &one.parent {
+            expected
+                .push(json!({"refType": "CHILD_OF", "traceID": one.trace_id, "spanID": parent}));
         }
+        for (trace, span, _) in &one.links {
+            expected.push(json!({"refType": "FOLLOWS_FROM", "traceID": trace, "spanID": span}));
+        }
+        assert_eq!(references, &expected, "{}", one.name);
         let got = tags(&span["tags"]);
         for (key, value) in &one.attributes {
             assert_eq!(got.get(key), Some(&json!(value)), "{key} of {}", one.name);
@@ -593,6 +634,26 @@ fn grafana_jaeger_and_tempo_data_sources_see_sdk_traces_span_for_span() {
                 .collect();
             assert_eq!(attributes, one.attributes);
             assert_eq!(span.events.len(), one.events.len());
+            let links: Vec<(String, String, BTreeMap<String, String>)> = span
+                .links
+                .iter()
+                .map(|link| {
+                    let attributes = link
+                        .attributes
+                        .iter()
+                        .map(|kv| match kv.value.as_ref().and_then(|v| v.value.clone()) {
+                            Some(any_value::Value::StringValue(text)) => (kv.key.clone(), text),
+                            other => panic!("{other:?}"),
+                        })
+                        .collect();
+                    (
+                        hex::encode(&link.trace_id),
+                        hex::encode(&link.span_id),
+                        attributes,
+                    )
+                })
+                .collect();
+            assert_eq!(links, one.links, "{}", one.name);
         }
     }
     let (status, _) = get(
@@ -872,6 +933,7 @@ fn python_sdk_traces_come_back_through_the_jaeger_api() {
             end_ns: span["end_ns"].as_i64().unwrap(),
             attributes,
             events,
+            links: Vec::new(),
             error: span["error"].as_bool().unwrap(),
         };
         by_trace.entry(one.trace_id.clone()).or_default().push(one);

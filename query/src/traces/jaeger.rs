@@ -391,7 +391,24 @@ pub fn jaeger_json(trace: &Shaped) -> Value {
                     "spanID": trace.ids[parent],
                 }));
             }
+            // Views hang a span under its first reference: a link may come first only when
+            // it leads out of this trace, where it cannot close a loop. A link inside the
+            // trace from a span shown as a root stays a tag.
             let mut tags: Vec<Value> = span.attributes.iter().map(|(k, v)| tag(k, v)).collect();
+            for link in &span.links {
+                if references.is_empty() && link.trace_id == span.trace_id {
+                    tags.push(tag(
+                        "otel.link",
+                        &format!("{}/{}", link.trace_id, link.span_id),
+                    ));
+                } else {
+                    references.push(json!({
+                        "refType": "FOLLOWS_FROM",
+                        "traceID": link.trace_id,
+                        "spanID": link.span_id,
+                    }));
+                }
+            }
             if span.kind != "unspecified" {
                 tags.push(tag("span.kind", &span.kind));
             }

@@ -226,6 +226,7 @@ mod tests {
             attributes: Vec::new(),
             resource: Vec::new(),
             events: Vec::new(),
+            links: Vec::new(),
         }
     }
 

@@ -256,6 +256,16 @@ pub(super) fn traces_data(trace: &Shaped) -> TracesData {
                     ..Default::default()
                 })
                 .collect(),
+            links: stored
+                .links
+                .iter()
+                .map(|link| span::Link {
+                    trace_id: hex_bytes(&link.trace_id),
+                    span_id: hex_bytes(&link.span_id),
+                    attributes: key_values(&link.attributes),
+                    ..Default::default()
+                })
+                .collect(),
             status: Some(Status {
                 code: status_code,
                 message: stored.status_message.clone().unwrap_or_default(),
