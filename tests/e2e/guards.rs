@@ -140,10 +140,18 @@ fn queries_over_a_limit_are_refused_by_name() {
                 );
             }
         }
-        let rows = client
-            .query("SELECT span_id FROM spans LIMIT 5", &[])
-            .await
-            .unwrap();
+        // The connection still answers. Queries run at a lower priority than the tests
+        // beside this one: on a loaded machine even this one may be timed out, and is asked
+        // again; any other refusal fails.
+        let mut tries = 0;
+        let rows = loop {
+            match client.query("SELECT span_id FROM spans LIMIT 5", &[]).await {
+                Err(error) if tries < 5 && error.code().is_some_and(|c| c.code() == "57014") => {
+                    tries += 1;
+                }
+                answer => break answer.unwrap(),
+            }
+        };
         assert_eq!(rows.len(), 5);
     });
     // And the daemon still answers, and still takes data.

@@ -198,6 +198,19 @@ fn every_endpoint_refuses_without_the_right_token() {
             scope_token: QUERY,
             wrong_scope: INGEST,
         },
+        // The trace view's APIs (Jaeger, Tempo) take the query scope too.
+        Route {
+            url: format!("{query}/api/services"),
+            post: None,
+            scope_token: QUERY,
+            wrong_scope: INGEST,
+        },
+        Route {
+            url: format!("{query}/api/search?q=%7B%7D"),
+            post: None,
+            scope_token: QUERY,
+            wrong_scope: INGEST,
+        },
         Route {
             url: format!("{query}/metrics"),
             post: None,
