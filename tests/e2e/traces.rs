@@ -577,6 +577,15 @@ fn grafana_jaeger_and_tempo_data_sources_see_sdk_traces_span_for_span() {
     // Grafana falls back.
     let (status, body) = get(&daemon, "/api/echo", None);
     assert_eq!((status, body.as_slice()), (200, &b"echo"[..]));
+    let info = get_json(&daemon, "/api/status/buildinfo");
+    assert!(
+        info["version"].as_str().unwrap().starts_with("2."),
+        "{info}"
+    );
+    assert!(
+        info["revision"].as_str().unwrap().starts_with("apiscope-"),
+        "{info}"
+    );
     for (path, v2) in [("/api/v2/traces", true), ("/api/traces", false)] {
         let (status, body) = get(
             &daemon,
