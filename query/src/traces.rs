@@ -275,11 +275,48 @@ pub async fn trace(
     max_spans: usize,
 ) -> Result<Option<Shaped>> {
     let id = normalize_trace_id(id)?;
-    let spans = fetch(engine, &id, lo, hi, max_spans).await?;
+    let spans = if lo.is_none() && hi.is_none() {
+        newest_first(engine, &id, max_spans).await?
+    } else {
+        fetch(engine, &id, lo, hi, max_spans).await?
+    };
     if spans.is_empty() {
         return Ok(None);
     }
     Ok(Some(Shaped::new(spans, max_spans)))
+}
+
+const HOUR_NS: i64 = 3_600 * 1_000_000_000;
+
+/// How far back each step of a lookup without time bounds reaches; the last step reads
+/// everything older.
+const LOOKBACK_STEPS_NS: [i64; 4] = [2 * HOUR_NS, 6 * HOUR_NS, 24 * HOUR_NS, 7 * 24 * HOUR_NS];
+
+/// The spans of trace `id` with no time bounds given: the newest window first, then older
+/// ones, until one holds the trace, so that the lookup of a recent trace reads recent hours
+/// only, however long the retention. Spans starting up to an hour before the window that
+/// holds the trace are included (read again when the trace starts in the window's first hour).
+async fn newest_first(engine: &Engine, id: &str, max_spans: usize) -> Result<Vec<Span>> {
+    let now = now_ns();
+    let mut newer = None;
+    for step in LOOKBACK_STEPS_NS
+        .iter()
+        .map(|step| Some(now - step))
+        .chain([None])
+    {
+        let found = fetch(engine, id, step, newer, max_spans).await?;
+        let earliest = found.iter().map(|span| span.start_ns).min();
+        match (earliest, step) {
+            (None, Some(older)) => newer = Some(older),
+            (None, None) => return Ok(found),
+            // The windows newer than this one hold none of the trace.
+            (Some(earliest), Some(lo)) if earliest < lo + HOUR_NS => {
+                return fetch(engine, id, Some(lo - HOUR_NS), newer, max_spans).await;
+            }
+            (Some(_), _) => return Ok(found),
+        }
+    }
+    Ok(Vec::new())
 }
 
 /// The spans in `batches`, which hold the [`SPAN_COLUMNS`].

@@ -1057,7 +1057,53 @@ fn odd_and_long_traces_stay_drawable_and_say_what_is_odd() {
         }
     }
     send(spans);
-    daemon.wait_for_count("SELECT count(*) FROM spans", 7 + 1 + 10_500);
+    // Traces looked up without bounds, newest hours first: one across the first window's
+    // edge (2 hours back), one from yesterday.
+    let hour = 3_600_000_000_000_i64;
+    let now = crate::now_ns();
+    let edge = hex_id(0xed9e, 16);
+    send(vec![
+        span(
+            &edge,
+            &hex_id(1, 8),
+            "edge root",
+            2,
+            now - 2 * hour - 600_000_000_000,
+            5,
+            json!([]),
+        ),
+        child(
+            &edge,
+            &hex_id(2, 8),
+            &hex_id(1, 8),
+            "edge child",
+            now - 2 * hour + 600_000_000_000,
+            5,
+        ),
+    ]);
+    let old = hex_id(0x01d, 16);
+    send(vec![span(
+        &old,
+        &hex_id(1, 8),
+        "yesterday",
+        2,
+        now - 30 * hour,
+        5,
+        json!([]),
+    )]);
+    daemon.wait_for_count("SELECT count(*) FROM spans", 7 + 1 + 10_500 + 3);
+    for (id, names) in [
+        (&edge, vec!["edge child", "edge root"]),
+        (&old, vec!["yesterday"]),
+    ] {
+        let answer = get_json(&daemon, &format!("/api/traces/{id}"));
+        let mut found: Vec<String> = check_jaeger_trace(&answer["data"][0])
+            .values()
+            .map(|s| s["operationName"].as_str().unwrap().to_owned())
+            .collect();
+        found.sort();
+        assert_eq!(found, names, "{id}");
+    }
 
     let answer = get_json(&daemon, &format!("/api/traces/{odd}"));
     let trace = &answer["data"][0];
