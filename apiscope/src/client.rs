@@ -71,3 +71,12 @@ impl ClientArgs {
             .transpose()
     }
 }
+
+/// The error of a request that did not reach the daemon at `url`.
+pub(crate) fn unreachable(url: &str) -> impl FnOnce(reqwest::Error) -> Error + '_ {
+    move |error| {
+        Error::Client(format!(
+            "cannot reach apiscope at {url}: {error} (is `apiscope serve` running? see --url)"
+        ))
+    }
+}

@@ -13,24 +13,57 @@ use crate::{Error, Result};
 pub(crate) struct SqlArgs {
     /// The query.
     sql: String,
+    #[command(flatten)]
+    from: ReadFrom,
+}
+
+/// Where a client command reads: a running daemon, or a data directory.
+#[derive(Debug, Args)]
+pub(crate) struct ReadFrom {
     /// Base URL of a running daemon's query API.
     #[arg(long, env = "APISCOPE_URL", default_value = "http://127.0.0.1:7171")]
     url: String,
-    /// Query this data directory directly instead of a running daemon (sees flushed rows only).
+    /// Read this data directory directly instead of a running daemon (sees flushed rows only).
     #[arg(long)]
     data_dir: Option<PathBuf>,
     #[command(flatten)]
     client: crate::client::ClientArgs,
 }
 
-pub(crate) async fn run(args: SqlArgs) -> Result<()> {
-    let batches = match &args.data_dir {
-        Some(dir) => local_engine(dir).await?.query(&args.sql).await?.batches,
-        None => {
-            let client = args.client.http(std::time::Duration::from_secs(300))?;
-            remote(&client, &args.url, &args.sql).await?
+/// An open [`ReadFrom`].
+pub(crate) enum Reader {
+    /// A daemon's base URL, and the client that reaches it.
+    Daemon(reqwest::Client, String),
+    /// A query engine over a data directory's flushed files.
+    Store(query::Engine),
+}
+
+impl ReadFrom {
+    /// Opens the data directory, or sets up the client (requests time out after `timeout`).
+    pub(crate) async fn open(&self, timeout: std::time::Duration) -> Result<Reader> {
+        Ok(match &self.data_dir {
+            Some(dir) => Reader::Store(local_engine(dir).await?),
+            None => Reader::Daemon(
+                self.client.http(timeout)?,
+                self.url.trim_end_matches('/').to_owned(),
+            ),
+        })
+    }
+}
+
+impl Reader {
+    /// The rows of `sql`.
+    pub(crate) async fn query(&self, sql: &str) -> Result<Vec<RecordBatch>> {
+        match self {
+            Reader::Store(engine) => Ok(engine.query(sql).await?.batches),
+            Reader::Daemon(client, url) => remote(client, url, sql).await,
         }
-    };
+    }
+}
+
+pub(crate) async fn run(args: SqlArgs) -> Result<()> {
+    let reader = args.from.open(std::time::Duration::from_secs(300)).await?;
+    let batches = reader.query(&args.sql).await?;
     let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
     let table = arrow::util::pretty::pretty_format_batches(&batches)
         .map_err(|error| Error::Client(format!("cannot print the result: {error}")))?;
@@ -41,7 +74,7 @@ pub(crate) async fn run(args: SqlArgs) -> Result<()> {
 }
 
 /// A query engine over the flushed files of the data directory `dir`, with default limits.
-pub(crate) async fn local_engine(dir: &std::path::Path) -> Result<query::Engine> {
+async fn local_engine(dir: &std::path::Path) -> Result<query::Engine> {
     let dir = dir.canonicalize().map_err(|error| {
         Error::Client(format!(
             "cannot open data directory {}: {error}",
@@ -66,11 +99,7 @@ pub(crate) async fn remote(
         .json(&serde_json::json!({ "sql": sql }))
         .send()
         .await
-        .map_err(|error| {
-            Error::Client(format!(
-                "cannot reach apiscope at {url}: {error} (is `apiscope serve` running? see --url)"
-            ))
-        })?;
+        .map_err(crate::client::unreachable(url))?;
     let status = response.status();
     let body = response
         .bytes()

@@ -2,12 +2,12 @@
 //! directory.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Args;
 use serde_json::Value;
 
+use crate::sql::Reader;
 use crate::{Error, Result};
 
 /// Arguments of `apiscope trace`.
@@ -29,43 +29,25 @@ pub(crate) struct TraceArgs {
     /// Width of the bars, in characters.
     #[arg(long, default_value_t = 40)]
     width: usize,
-    /// Base URL of a running daemon's query API.
-    #[arg(long, env = "APISCOPE_URL", default_value = "http://127.0.0.1:7171")]
-    url: String,
-    /// Read this data directory directly instead of a running daemon (sees flushed rows only).
-    #[arg(long)]
-    data_dir: Option<PathBuf>,
     #[command(flatten)]
-    client: crate::client::ClientArgs,
-}
-
-/// Where the trace comes from.
-enum From {
-    Daemon(reqwest::Client, String),
-    Store(query::Engine),
+    from: crate::sql::ReadFrom,
 }
 
 pub(crate) async fn run(args: TraceArgs) -> Result<()> {
-    let from = match &args.data_dir {
-        Some(dir) => From::Store(crate::sql::local_engine(dir).await?),
-        None => From::Daemon(
-            args.client.http(Duration::from_secs(60))?,
-            args.url.trim_end_matches('/').to_owned(),
-        ),
-    };
+    let from = args.from.open(Duration::from_secs(60)).await?;
     let id = match (&args.id, &args.endpoint) {
         (Some(id), _) => id.clone(),
         (None, Some(endpoint)) => pick(&from, endpoint, args.slowest, args.since).await?,
         (None, None) => return Err(Error::Client("name a trace id or --endpoint".into())),
     };
     let trace = match &from {
-        From::Store(engine) => {
+        Reader::Store(engine) => {
             let max = query::QueryLimits::default().max_trace_spans;
             query::traces::trace(engine, &id, None, None, max)
                 .await?
                 .map(|trace| query::traces::jaeger_json(&trace))
         }
-        From::Daemon(client, url) => fetch(client, url, &id).await?,
+        Reader::Daemon(client, url) => fetch(client, url, &id).await?,
     };
     let Some(trace) = trace else {
         return Err(Error::Client(format!("no trace {id} is stored")));
@@ -74,7 +56,7 @@ pub(crate) async fn run(args: TraceArgs) -> Result<()> {
 }
 
 /// The id of the latest (or slowest) server span of `endpoint` in the last `since`.
-async fn pick(from: &From, endpoint: &str, slowest: bool, since: Duration) -> Result<String> {
+async fn pick(from: &Reader, endpoint: &str, slowest: bool, since: Duration) -> Result<String> {
     let order = if slowest {
         "duration_ns DESC"
     } else {
@@ -86,10 +68,7 @@ async fn pick(from: &From, endpoint: &str, slowest: bool, since: Duration) -> Re
         query::traces::literal(endpoint),
         since.as_secs().max(1)
     );
-    let batches = match from {
-        From::Store(engine) => engine.query(&sql).await?.batches,
-        From::Daemon(client, url) => crate::sql::remote(client, url, &sql).await?,
-    };
+    let batches = from.query(&sql).await?;
     let found = batches.iter().find(|b| b.num_rows() > 0).and_then(|b| {
         let ids = arrow::compute::cast(b.column(0), &arrow::datatypes::DataType::Utf8).ok()?;
         let ids = ids.as_any().downcast_ref::<arrow::array::StringArray>()?;
@@ -109,11 +88,7 @@ async fn fetch(client: &reqwest::Client, url: &str, id: &str) -> Result<Option<V
         .get(format!("{url}/api/traces/{id}"))
         .send()
         .await
-        .map_err(|error| {
-            Error::Client(format!(
-                "cannot reach apiscope at {url}: {error} (is `apiscope serve` running? see --url)"
-            ))
-        })?;
+        .map_err(crate::client::unreachable(url))?;
     let status = response.status();
     let body: Value = response
         .json()

@@ -28,8 +28,8 @@ use arrow::compute::cast;
 use arrow::datatypes::{DataType, Int64Type};
 use axum::Router;
 use axum::extract::{Path, Query, State};
-use axum::http::HeaderMap;
-use axum::response::Response;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 
 use crate::engine::Engine;
@@ -223,6 +223,37 @@ pub(crate) fn go_duration(text: &str) -> Result<i64> {
         return Err(bad());
     }
     Ok(total as i64)
+}
+
+/// The first column of every row of `sql`, as text (nulls left out).
+pub(crate) async fn first_column(engine: &Engine, sql: &str) -> Result<Vec<String>> {
+    let output = engine.query(sql).await?;
+    let mut values = Vec::new();
+    for batch in &output.batches {
+        let column = as_text(batch.column(0))?;
+        values.extend(column.iter().flatten().map(str::to_owned));
+    }
+    Ok(values)
+}
+
+/// An error answer: `body` (in the API's own error format) with the status `status`, and
+/// `Retry-After` when the query engine is busy. Server errors are logged.
+pub(crate) fn failure(status: StatusCode, message: &str, body: impl IntoResponse) -> Response {
+    if status.is_server_error() {
+        tracing::warn!(%message, "trace query failed");
+    }
+    let mut response = (status, body).into_response();
+    if status == StatusCode::SERVICE_UNAVAILABLE {
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+    }
+    response
+}
+
+/// The HTTP status answering `error`.
+pub(crate) fn status_of(error: &Error) -> StatusCode {
+    StatusCode::from_u16(error.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
 }
 
 /// Now, ns since the epoch.

@@ -760,13 +760,7 @@ fn check_values(dashboard: &str, panel: &str, rows: &[Row], fleet: &Fleet, range
         }
         ("apiscope-dependencies", "Slowest and failing dependency calls") => {
             // No dependency call fails in the fleet: the slowest calls, each in its trace.
-            let mut expected: Vec<(i64, i64)> = fleet
-                .requests
-                .iter()
-                .map(|r| (r.dependency_ms, r.time_s))
-                .collect();
-            expected.sort_by(|a, b| b.cmp(a));
-            expected.truncate(20);
+            let expected = top_20(fleet.requests.iter().map(|r| (r.dependency_ms, r.time_s)));
             let seen: Vec<(i64, i64)> = rows
                 .iter()
                 .map(|row| {
@@ -781,6 +775,14 @@ fn check_values(dashboard: &str, panel: &str, rows: &[Row], fleet: &Fleet, range
         _ => return false,
     }
     true
+}
+
+/// The 20 highest ranks, highest first: what a table of traces `ORDER BY ... DESC LIMIT 20` shows.
+fn top_20(ranks: impl Iterator<Item = (i64, i64)>) -> Vec<(i64, i64)> {
+    let mut ranks: Vec<(i64, i64)> = ranks.collect();
+    ranks.sort_by(|a, b| b.cmp(a));
+    ranks.truncate(20);
+    ranks
 }
 
 /// The fleet request whose trace is `trace_id`.
@@ -798,14 +800,13 @@ fn check_traces(
     failed: bool,
     rank: fn(&Request) -> (i64, i64),
 ) {
-    let mut expected: Vec<(i64, i64)> = fleet
-        .requests
-        .iter()
-        .filter(|r| !failed || r.is_error())
-        .map(rank)
-        .collect();
-    expected.sort_by(|a, b| b.cmp(a));
-    expected.truncate(20);
+    let expected = top_20(
+        fleet
+            .requests
+            .iter()
+            .filter(|r| !failed || r.is_error())
+            .map(rank),
+    );
     let seen: Vec<(i64, i64)> = rows
         .iter()
         .map(|row| {

@@ -4,32 +4,16 @@
 //! The test installs the SDK into a virtual environment under Cargo's target folder the
 //! first time it runs (pinned in requirements.txt), so `cargo test` needs nothing else.
 
-use std::process::Command;
-
 use serde_json::{Value, json};
 
 use crate::support::daemon::Daemon;
-use crate::support::python::{here, python};
+use crate::support::python::send_with_python_sdk;
 
 #[test]
 fn python_sdk_exporters_with_older_conventions() {
-    let python = python();
     let dir = tempfile::tempdir().unwrap();
     let daemon = Daemon::start(dir.path());
-    let output = Command::new(python)
-        .arg(here().join("otel_python.py"))
-        .arg(daemon.grpc_endpoint())
-        .arg(daemon.otlp_http_endpoint())
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "{stderr}");
-    assert!(!stderr.contains("Failed to export"), "{stderr}");
-    let sent: Vec<Value> = String::from_utf8(output.stdout)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let sent = send_with_python_sdk(&daemon);
     assert_eq!(sent.len(), 12);
 
     let count = daemon.wait_for_count("SELECT count(*) FROM spans", sent.len() as i64);

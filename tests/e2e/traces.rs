@@ -22,7 +22,7 @@ use serde_json::{Value, json};
 
 use crate::support::daemon::{Daemon, http};
 use crate::support::otlp::{hex_id, post, span, traces};
-use crate::support::python::{here, python};
+use crate::support::python::send_with_python_sdk;
 
 /// One span as the test sent it.
 #[derive(Debug, Clone)]
@@ -878,25 +878,9 @@ fn check_waterfall(lines: &[String], trace_id: &str) {
 
 #[test]
 fn python_sdk_traces_come_back_through_the_jaeger_api() {
-    let python = python();
     let dir = tempfile::tempdir().unwrap();
     let daemon = Daemon::start(dir.path());
-    let output = Command::new(python)
-        .arg(here().join("otel_python.py"))
-        .arg(daemon.grpc_endpoint())
-        .arg(daemon.otlp_http_endpoint())
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let sent: Vec<Value> = String::from_utf8(output.stdout)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let sent = send_with_python_sdk(&daemon);
     daemon.wait_for_count("SELECT count(*) FROM spans", sent.len() as i64);
     let mut by_trace: BTreeMap<String, Vec<Sent>> = BTreeMap::new();
     for span in &sent {

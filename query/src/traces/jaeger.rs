@@ -5,12 +5,12 @@ use std::collections::HashMap;
 
 use axum::Router;
 use axum::extract::{Path, Query, State};
-use axum::http::{StatusCode, header};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde_json::{Value, json};
 
-use super::{Shaped, Traces, bounds, go_duration, literal, now_ns, time_filter};
+use super::{Shaped, Traces, bounds, first_column, go_duration, literal, now_ns, time_filter};
 use crate::error::{Error, Result};
 
 const HOUR_NS: i64 = 3_600 * 1_000_000_000;
@@ -51,15 +51,10 @@ fn envelope(data: Value) -> Response {
 
 /// An error in Jaeger's envelope, with its HTTP status.
 fn failure(error: &Error) -> Response {
-    let status =
-        StatusCode::from_u16(error.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    failure_with(status, &error.to_string())
+    failure_with(super::status_of(error), &error.to_string())
 }
 
 fn failure_with(status: StatusCode, message: &str) -> Response {
-    if status.is_server_error() {
-        tracing::warn!(%message, "trace query failed");
-    }
     let body = json!({
         "data": null,
         "total": 0,
@@ -67,28 +62,11 @@ fn failure_with(status: StatusCode, message: &str) -> Response {
         "offset": 0,
         "errors": [{"code": status.as_u16(), "msg": message}],
     });
-    let mut response = (status, axum::Json(body)).into_response();
-    if status == StatusCode::SERVICE_UNAVAILABLE {
-        response
-            .headers_mut()
-            .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
-    }
-    response
+    super::failure(status, message, axum::Json(body))
 }
 
 fn answer(result: Result<Response>) -> Response {
     result.unwrap_or_else(|error| failure(&error))
-}
-
-/// The first text column of every row.
-async fn strings(traces: &Traces, sql: &str) -> Result<Vec<String>> {
-    let output = traces.engine.query(sql).await?;
-    let mut values = Vec::new();
-    for batch in &output.batches {
-        let column = super::as_text(batch.column(0))?;
-        values.extend(column.iter().flatten().map(str::to_owned));
-    }
-    Ok(values)
 }
 
 async fn services(State(traces): State<Traces>) -> Response {
@@ -98,7 +76,7 @@ async fn services(State(traces): State<Traces>) -> Response {
                 "SELECT DISTINCT service_name FROM spans WHERE {} ORDER BY 1",
                 time_filter(Some(now_ns() - CATALOG_LOOKBACK_NS), None)
             );
-            Ok(envelope(json!(strings(&traces, &sql).await?)))
+            Ok(envelope(json!(first_column(&traces.engine, &sql).await?)))
         }
         .await,
     )
@@ -272,7 +250,7 @@ async fn search_traces(traces: &Traces, params: &HashMap<String, String>) -> Res
         "SELECT trace_id FROM spans WHERE {} GROUP BY trace_id ORDER BY max(time) DESC LIMIT {limit}",
         conditions.join(" AND ")
     );
-    let ids = strings(traces, &sql).await?;
+    let ids = first_column(&traces.engine, &sql).await?;
     let found = fetch_many(traces, &ids, lo - HOUR_NS, hi + HOUR_NS).await?;
     let data: Vec<Value> = found.iter().map(jaeger_json).collect();
     Ok(envelope(json!(data)))

@@ -18,7 +18,7 @@ use prost::Message;
 use serde_json::{Value, json};
 
 use super::traceql::{self, TagValues};
-use super::{Shaped, Traces, bounds, literal, now_ns, time_filter};
+use super::{Shaped, Traces, bounds, first_column, literal, now_ns, time_filter};
 use crate::error::{Error, Result};
 
 const HOUR_NS: i64 = 3_600 * 1_000_000_000;
@@ -77,18 +77,8 @@ pub(super) fn wants_protobuf(headers: &HeaderMap) -> bool {
 
 /// Tempo answers errors as plain text.
 fn failure(error: &Error) -> Response {
-    let status =
-        StatusCode::from_u16(error.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    if status.is_server_error() {
-        tracing::warn!(%error, "trace query failed");
-    }
-    let mut response = (status, error.to_string()).into_response();
-    if status == StatusCode::SERVICE_UNAVAILABLE {
-        response
-            .headers_mut()
-            .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
-    }
-    response
+    let message = error.to_string();
+    super::failure(super::status_of(error), &message, message.clone())
 }
 
 fn answer(result: Result<Response>) -> Response {
@@ -367,16 +357,7 @@ async fn search_traces(traces: &Traces, params: &HashMap<String, String>) -> Res
     let sql = format!(
         "{with}SELECT trace_id FROM {from} GROUP BY trace_id ORDER BY max(time) DESC LIMIT {limit}"
     );
-    let output = traces.engine.query(&sql).await?;
-    let mut ids = Vec::new();
-    for batch in &output.batches {
-        ids.extend(
-            super::as_text(batch.column(0))?
-                .iter()
-                .flatten()
-                .map(str::to_owned),
-        );
-    }
+    let ids = first_column(&traces.engine, &sql).await?;
     if ids.is_empty() {
         return Ok(
             axum::Json(json!({"traces": [], "metrics": {"inspectedTraces": 0}})).into_response(),
@@ -473,17 +454,7 @@ async fn keys_of(traces: &Traces, column: &str, lo: i64, hi: i64) -> Result<Vec<
          ORDER BY k LIMIT {TAGS_MAX}",
         time_filter(Some(lo), Some(hi))
     );
-    let output = traces.engine.query(&sql).await?;
-    let mut keys = Vec::new();
-    for batch in &output.batches {
-        keys.extend(
-            super::as_text(batch.column(0))?
-                .iter()
-                .flatten()
-                .map(str::to_owned),
-        );
-    }
-    Ok(keys)
+    first_column(&traces.engine, &sql).await
 }
 
 /// Span and resource attribute names, with `service.name` among the resource's.
@@ -571,17 +542,7 @@ async fn values_of(
         "{with}SELECT DISTINCT v FROM (SELECT {sql} AS v FROM {from}) WHERE v IS NOT NULL \
          ORDER BY v LIMIT {TAGS_MAX}"
     );
-    let output = traces.engine.query(&statement).await?;
-    let mut values = Vec::new();
-    for batch in &output.batches {
-        values.extend(
-            super::as_text(batch.column(0))?
-                .iter()
-                .flatten()
-                .map(str::to_owned),
-        );
-    }
-    Ok(values)
+    first_column(&traces.engine, &statement).await
 }
 
 async fn values_v2(

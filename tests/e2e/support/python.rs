@@ -49,3 +49,24 @@ pub(crate) fn python() -> PathBuf {
     std::fs::write(&stamp, requirements).unwrap();
     python
 }
+
+/// Runs `tests/clients/otel_python.py` against `daemon`: the OpenTelemetry Python SDK sends
+/// its spans (gRPC and HTTP) and logs; the spans it sent, one JSON object each.
+pub(crate) fn send_with_python_sdk(
+    daemon: &crate::support::daemon::Daemon,
+) -> Vec<serde_json::Value> {
+    let output = Command::new(python())
+        .arg(here().join("otel_python.py"))
+        .arg(daemon.grpc_endpoint())
+        .arg(daemon.otlp_http_endpoint())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert!(!stderr.contains("Failed to export"), "{stderr}");
+    String::from_utf8(output.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
