@@ -25,6 +25,7 @@ import argparse
 import glob
 import json
 import os
+import shutil
 import statistics
 import tempfile
 import time
@@ -118,7 +119,7 @@ def main():
 
     def chdb_search(whole):
         ids = ch.query(matching, "CSV").bytes().decode().split()
-        listed = ", ".join(ids)
+        listed = ", ".join("'" + i.strip('"') + "'" for i in ids)
         if whole:
             ch.query(f"SELECT * FROM otel_traces WHERE TraceId IN ({listed})", "CSV")
         else:
@@ -136,6 +137,7 @@ def main():
     figures["chdb search (whole traces), 1 hour"] = run.hot_median(lambda: chdb_search(True))
     daemon.stop()
     ch.close()
+    shutil.rmtree(work)
 
     ms = lambda name: figures[name] * 1000  # noqa: E731
     lines = [
