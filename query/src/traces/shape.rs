@@ -5,7 +5,6 @@
 //! a warning on the span concerned, never dropped silently.
 
 use std::collections::HashMap;
-use std::collections::hash_map::Entry;
 
 use super::Span;
 
@@ -87,23 +86,17 @@ type Warnings = Vec<Vec<String>>;
 fn unique_ids(spans: Vec<Span>) -> (Vec<Span>, Warnings, Vec<String>) {
     let mut kept: Vec<Span> = Vec::with_capacity(spans.len());
     let mut warnings: Warnings = Vec::with_capacity(spans.len());
-    let mut first_of: HashMap<String, usize> = HashMap::new();
+    // The spans kept under each id: a copy is compared only with spans of its own id.
+    let mut with_id: HashMap<String, Vec<usize>> = HashMap::new();
     let mut copies: HashMap<usize, usize> = HashMap::new();
     for span in spans {
-        match first_of.entry(span.span_id.clone()) {
-            Entry::Vacant(vacant) => {
-                vacant.insert(kept.len());
+        let same_id = with_id.entry(span.span_id.clone()).or_default();
+        match same_id.iter().copied().find(|&i| kept[i] == span) {
+            Some(same) => *copies.entry(same).or_default() += 1,
+            None => {
+                same_id.push(kept.len());
                 kept.push(span);
                 warnings.push(Vec::new());
-            }
-            Entry::Occupied(first) => {
-                let first = *first.get();
-                if let Some(same) = (first..kept.len()).find(|&i| kept[i] == span) {
-                    *copies.entry(same).or_default() += 1;
-                } else {
-                    kept.push(span);
-                    warnings.push(Vec::new());
-                }
             }
         }
     }
@@ -118,7 +111,7 @@ fn unique_ids(spans: Vec<Span>) -> (Vec<Span>, Warnings, Vec<String>) {
         kept.iter().map(|s| s.span_id.clone()).collect();
     let mut ids = Vec::with_capacity(kept.len());
     for (i, span) in kept.iter().enumerate() {
-        if first_of.get(&span.span_id) == Some(&i) {
+        if with_id[&span.span_id][0] == i {
             ids.push(span.span_id.clone());
             continue;
         }
