@@ -58,7 +58,7 @@ async fn trace_by_id(
     headers: HeaderMap,
 ) -> Response {
     if tempo::wants_protobuf(&headers) {
-        tempo::trace_protobuf(&traces, &id, &params, false).await
+        tempo::trace_answer(&traces, &id, &params, tempo::TraceForm::Trace).await
     } else {
         jaeger::trace_json(&traces, &id, &params).await
     }
@@ -171,7 +171,7 @@ pub(crate) fn bounds(
     hi: &str,
 ) -> Result<(Option<i64>, Option<i64>)> {
     let read = |name: &str| -> Result<Option<i64>> {
-        match params.get(name).map(|v| v.trim()).filter(|v| !v.is_empty()) {
+        match given(params, name) {
             None => Ok(None),
             Some(value) => value
                 .parse::<i64>()
@@ -256,6 +256,42 @@ pub(crate) fn status_of(error: &Error) -> StatusCode {
     StatusCode::from_u16(error.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
 }
 
+/// Traces a search returns when it names no `limit`, and the most it may ask for.
+pub(crate) const SEARCH_LIMIT: usize = 20;
+pub(crate) const SEARCH_LIMIT_MAX: usize = 1_000;
+
+/// A request parameter, trimmed; `None` when absent or empty.
+pub(crate) fn given<'a>(params: &'a HashMap<String, String>, name: &str) -> Option<&'a str> {
+    params.get(name).map(|v| v.trim()).filter(|v| !v.is_empty())
+}
+
+/// A positive count parameter, `default` when absent, at most `max`.
+pub(crate) fn count(
+    params: &HashMap<String, String>,
+    name: &str,
+    default: usize,
+    max: usize,
+) -> Result<usize> {
+    match given(params, name) {
+        None => Ok(default),
+        Some(text) => text
+            .parse::<usize>()
+            .ok()
+            .filter(|&n| n > 0)
+            .map(|n| n.min(max))
+            .ok_or_else(|| {
+                Error::BadRequest(format!("`{name}` must be a positive number, not `{text}`"))
+            }),
+    }
+}
+
+/// A search's range from `start`/`end` (any epoch unit), else the last hour.
+pub(crate) fn search_range(params: &HashMap<String, String>) -> Result<(i64, i64)> {
+    let (lo, hi) = bounds(params, "start", "end")?;
+    let hi = hi.unwrap_or_else(|| now_ns() + 1);
+    Ok((lo.unwrap_or(hi - HOUR_NS), hi))
+}
+
 /// Now, ns since the epoch.
 pub(crate) fn now_ns() -> i64 {
     SystemTime::now()
@@ -317,7 +353,7 @@ pub async fn trace(
     Ok(Some(Shaped::new(spans, max_spans)))
 }
 
-const HOUR_NS: i64 = 3_600 * 1_000_000_000;
+pub(crate) const HOUR_NS: i64 = 3_600 * 1_000_000_000;
 
 /// How far back each step of a lookup without time bounds reaches; the last step reads
 /// everything older.

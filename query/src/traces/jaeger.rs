@@ -10,17 +10,14 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde_json::{Value, json};
 
-use super::{Shaped, Traces, bounds, first_column, go_duration, literal, now_ns, time_filter};
+use super::{
+    HOUR_NS, SEARCH_LIMIT, SEARCH_LIMIT_MAX, Shaped, Traces, bounds, count, first_column, given,
+    go_duration, literal, now_ns, search_range, time_filter,
+};
 use crate::error::{Error, Result};
-
-const HOUR_NS: i64 = 3_600 * 1_000_000_000;
 
 /// How far back `/api/services` and the operation lists look.
 pub(crate) const CATALOG_LOOKBACK_NS: i64 = 24 * HOUR_NS;
-
-/// Traces a search returns when it names no `limit`, and the most it may ask for.
-const SEARCH_LIMIT: usize = 20;
-const SEARCH_LIMIT_MAX: usize = 1_000;
 
 pub(super) fn routes() -> Router<Traces> {
     Router::new()
@@ -82,7 +79,13 @@ async fn services(State(traces): State<Traces>) -> Response {
     )
 }
 
-async fn operation_names(traces: &Traces, service: &str, kind: Option<&str>) -> Result<Value> {
+/// The span names of `service` in the catalog's lookback, with their kinds (of `kind` only,
+/// when given), sorted.
+async fn operation_names(
+    traces: &Traces,
+    service: &str,
+    kind: Option<&str>,
+) -> Result<Vec<(String, String)>> {
     let kind_filter = match kind.filter(|k| !k.is_empty()) {
         Some(kind) => format!(" AND span_kind = {}", literal(&kind.to_ascii_lowercase())),
         None => String::new(),
@@ -102,23 +105,16 @@ async fn operation_names(traces: &Traces, service: &str, kind: Option<&str>) -> 
             operations.push((names.value(row).to_owned(), kinds.value(row).to_owned()));
         }
     }
-    Ok(json!(
-        operations
-            .iter()
-            .map(|(name, kind)| json!({"name": name, "spanKind": kind}))
-            .collect::<Vec<_>>()
-    ))
+    Ok(operations)
 }
 
 async fn service_operations(State(traces): State<Traces>, Path(service): Path<String>) -> Response {
     answer(
         async {
-            let operations = operation_names(&traces, &service, None).await?;
-            let mut names: Vec<&str> = operations
-                .as_array()
+            let mut names: Vec<String> = operation_names(&traces, &service, None)
+                .await?
                 .into_iter()
-                .flatten()
-                .filter_map(|o| o["name"].as_str())
+                .map(|(name, _)| name)
                 .collect();
             names.dedup();
             Ok(envelope(json!(names)))
@@ -134,7 +130,12 @@ async fn operations(State(traces): State<Traces>, Query(params): Params) -> Resp
                 Error::BadRequest("`service` is required: /api/operations?service=NAME".into())
             })?;
             let kind = params.get("spanKind").map(String::as_str);
-            Ok(envelope(operation_names(&traces, service, kind).await?))
+            let operations: Vec<Value> = operation_names(&traces, service, kind)
+                .await?
+                .iter()
+                .map(|(name, kind)| json!({"name": name, "spanKind": kind}))
+                .collect();
+            Ok(envelope(json!(operations)))
         }
         .await,
     )
@@ -215,37 +216,24 @@ async fn search(State(traces): State<Traces>, Query(params): Params) -> Response
 }
 
 async fn search_traces(traces: &Traces, params: &HashMap<String, String>) -> Result<Response> {
-    let given = |name: &str| params.get(name).map(|v| v.trim()).filter(|v| !v.is_empty());
-    let (lo, hi) = bounds(params, "start", "end")?;
-    let hi = hi.unwrap_or_else(|| now_ns() + 1);
-    let lo = lo.unwrap_or(hi - HOUR_NS);
+    let (lo, hi) = search_range(params)?;
     let mut conditions = vec![time_filter(Some(lo), Some(hi))];
-    if let Some(service) = given("service") {
+    if let Some(service) = given(params, "service") {
         conditions.push(format!("service_name = {}", literal(service)));
     }
-    if let Some(operation) = given("operation") {
+    if let Some(operation) = given(params, "operation") {
         conditions.push(format!("span_name = {}", literal(operation)));
     }
-    if let Some(min) = given("minDuration") {
+    if let Some(min) = given(params, "minDuration") {
         conditions.push(format!("duration_ns >= {}", go_duration(min)?));
     }
-    if let Some(max) = given("maxDuration") {
+    if let Some(max) = given(params, "maxDuration") {
         conditions.push(format!("duration_ns <= {}", go_duration(max)?));
     }
-    for (key, value) in search_tags(given("tags").unwrap_or(""))? {
+    for (key, value) in search_tags(given(params, "tags").unwrap_or(""))? {
         conditions.push(tag_condition(&key, &value));
     }
-    let limit = match given("limit") {
-        None => SEARCH_LIMIT,
-        Some(text) => text
-            .parse::<usize>()
-            .ok()
-            .filter(|&n| n > 0)
-            .ok_or_else(|| {
-                Error::BadRequest(format!("`limit` must be a positive number, not `{text}`"))
-            })?
-            .min(SEARCH_LIMIT_MAX),
-    };
+    let limit = count(params, "limit", SEARCH_LIMIT, SEARCH_LIMIT_MAX)?;
     let sql = format!(
         "SELECT trace_id FROM spans WHERE {} GROUP BY trace_id ORDER BY max(time) DESC LIMIT {limit}",
         conditions.join(" AND ")

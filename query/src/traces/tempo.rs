@@ -18,17 +18,15 @@ use prost::Message;
 use serde_json::{Value, json};
 
 use super::traceql::{self, TagValues};
-use super::{Shaped, Traces, bounds, first_column, literal, now_ns, time_filter};
+use super::{
+    HOUR_NS, SEARCH_LIMIT, SEARCH_LIMIT_MAX, Shaped, Traces, bounds, count, first_column, given,
+    literal, search_range, time_filter,
+};
 use crate::error::{Error, Result};
-
-const HOUR_NS: i64 = 3_600 * 1_000_000_000;
 
 /// The media type of Tempo's protobuf answers.
 pub(super) const PROTOBUF: &str = "application/protobuf";
 
-/// Traces a search returns when it names no `limit`, and the most it may ask for.
-const SEARCH_LIMIT: usize = 20;
-const SEARCH_LIMIT_MAX: usize = 1_000;
 /// Matching spans shown per trace when the search names no `spss`.
 const SPANS_PER_SPANSET: usize = 3;
 /// Tags or values listed at most.
@@ -91,60 +89,63 @@ async fn trace_v2(
     Query(params): Params,
     headers: HeaderMap,
 ) -> Response {
-    if wants_protobuf(&headers) {
-        return trace_protobuf(&traces, &id, &params, true).await;
-    }
-    answer(
-        async {
-            let Some(trace) = fetch(&traces, &id, &params).await? else {
-                return Ok((StatusCode::NOT_FOUND, "trace not found").into_response());
-            };
-            let data = serde_json::to_value(traces_data(&trace))
-                .map_err(|error| Error::Internal(error.to_string()))?;
-            Ok(axum::Json(json!({"trace": data})).into_response())
-        }
-        .await,
-    )
+    let form = if wants_protobuf(&headers) {
+        TraceForm::ByIdResponse
+    } else {
+        TraceForm::Json
+    };
+    trace_answer(&traces, &id, &params, form).await
 }
 
-async fn fetch(
+/// How a trace by id is answered.
+pub(super) enum TraceForm {
+    /// Tempo's protobuf `TraceByIDResponse` (`/api/v2/traces`).
+    ByIdResponse,
+    /// Tempo's protobuf `Trace` (the older path). It holds OTLP `ResourceSpans` in field 1,
+    /// as `TracesData` does.
+    Trace,
+    /// `{"trace": OTLP JSON}`.
+    Json,
+}
+
+/// Trace `id` (bounded by `start`/`end` when given) in `form`; 404 when it is not stored.
+pub(super) async fn trace_answer(
     traces: &Traces,
     id: &str,
     params: &HashMap<String, String>,
-) -> Result<Option<Shaped>> {
-    let (lo, hi) = bounds(params, "start", "end")?;
-    super::trace(&traces.engine, id, lo, hi, traces.max_spans).await
-}
-
-/// Trace `id` as protobuf: Tempo's `TraceByIDResponse` (`v2`) or its `Trace` (the older
-/// path). Both hold OTLP `ResourceSpans` in field 1, as `TracesData` does.
-pub(super) async fn trace_protobuf(
-    traces: &Traces,
-    id: &str,
-    params: &HashMap<String, String>,
-    v2: bool,
+    form: TraceForm,
 ) -> Response {
     answer(
         async {
-            let Some(trace) = fetch(traces, id, params).await? else {
+            let (lo, hi) = bounds(params, "start", "end")?;
+            let Some(trace) = super::trace(&traces.engine, id, lo, hi, traces.max_spans).await?
+            else {
                 return Ok((StatusCode::NOT_FOUND, "trace not found").into_response());
             };
-            let data = traces_data(&trace).encode_to_vec();
-            let body = if v2 {
-                // TraceByIDResponse { Trace trace = 1; }
-                let mut wrapped = Vec::with_capacity(data.len() + 8);
-                prost::encoding::encode_key(
-                    1,
-                    prost::encoding::WireType::LengthDelimited,
-                    &mut wrapped,
-                );
-                prost::encoding::encode_varint(data.len() as u64, &mut wrapped);
-                wrapped.extend_from_slice(&data);
-                wrapped
-            } else {
-                data
-            };
-            Ok(([(header::CONTENT_TYPE, PROTOBUF)], body).into_response())
+            let data = traces_data(&trace);
+            let protobuf =
+                |body: Vec<u8>| ([(header::CONTENT_TYPE, PROTOBUF)], body).into_response();
+            Ok(match form {
+                TraceForm::Json => {
+                    let data = serde_json::to_value(data)
+                        .map_err(|error| Error::Internal(error.to_string()))?;
+                    axum::Json(json!({"trace": data})).into_response()
+                }
+                TraceForm::Trace => protobuf(data.encode_to_vec()),
+                TraceForm::ByIdResponse => {
+                    // TraceByIDResponse { Trace trace = 1; }
+                    let data = data.encode_to_vec();
+                    let mut wrapped = Vec::with_capacity(data.len() + 8);
+                    prost::encoding::encode_key(
+                        1,
+                        prost::encoding::WireType::LengthDelimited,
+                        &mut wrapped,
+                    );
+                    prost::encoding::encode_varint(data.len() as u64, &mut wrapped);
+                    wrapped.extend_from_slice(&data);
+                    protobuf(wrapped)
+                }
+            })
         }
         .await,
     )
@@ -285,33 +286,6 @@ pub(super) fn traces_data(trace: &Shaped) -> TracesData {
     }
 }
 
-/// A positive count parameter, `default` when absent, at most `max`.
-fn count(
-    params: &HashMap<String, String>,
-    name: &str,
-    default: usize,
-    max: usize,
-) -> Result<usize> {
-    match params.get(name).map(|v| v.trim()).filter(|v| !v.is_empty()) {
-        None => Ok(default),
-        Some(text) => text
-            .parse::<usize>()
-            .ok()
-            .filter(|&n| n > 0)
-            .map(|n| n.min(max))
-            .ok_or_else(|| {
-                Error::BadRequest(format!("`{name}` must be a positive number, not `{text}`"))
-            }),
-    }
-}
-
-/// The search range: `start`/`end` in seconds (any epoch unit is read), else the last hour.
-fn range(params: &HashMap<String, String>) -> Result<(i64, i64)> {
-    let (lo, hi) = bounds(params, "start", "end")?;
-    let hi = hi.unwrap_or_else(|| now_ns() + 1);
-    Ok((lo.unwrap_or(hi - HOUR_NS), hi))
-}
-
 /// Per trace (grouped by `trace_id`): its start and duration, root span name and root service.
 const SUMMARY: &str = "min(arrow_cast(time, 'Int64')) AS start_ns, \
     max(arrow_cast(time, 'Int64') + duration_ns) - min(arrow_cast(time, 'Int64')) AS trace_duration_ns, \
@@ -339,20 +313,20 @@ fn matching(compiled: &traceql::Compiled, lo: i64, hi: i64) -> (String, String) 
     }
 }
 
+/// The TraceQL query in `q`; `{}` (every trace) when there is none.
+fn traceql_of(params: &HashMap<String, String>) -> Result<traceql::Compiled> {
+    traceql::compile(given(params, "q").unwrap_or("{}"))
+}
+
 async fn search(State(traces): State<Traces>, Query(params): Params) -> Response {
     answer(search_traces(&traces, &params).await)
 }
 
 async fn search_traces(traces: &Traces, params: &HashMap<String, String>) -> Result<Response> {
-    let query = params
-        .get("q")
-        .map(|q| q.trim())
-        .filter(|q| !q.is_empty())
-        .unwrap_or("{}");
-    let compiled = traceql::compile(query)?;
+    let compiled = traceql_of(params)?;
     let limit = count(params, "limit", SEARCH_LIMIT, SEARCH_LIMIT_MAX)?;
     let spss = count(params, "spss", SPANS_PER_SPANSET, SEARCH_LIMIT_MAX)?;
-    let (lo, hi) = range(params)?;
+    let (lo, hi) = search_range(params)?;
     let (with, from) = matching(&compiled, lo, hi);
     let sql = format!(
         "{with}SELECT trace_id FROM {from} GROUP BY trace_id ORDER BY max(time) DESC LIMIT {limit}"
@@ -456,7 +430,7 @@ async fn scoped_tags(
     traces: &Traces,
     params: &HashMap<String, String>,
 ) -> Result<(Vec<String>, Vec<String>)> {
-    let (lo, hi) = range(params)?;
+    let (lo, hi) = search_range(params)?;
     let span = keys_of(traces, "attributes", lo, hi).await?;
     let mut resource = keys_of(traces, "resource_attributes", lo, hi).await?;
     if !resource.iter().any(|k| k == "service.name") {
@@ -523,14 +497,9 @@ async fn values_of(
         TagValues::Duration => return Ok(Vec::new()),
         TagValues::Column { sql, needs_trace } => (sql, needs_trace),
     };
-    let query = params
-        .get("q")
-        .map(|q| q.trim())
-        .filter(|q| !q.is_empty())
-        .unwrap_or("{}");
-    let mut compiled = traceql::compile(query)?;
+    let mut compiled = traceql_of(params)?;
     compiled.needs_trace |= needs_trace;
-    let (lo, hi) = range(params)?;
+    let (lo, hi) = search_range(params)?;
     let (with, from) = matching(&compiled, lo, hi);
     let statement = format!(
         "{with}SELECT DISTINCT v FROM (SELECT {sql} AS v FROM {from}) WHERE v IS NOT NULL \
