@@ -58,9 +58,14 @@ pub(crate) struct ServeArgs {
     /// TOML configuration file (see config.example.toml).
     #[arg(long, env = "APISCOPE_CONFIG")]
     pub(crate) config: Option<PathBuf>,
-    /// Where Parquet files are kept [default: ./data].
+    /// Where the write-ahead log is kept, and the tables too unless `--store` says otherwise
+    /// [default: ./data].
     #[arg(long, env = "APISCOPE_DATA_DIR")]
     data_dir: Option<PathBuf>,
+    /// Where the tables are kept: a directory or `s3://bucket/prefix` (`gs://`, `az://`)
+    /// [default: the data directory].
+    #[arg(long, env = "APISCOPE_STORE")]
+    store: Option<String>,
     /// OTLP/gRPC listen address [default: 127.0.0.1:4317].
     #[arg(long, env = "APISCOPE_OTLP_GRPC_ADDR")]
     otlp_grpc_addr: Option<SocketAddr>,
@@ -295,6 +300,10 @@ impl ServeArgs {
         };
         let data_dir = self.data_dir.unwrap_or_else(|| PathBuf::from("./data"));
         let mut collector = collector::Config::new(data_dir);
+        if let Some(spec) = &self.store {
+            collector.store = schemas::Store::open(spec)
+                .map_err(|error| Error::Config(format!("store: {error}")))?;
+        }
         let openapi_files = self.openapi.unwrap_or_default();
         let routes = Arc::new(OpenApi::load(&openapi_files).map_err(Error::Config)?);
         collector.spans.routes = routes.clone();
@@ -486,6 +495,7 @@ impl Settings {
         let mut lines = vec![
             "configuration OK".to_owned(),
             format!("data_dir = {}", c.data_dir.display()),
+            format!("store = {}", c.store.name()),
             format!("otlp_grpc_addr = {}", self.otlp_grpc_addr),
             format!("otlp_http_addr = {}", self.otlp_http_addr),
             format!("http_addr = {}", self.http_addr),

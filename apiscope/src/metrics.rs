@@ -3,11 +3,10 @@
 //!
 //! The collector and the query engine count through the `metrics` facade; this module
 //! installs the Prometheus recorder, and at each scrape sets the gauges that are cheaper to
-//! read than to track: buffered rows, Parquet files and bytes per table, and the free bytes
-//! of the data directory's disk.
+//! read than to track: buffered rows, Parquet files and bytes per table (listed again only
+//! once a flush or compaction has changed them), and the free bytes of the data directory's disk.
 
-use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use axum::Router;
 use axum::extract::State;
@@ -45,26 +44,40 @@ pub(crate) fn install() -> Result<PrometheusHandle> {
 struct Scrape {
     handle: PrometheusHandle,
     collector: Arc<Collector>,
-    data_dir: PathBuf,
+    /// The collector's count of store changes when the store's gauges were last listed: on
+    /// a bucket a listing is some requests per hour of data, and scrapers come every few
+    /// seconds, so the files are listed again only once they have changed.
+    listed: Arc<Mutex<Option<u64>>>,
 }
 
 /// `GET /metrics`.
 pub(crate) fn router(handle: PrometheusHandle, collector: Arc<Collector>) -> Router {
-    let data_dir = collector.config().data_dir.clone();
     Router::new()
         .route("/metrics", get(scrape))
         .with_state(Scrape {
             handle,
             collector,
-            data_dir,
+            listed: Arc::default(),
         })
 }
 
 async fn scrape(State(scrape): State<Scrape>) -> impl IntoResponse {
     let buffer = scrape.collector.buffer();
     metrics::gauge!("apiscope_buffer_rows").set(buffer.rows() as f64);
-    let data_dir = scrape.data_dir.clone();
-    let _ = tokio::task::spawn_blocking(move || store_gauges(&data_dir)).await;
+    if let Some(free) = collector::free_bytes(&scrape.collector.config().data_dir) {
+        metrics::gauge!("apiscope_data_dir_free_bytes").set(free as f64);
+    }
+    let changes = scrape.collector.store_changes();
+    let due = {
+        let mut listed = scrape.listed.lock().unwrap_or_else(|e| e.into_inner());
+        let due = *listed != Some(changes);
+        *listed = Some(changes);
+        due
+    };
+    if due {
+        let store = scrape.collector.config().store.clone();
+        let _ = tokio::task::spawn_blocking(move || store_gauges(&store)).await;
+    }
     (
         [(
             header::CONTENT_TYPE,
@@ -74,21 +87,13 @@ async fn scrape(State(scrape): State<Scrape>) -> impl IntoResponse {
     )
 }
 
-/// Parquet files holding live rows, and their bytes, per table; the disk's free bytes.
-fn store_gauges(data_dir: &std::path::Path) {
-    if let Some(free) = collector::free_bytes(data_dir) {
-        metrics::gauge!("apiscope_data_dir_free_bytes").set(free as f64);
-    }
+/// Parquet files holding live rows, and their bytes, per table.
+fn store_gauges(store: &schemas::Store) {
     for table in schemas::TABLES {
-        let files = query::list_files(data_dir, table, query::TimeRange::default());
-        let Ok(files) = files else {
+        let Ok(files) = store.table_files(table.name, None, None) else {
             continue;
         };
-        let bytes: u64 = files
-            .iter()
-            .filter_map(|f| std::fs::metadata(f).ok())
-            .map(|m| m.len())
-            .sum();
+        let bytes: u64 = files.iter().map(|f| f.size).sum();
         metrics::gauge!("apiscope_parquet_files", "table" => table.name).set(files.len() as f64);
         metrics::gauge!("apiscope_parquet_bytes", "table" => table.name).set(bytes as f64);
     }

@@ -3,7 +3,6 @@
 //! Shutdown order: stop accepting and finish in-flight requests on every listener, then
 //! flush the buffer to Parquet, then exit. What is flushed is what a restart serves.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use collector::{Buffer, Collector};
@@ -17,35 +16,33 @@ use crate::config::Settings;
 use crate::listen::{self, Listener, Port};
 use crate::{Error, Result};
 
-/// The query side's view of the store: Parquet files plus the collector's buffer, taken
-/// under the buffer's lock so that no row is seen twice or missed.
+/// The query side's view of the store: Parquet files plus the collector's buffer. The
+/// buffered rows are taken with the flushed mark, and the files listed after: a file whose
+/// sequence is past the mark holds rows taken from the buffer, and is left out, so that no
+/// row is seen twice or missed.
 #[derive(Debug)]
 struct Live {
-    data_dir: PathBuf,
+    store: schemas::Store,
     buffer: Arc<Buffer>,
 }
 
 impl Source for Live {
+    fn store(&self) -> &schemas::Store {
+        &self.store
+    }
+
     fn snapshot(
         &self,
         table: &'static schemas::Table,
         range: TimeRange,
     ) -> std::io::Result<Snapshot> {
-        let (batches, files) = self.buffer.snapshot_with(table.name, || {
-            query::list_files(&self.data_dir, table, range)
+        let (batches, flushed) = self.buffer.snapshot(table.name);
+        let mut files = self.store.table_files(table.name, range.lo, range.hi)?;
+        files.retain(|file| {
+            let name = file.location.filename().unwrap_or_default();
+            schemas::covered_seq(name).is_none_or(|seq| seq <= flushed)
         });
-        Ok(Snapshot {
-            files: files?,
-            batches,
-        })
-    }
-
-    fn files(
-        &self,
-        table: &'static schemas::Table,
-        range: TimeRange,
-    ) -> std::io::Result<Vec<std::path::PathBuf>> {
-        query::list_files(&self.data_dir, table, range)
+        Ok(Snapshot { files, batches })
     }
 }
 
@@ -114,7 +111,7 @@ pub(crate) async fn run(mut settings: Settings) -> Result<()> {
         "write-ahead log replayed"
     );
     let source = Arc::new(Live {
-        data_dir: settings.collector.data_dir.clone(),
+        store: settings.collector.store.clone(),
         buffer: collector.buffer(),
     });
     let engine = Engine::new(

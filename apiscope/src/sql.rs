@@ -17,15 +17,19 @@ pub(crate) struct SqlArgs {
     from: ReadFrom,
 }
 
-/// Where a client command reads: a running daemon, or a data directory.
+/// Where a client command reads: a running daemon, or a store.
 #[derive(Debug, Args)]
 pub(crate) struct ReadFrom {
     /// Base URL of a running daemon's query API.
     #[arg(long, env = "APISCOPE_URL", default_value = "http://127.0.0.1:7171")]
     url: String,
     /// Read this data directory directly instead of a running daemon (sees flushed rows only).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "store")]
     data_dir: Option<PathBuf>,
+    /// Read this store (a directory, or `s3://bucket/prefix`) directly instead of a running
+    /// daemon (sees flushed rows only).
+    #[arg(long)]
+    store: Option<String>,
     #[command(flatten)]
     client: crate::client::ClientArgs,
 }
@@ -41,8 +45,16 @@ pub(crate) enum Reader {
 impl ReadFrom {
     /// Opens the data directory, or sets up the client (requests time out after `timeout`).
     pub(crate) async fn open(&self, timeout: std::time::Duration) -> Result<Reader> {
-        Ok(match &self.data_dir {
-            Some(dir) => Reader::Store(local_engine(dir).await?),
+        let store = match (&self.data_dir, &self.store) {
+            (Some(dir), _) => Some(local_store(dir)?),
+            (None, Some(spec)) => Some(
+                schemas::Store::open(spec)
+                    .map_err(|error| Error::Client(format!("cannot open the store: {error}")))?,
+            ),
+            (None, None) => None,
+        };
+        Ok(match store {
+            Some(store) => Reader::Store(store_engine(store).await?),
             None => Reader::Daemon(
                 self.client.http(timeout)?,
                 self.url.trim_end_matches('/').to_owned(),
@@ -73,15 +85,20 @@ pub(crate) async fn run(args: SqlArgs) -> Result<()> {
     ))
 }
 
-/// A query engine over the flushed files of the data directory `dir`, with default limits.
-async fn local_engine(dir: &std::path::Path) -> Result<query::Engine> {
+/// The data directory `dir`, which must exist, as a store.
+fn local_store(dir: &std::path::Path) -> Result<schemas::Store> {
     let dir = dir.canonicalize().map_err(|error| {
         Error::Client(format!(
             "cannot open data directory {}: {error}",
             dir.display()
         ))
     })?;
-    let source = Arc::new(query::DataDir(dir));
+    Ok(schemas::Store::local(&dir))
+}
+
+/// A query engine over the flushed files of `store`, with default limits.
+async fn store_engine(store: schemas::Store) -> Result<query::Engine> {
+    let source = Arc::new(query::Files(store));
     let settings = query::QuestionSettings::default();
     Ok(query::Engine::new(source, settings, query::QueryLimits::default()).await?)
 }

@@ -34,6 +34,8 @@ struct Inner {
     rows: usize,
     bytes: usize,
     last_seq: u64,
+    /// Every row logged up to this sequence is in a stored file.
+    flushed_through: u64,
 }
 
 /// Everything waiting to be flushed, up to one sequence number.
@@ -104,10 +106,12 @@ impl Buffer {
         inner.tables.entry(table).or_default().push((seq, batch));
     }
 
-    /// Records that every sequence up to `seq` is known (after a replay).
-    pub fn advance_to(&self, seq: u64) {
+    /// Records that every sequence up to `seq` is known, and that every row up to
+    /// `flushed` is in a stored file (after a replay).
+    pub fn advance_to(&self, seq: u64, flushed: u64) {
         let mut inner = self.inner.write().unwrap_or_else(PoisonError::into_inner);
         inner.last_seq = inner.last_seq.max(seq);
+        inner.flushed_through = inner.flushed_through.max(flushed);
     }
 
     /// Rows waiting in all tables.
@@ -118,21 +122,26 @@ impl Buffer {
             .rows
     }
 
-    /// A copy of `table`'s rows, together with what `while_locked` returns when run under the
-    /// same lock (the query side lists visible files there).
-    pub fn snapshot_with<T>(
-        &self,
-        table: &str,
-        while_locked: impl FnOnce() -> T,
-    ) -> (Vec<RecordBatch>, T) {
+    /// A copy of `table`'s rows, and the sequence every row up to which is in a stored
+    /// file: together, with the files whose name carries a sequence up to that one
+    /// ([`schemas::covered_seq`]), every row exactly once.
+    pub fn snapshot(&self, table: &str) -> (Vec<RecordBatch>, u64) {
         let inner = self.inner.read().unwrap_or_else(PoisonError::into_inner);
         let batches = inner
             .tables
             .get(table)
             .map(|batches| batches.iter().map(|(_, b)| b.clone()).collect())
             .unwrap_or_default();
-        let listed = while_locked();
-        (batches, listed)
+        (batches, inner.flushed_through)
+    }
+
+    /// Every row up to this sequence is in a stored file; files of later sequences are not
+    /// yet the data (their rows are still here).
+    pub fn flushed_through(&self) -> u64 {
+        self.inner
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .flushed_through
     }
 
     /// A copy of everything waiting, for a flush.
@@ -150,25 +159,15 @@ impl Buffer {
         }
     }
 
-    /// Runs `change` (a rename or removal of visible files) while no query lists files.
-    pub fn exclusive<T>(&self, change: impl FnOnce() -> T) -> T {
-        let _inner = self.inner.write().unwrap_or_else(PoisonError::into_inner);
-        change()
-    }
-
-    /// Makes a flush visible: runs `publish` (the renames) and, if it succeeds, drops every
-    /// batch up to sequence `through`, all under the write lock.
-    pub fn publish<E>(
-        &self,
-        through: u64,
-        publish: impl FnOnce() -> Result<(), E>,
-    ) -> Result<(), E> {
+    /// Makes a flush visible once its files are stored: drops every batch up to sequence
+    /// `through` and moves the flushed mark there, at once.
+    pub fn publish(&self, through: u64) {
         let mut inner = self.inner.write().unwrap_or_else(PoisonError::into_inner);
-        publish()?;
         let Inner {
             tables,
             rows,
             bytes,
+            flushed_through,
             ..
         } = &mut *inner;
         for batches in tables.values_mut() {
@@ -181,7 +180,7 @@ impl Buffer {
                 !flushed
             });
         }
+        *flushed_through = (*flushed_through).max(through);
         self.emptied.notify_waiters();
-        Ok(())
     }
 }

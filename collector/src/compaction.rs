@@ -2,27 +2,25 @@
 //!
 //! Once an hour is closed (its end is [`CLOSED_AFTER`] in the past), its small flushed files
 //! are merged, a group of at most [`MAX_INPUT_BYTES`] at a time, into files sorted for
-//! pruning. Each merge's switch is one rename: before it, a note
-//! `.replaced-by-<output>` listing the inputs is written beside them; readers drop the
+//! pruning. Each merge's switch is the output's appearance: before it is stored, a note
+//! `.replaced-by-<output>` listing the inputs is stored beside them; readers drop the
 //! inputs from a listing only when the output is in that same listing, so a query sees
 //! either the inputs or the output, never both and never neither. The inputs are deleted
 //! [`Config::compaction_grace`](crate::Config) later, so queries already reading them finish.
 //!
 //! Retention drops whole hour folders once their hour is older than the retention.
 
-use std::fs::File;
-use std::io::Write;
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use arrow::array::{ArrayRef, RecordBatch, new_null_array};
 use arrow::datatypes::SchemaRef;
+use bytes::Bytes;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
-use schemas::{REPLACED_BY, Table};
+use schemas::{ObjectPath, REPLACED_BY, Store, Table};
 
+use crate::Collector;
 use crate::error::{Error, Result};
-use crate::{Collector, writer};
 
 /// An hour is compacted this long after its end, so that late rows have mostly arrived.
 pub const CLOSED_AFTER: Duration = Duration::from_secs(10 * 60);
@@ -56,10 +54,11 @@ impl Collector {
         let mut report = MaintenanceReport::default();
         let retention_ns = i64::try_from(self.config.retention.as_nanos()).unwrap_or(i64::MAX);
         let closed_ns = CLOSED_AFTER.as_nanos() as i64;
+        let store = self.writer.store();
         for table in schemas::TABLES {
-            let partitions =
-                schemas::hour_partitions(&self.config.data_dir, table.name, None, None)
-                    .map_err(storage)?;
+            let partitions = store
+                .hour_partitions(table.name, None, None)
+                .map_err(storage)?;
             for (start, dir) in partitions {
                 let end = start + NANOS_PER_HOUR;
                 if end <= now_ns.saturating_sub(retention_ns) {
@@ -67,7 +66,7 @@ impl Collector {
                     report.partitions_dropped += 1;
                     continue;
                 }
-                report.files_deleted += delete_replaced(&dir, self.config.compaction_grace)?;
+                report.files_deleted += delete_replaced(store, &dir, self.config.compaction_grace)?;
                 if end + closed_ns <= now_ns {
                     let replaced = self.compact(table, &dir)?;
                     if replaced > 0 {
@@ -76,9 +75,14 @@ impl Collector {
                     }
                 }
             }
-            if report.partitions_dropped > 0 {
-                remove_empty_dates(&self.config.data_dir.join(table.name));
+            if report.partitions_dropped > 0
+                && let Some(dir) = store.local_path(&store.table(table.name))
+            {
+                remove_empty_dates(&dir);
             }
+        }
+        if report != MaintenanceReport::default() {
+            self.changed();
         }
         Ok(report)
     }
@@ -121,31 +125,31 @@ impl Collector {
         }
     }
 
-    fn drop_partition(&self, dir: &Path) -> Result<()> {
-        // Under the write lock, so that no query lists half a folder.
-        self.buffer
-            .exclusive(|| std::fs::remove_dir_all(dir))
-            .map_err(storage)?;
-        tracing::info!(partition = %dir.display(), "partition dropped by retention");
+    fn drop_partition(&self, dir: &ObjectPath) -> Result<()> {
+        // A query reading the hour meanwhile may see part of it: it is past retention.
+        self.writer.store().delete_all(dir).map_err(storage)?;
+        tracing::info!(partition = %dir, "partition dropped by retention");
         Ok(())
     }
 
     /// Merges the small live files of one closed partition, in groups of at most
     /// [`MAX_INPUT_BYTES`]; returns how many files it replaced. Files that cannot be read are
     /// left as they are.
-    fn compact(&self, table: &'static Table, dir: &Path) -> Result<usize> {
+    fn compact(&self, table: &'static Table, dir: &ObjectPath) -> Result<usize> {
         let unreadable = self
             .unreadable
             .lock()
             .expect("unreadable files lock")
             .clone();
+        // Files past the flushed mark are a failed flush's, about to be removed.
+        let flushed = self.buffer.flushed_through();
         let mut live = Vec::new();
-        for file in schemas::live_files(dir).map_err(storage)? {
-            if unreadable.contains(&file) {
-                continue;
+        for file in self.writer.store().live_files(dir).map_err(storage)? {
+            let name = file.location.filename().unwrap_or_default();
+            let published = schemas::covered_seq(name).is_none_or(|seq| seq <= flushed);
+            if published && !unreadable.contains(&file.location) {
+                live.push((file.location, file.size));
             }
-            let bytes = std::fs::metadata(&file).map_err(storage)?.len();
-            live.push((file, bytes));
         }
         let mut replaced = 0;
         for inputs in groups(live) {
@@ -159,17 +163,24 @@ impl Collector {
     /// Replaces `inputs` by one file holding their rows, sorted. Merges nothing when one of
     /// them cannot be read: that one is reported and left out from then on, and the others
     /// are merged by the next pass.
-    fn merge(&self, table: &'static Table, dir: &Path, inputs: &[PathBuf]) -> Result<bool> {
+    fn merge(
+        &self,
+        table: &'static Table,
+        dir: &ObjectPath,
+        inputs: &[ObjectPath],
+    ) -> Result<bool> {
+        let store = self.writer.store();
         let schema = table.stored_schema();
         let mut batches = Vec::new();
         let mut through = 0;
         for input in inputs {
-            through = through.max(writer::covered_seq(input).unwrap_or(0));
-            match read_conformed(input, &schema) {
+            let name = input.filename().unwrap_or_default();
+            through = through.max(schemas::covered_seq(name).unwrap_or(0));
+            match read_conformed(store, input, &schema) {
                 Ok(read) => batches.extend(read),
                 Err(error) => {
                     tracing::error!(
-                        file = %input.display(),
+                        file = %input,
                         %error,
                         "this Parquet file cannot be read and is left out of compaction; restore it, or move it out of the data directory"
                     );
@@ -184,25 +195,18 @@ impl Collector {
         let staged = self.writer.stage(table, &batches, through)?;
         drop(batches);
         let [output] = staged.as_slice() else {
-            writer::discard(&staged);
             return Err(Error::Storage(format!(
-                "compacting {} produced {} files instead of one",
-                dir.display(),
+                "compacting {dir} produced {} files instead of one",
                 staged.len()
             )));
         };
-        let note = dir.join(format!("{REPLACED_BY}{}", output.name()));
-        let written = write_note(&note, inputs);
-        if let Err(error) = written {
-            writer::discard(&staged);
+        let note = dir.clone().join(format!("{REPLACED_BY}{}", output.name()));
+        store.put(&note, note_text(inputs)).map_err(storage)?;
+        if let Err(error) = self.writer.store_files(&staged) {
+            let _ = store.delete(&note);
             return Err(error);
         }
-        if let Err(error) = self.buffer.exclusive(|| writer::publish(&staged)) {
-            writer::discard(&staged);
-            let _ = std::fs::remove_file(&note);
-            return Err(error);
-        }
-        tracing::debug!(partition = %dir.display(), files = inputs.len(), rows = output.rows, "compacted");
+        tracing::debug!(partition = %dir, files = inputs.len(), rows = output.rows, "compacted");
         Ok(true)
     }
 }
@@ -210,7 +214,7 @@ impl Collector {
 /// The files (with their sizes) to merge, in groups of two or more, each of at most
 /// [`MAX_INPUT_BYTES`] unless one file is bigger; files of [`MERGED_BYTES`] or more are left
 /// out. Which rows share a file does not matter to readers: each file is sorted on its own.
-fn groups(live: Vec<(PathBuf, u64)>) -> Vec<Vec<PathBuf>> {
+fn groups<T>(live: Vec<(T, u64)>) -> Vec<Vec<T>> {
     let mut groups = Vec::new();
     let mut group = Vec::new();
     let mut group_bytes = 0;
@@ -231,8 +235,12 @@ fn groups(live: Vec<(PathBuf, u64)>) -> Vec<Vec<PathBuf>> {
 }
 
 /// Reads a Parquet file as batches of `schema`: columns the file predates are null.
-fn read_conformed(path: &Path, schema: &SchemaRef) -> Result<Vec<RecordBatch>> {
-    let file = File::open(path).map_err(storage)?;
+fn read_conformed(
+    store: &Store,
+    path: &ObjectPath,
+    schema: &SchemaRef,
+) -> Result<Vec<RecordBatch>> {
+    let file = store.get(path).map_err(storage)?;
     let reader = ParquetRecordBatchReaderBuilder::try_new(file)
         .and_then(|builder| builder.build())
         .map_err(storage)?;
@@ -254,65 +262,51 @@ fn read_conformed(path: &Path, schema: &SchemaRef) -> Result<Vec<RecordBatch>> {
     Ok(batches)
 }
 
-fn write_note(note: &Path, inputs: &[PathBuf]) -> Result<()> {
+/// A compaction's note: the names of the files its output replaces, one a line.
+fn note_text(inputs: &[ObjectPath]) -> Bytes {
     let mut text = String::new();
-    for input in inputs {
-        if let Some(name) = input.file_name().and_then(|n| n.to_str()) {
-            text.push_str(name);
-            text.push('\n');
-        }
+    for name in inputs.iter().filter_map(|input| input.filename()) {
+        text.push_str(name);
+        text.push('\n');
     }
-    let mut file = File::create(note).map_err(storage)?;
-    file.write_all(text.as_bytes()).map_err(storage)?;
-    file.sync_all().map_err(storage)?;
-    if let Some(dir) = note.parent() {
-        File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(storage)?;
-    }
-    Ok(())
+    Bytes::from(text)
 }
 
 /// Deletes the inputs of published compactions whose note is older than `grace`; forgets
 /// notes of compactions that never published. Returns the files deleted.
-fn delete_replaced(dir: &Path, grace: Duration) -> Result<usize> {
+fn delete_replaced(store: &Store, dir: &ObjectPath, grace: Duration) -> Result<usize> {
+    let objects = store.list(dir).map_err(storage)?;
+    let now = chrono::Utc::now();
     let mut deleted = 0;
-    for entry in std::fs::read_dir(dir).map_err(storage)? {
-        let note = entry.map_err(storage)?.path();
+    for note in &objects {
         let Some(output) = note
-            .file_name()
-            .and_then(|n| n.to_str())
+            .location
+            .filename()
             .and_then(|n| n.strip_prefix(REPLACED_BY))
         else {
             continue;
         };
-        let age = std::fs::metadata(&note)
-            .and_then(|m| m.modified())
-            .map(|modified| {
-                SystemTime::now()
-                    .duration_since(modified)
-                    .unwrap_or_default()
-            })
-            .map_err(storage)?;
+        let age = (now - note.last_modified).to_std().unwrap_or_default();
         if age < grace {
             continue;
         }
-        if dir.join(output).exists() {
-            let text = std::fs::read_to_string(&note).map_err(storage)?;
+        if objects
+            .iter()
+            .any(|o| o.location.filename() == Some(output))
+        {
+            let text = store.get(&note.location).map_err(storage)?;
+            let text = String::from_utf8_lossy(&text);
             for input in text.lines().filter(|l| !l.is_empty()) {
-                match std::fs::remove_file(dir.join(input)) {
-                    Ok(()) => deleted += 1,
-                    Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
-                    Err(error) => return Err(storage(error)),
-                }
+                store.delete(&dir.clone().join(input)).map_err(storage)?;
+                deleted += 1;
             }
         }
-        std::fs::remove_file(&note).map_err(storage)?;
+        store.delete(&note.location).map_err(storage)?;
     }
     Ok(deleted)
 }
 
-fn remove_empty_dates(table_dir: &Path) {
+fn remove_empty_dates(table_dir: &std::path::Path) {
     let Ok(entries) = std::fs::read_dir(table_dir) else {
         return;
     };
@@ -333,19 +327,14 @@ mod tests {
     #[test]
     fn small_files_merge_in_groups_under_the_cap_and_big_ones_stay() {
         const MIB: u64 = 1024 * 1024;
-        let files = |sizes: &[u64]| -> Vec<(PathBuf, u64)> {
+        let files = |sizes: &[u64]| -> Vec<(String, u64)> {
             sizes
                 .iter()
                 .enumerate()
-                .map(|(i, bytes)| (PathBuf::from(i.to_string()), bytes * MIB))
+                .map(|(i, bytes)| (i.to_string(), bytes * MIB))
                 .collect()
         };
-        let names = |groups: Vec<Vec<PathBuf>>| -> Vec<Vec<String>> {
-            groups
-                .into_iter()
-                .map(|g| g.iter().map(|p| p.display().to_string()).collect())
-                .collect()
-        };
+        let names = |groups: Vec<Vec<String>>| -> Vec<Vec<String>> { groups };
         // 5 MiB flush files: three to a group; the lone last one waits for company.
         assert_eq!(
             names(groups(files(&[5, 5, 5, 5, 5, 5, 5]))),

@@ -1,5 +1,5 @@
 //! Fault injection at the file operations that decide durability (WAL write, WAL sync and
-//! the rename that publishes a flushed file), at writing the lock file's pid, and a panic in
+//! storing a flushed file), at writing the lock file's pid, and a panic in
 //! decoding. In test builds, a test can make the next operations under a folder fail; in
 //! other builds every check is a no-op.
 
@@ -8,7 +8,8 @@
 pub(crate) enum Point {
     WalWrite,
     WalSync,
-    Rename,
+    /// Storing a data file.
+    Publish,
     LockWrite,
     /// Decoding an export request; a planned failure here panics, as a decoder bug would.
     Decode,

@@ -60,7 +60,7 @@ pub use requests::decode_requests;
 pub use rollup_files::RollupFiles;
 pub use spans::SpanDecoder;
 pub use wal::Durability;
-pub use writer::{WAL_SEQ_KEY, Writer, covered_seq};
+pub use writer::{WAL_SEQ_KEY, Writer};
 
 /// The rows decoded from one request, and what was refused.
 #[derive(Debug)]
@@ -135,8 +135,10 @@ pub const ROOM_PATIENCE: Duration = Duration::from_secs(2);
 /// Settings of the ingest path.
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// Where Parquet files go.
+    /// Where the write-ahead log and the lock live: always on local disk.
     pub data_dir: std::path::PathBuf,
+    /// Where the tables' files go: by default `data_dir` itself.
+    pub store: schemas::Store,
     /// How spans become rows.
     pub spans: SpanDecoder,
     /// Largest request body accepted, counted after decompression.
@@ -165,10 +167,12 @@ pub struct Config {
 }
 
 impl Config {
-    /// Defaults for `data_dir`.
+    /// Defaults for `data_dir`, with the tables in it.
     pub fn new(data_dir: impl Into<std::path::PathBuf>) -> Self {
+        let data_dir = data_dir.into();
         Self {
-            data_dir: data_dir.into(),
+            store: schemas::Store::local(&data_dir),
+            data_dir,
             spans: SpanDecoder::default(),
             max_body_bytes: 20 * 1024 * 1024,
             durability: Durability::Fsync,
@@ -209,7 +213,9 @@ pub struct Collector {
     flush_wanted: Notify,
     closed: CancellationToken,
     /// Data files compaction found it cannot read, left as they are from then on.
-    unreadable: std::sync::Mutex<std::collections::HashSet<std::path::PathBuf>>,
+    unreadable: std::sync::Mutex<std::collections::HashSet<schemas::ObjectPath>>,
+    /// Counts the changes to the store's files (flushes, compactions, drops).
+    changes: std::sync::atomic::AtomicU64,
     /// Declared last, so dropped last: the directory is released once the WAL has stopped.
     _owner: dir_lock::Owner,
 }
@@ -227,7 +233,7 @@ impl Collector {
             );
         }
         let buffer = Arc::new(Buffer::new(config.max_buffer_rows, config.max_buffer_bytes));
-        let report = replay::replay(&config.data_dir, &config.spans, &buffer)?;
+        let report = replay::replay(&config.data_dir, &config.store, &config.spans, &buffer)?;
         let wal = wal::Wal::start(
             wal::dir_of(&config.data_dir),
             config.durability,
@@ -237,16 +243,28 @@ impl Collector {
         )?;
         let collector = Self {
             buffer,
-            writer: Writer::new(config.data_dir.clone()),
+            writer: Writer::new(config.store.clone()),
             wal,
             config,
             flush_lock: Mutex::new(()),
             flush_wanted: Notify::new(),
             closed: CancellationToken::new(),
             unreadable: std::sync::Mutex::default(),
+            changes: std::sync::atomic::AtomicU64::new(0),
             _owner: owner,
         };
         Ok((collector, report))
+    }
+
+    /// How many times the store's files have changed since start: what was listed at one
+    /// count still holds while the count stays.
+    pub fn store_changes(&self) -> u64 {
+        self.changes.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    fn changed(&self) {
+        self.changes
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
     }
 
     /// Why ingest is refused now, whatever the request, if it is: the daemon is shutting
@@ -400,21 +418,11 @@ impl Collector {
             let Some(table) = schemas::TABLES.iter().find(|t| t.name == *name) else {
                 continue;
             };
-            match self.writer.stage(table, batches, pending.through) {
-                Ok(files) => staged.extend(files),
-                Err(error) => {
-                    writer::discard(&staged);
-                    return Err(error);
-                }
-            }
+            staged.extend(self.writer.stage(table, batches, pending.through)?);
         }
-        let published = self
-            .buffer
-            .publish(pending.through, || writer::publish(&staged));
-        if let Err(error) = published {
-            writer::discard(&staged);
-            return Err(error);
-        }
+        self.writer.store_files(&staged)?;
+        self.buffer.publish(pending.through);
+        self.changed();
         let rows = staged.iter().map(|s| s.rows).sum();
         tracing::debug!(
             rows,

@@ -9,13 +9,15 @@
 use std::collections::HashMap;
 use std::path::Path;
 
+use schemas::Store;
+
 use arrow::array::{Array, BooleanArray, RecordBatch, TimestampNanosecondArray};
 use arrow::compute::filter_record_batch;
 
 use crate::buffer::Buffer;
 use crate::error::{Error, Result};
 use crate::wal;
-use crate::{Decoded, SpanDecoder, WireError, writer};
+use crate::{Decoded, SpanDecoder, WireError};
 
 /// What a replay did.
 #[derive(Debug, Default)]
@@ -34,20 +36,22 @@ pub struct ReplayReport {
     pub segments: Vec<std::path::PathBuf>,
 }
 
-/// Replays the WAL under `data_dir` into `buffer`.
+/// Replays the WAL under `data_dir` into `buffer`, less the rows in `store`'s files.
 pub(crate) fn replay(
     data_dir: &Path,
+    store: &Store,
     spans: &SpanDecoder,
     buffer: &Buffer,
 ) -> Result<ReplayReport> {
     let dir = wal::dir_of(data_dir);
     let segments = wal::list_segments(&dir)?;
+    let flushed = highest_file_seq(store)?;
     let mut report = ReplayReport {
-        last_seq: highest_file_seq(data_dir)?,
+        last_seq: flushed,
         segments: segments.clone(),
         ..ReplayReport::default()
     };
-    let mut marks = FlushMarks::new(data_dir);
+    let mut marks = FlushMarks::new(store);
     // One segment in memory at a time: the log may be as large as max_wal_bytes.
     for path in &segments {
         let bytes = std::fs::read(path).map_err(storage)?;
@@ -72,7 +76,7 @@ pub(crate) fn replay(
             }
         }
     }
-    buffer.advance_to(report.last_seq);
+    buffer.advance_to(report.last_seq, flushed);
     Ok(report)
 }
 
@@ -82,11 +86,14 @@ fn corrupt(error: WireError) -> Error {
 }
 
 /// The highest WAL sequence named by any data file.
-fn highest_file_seq(data_dir: &Path) -> Result<u64> {
+fn highest_file_seq(store: &Store) -> Result<u64> {
     let mut highest = 0;
     for table in schemas::TABLES {
-        for dir in schemas::hour_dirs(data_dir, table.name, None, None).map_err(storage)? {
-            for seq in file_seqs(&dir)? {
+        for (_, partition) in store
+            .hour_partitions(table.name, None, None)
+            .map_err(storage)?
+        {
+            for seq in file_seqs(store, &partition)? {
                 highest = highest.max(seq);
             }
         }
@@ -94,34 +101,27 @@ fn highest_file_seq(data_dir: &Path) -> Result<u64> {
     Ok(highest)
 }
 
-fn file_seqs(dir: &Path) -> Result<Vec<u64>> {
-    let entries = match std::fs::read_dir(dir) {
-        Ok(entries) => entries,
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(error) => return Err(storage(error)),
-    };
-    let mut seqs = Vec::new();
-    for entry in entries {
-        let path = entry.map_err(storage)?.path();
-        if schemas::is_data_file(&path)
-            && let Some(seq) = writer::covered_seq(&path)
-        {
-            seqs.push(seq);
-        }
-    }
-    Ok(seqs)
+/// The sequences named by the data files of one partition.
+fn file_seqs(store: &Store, partition: &schemas::ObjectPath) -> Result<Vec<u64>> {
+    let objects = store.list(partition).map_err(storage)?;
+    Ok(objects
+        .iter()
+        .filter_map(|object| object.location.filename())
+        .filter(|name| schemas::is_data_file(name))
+        .filter_map(schemas::covered_seq)
+        .collect())
 }
 
 /// The highest flushed sequence per table and hour, read from file names on first use.
 struct FlushMarks<'a> {
-    data_dir: &'a Path,
+    store: &'a Store,
     marks: HashMap<(&'static str, i64), u64>,
 }
 
 impl<'a> FlushMarks<'a> {
-    fn new(data_dir: &'a Path) -> Self {
+    fn new(store: &'a Store) -> Self {
         Self {
-            data_dir,
+            store,
             marks: HashMap::new(),
         }
     }
@@ -130,8 +130,8 @@ impl<'a> FlushMarks<'a> {
         if let Some(mark) = self.marks.get(&(table, partition)) {
             return Ok(*mark);
         }
-        let dir = schemas::partition_dir(self.data_dir, table, partition);
-        let mark = file_seqs(&dir)?.into_iter().max().unwrap_or(0);
+        let path = self.store.partition(table, partition);
+        let mark = file_seqs(self.store, &path)?.into_iter().max().unwrap_or(0);
         self.marks.insert((table, partition), mark);
         Ok(mark)
     }

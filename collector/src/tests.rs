@@ -66,15 +66,45 @@ fn copy_dir(from: &Path, to: &Path) {
 
 fn data_files(dir: &Path) -> Vec<PathBuf> {
     let mut files = Vec::new();
-    for hour in schemas::hour_dirs(dir, "spans", None, None).unwrap() {
+    for hour in hour_dirs(dir) {
         for entry in std::fs::read_dir(hour).unwrap() {
             let path = entry.unwrap().path();
-            if schemas::is_data_file(&path) {
+            let name = path.file_name().unwrap().to_string_lossy().into_owned();
+            if schemas::is_data_file(&name) {
                 files.push(path);
             }
         }
     }
     files
+}
+
+/// The folders of the `spans` table's hours in the local store `dir`.
+fn hour_dirs(dir: &Path) -> Vec<PathBuf> {
+    let store = schemas::Store::local(dir);
+    let hours = store.hour_partitions("spans", None, None).unwrap();
+    hours
+        .iter()
+        .map(|(_, hour)| store.local_path(hour).unwrap())
+        .collect()
+}
+
+/// The folder of the `spans` hour holding `time_ns` in the local store `dir`.
+fn partition_dir(dir: &Path, time_ns: i64) -> PathBuf {
+    let store = schemas::Store::local(dir);
+    let hour = store.partition("spans", schemas::partition_of(time_ns));
+    store.local_path(&hour).unwrap()
+}
+
+/// The live data files of the partition folder `hour`.
+fn live_files(hour: &Path) -> Vec<PathBuf> {
+    let root = schemas::Store::local(Path::new("/"));
+    let listed = root
+        .live_files(&schemas::ObjectPath::from(hour.to_string_lossy().as_ref()))
+        .unwrap();
+    listed
+        .iter()
+        .map(|file| root.local_path(&file.location).unwrap())
+        .collect()
 }
 
 #[test]
@@ -373,8 +403,8 @@ fn compaction_merges_a_closed_hour_atomically_and_retention_drops_old_hours() {
         .ingest_traces(request(99, &[BASE_NS + HOUR_NS]))
         .unwrap();
     runtime.block_on(collector.flush()).unwrap();
-    let hour = schemas::partition_dir(tmp.path(), "spans", BASE_NS as i64);
-    assert_eq!(schemas::live_files(&hour).unwrap().len(), 3);
+    let hour = partition_dir(tmp.path(), BASE_NS as i64);
+    assert_eq!(live_files(&hour).len(), 3);
 
     // While the hour is open, nothing is compacted.
     let open = collector
@@ -387,11 +417,14 @@ fn compaction_merges_a_closed_hour_atomically_and_retention_drops_old_hours() {
     let report = collector.maintain(closed).unwrap();
     assert_eq!(report.compacted, 1);
     assert_eq!(report.files_replaced, 3);
-    let live = schemas::live_files(&hour).unwrap();
+    let live = live_files(&hour);
     assert_eq!(live.len(), 1);
     assert_eq!(count_rows(&live), 6);
     // The merged file covers the highest log position of its inputs.
-    assert_eq!(covered_seq(&live[0]), Some(3));
+    assert_eq!(
+        schemas::covered_seq(&live[0].file_name().unwrap().to_string_lossy()),
+        Some(3)
+    );
 
     // The next pass deletes the replaced files (grace is zero here) and keeps the output.
     let report = collector.maintain(closed).unwrap();
@@ -406,11 +439,7 @@ fn compaction_merges_a_closed_hour_atomically_and_retention_drops_old_hours() {
     let later = (BASE_NS + 50 * HOUR_NS) as i64;
     let report = collector.maintain(later).unwrap();
     assert_eq!(report.partitions_dropped, 2);
-    assert!(
-        schemas::hour_dirs(tmp.path(), "spans", None, None)
-            .unwrap()
-            .is_empty()
-    );
+    assert!(hour_dirs(tmp.path()).is_empty());
     assert_eq!(
         std::fs::read_dir(tmp.path().join("spans")).unwrap().count(),
         0
@@ -431,9 +460,9 @@ fn a_file_that_cannot_be_read_is_left_as_it_is_and_the_rest_is_compacted() {
             .unwrap();
         runtime.block_on(collector.flush()).unwrap();
     }
-    let first = schemas::partition_dir(tmp.path(), "spans", BASE_NS as i64);
-    let second = schemas::partition_dir(tmp.path(), "spans", (BASE_NS + HOUR_NS) as i64);
-    let mut files = schemas::live_files(&first).unwrap();
+    let first = partition_dir(tmp.path(), BASE_NS as i64);
+    let second = partition_dir(tmp.path(), (BASE_NS + HOUR_NS) as i64);
+    let mut files = live_files(&first);
     files.sort();
     let damaged = files[0].clone();
     let length = std::fs::metadata(&damaged).unwrap().len();
@@ -448,12 +477,12 @@ fn a_file_that_cannot_be_read_is_left_as_it_is_and_the_rest_is_compacted() {
     let closed = (BASE_NS + 3 * HOUR_NS) as i64 + CLOSED_AFTER.as_nanos() as i64;
     let report = collector.maintain(closed).unwrap();
     assert_eq!((report.compacted, report.files_replaced), (1, 2));
-    assert_eq!(schemas::live_files(&second).unwrap().len(), 1);
+    assert_eq!(live_files(&second).len(), 1);
 
     // The next pass merges the others and leaves the damaged file where it is.
     let report = collector.maintain(closed).unwrap();
     assert_eq!((report.compacted, report.files_replaced), (1, 2));
-    let mut live = schemas::live_files(&first).unwrap();
+    let mut live = live_files(&first);
     live.sort();
     assert_eq!(live.len(), 2);
     assert_eq!(live[0], damaged);
@@ -528,8 +557,8 @@ fn compaction_keeps_the_resource_attributes_of_files_before_schema_3() {
 
     let closed = (BASE_NS + 2 * HOUR_NS) as i64 + CLOSED_AFTER.as_nanos() as i64;
     assert_eq!(collector.maintain(closed).unwrap().compacted, 1);
-    let hour = schemas::partition_dir(tmp.path(), "spans", BASE_NS as i64);
-    let merged = read_file(&schemas::live_files(&hour).unwrap()[0]);
+    let hour = partition_dir(tmp.path(), BASE_NS as i64);
+    let merged = read_file(&live_files(&hour)[0]);
     // Each row keeps its resource where its file had it.
     let texts =
         arrow::compute::cast(merged.column_by_name("resource").unwrap(), &DataType::Utf8).unwrap();
@@ -581,10 +610,10 @@ fn an_unpublished_compaction_leaves_the_inputs_as_the_data() {
         "00000000000000000001-a-000000.parquet\n00000000000000000002-a-000001.parquet\n",
     )
     .unwrap();
-    assert_eq!(schemas::live_files(&hour).unwrap().len(), 2);
+    assert_eq!(live_files(&hour).len(), 2);
     // Once the output is there, only it is live.
     std::fs::write(hour.join("00000000000000000002-b-000000.parquet"), b"y").unwrap();
-    let live = schemas::live_files(&hour).unwrap();
+    let live = live_files(&hour);
     assert_eq!(
         live,
         vec![hour.join("00000000000000000002-b-000000.parquet")]
@@ -630,10 +659,10 @@ fn injected_file_faults_never_acknowledge_lost_data() {
             .unwrap();
         acknowledged += 1;
 
-        // A failed rename while publishing a flush: nothing becomes visible, the rows stay
+        // A failed store while publishing a flush: nothing becomes visible, the rows stay
         // buffered and logged, and the retried flush writes them once.
         let spans_dir = dir.join("spans");
-        fail_next(Point::Rename, &spans_dir, 0, 1);
+        fail_next(Point::Publish, &spans_dir, 0, 1);
         assert!(runtime.block_on(collector.flush()).is_err());
         assert!(
             data_files(dir).is_empty(),
@@ -703,9 +732,9 @@ fn flushed_files_hold_their_hour_sorted_by_service_endpoint_and_time() {
         batches.push(decoder.decode(&request).unwrap().batch.unwrap());
     }
 
-    let writer = Writer::new(tmp.path());
+    let writer = Writer::new(schemas::Store::local(tmp.path()));
     let staged = writer.stage(&schemas::SPANS, &batches, 7).unwrap();
-    writer::publish(&staged).unwrap();
+    writer.store_files(&staged).unwrap();
     let files = data_files(tmp.path());
     assert_eq!(files.len(), 2, "one file per hour");
 
@@ -787,7 +816,7 @@ fn flushed_files_hold_their_hour_sorted_by_service_endpoint_and_time() {
                     time.value(row),
                 );
                 assert_eq!(
-                    schemas::partition_dir(tmp.path(), "spans", key.2),
+                    partition_dir(tmp.path(), key.2),
                     file.parent().unwrap(),
                     "a row outside its file's hour"
                 );

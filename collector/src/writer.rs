@@ -1,101 +1,109 @@
-//! Buffered rows to Parquet files: sorted, split by hour, written whole before they appear.
+//! Buffered rows to Parquet files: sorted, split by hour, encoded in memory, then stored
+//! whole ([`Writer::stage`], [`Writer::store`]: the one way any data file enters the store).
 //!
-//! A file is written under a temporary name starting with a dot, synced, and only then
-//! renamed into its partition, so readers never see a partial file ([`Staged`] and
-//! [`publish`]: the one way any file enters the data directory, data and rollups alike).
+//! A flushed file is in the store before its rows leave the buffer; the query side sees it
+//! only once the buffer's flushed mark has reached the sequence its name carries
+//! (`Buffer::flushed_through`), so no row is seen twice.
 
 use std::collections::hash_map::RandomState;
-use std::fs::File;
 use std::hash::BuildHasher;
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use arrow::array::{Array, ArrayRef, Int64Array, RecordBatch, TimestampNanosecondArray};
 use arrow::compute::concat;
 use arrow::row::{RowConverter, SortField};
+use bytes::Bytes;
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, Encoding, ZstdLevel};
 use parquet::file::metadata::KeyValue;
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
 use parquet::schema::types::ColumnPath;
 use schemas::{
-    BLOOM_COLUMN, KEY_INDEX_KEY, KeyIndex, SCHEMA_VERSION, SCHEMA_VERSION_KEY, Table,
-    partition_dir, partition_of,
+    BLOOM_COLUMN, KEY_INDEX_KEY, KeyIndex, ObjectPath, SCHEMA_VERSION, SCHEMA_VERSION_KEY, Store,
+    Table, partition_of,
 };
 
 use crate::error::{Error, Result};
 use crate::faults::{self, Point};
 
-/// A file written and synced under its temporary name, waiting to be renamed into place.
+/// A data file encoded in memory, waiting to be stored.
 #[derive(Debug)]
 pub struct Staged {
-    temporary: PathBuf,
-    destination: PathBuf,
+    /// Where it goes in the store.
+    pub path: ObjectPath,
+    bytes: Bytes,
     /// Rows in the file.
     pub rows: usize,
 }
 
 impl Staged {
-    /// Writes the file to be published as `destination`: under a temporary name beside it
-    /// (a dot first, so that no reader lists it), filled by `fill`, synced. Nothing is left
-    /// behind when it fails. The folder must exist.
-    pub fn write(destination: PathBuf, fill: impl FnOnce(File) -> Result<File>) -> Result<Staged> {
-        let name = destination
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let temporary = destination.with_file_name(format!(".{name}.tmp"));
-        let written = File::create(&temporary)
-            .map_err(storage)
-            .and_then(fill)
-            .and_then(|file| file.sync_all().map_err(storage));
-        if let Err(error) = written {
-            let _ = std::fs::remove_file(&temporary);
-            return Err(error);
-        }
-        Ok(Staged {
-            temporary,
-            destination,
-            rows: 0,
-        })
+    /// The file's size in bytes.
+    pub fn size(&self) -> usize {
+        self.bytes.len()
     }
 
-    /// The file's name once published.
-    pub fn name(&self) -> String {
-        self.destination
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default()
+    /// The file's name in its partition.
+    pub fn name(&self) -> &str {
+        self.path.filename().unwrap_or_default()
     }
 }
 
-/// Writes Parquet files under one data directory.
+/// Writes Parquet files into one store.
 #[derive(Debug)]
 pub struct Writer {
-    data_dir: PathBuf,
+    store: Store,
     unique: u64,
     sequence: AtomicU64,
+    /// Files of a failed [`Writer::store`] that could not be taken back: removed before any
+    /// other file is stored, since their rows are still buffered and will be written again.
+    leftovers: std::sync::Mutex<Vec<ObjectPath>>,
 }
 
 impl Writer {
-    /// A writer for `data_dir`; file names carry a random per-process prefix so that
+    /// A writer for `store`; file names carry a random per-process prefix so that
     /// several writers can share a directory or bucket.
-    pub fn new(data_dir: impl Into<PathBuf>) -> Self {
+    pub fn new(store: Store) -> Self {
         Self {
-            data_dir: data_dir.into(),
+            store,
             unique: RandomState::new().hash_one(std::process::id()),
             sequence: AtomicU64::new(0),
+            leftovers: std::sync::Mutex::default(),
         }
     }
 
-    /// The data directory.
-    pub fn data_dir(&self) -> &Path {
-        &self.data_dir
+    /// The store written to.
+    pub fn store(&self) -> &Store {
+        &self.store
     }
 
-    /// Writes `batches` of `table` (of its stored schema) as one synced temporary file per
-    /// hour partition, named after `through`, the highest WAL sequence the flush covers. Rows
+    /// Stores `staged`, all or nothing: when one fails, those already stored are removed
+    /// (or, if even that fails, removed before anything else is stored). Blocking.
+    pub fn store_files(&self, staged: &[Staged]) -> Result<()> {
+        let mut leftovers = self.leftovers.lock().unwrap_or_else(|e| e.into_inner());
+        while let Some(leftover) = leftovers.last() {
+            self.store.delete(leftover).map_err(storage)?;
+            leftovers.pop();
+        }
+        for (i, file) in staged.iter().enumerate() {
+            let local = self.store.local_path(&file.path).unwrap_or_default();
+            let stored = faults::check(Point::Publish, &local)
+                .and_then(|()| self.store.put(&file.path, file.bytes.clone()));
+            if let Err(error) = stored {
+                for done in &staged[..i] {
+                    if let Err(undo) = self.store.delete(&done.path) {
+                        tracing::warn!(%undo, file = %done.path, "cannot take back a stored file now; it is removed before the next flush");
+                        leftovers.push(done.path.clone());
+                    }
+                }
+                return Err(storage(error));
+            }
+        }
+        Ok(())
+    }
+
+    /// Encodes `batches` of `table` (of its stored schema) as one file per hour partition,
+    /// named after `through`, the highest WAL sequence the flush covers. Rows
     /// are sorted by the table's sort columns within each file. Blocking: run it off the
     /// async runtime.
     ///
@@ -119,13 +127,13 @@ impl Writer {
             while end < places.len() && partitions[end] == partition {
                 end += 1;
             }
-            match self.write_file(table, partition, batches, &places[start..end], through) {
-                Ok(file) => staged.push(file),
-                Err(error) => {
-                    discard(&staged);
-                    return Err(error);
-                }
-            }
+            staged.push(self.write_file(
+                table,
+                partition,
+                batches,
+                &places[start..end],
+                through,
+            )?);
             start = end;
         }
         Ok(staged)
@@ -140,25 +148,27 @@ impl Writer {
         rows: &[Place],
         through: u64,
     ) -> Result<Staged> {
-        let dir = partition_dir(&self.data_dir, table.name, partition);
-        std::fs::create_dir_all(&dir).map_err(storage)?;
-        let mut staged = Staged::write(dir.join(self.file_name(through)), |file| {
-            let schema = table.stored_schema();
-            let mut writer =
-                ArrowWriter::try_new(file, schema, Some(properties(through))).map_err(storage)?;
-            let sources: Vec<&RecordBatch> = batches.iter().collect();
-            let mut keys = KeyIndex::new();
-            for slice in rows.chunks(ROWS_PER_WRITE) {
-                let gathered = schemas::gather(&sources, slice).map_err(storage)?;
-                keys.add(&gathered);
-                writer.write(&gathered).map_err(storage)?;
-            }
-            writer
-                .append_key_value_metadata(KeyValue::new(KEY_INDEX_KEY.to_owned(), keys.to_json()));
-            writer.into_inner().map_err(storage)
-        })?;
-        staged.rows = rows.len();
-        Ok(staged)
+        let path = self
+            .store
+            .partition(table.name, partition)
+            .join(self.file_name(through));
+        let schema = table.stored_schema();
+        let mut writer =
+            ArrowWriter::try_new(Vec::new(), schema, Some(properties(through))).map_err(storage)?;
+        let sources: Vec<&RecordBatch> = batches.iter().collect();
+        let mut keys = KeyIndex::new();
+        for slice in rows.chunks(ROWS_PER_WRITE) {
+            let gathered = schemas::gather(&sources, slice).map_err(storage)?;
+            keys.add(&gathered);
+            writer.write(&gathered).map_err(storage)?;
+        }
+        writer.append_key_value_metadata(KeyValue::new(KEY_INDEX_KEY.to_owned(), keys.to_json()));
+        let bytes = writer.into_inner().map_err(storage)?;
+        Ok(Staged {
+            path,
+            bytes: Bytes::from(bytes),
+            rows: rows.len(),
+        })
     }
 }
 
@@ -195,48 +205,6 @@ impl Writer {
 
 /// Parquet key-value metadata key holding the highest WAL sequence a file covers.
 pub const WAL_SEQ_KEY: &str = "apiscope.wal_seq";
-
-/// The highest WAL sequence covered by the data file at `path`, from its name.
-pub fn covered_seq(path: &Path) -> Option<u64> {
-    let name = path.file_name()?.to_str()?;
-    let digits = name.split('-').next()?;
-    if digits.len() != 20 {
-        return None;
-    }
-    digits.parse().ok()
-}
-
-/// Renames staged files into place and syncs their folders, making them visible. All or
-/// nothing: if one rename fails, the files already renamed are taken back.
-pub(crate) fn publish(staged: &[Staged]) -> Result<()> {
-    for (i, file) in staged.iter().enumerate() {
-        let renamed = faults::check(Point::Rename, &file.destination)
-            .and_then(|()| std::fs::rename(&file.temporary, &file.destination));
-        if let Err(error) = renamed {
-            for done in &staged[..i] {
-                if let Err(undo) = std::fs::rename(&done.destination, &done.temporary) {
-                    tracing::error!(%undo, file = %done.destination.display(), "cannot take back a published file; its rows may appear twice");
-                }
-            }
-            return Err(storage(error));
-        }
-    }
-    for file in staged {
-        if let Some(dir) = file.destination.parent() {
-            File::open(dir)
-                .and_then(|d| d.sync_all())
-                .map_err(storage)?;
-        }
-    }
-    Ok(())
-}
-
-/// Removes staged files that will not be published (after a failed flush).
-pub(crate) fn discard(staged: &[Staged]) {
-    for file in staged {
-        let _ = std::fs::remove_file(&file.temporary);
-    }
-}
 
 fn properties(through: u64) -> WriterProperties {
     let mut builder = WriterProperties::builder();

@@ -157,6 +157,8 @@ impl Engine {
                 DiskManagerBuilder::default().with_mode(DiskManagerMode::Disabled),
             )
             .build_arc()?;
+        let store = source.store();
+        runtime.register_object_store(store.base_url(), store.objects());
         let values = crate::engine::bounds::ValueLimits {
             value: limits.max_value_bytes,
             batch: limits.memory_per_query,
@@ -308,6 +310,7 @@ impl Engine {
             .with_file_statistics_cache(shared.get_file_statistic_cache())
             .with_file_statistics_cache_limit(shared.get_file_statistic_cache_limit());
         let runtime = RuntimeEnvBuilder::new()
+            .with_object_store_registry(self.ctx.runtime_env().object_store_registry.clone())
             .with_cache_manager(caches)
             .with_memory_pool(pool)
             .with_disk_manager_builder(
@@ -470,7 +473,7 @@ mod runtime_tests {
         use datafusion::logical_expr::{Volatility, create_udf};
 
         let dir = tempfile::tempdir().unwrap();
-        let source = std::sync::Arc::new(crate::DataDir(dir.path().to_owned()));
+        let source = std::sync::Arc::new(crate::Files(schemas::Store::local(dir.path())));
         let engine = super::Engine::new(source, Default::default(), Default::default())
             .await
             .unwrap();

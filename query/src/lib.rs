@@ -37,4 +37,4 @@ pub use questions::rollups::{COLUMNS as API_CALL_MINUTES_COLUMNS, RollupReport};
 pub use questions::{
     API_CALLS, QUESTIONS, Question, QuestionSettings, REGRESSION_MIN_CALLS, RETRY_GAP_S,
 };
-pub use scan::{CATALOG, DataDir, Snapshot, Source, TimeRange, list_files};
+pub use scan::{CATALOG, Files, Snapshot, Source, TimeRange};

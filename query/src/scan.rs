@@ -16,7 +16,7 @@ pub(crate) mod source;
 pub(crate) mod table;
 pub(crate) mod unreadable;
 
-pub use source::{DataDir, Snapshot, Source, TimeRange, list_files};
+pub use source::{Files, Snapshot, Source, TimeRange};
 pub(crate) use table::StoreTable;
 
 /// The catalog holding apiscope's tables; also the database name PostgreSQL clients see.

@@ -4,24 +4,27 @@
 //! schema, the column tables of docs/tables.md and the Parquet metadata are all derived from that list.
 //!
 //! ```text
-//! <data_dir>/<table>/date=YYYY-MM-DD/hour=HH/<unique>.parquet
+//! <store>/<table>/date=YYYY-MM-DD/hour=HH/<through>-<writer>-<n>.parquet
 //! ```
 //!
-//! A file is visible only once complete: writers write `.<name>.tmp`, fsync, then rename.
-//! Readers list `*.parquet` only.
+//! The store is a local directory or a bucket ([`Store`]). A file is visible only once
+//! complete (on a local disk it is written as `.<name>.tmp`, synced, then renamed); readers
+//! list `*.parquet` only.
 
 mod gather;
 mod key_index;
 mod layout;
 pub mod routes;
+mod store;
 mod tables;
 
 pub use gather::{gather, gather_column};
 pub use key_index::{GRANULE_ROWS, KEY_INDEX_KEY, KeyIndex};
 pub use layout::{
-    REPLACED_BY, ROLLUP_DIR, RollupWriter, hour_dirs, hour_partitions, is_data_file, live_files,
-    partition_dir, partition_of, rollup_path, rollup_source,
+    REPLACED_BY, ROLLUP_DIR, covered_seq, is_data_file, parent, partition_of, rollup_path,
+    rollup_source,
 };
+pub use store::{ObjectMeta, ObjectPath, RollupWriter, Store, StoreFile};
 pub use tables::{
     Column, ColumnType, LOGS, REQUESTS, SPANS, Table, events_field, links_field, string_map_field,
 };

@@ -23,6 +23,7 @@ mod request_logs;
 mod restart;
 mod rust_sdk;
 mod security;
+mod store;
 mod support;
 mod traces;
 

@@ -7,3 +7,4 @@ pub(crate) mod otlp;
 pub(crate) mod pg;
 pub(crate) mod prometheus;
 pub(crate) mod python;
+pub(crate) mod s3;

@@ -16,9 +16,8 @@
 //! Sketches merge by adding counts, so a percentile from rollups equals the one computed
 //! over the calls; counts, errors and maxima add up the same way.
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeMap, HashSet};
 use std::io;
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
@@ -49,7 +48,7 @@ use crate::scan::file_cache::FileCache;
 use crate::scan::source::{Snapshot, Source, TimeRange};
 use crate::scan::table::StoreTable;
 use crate::scan::unreadable;
-use schemas::{RollupWriter, rollup_path};
+use schemas::{ObjectMeta, ObjectPath, RollupWriter, Store, parent, rollup_path};
 
 /// Bytes of rollups kept in memory at most: about 1.5 MB per 8M spans as flushed (fewer
 /// once compacted), so some days of a busy fleet.
@@ -86,12 +85,21 @@ pub const COLUMNS: &[(&str, &str)] = &[
 ];
 
 /// Fixed files and rows per table: what one part of a rollup reads.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Fixed {
+    store: Store,
     tables: Vec<(&'static str, Snapshot)>,
 }
 
 impl Fixed {
+    /// Nothing yet, of files in `store`.
+    fn new(store: &Store) -> Self {
+        Self {
+            store: store.clone(),
+            tables: Vec::new(),
+        }
+    }
+
     fn part(&mut self, table: &'static str) -> &mut Snapshot {
         if let Some(index) = self.tables.iter().position(|(name, _)| *name == table) {
             return &mut self.tables[index].1;
@@ -102,6 +110,10 @@ impl Fixed {
 }
 
 impl Source for Fixed {
+    fn store(&self) -> &Store {
+        &self.store
+    }
+
     fn snapshot(&self, table: &'static schemas::Table, _: TimeRange) -> io::Result<Snapshot> {
         let part = self.tables.iter().find(|(name, _)| *name == table.name);
         Ok(part.map_or_else(Snapshot::default, |(_, part)| Snapshot {
@@ -162,25 +174,27 @@ pub struct RollupReport {
 /// The rollup of `file`, of `table`, written to `rollup` by `writer`.
 async fn roll_up(
     state: &SessionState,
+    store: &Store,
     table: &'static str,
-    file: &Path,
-    rollup: &Path,
+    file: &ObjectMeta,
+    rollup: &ObjectPath,
     schema: SchemaRef,
     writer: Arc<dyn RollupWriter>,
 ) -> Result<()> {
-    let mut fixed = Fixed::default();
-    fixed.part(table).files.push(file.to_owned());
+    let mut fixed = Fixed::new(store);
+    fixed.part(table).files.push(file.clone());
     let plan = per_minute(state, fixed, "true", None).await?;
     // Left out of the plan, it would get an empty rollup.
-    if unreadable::contains(file) {
+    if unreadable::contains(&file.location) {
         return Err(DataFusionError::Execution(format!(
             "{} cannot be read",
-            file.display()
+            file.location
         )));
     }
     let batches = datafusion::physical_plan::collect(plan, state.task_ctx()).await?;
-    let rollup = rollup.to_owned();
-    tokio::task::spawn_blocking(move || writer.write(&rollup, schema, &batches))
+    let rollup = rollup.clone();
+    let store = store.clone();
+    tokio::task::spawn_blocking(move || writer.write(&store, &rollup, schema, &batches))
         .await
         .map_err(|error| DataFusionError::External(Box::new(error)))?
         .map_err(|error| DataFusionError::External(Box::new(error)))
@@ -196,13 +210,13 @@ pub(crate) struct Rollups {
     /// Rollups read, kept in memory.
     cache: Arc<FileCache<Vec<RecordBatch>>>,
     /// Files whose rollup could not be made, not tried again.
-    failed: Mutex<HashSet<PathBuf>>,
+    failed: Mutex<HashSet<ObjectPath>>,
 }
 
 impl Rollups {
     /// The rollups of the files in `source`, planned in `state`.
     pub(crate) async fn new(state: &SessionState, source: Arc<dyn Source>) -> Result<Self> {
-        let plan = per_minute(state, Fixed::default(), "true", None).await?;
+        let plan = per_minute(state, Fixed::new(source.store()), "true", None).await?;
         Ok(Self {
             source,
             schema: plan.schema(),
@@ -221,46 +235,64 @@ impl Rollups {
         writer: Arc<dyn RollupWriter>,
     ) -> Result<RollupReport> {
         let mut report = RollupReport::default();
-        let mut dirs = BTreeSet::new();
+        let store = self.source.store().clone();
+        let storage = |error| DataFusionError::External(Box::new(error));
         for table in schemas::TABLES {
-            let files = self
-                .source
-                .files(table, TimeRange::default())
-                .map_err(|error| DataFusionError::External(Box::new(error)))?;
+            let source = self.source.clone();
+            // The files, and the rollups there are in each file's partition.
+            let listed = tokio::task::spawn_blocking(move || {
+                let files = source.files(table, TimeRange::default())?;
+                let mut rollups: BTreeMap<ObjectPath, HashSet<ObjectPath>> = BTreeMap::new();
+                for file in &files {
+                    let Some(dir) = rollup_path(&file.location).as_ref().and_then(parent) else {
+                        continue;
+                    };
+                    if let std::collections::btree_map::Entry::Vacant(entry) = rollups.entry(dir) {
+                        let there = source.store().list(entry.key())?;
+                        entry.insert(there.into_iter().map(|rollup| rollup.location).collect());
+                    }
+                }
+                std::io::Result::Ok((files, rollups))
+            })
+            .await
+            .map_err(|error| DataFusionError::External(Box::new(error)))?;
+            let (files, rollups) = listed.map_err(storage)?;
             for file in files {
-                let Some(rollup) = rollup_path(&file) else {
+                let Some(rollup) = rollup_path(&file.location) else {
                     continue;
                 };
-                if let Some(dir) = rollup.parent() {
-                    dirs.insert(dir.to_owned());
-                }
-                let given_up = self.failed.lock().contains(&file);
-                if given_up || rollup.exists() {
+                let exists = parent(&rollup)
+                    .and_then(|dir| rollups.get(&dir))
+                    .is_some_and(|there| there.contains(&rollup));
+                let given_up = self.failed.lock().contains(&file.location);
+                if given_up || exists {
                     continue;
                 }
                 let schema = self.schema.clone();
                 let writing = writer.clone();
-                match roll_up(state, table.name, &file, &rollup, schema, writing).await {
+                match roll_up(state, &store, table.name, &file, &rollup, schema, writing).await {
                     Ok(()) => report.written += 1,
                     // Reported already, and tried again by the next pass: it may be restored.
-                    Err(_) if unreadable::contains(&file) => {}
+                    Err(_) if unreadable::contains(&file.location) => {}
                     Err(error) => {
-                        tracing::warn!(file = %file.display(), %error, "cannot write this file's rollup; its calls are read instead");
-                        self.failed.lock().insert(file);
+                        tracing::warn!(file = %file.location, %error, "cannot write this file's rollup; its calls are read instead");
+                        self.failed.lock().insert(file.location);
                         report.failed += 1;
                     }
                 }
             }
+            let writer = writer.clone();
+            let store = store.clone();
+            let dirs: Vec<ObjectPath> = rollups.into_keys().collect();
+            report.removed += tokio::task::spawn_blocking(move || {
+                dirs.iter()
+                    .map(|dir| writer.remove_orphans(&store, dir))
+                    .sum::<std::io::Result<usize>>()
+            })
+            .await
+            .map_err(|error| DataFusionError::External(Box::new(error)))?
+            .map_err(storage)?;
         }
-        let storage = |error| DataFusionError::External(Box::new(error));
-        report.removed = tokio::task::spawn_blocking(move || {
-            dirs.iter()
-                .map(|dir| writer.remove_orphans(dir))
-                .sum::<std::io::Result<usize>>()
-        })
-        .await
-        .map_err(|error| DataFusionError::External(Box::new(error)))?
-        .map_err(storage)?;
         Ok(report)
     }
 }
@@ -321,7 +353,8 @@ impl TableProvider for MinutesTable {
             lo: Some(from),
             hi: Some(to),
         };
-        let mut raw = Fixed::default();
+        let store = self.source.store();
+        let mut raw = Fixed::new(store);
         let mut candidates = Vec::new();
         for table in schemas::TABLES {
             let snapshot = self
@@ -341,16 +374,20 @@ impl TableProvider for MinutesTable {
         // yet) or unreadable is read itself.
         let cache = self.cache.clone();
         let schema = self.schema.clone();
-        let files: Vec<PathBuf> = candidates.iter().map(|(_, file)| file.clone()).collect();
+        let files: Vec<ObjectPath> = candidates
+            .iter()
+            .map(|(_, file)| file.location.clone())
+            .collect();
+        let reading = store.clone();
         let loaded = tokio::task::spawn_blocking(move || {
             files
                 .iter()
-                .map(|file| load(&cache, file, &schema))
+                .map(|file| load(&reading, &cache, file, &schema))
                 .collect::<Vec<_>>()
         })
         .await
         .map_err(|error| DataFusionError::External(Box::new(error)))?;
-        let mut rolled = Fixed::default();
+        let mut rolled = Fixed::new(store);
         let mut rows = Vec::new();
         for ((table, file), rollup) in candidates.into_iter().zip(loaded) {
             match rollup {
@@ -440,8 +477,9 @@ impl MinutesTable {
 /// The rows of `file`'s rollup, from `cache` or read now; `None` when it has none that
 /// reads as `schema` (not written yet, or damaged).
 fn load(
+    store: &Store,
     cache: &FileCache<Vec<RecordBatch>>,
-    file: &Path,
+    file: &ObjectPath,
     schema: &SchemaRef,
 ) -> Option<Arc<Vec<RecordBatch>>> {
     let path = rollup_path(file)?;
@@ -449,8 +487,7 @@ fn load(
         return Some(rows);
     }
     let read = || -> std::result::Result<Vec<RecordBatch>, Box<dyn std::error::Error>> {
-        let reader =
-            ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(&path)?)?.build()?;
+        let reader = ParquetRecordBatchReaderBuilder::try_new(store.get(&path)?)?.build()?;
         let mut rows = Vec::new();
         for batch in reader {
             // The columns by position, under the names and types of `schema`.
@@ -469,8 +506,12 @@ fn load(
             Some(rows)
         }
         Err(error) => {
-            if path.exists() {
-                tracing::warn!(rollup = %path.display(), %error, "unreadable rollup; its file is read instead");
+            // A rollup not written yet is no news.
+            let missing = error
+                .downcast_ref::<io::Error>()
+                .is_some_and(|error| error.kind() == io::ErrorKind::NotFound);
+            if !missing {
+                tracing::warn!(rollup = %path, %error, "unreadable rollup; its file is read instead");
             }
             None
         }
@@ -492,48 +533,64 @@ mod tests {
     #[test]
     fn a_damaged_or_missing_rollup_is_no_rollup_and_a_read_one_is_kept() {
         let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("1-a-0.parquet");
+        let store = Store::local(dir.path());
+        let file = store.partition("spans", 0).join("1-a-0.parquet");
         let schema = Arc::new(arrow::datatypes::Schema::new(vec![
             arrow::datatypes::Field::new("calls", arrow::datatypes::DataType::Int64, false),
         ]));
         let cache = FileCache::new(1 << 20);
-        assert!(load(&cache, &file, &schema).is_none(), "not written yet");
-        std::fs::create_dir(dir.path().join(schemas::ROLLUP_DIR)).unwrap();
+        assert!(
+            load(&store, &cache, &file, &schema).is_none(),
+            "not written yet"
+        );
         let rollup = rollup_path(&file).unwrap();
-        std::fs::write(&rollup, b"PAR1 not parquet").unwrap();
-        assert!(load(&cache, &file, &schema).is_none(), "damaged");
+        let damaged = bytes::Bytes::from_static(b"PAR1 not parquet");
+        store.put(&rollup, damaged).unwrap();
+        assert!(load(&store, &cache, &file, &schema).is_none(), "damaged");
 
         let batch = RecordBatch::try_new(
             schema.clone(),
             vec![Arc::new(arrow::array::Int64Array::from(vec![3, 4]))],
         )
         .unwrap();
-        std::fs::remove_file(&rollup).unwrap();
+        store.delete(&rollup).unwrap();
+        store
+            .put(&file, bytes::Bytes::from_static(b"data"))
+            .unwrap();
         collector::RollupFiles
-            .write(&rollup, schema.clone(), std::slice::from_ref(&batch))
+            .write(
+                &store,
+                &rollup,
+                schema.clone(),
+                std::slice::from_ref(&batch),
+            )
             .unwrap();
         let other = Arc::new(arrow::datatypes::Schema::new(vec![
             arrow::datatypes::Field::new("calls", arrow::datatypes::DataType::Utf8, false),
         ]));
-        assert!(load(&cache, &file, &other).is_none(), "another format");
+        assert!(
+            load(&store, &cache, &file, &other).is_none(),
+            "another format"
+        );
         assert_eq!(
-            *load(&cache, &file, &schema).unwrap(),
+            *load(&store, &cache, &file, &schema).unwrap(),
             std::slice::from_ref(&batch)
         );
         // Kept in memory: read again without the file.
-        std::fs::remove_file(&rollup).unwrap();
-        assert_eq!(*load(&cache, &file, &schema).unwrap(), [batch]);
+        store.delete(&rollup).unwrap();
+        assert_eq!(*load(&store, &cache, &file, &schema).unwrap(), [batch]);
         assert_eq!(cache.held().0, 1);
     }
 
     #[tokio::test]
     async fn a_file_whose_footer_cannot_be_read_gets_no_rollup_until_it_reads() {
         let dir = tempfile::tempdir().unwrap();
-        let hour = schemas::partition_dir(dir.path(), "spans", 1_764_237_600_000_000_000);
-        std::fs::create_dir_all(&hour).unwrap();
+        let store = Store::local(dir.path());
+        let hour = store.partition("spans", 1_764_237_600_000_000_000);
         let damaged = hour.join("1-a-0.parquet");
-        std::fs::write(&damaged, b"not parquet at all").unwrap();
-        let source = Arc::new(crate::scan::source::DataDir(dir.path().to_owned()));
+        let garbage = bytes::Bytes::from_static(b"not parquet at all");
+        store.put(&damaged, garbage).unwrap();
+        let source = Arc::new(crate::scan::source::Files(store.clone()));
         let engine = crate::Engine::new(source, Default::default(), Default::default())
             .await
             .unwrap();
@@ -542,7 +599,8 @@ mod tests {
         for _ in 0..2 {
             let report = engine.roll_up(Arc::new(collector::RollupFiles)).await;
             assert_eq!(report.unwrap(), RollupReport::default());
-            assert!(!rollup_path(&damaged).unwrap().exists());
+            let rollup = rollup_path(&damaged).unwrap();
+            assert!(store.head(&rollup).unwrap().is_none());
         }
     }
 }

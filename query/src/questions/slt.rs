@@ -18,7 +18,7 @@ use sqllogictest::{AsyncDB, DBOutput, DefaultColumnType};
 use crate::engine::Engine;
 use crate::error::Error;
 use crate::questions::QuestionSettings;
-use crate::scan::DataDir;
+use crate::scan::Files;
 
 fn repository() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -63,7 +63,7 @@ impl Fixture {
             deprecated_versions: vec!["v1".to_owned()],
             openapi: Arc::new(openapi),
         };
-        let source = Arc::new(DataDir(dir.path().to_owned()));
+        let source = Arc::new(Files(schemas::Store::local(dir.path())));
         let engine = Engine::new(source, settings, Default::default())
             .await
             .unwrap();

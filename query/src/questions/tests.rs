@@ -2,12 +2,12 @@ use std::sync::Arc;
 
 use super::*;
 use crate::engine::Engine;
-use crate::scan::source::DataDir;
+use crate::scan::source::Files;
 
 #[tokio::test]
 async fn every_question_answers_the_columns_it_documents() {
     let dir = tempfile::tempdir().unwrap();
-    let source = Arc::new(DataDir(dir.path().to_owned()));
+    let source = Arc::new(Files(schemas::Store::local(dir.path())));
     let document = "openapi: 3.0.0\npaths:\n  /a/{id}:\n    get:\n      responses: {'200': {}}\n";
     let openapi = OpenApi::parse(&[("a.yaml".into(), document.into())]).unwrap();
     let settings = QuestionSettings {
@@ -18,7 +18,7 @@ async fn every_question_answers_the_columns_it_documents() {
         .await
         .unwrap();
     let bare = Engine::new(
-        Arc::new(DataDir(dir.path().to_owned())),
+        Arc::new(Files(schemas::Store::local(dir.path()))),
         QuestionSettings::default(),
         Default::default(),
     )

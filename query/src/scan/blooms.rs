@@ -7,7 +7,6 @@
 //! Files never change once written, so their filters are read once, on the first lookup
 //! that needs them, and kept up to a budget (least recently used go first).
 
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use datafusion::common::ScalarValue;
@@ -15,6 +14,8 @@ use datafusion::logical_expr::utils::split_conjunction;
 use datafusion::logical_expr::{BinaryExpr, Expr, Operator};
 use datafusion::parquet::bloom_filter::Sbbf;
 use datafusion::parquet::file::metadata::ParquetMetaDataReader;
+
+use schemas::{ObjectMeta, Store};
 
 use crate::scan::file_cache::FileCache;
 
@@ -55,19 +56,24 @@ impl Filters {
 impl Blooms {
     /// `files` without those whose filters show that they hold none of `values` (trace
     /// ids). Reads the filters of files not seen before: blocking I/O.
-    pub(crate) fn keep(&self, files: Vec<PathBuf>, values: &[String]) -> Vec<PathBuf> {
+    pub(crate) fn keep(
+        &self,
+        store: &Store,
+        files: Vec<ObjectMeta>,
+        values: &[String],
+    ) -> Vec<ObjectMeta> {
         files
             .into_iter()
-            .filter(|file| self.may_hold(file, values))
+            .filter(|file| self.may_hold(store, file, values))
             .collect()
     }
 
-    fn may_hold(&self, file: &Path, values: &[String]) -> bool {
-        if let Some(filters) = self.cache.get(file) {
+    fn may_hold(&self, store: &Store, file: &ObjectMeta, values: &[String]) -> bool {
+        if let Some(filters) = self.cache.get(&file.location) {
             return filters.may_hold(values);
         }
         // A file that cannot be read is left to `Footers::select`, which leaves it out.
-        let Ok(groups) = read(file) else {
+        let Ok(groups) = read(store, file) else {
             return true;
         };
         let bytes = groups
@@ -76,14 +82,17 @@ impl Blooms {
             .map(|filter| filter.num_blocks() * 32)
             .sum();
         let filters = Arc::new(Filters(groups));
-        self.cache.insert(file, filters.clone(), bytes);
+        self.cache.insert(&file.location, filters.clone(), bytes);
         filters.may_hold(values)
     }
 }
 
 /// The `trace_id` bloom filter of each row group of `file`.
-fn read(file: &Path) -> datafusion::parquet::errors::Result<Vec<Option<Sbbf>>> {
-    let reader = std::fs::File::open(file)?;
+fn read(
+    store: &Store,
+    file: &ObjectMeta,
+) -> datafusion::parquet::errors::Result<Vec<Option<Sbbf>>> {
+    let reader = store.reader(file);
     let metadata = ParquetMetaDataReader::new().parse_and_finish(&reader)?;
     let Some(column) = metadata
         .file_metadata()

@@ -2,10 +2,10 @@
 //! path up to a budget of bytes; past it, the least recently used go first.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
+use schemas::ObjectPath;
 
 /// Values by file path, within a budget.
 #[derive(Debug)]
@@ -16,7 +16,7 @@ pub(crate) struct FileCache<T> {
 
 #[derive(Debug)]
 struct Entries<T> {
-    by_path: HashMap<PathBuf, Entry<T>>,
+    by_path: HashMap<ObjectPath, Entry<T>>,
     bytes: usize,
     /// Incremented on every use; an entry's `used` is the tick it was last used at.
     tick: u64,
@@ -43,7 +43,7 @@ impl<T> FileCache<T> {
     }
 
     /// The value kept for `path`, now the most recently used.
-    pub(crate) fn get(&self, path: &Path) -> Option<Arc<T>> {
+    pub(crate) fn get(&self, path: &ObjectPath) -> Option<Arc<T>> {
         let mut entries = self.entries.lock();
         entries.tick += 1;
         let tick = entries.tick;
@@ -54,7 +54,7 @@ impl<T> FileCache<T> {
 
     /// Keeps `value`, which holds `bytes`, for `path`, letting the least recently used go to
     /// stay within the budget; a value over the whole budget is not kept.
-    pub(crate) fn insert(&self, path: &Path, value: Arc<T>, bytes: usize) {
+    pub(crate) fn insert(&self, path: &ObjectPath, value: Arc<T>, bytes: usize) {
         if bytes > self.budget {
             return;
         }
@@ -80,7 +80,7 @@ impl<T> FileCache<T> {
         entries.bytes += bytes;
         entries
             .by_path
-            .insert(path.to_owned(), Entry { value, bytes, used });
+            .insert(path.clone(), Entry { value, bytes, used });
     }
 
     /// How many values, and bytes, are kept; checks that the bytes add up.

@@ -18,14 +18,12 @@
 
 use std::collections::HashMap;
 use std::ops::Range;
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
 
 use arrow::datatypes::{DataType, Schema, SchemaRef};
 use datafusion::common::tree_node::{Transformed, TreeNode};
-use datafusion::datasource::listing::ListingTableUrl;
 use datafusion::datasource::physical_plan::parquet::{
     CachedParquetFileReaderFactory, ParquetFileReaderFactory, ParquetRowSelection,
 };
@@ -46,7 +44,7 @@ use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::metrics::ExecutionPlanMetricsSet;
 use futures::FutureExt;
 use futures::future::BoxFuture;
-use schemas::{KEY_INDEX_KEY, KeyIndex};
+use schemas::{KEY_INDEX_KEY, KeyIndex, ObjectMeta, Store};
 
 use crate::scan::blooms::text;
 use crate::scan::file_cache::FileCache;
@@ -109,7 +107,7 @@ impl Exact {
 /// A file a scan reads, with the rows it reads (`None` for all) and the schema it reads the
 /// file with (`None` for the file's own).
 pub(crate) struct ScanFile {
-    pub(crate) path: PathBuf,
+    pub(crate) file: ObjectMeta,
     rows: Option<RowSelection>,
     read_as: Option<SchemaRef>,
     /// For each [`Exact`] filter of the scan, whether every row selected passes it.
@@ -131,20 +129,21 @@ impl Footers {
     /// footers of files not seen before: blocking I/O.
     pub(crate) fn select(
         &self,
-        files: Vec<PathBuf>,
+        store: &Store,
+        files: Vec<ObjectMeta>,
         keys: &[Key],
         exact: &[Exact],
     ) -> Vec<ScanFile> {
-        unreadable::forget_gone();
+        unreadable::forget_gone(store);
         files
             .into_iter()
-            .filter_map(|path| {
-                let footer = self.footer(&path)?;
+            .filter_map(|file| {
+                let footer = self.footer(store, &file)?;
                 let read_as = footer.read_as.clone();
                 let mut answered = vec![false; exact.len()];
                 let Some(index) = footer.index.as_ref() else {
                     return Some(ScanFile {
-                        path,
+                        file,
                         rows: None,
                         read_as,
                         answered,
@@ -185,7 +184,7 @@ impl Footers {
                     rows => rows,
                 };
                 Some(ScanFile {
-                    path,
+                    file,
                     rows,
                     read_as,
                     answered,
@@ -195,22 +194,22 @@ impl Footers {
     }
 
     /// The footer facts of `file`; `None` when its footer cannot be read.
-    fn footer(&self, file: &Path) -> Option<Arc<Footer>> {
-        if let Some(footer) = self.cache.get(file) {
+    fn footer(&self, store: &Store, file: &ObjectMeta) -> Option<Arc<Footer>> {
+        if let Some(footer) = self.cache.get(&file.location) {
             return Some(footer);
         }
-        let (mut footer, bytes) = match read(file) {
+        let (mut footer, bytes) = match read(store, file) {
             Ok(read) => read,
             Err(error) => {
-                unreadable::report(file, &error);
+                unreadable::report(store, &file.location, &error);
                 return None;
             }
         };
-        unreadable::recovered(file);
+        unreadable::recovered(&file.location);
         footer.read_as = footer.read_as.take().map(|schema| self.shared(schema));
         footer.schema = footer.schema.take().map(|schema| self.shared(schema));
         let footer = Arc::new(footer);
-        self.cache.insert(file, footer.clone(), bytes);
+        self.cache.insert(&file.location, footer.clone(), bytes);
         Some(footer)
     }
 }
@@ -239,8 +238,8 @@ impl Footer {
 }
 
 /// The footer facts of `file`, and about the memory they take.
-fn read(file: &Path) -> datafusion::parquet::errors::Result<(Footer, usize)> {
-    let reader = std::fs::File::open(file)?;
+fn read(store: &Store, file: &ObjectMeta) -> datafusion::parquet::errors::Result<(Footer, usize)> {
+    let reader = store.reader(file);
     let metadata = ParquetMetaDataReader::new().parse_and_finish(&reader)?;
     let pairs = metadata.file_metadata().key_value_metadata();
     let text = pairs
@@ -450,8 +449,7 @@ pub(crate) fn attach(
             continue;
         }
         selects |= file.rows.is_some();
-        let url = ListingTableUrl::parse(file.path.to_string_lossy())?;
-        by_location.insert(url.prefix().clone(), (file.rows, file.read_as));
+        by_location.insert(file.file.location, (file.rows, file.read_as));
     }
     if by_location.is_empty() {
         return Ok(plan);

@@ -1,10 +1,8 @@
 //! Where a table's rows come from: the Parquet files of the hours a query needs, plus the
 //! rows not yet flushed.
 
-use std::path::{Path, PathBuf};
-
 use arrow::array::RecordBatch;
-use schemas::Table;
+use schemas::{ObjectMeta, Store, Table};
 
 /// A time range in nanoseconds since the epoch, `lo <= time < hi`; absent bounds are open.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -19,7 +17,7 @@ pub struct TimeRange {
 #[derive(Debug, Default)]
 pub struct Snapshot {
     /// Complete Parquet files of the partitions overlapping the range.
-    pub files: Vec<PathBuf>,
+    pub files: Vec<ObjectMeta>,
     /// Rows not yet in any of those files.
     pub batches: Vec<RecordBatch>,
 }
@@ -27,39 +25,33 @@ pub struct Snapshot {
 /// Gives consistent snapshots of a table: every row appears in exactly one of the files or
 /// the batches.
 pub trait Source: Send + Sync + std::fmt::Debug {
-    /// The files and buffered rows of `table` that may hold rows in `range`.
+    /// The store the files are in.
+    fn store(&self) -> &Store;
+
+    /// The files and buffered rows of `table` that may hold rows in `range`. Blocking: it
+    /// lists the store.
     fn snapshot(&self, table: &'static Table, range: TimeRange) -> std::io::Result<Snapshot>;
 
     /// The files of `table` that may hold rows in `range`, for work that does not need
-    /// the buffered rows beside them (a source may list them without holding up writers).
-    fn files(&self, table: &'static Table, range: TimeRange) -> std::io::Result<Vec<PathBuf>> {
+    /// the buffered rows beside them.
+    fn files(&self, table: &'static Table, range: TimeRange) -> std::io::Result<Vec<ObjectMeta>> {
         Ok(self.snapshot(table, range)?.files)
     }
 }
 
-/// A data directory with nobody writing to it, or whose writer's buffer is not visible:
-/// files only.
+/// A store with nobody writing to it, or whose writer's buffer is not visible: files only.
 #[derive(Debug, Clone)]
-pub struct DataDir(pub PathBuf);
+pub struct Files(pub Store);
 
-impl Source for DataDir {
+impl Source for Files {
+    fn store(&self) -> &Store {
+        &self.0
+    }
+
     fn snapshot(&self, table: &'static Table, range: TimeRange) -> std::io::Result<Snapshot> {
         Ok(Snapshot {
-            files: list_files(&self.0, table, range)?,
+            files: self.0.table_files(table.name, range.lo, range.hi)?,
             batches: Vec::new(),
         })
     }
-}
-
-/// The live Parquet files of `table` in the hour partitions overlapping `range`.
-pub fn list_files(
-    data_dir: &Path,
-    table: &Table,
-    range: TimeRange,
-) -> std::io::Result<Vec<PathBuf>> {
-    let mut files = Vec::new();
-    for dir in schemas::hour_dirs(data_dir, table.name, range.lo, range.hi)? {
-        files.extend(schemas::live_files(&dir)?);
-    }
-    Ok(files)
 }

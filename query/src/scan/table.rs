@@ -100,9 +100,11 @@ impl TableProvider for StoreTable {
         limit: Option<usize>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
         let range = time_range(filters);
-        let snapshot = self
-            .source
-            .snapshot(self.table, range)
+        let source = self.source.clone();
+        let table = self.table;
+        let snapshot = tokio::task::spawn_blocking(move || source.snapshot(table, range))
+            .await
+            .map_err(|error| DataFusionError::External(Box::new(error)))?
             .map_err(|error| DataFusionError::External(Box::new(error)))?;
 
         // Files and buffer hold the stored columns; the computed ones (`Column::computed`)
@@ -121,9 +123,11 @@ impl TableProvider for StoreTable {
         let mut files = snapshot.files;
         if let Some(trace_ids) = blooms::wanted(&filters) {
             let blooms = self.blooms.clone();
-            files = tokio::task::spawn_blocking(move || blooms.keep(files, &trace_ids))
-                .await
-                .map_err(|error| DataFusionError::External(Box::new(error)))?;
+            let source = self.source.clone();
+            files =
+                tokio::task::spawn_blocking(move || blooms.keep(source.store(), files, &trace_ids))
+                    .await
+                    .map_err(|error| DataFusionError::External(Box::new(error)))?;
         }
 
         let keys = key_index::wanted(&filters, &self.stored);
@@ -157,9 +161,12 @@ impl TableProvider for StoreTable {
         }
         let exact: Vec<key_index::Exact> = answerable.iter().map(|a| a.exact.clone()).collect();
         let footers = self.footers.clone();
-        let files = tokio::task::spawn_blocking(move || footers.select(files, &keys, &exact))
-            .await
-            .map_err(|error| DataFusionError::External(Box::new(error)))?;
+        let source = self.source.clone();
+        let files = tokio::task::spawn_blocking(move || {
+            footers.select(source.store(), files, &keys, &exact)
+        })
+        .await
+        .map_err(|error| DataFusionError::External(Box::new(error)))?;
 
         // Files are scanned in groups by which exact filters their indexes answered; each
         // group applies the others to its rows.
@@ -188,7 +195,9 @@ impl TableProvider for StoreTable {
             let columns = self.with_columns_of(&read, &applied)?;
             let mut urls = Vec::with_capacity(files.len());
             for file in &files {
-                urls.push(ListingTableUrl::parse(file.path.to_string_lossy())?);
+                urls.push(ListingTableUrl::parse(
+                    self.source.store().url_of(&file.file.location),
+                )?);
             }
             let options = ListingOptions::new(Arc::new(ParquetFormat::default()))
                 .with_file_extension(".parquet");

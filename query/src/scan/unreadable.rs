@@ -5,58 +5,59 @@
 //! counted in the gauge `apiscope_unreadable_files` until it reads again or is gone.
 
 use std::collections::HashSet;
-use std::path::{Path, PathBuf};
 use std::sync::LazyLock;
 
 use parking_lot::{Mutex, MutexGuard};
+use schemas::{ObjectPath, Store};
 
-static FILES: LazyLock<Mutex<HashSet<PathBuf>>> = LazyLock::new(Mutex::default);
+static FILES: LazyLock<Mutex<HashSet<ObjectPath>>> = LazyLock::new(Mutex::default);
 
-fn files() -> MutexGuard<'static, HashSet<PathBuf>> {
+fn files() -> MutexGuard<'static, HashSet<ObjectPath>> {
     FILES.lock()
 }
 
-fn count(files: &HashSet<PathBuf>) {
+fn count(files: &HashSet<ObjectPath>) {
     metrics::gauge!("apiscope_unreadable_files").set(files.len() as f64);
 }
 
 /// Records that `file` cannot be read, for `error`; a file gone meanwhile (replaced by a
 /// compaction, say) is nothing to report.
-pub(crate) fn report(file: &Path, error: &dyn std::fmt::Display) {
-    if !file.exists() {
+pub(crate) fn report(store: &Store, file: &ObjectPath, error: &dyn std::fmt::Display) {
+    if !matches!(store.head(file), Ok(Some(_))) {
         return;
     }
     let mut files = files();
-    if files.insert(file.to_owned()) {
+    if files.insert(file.clone()) {
         tracing::error!(
-            file = %file.display(),
+            store = store.name(),
+            %file,
             %error,
-            "this Parquet file cannot be read and is left out of queries; restore it, or move it out of the data directory"
+            "this Parquet file cannot be read and is left out of queries; restore it, or move it out of the store"
         );
         count(&files);
     }
 }
 
 /// Forgets `file`, which reads again.
-pub(crate) fn recovered(file: &Path) {
+pub(crate) fn recovered(file: &ObjectPath) {
     let mut files = files();
     if files.remove(file) {
-        tracing::info!(file = %file.display(), "this Parquet file reads again");
+        tracing::info!(%file, "this Parquet file reads again");
         count(&files);
     }
 }
 
 /// Forgets the files that are no longer there (moved away or deleted).
-pub(crate) fn forget_gone() {
+pub(crate) fn forget_gone(store: &Store) {
     let mut files = files();
     if files.is_empty() {
         return;
     }
-    files.retain(|file| file.exists());
+    files.retain(|file| !matches!(store.head(file), Ok(None)));
     count(&files);
 }
 
 /// Whether `file` is known not to read.
-pub(crate) fn contains(file: &Path) -> bool {
+pub(crate) fn contains(file: &ObjectPath) -> bool {
     files().contains(file)
 }

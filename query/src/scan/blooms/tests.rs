@@ -4,7 +4,26 @@ use datafusion::logical_expr::{col, lit};
 use datafusion::parquet::arrow::ArrowWriter;
 use datafusion::parquet::file::properties::WriterProperties;
 
+use std::path::Path;
+
+use schemas::ObjectPath;
+
 use super::*;
+
+/// What the local store knows of the file at `path`.
+fn meta(store: &Store, path: &Path) -> ObjectMeta {
+    let location = ObjectPath::from(path.to_string_lossy().as_ref());
+    match store.head(&location).unwrap() {
+        Some(meta) => meta,
+        None => ObjectMeta {
+            location,
+            last_modified: chrono::Utc::now(),
+            size: 100,
+            e_tag: None,
+            version: None,
+        },
+    }
+}
 
 fn write(path: &Path, ids: &[&str]) {
     let schema = Arc::new(Schema::new(vec![Field::new(COLUMN, DataType::Utf8, false)]));
@@ -35,7 +54,9 @@ fn over_its_budget_the_least_recently_used_go_and_answers_stay_right() {
     write(&a, &["a1", "a2", "a3"]);
     write(&b, &["b1"]);
     write(&c, &["c1", "c2"]);
-    let one = read(&b).unwrap()[0].as_ref().unwrap().num_blocks() * 32;
+    let store = Store::local(dir.path());
+    let [a, b, c] = [a, b, c].map(|path| meta(&store, &path));
+    let one = read(&store, &b).unwrap()[0].as_ref().unwrap().num_blocks() * 32;
     // Room for two single-group files, or for `a` alone.
     let blooms = Blooms {
         cache: FileCache::new(2 * one),
@@ -43,21 +64,27 @@ fn over_its_budget_the_least_recently_used_go_and_answers_stay_right() {
     let all = vec![a.clone(), b.clone(), c.clone()];
     let ids = |ids: &[&str]| ids.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
     for _ in 0..3 {
-        assert_eq!(blooms.keep(all.clone(), &ids(&["a3"])), vec![a.clone()]);
         assert_eq!(
-            blooms.keep(all.clone(), &ids(&["b1", "c2"])),
+            blooms.keep(&store, all.clone(), &ids(&["a3"])),
+            vec![a.clone()]
+        );
+        assert_eq!(
+            blooms.keep(&store, all.clone(), &ids(&["b1", "c2"])),
             [b.clone(), c.clone()]
         );
         assert_eq!(
-            blooms.keep(all.clone(), &ids(&["nope"])),
-            Vec::<PathBuf>::new()
+            blooms.keep(&store, all.clone(), &ids(&["nope"])),
+            Vec::<ObjectMeta>::new()
         );
         let (files, _) = blooms.cache.held();
         assert!(files < 3, "nothing was let go");
     }
     // A file that cannot be read is kept, for the scan to report.
-    let gone = dir.path().join("gone.parquet");
-    assert_eq!(blooms.keep(vec![gone.clone()], &ids(&["a1"])), [gone]);
+    let gone = meta(&store, &dir.path().join("gone.parquet"));
+    assert_eq!(
+        blooms.keep(&store, vec![gone.clone()], &ids(&["a1"])),
+        [gone]
+    );
 }
 
 #[test]

@@ -88,9 +88,22 @@ impl Store {
         }
     }
 
+    /// The fixture's folder as a store.
+    fn store(&self) -> schemas::Store {
+        schemas::Store::local(self.dir.path())
+    }
+
+    /// The hour's folder.
+    fn folder(&self) -> std::path::PathBuf {
+        let store = self.store();
+        store
+            .local_path(&store.partition("spans", self.hour))
+            .unwrap()
+    }
+
     /// Writes `batch` as the file `name` of the hour.
     fn write(&self, name: &str, batch: &RecordBatch, properties: Option<WriterProperties>) {
-        let folder = schemas::partition_dir(self.dir.path(), "spans", self.hour);
+        let folder = self.folder();
         std::fs::create_dir_all(&folder).unwrap();
         let file = std::fs::File::create(folder.join(name)).unwrap();
         let mut writer = ArrowWriter::try_new(file, batch.schema(), properties).unwrap();
@@ -99,7 +112,7 @@ impl Store {
     }
 
     async fn engine(&self) -> crate::Engine {
-        let source = Arc::new(crate::scan::source::DataDir(self.dir.path().to_owned()));
+        let source = Arc::new(crate::scan::source::Files(self.store()));
         crate::Engine::new(source, Default::default(), Default::default())
             .await
             .unwrap()
@@ -118,7 +131,7 @@ async fn a_file_whose_footer_cannot_be_read_is_left_out_until_it_reads() {
         )
     };
     store.write("a.parquet", &batch("a"), None);
-    let folder = schemas::partition_dir(store.dir.path(), "spans", store.hour);
+    let folder = store.folder();
     // Cut off before its footer, as by a copy that did not finish.
     std::fs::write(folder.join("b.parquet"), b"PAR1 and no more").unwrap();
     let engine = store.engine().await;
@@ -524,10 +537,12 @@ async fn text_columns_all_in_dictionary_pages_are_read_as_dictionaries_and_answe
         .build();
     store.write("b.parquet", &with_services(&rows[300..], 300), Some(plain));
 
-    let folder = schemas::partition_dir(store.dir.path(), "spans", store.hour);
+    let files = store.store();
+    let hour = files.partition("spans", store.hour);
     let footers = Footers::default();
     let read_as = |file: &str, column: &str| {
-        let files = footers.select(vec![folder.join(file)], &[], &[]);
+        let meta = files.head(&hour.clone().join(file)).unwrap().unwrap();
+        let files = footers.select(&files, vec![meta], &[], &[]);
         let schema = files[0].read_as().expect("maps are read otherwise");
         schema.field_with_name(column).unwrap().data_type().clone()
     };
@@ -624,9 +639,13 @@ async fn maps_read_as_dictionaries_and_views_answer_as_plain_strings() {
 
 /// Files and buffered rows of `spans`.
 #[derive(Debug)]
-struct Buffered(crate::scan::source::DataDir, Vec<RecordBatch>);
+struct Buffered(crate::scan::source::Files, Vec<RecordBatch>);
 
 impl Source for Buffered {
+    fn store(&self) -> &schemas::Store {
+        self.0.store()
+    }
+
     fn snapshot(&self, table: &'static Table, range: TimeRange) -> std::io::Result<Snapshot> {
         let mut snapshot = self.0.snapshot(table, range)?;
         if table.name == "spans" {
@@ -680,7 +699,7 @@ async fn value_filters_the_index_answers_do_not_read_the_map() {
     store.write("b.parquet", &with_operations(&rows[2000..2500], 2000), None);
     let buffered = with_operations(&rows[2500..], 2500);
     let source = Arc::new(Buffered(
-        crate::scan::source::DataDir(store.dir.path().to_owned()),
+        crate::scan::source::Files(store.store()),
         vec![buffered],
     ));
     let engine = crate::Engine::new(source, Default::default(), Default::default())
