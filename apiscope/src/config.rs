@@ -66,6 +66,10 @@ pub(crate) struct ServeArgs {
     /// [default: the data directory].
     #[arg(long, env = "APISCOPE_STORE")]
     store: Option<String>,
+    /// This daemon's id among the writers of the store (letters, digits, `.`, `_`, `-`)
+    /// [default: made on first start and kept in `<data_dir>/node-id`].
+    #[arg(long, env = "APISCOPE_NODE_ID")]
+    node_id: Option<String>,
     /// OTLP/gRPC listen address [default: 127.0.0.1:4317].
     #[arg(long, env = "APISCOPE_OTLP_GRPC_ADDR")]
     otlp_grpc_addr: Option<SocketAddr>,
@@ -304,6 +308,10 @@ impl ServeArgs {
             collector.store = schemas::Store::open(spec)
                 .map_err(|error| Error::Config(format!("store: {error}")))?;
         }
+        if let Some(node) = &self.node_id {
+            collector::check_node_id(node).map_err(Error::Config)?;
+            collector.node_id = Some(node.clone());
+        }
         let openapi_files = self.openapi.unwrap_or_default();
         let routes = Arc::new(OpenApi::load(&openapi_files).map_err(Error::Config)?);
         collector.spans.routes = routes.clone();
@@ -496,6 +504,12 @@ impl Settings {
             "configuration OK".to_owned(),
             format!("data_dir = {}", c.data_dir.display()),
             format!("store = {}", c.store.name()),
+            format!(
+                "node_id = {}",
+                c.node_id
+                    .as_deref()
+                    .unwrap_or("(kept in the data directory)")
+            ),
             format!("otlp_grpc_addr = {}", self.otlp_grpc_addr),
             format!("otlp_http_addr = {}", self.otlp_http_addr),
             format!("http_addr = {}", self.http_addr),

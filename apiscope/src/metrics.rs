@@ -64,6 +64,8 @@ pub(crate) fn router(handle: PrometheusHandle, collector: Arc<Collector>) -> Rou
 async fn scrape(State(scrape): State<Scrape>) -> impl IntoResponse {
     let buffer = scrape.collector.buffer();
     metrics::gauge!("apiscope_buffer_rows").set(buffer.rows() as f64);
+    let waiting = buffer.oldest_unflushed().unwrap_or_default();
+    metrics::gauge!("apiscope_oldest_unflushed_seconds").set(waiting.as_secs_f64());
     if let Some(free) = collector::free_bytes(&scrape.collector.config().data_dir) {
         metrics::gauge!("apiscope_data_dir_free_bytes").set(free as f64);
     }

@@ -23,6 +23,8 @@ use crate::{Error, Result};
 #[derive(Debug)]
 struct Live {
     store: schemas::Store,
+    /// This daemon's node id: only its files hold rows that may still be buffered.
+    node: String,
     buffer: Arc<Buffer>,
 }
 
@@ -40,7 +42,8 @@ impl Source for Live {
         let mut files = self.store.table_files(table.name, range.lo, range.hi)?;
         files.retain(|file| {
             let name = file.location.filename().unwrap_or_default();
-            schemas::covered_seq(name).is_none_or(|seq| seq <= flushed)
+            let own = schemas::file_node(name).is_none_or(|node| node == self.node);
+            !own || schemas::covered_seq(name).is_none_or(|seq| seq <= flushed)
         });
         Ok(Snapshot { files, batches })
     }
@@ -112,6 +115,7 @@ pub(crate) async fn run(mut settings: Settings) -> Result<()> {
     );
     let source = Arc::new(Live {
         store: settings.collector.store.clone(),
+        node: collector.node_id().to_owned(),
         buffer: collector.buffer(),
     });
     let engine = Engine::new(
@@ -275,6 +279,7 @@ pub(crate) async fn run(mut settings: Settings) -> Result<()> {
     let stop_flushing = CancellationToken::new();
     let flusher = tokio::spawn(collector.clone().run_flusher(stop_flushing.clone()));
     let maintenance = tokio::spawn(collector.clone().run_maintenance(stop_flushing.clone()));
+    let claiming = tokio::spawn(collector.clone().run_claim(stop_flushing.clone()));
     let rolling = tokio::spawn(roll_up(
         engine.clone(),
         settings.rollup_interval,
@@ -307,6 +312,7 @@ pub(crate) async fn run(mut settings: Settings) -> Result<()> {
         .await
         .map_err(|error| Error::Server(format!("flush task failed: {error}")))?;
     let _ = maintenance.await;
+    let _ = claiming.await;
     let _ = rolling.await;
     tracing::info!("apiscope stopped");
     Ok(())

@@ -210,7 +210,7 @@ fn main() {
 
     let batches = decode();
     let dir = tempfile::tempdir().unwrap();
-    let writer = Writer::new(schemas::Store::local(dir.path()));
+    let writer = Writer::new(schemas::Store::local(dir.path()), "bench");
     let mut stored = 0;
     let stage_ns = median_ns(spans, || {
         // Staged files are encoded in memory, measured, and never stored.

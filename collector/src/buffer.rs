@@ -36,6 +36,8 @@ struct Inner {
     last_seq: u64,
     /// Every row logged up to this sequence is in a stored file.
     flushed_through: u64,
+    /// When each buffered sequence arrived, oldest first.
+    arrived: std::collections::VecDeque<(u64, std::time::Instant)>,
 }
 
 /// Everything waiting to be flushed, up to one sequence number.
@@ -103,6 +105,9 @@ impl Buffer {
         inner.rows += batch.num_rows();
         inner.bytes += batch.get_array_memory_size();
         inner.last_seq = inner.last_seq.max(seq);
+        if inner.arrived.back().is_none_or(|(last, _)| *last < seq) {
+            inner.arrived.push_back((seq, std::time::Instant::now()));
+        }
         inner.tables.entry(table).or_default().push((seq, batch));
     }
 
@@ -133,6 +138,12 @@ impl Buffer {
             .map(|batches| batches.iter().map(|(_, b)| b.clone()).collect())
             .unwrap_or_default();
         (batches, inner.flushed_through)
+    }
+
+    /// How long the oldest row not yet in a stored file has waited; `None` when none waits.
+    pub fn oldest_unflushed(&self) -> Option<Duration> {
+        let inner = self.inner.read().unwrap_or_else(PoisonError::into_inner);
+        inner.arrived.front().map(|(_, at)| at.elapsed())
     }
 
     /// Every row up to this sequence is in a stored file; files of later sequences are not
@@ -168,8 +179,12 @@ impl Buffer {
             rows,
             bytes,
             flushed_through,
+            arrived,
             ..
         } = &mut *inner;
+        while arrived.front().is_some_and(|(seq, _)| *seq <= through) {
+            arrived.pop_front();
+        }
         for batches in tables.values_mut() {
             batches.retain(|(seq, batch)| {
                 let flushed = *seq <= through;

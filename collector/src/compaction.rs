@@ -141,13 +141,14 @@ impl Collector {
             .lock()
             .expect("unreadable files lock")
             .clone();
-        // Files past the flushed mark are a failed flush's, about to be removed.
+        // Only this node's files, so that no two nodes merge the same ones; and not those past
+        // the flushed mark, a failed flush's, about to be removed.
         let flushed = self.buffer.flushed_through();
         let mut live = Vec::new();
         for file in self.writer.store().live_files(dir).map_err(storage)? {
             let name = file.location.filename().unwrap_or_default();
             let published = schemas::covered_seq(name).is_none_or(|seq| seq <= flushed);
-            if published && !unreadable.contains(&file.location) {
+            if self.writer.owns(name) && published && !unreadable.contains(&file.location) {
                 live.push((file.location, file.size));
             }
         }

@@ -20,6 +20,7 @@
 mod arrow_builders;
 mod attributes;
 mod buffer;
+mod claim;
 mod compaction;
 pub mod convention;
 mod dir_lock;
@@ -49,6 +50,7 @@ use tokio::sync::{Mutex, Notify, oneshot};
 use tokio_util::sync::CancellationToken;
 
 pub use buffer::Buffer;
+pub use claim::check_node_id;
 pub use compaction::{CLOSED_AFTER, MaintenanceReport};
 pub use dir_lock::LOCK_FILE;
 pub use error::{Error, RETRY_AFTER, Result};
@@ -139,6 +141,9 @@ pub struct Config {
     pub data_dir: std::path::PathBuf,
     /// Where the tables' files go: by default `data_dir` itself.
     pub store: schemas::Store,
+    /// This daemon's id among the writers of the store; by default the one kept in
+    /// `<data_dir>/node-id`, made on first start.
+    pub node_id: Option<String>,
     /// How spans become rows.
     pub spans: SpanDecoder,
     /// Largest request body accepted, counted after decompression.
@@ -172,6 +177,7 @@ impl Config {
         let data_dir = data_dir.into();
         Self {
             store: schemas::Store::local(&data_dir),
+            node_id: None,
             data_dir,
             spans: SpanDecoder::default(),
             max_body_bytes: 20 * 1024 * 1024,
@@ -208,6 +214,7 @@ pub struct Collector {
     config: Config,
     buffer: Arc<Buffer>,
     writer: Writer,
+    claim: claim::Claim,
     wal: wal::Wal,
     flush_lock: Mutex<()>,
     flush_wanted: Notify,
@@ -233,7 +240,19 @@ impl Collector {
             );
         }
         let buffer = Arc::new(Buffer::new(config.max_buffer_rows, config.max_buffer_bytes));
-        let report = replay::replay(&config.data_dir, &config.store, &config.spans, &buffer)?;
+        let node = match &config.node_id {
+            Some(node) => node.clone(),
+            None => claim::stored_node_id(&config.data_dir)?,
+        };
+        claim::check_node_id(&node).map_err(Error::Storage)?;
+        let claim = claim::Claim::take(&config.store, &node, &config.data_dir)?;
+        let report = replay::replay(
+            &config.data_dir,
+            &config.store,
+            &node,
+            &config.spans,
+            &buffer,
+        )?;
         let wal = wal::Wal::start(
             wal::dir_of(&config.data_dir),
             config.durability,
@@ -243,7 +262,8 @@ impl Collector {
         )?;
         let collector = Self {
             buffer,
-            writer: Writer::new(config.store.clone()),
+            writer: Writer::new(config.store.clone(), &node),
+            claim,
             wal,
             config,
             flush_lock: Mutex::new(()),
@@ -254,6 +274,30 @@ impl Collector {
             _owner: owner,
         };
         Ok((collector, report))
+    }
+
+    /// This daemon's node id, which its files carry.
+    pub fn node_id(&self) -> &str {
+        self.claim.node()
+    }
+
+    /// Keeps this daemon's claim on its node id (see `claim`) until `shutdown`, checking it
+    /// every few seconds; once it is lost, ingest is refused.
+    pub async fn run_claim(self: Arc<Self>, shutdown: CancellationToken) {
+        let mut interval = tokio::time::interval(claim::RENEW_EVERY);
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = interval.tick() => {}
+            }
+            let this = self.clone();
+            match tokio::task::spawn_blocking(move || this.claim.renew()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) => tracing::warn!(%error, "cannot renew the node id's claim"),
+                Err(error) => tracing::warn!(%error, "the claim's renewal failed"),
+            }
+        }
     }
 
     /// How many times the store's files have changed since start: what was listed at one
@@ -272,6 +316,9 @@ impl Collector {
     pub fn not_accepting(&self) -> Option<Error> {
         if self.closed.is_cancelled() {
             return Some(Error::ShuttingDown);
+        }
+        if let Some(lost) = self.claim.lost() {
+            return Some(lost);
         }
         self.disk_too_full()
     }
@@ -340,6 +387,9 @@ impl Collector {
     ) -> Result<Outcome> {
         if self.closed.is_cancelled() {
             return Err(Error::ShuttingDown);
+        }
+        if let Some(lost) = self.claim.lost() {
+            return Err(lost);
         }
         let mut outcome = Outcome {
             rejected: decoded.rejections.count,
@@ -457,6 +507,8 @@ impl Collector {
                 tracing::error!(%error, rows = self.buffer.rows(), "final flush failed; the rows stay in the write-ahead log for the next start")
             }
         }
+        let this = self.clone();
+        let _ = tokio::task::spawn_blocking(move || this.claim.release()).await;
     }
 }
 

@@ -40,18 +40,19 @@ pub struct ReplayReport {
 pub(crate) fn replay(
     data_dir: &Path,
     store: &Store,
+    node: &str,
     spans: &SpanDecoder,
     buffer: &Buffer,
 ) -> Result<ReplayReport> {
     let dir = wal::dir_of(data_dir);
     let segments = wal::list_segments(&dir)?;
-    let flushed = highest_file_seq(store)?;
+    let flushed = highest_file_seq(store, node)?;
     let mut report = ReplayReport {
         last_seq: flushed,
         segments: segments.clone(),
         ..ReplayReport::default()
     };
-    let mut marks = FlushMarks::new(store);
+    let mut marks = FlushMarks::new(store, node);
     // One segment in memory at a time: the log may be as large as max_wal_bytes.
     for path in &segments {
         let bytes = std::fs::read(path).map_err(storage)?;
@@ -85,15 +86,15 @@ fn corrupt(error: WireError) -> Error {
     Error::Storage(format!("a checksummed WAL record does not decode: {error}"))
 }
 
-/// The highest WAL sequence named by any data file.
-fn highest_file_seq(store: &Store) -> Result<u64> {
+/// The highest WAL sequence named by any of `node`'s data files.
+fn highest_file_seq(store: &Store, node: &str) -> Result<u64> {
     let mut highest = 0;
     for table in schemas::TABLES {
         for (_, partition) in store
             .hour_partitions(table.name, None, None)
             .map_err(storage)?
         {
-            for seq in file_seqs(store, &partition)? {
+            for seq in file_seqs(store, node, &partition)? {
                 highest = highest.max(seq);
             }
         }
@@ -101,13 +102,15 @@ fn highest_file_seq(store: &Store) -> Result<u64> {
     Ok(highest)
 }
 
-/// The sequences named by the data files of one partition.
-fn file_seqs(store: &Store, partition: &schemas::ObjectPath) -> Result<Vec<u64>> {
+/// The sequences named by `node`'s data files in one partition (files of other nodes hold
+/// their own logs' rows).
+fn file_seqs(store: &Store, node: &str, partition: &schemas::ObjectPath) -> Result<Vec<u64>> {
     let objects = store.list(partition).map_err(storage)?;
     Ok(objects
         .iter()
         .filter_map(|object| object.location.filename())
         .filter(|name| schemas::is_data_file(name))
+        .filter(|name| schemas::file_node(name).is_none_or(|writer| writer == node))
         .filter_map(schemas::covered_seq)
         .collect())
 }
@@ -115,13 +118,15 @@ fn file_seqs(store: &Store, partition: &schemas::ObjectPath) -> Result<Vec<u64>>
 /// The highest flushed sequence per table and hour, read from file names on first use.
 struct FlushMarks<'a> {
     store: &'a Store,
+    node: &'a str,
     marks: HashMap<(&'static str, i64), u64>,
 }
 
 impl<'a> FlushMarks<'a> {
-    fn new(store: &'a Store) -> Self {
+    fn new(store: &'a Store, node: &'a str) -> Self {
         Self {
             store,
+            node,
             marks: HashMap::new(),
         }
     }
@@ -131,7 +136,10 @@ impl<'a> FlushMarks<'a> {
             return Ok(*mark);
         }
         let path = self.store.partition(table, partition);
-        let mark = file_seqs(self.store, &path)?.into_iter().max().unwrap_or(0);
+        let mark = file_seqs(self.store, self.node, &path)?
+            .into_iter()
+            .max()
+            .unwrap_or(0);
         self.marks.insert((table, partition), mark);
         Ok(mark)
     }

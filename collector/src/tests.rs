@@ -732,7 +732,7 @@ fn flushed_files_hold_their_hour_sorted_by_service_endpoint_and_time() {
         batches.push(decoder.decode(&request).unwrap().batch.unwrap());
     }
 
-    let writer = Writer::new(schemas::Store::local(tmp.path()));
+    let writer = Writer::new(schemas::Store::local(tmp.path()), "test-node");
     let staged = writer.stage(&schemas::SPANS, &batches, 7).unwrap();
     writer.store_files(&staged).unwrap();
     let files = data_files(tmp.path());

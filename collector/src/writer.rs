@@ -53,6 +53,7 @@ impl Staged {
 #[derive(Debug)]
 pub struct Writer {
     store: Store,
+    node: String,
     unique: u64,
     sequence: AtomicU64,
     /// Files of a failed [`Writer::store`] that could not be taken back: removed before any
@@ -61,11 +62,13 @@ pub struct Writer {
 }
 
 impl Writer {
-    /// A writer for `store`; file names carry a random per-process prefix so that
-    /// several writers can share a directory or bucket.
-    pub fn new(store: Store) -> Self {
+    /// A writer for `store`, as the node `node`: file names carry the node id and a random
+    /// per-process part, so that no two writers of one store, nor two runs of one node,
+    /// name a file alike.
+    pub fn new(store: Store, node: &str) -> Self {
         Self {
             store,
+            node: node.to_owned(),
             unique: RandomState::new().hash_one(std::process::id()),
             sequence: AtomicU64::new(0),
             leftovers: std::sync::Mutex::default(),
@@ -195,11 +198,21 @@ pub(crate) const ROW_GROUP_ROWS: usize = 256 * 1024;
 const TRACE_DICTIONARY_BYTES: usize = ROW_GROUP_ROWS * 36;
 
 impl Writer {
-    /// `<through, 20 digits>-<writer id>-<n>.parquet`: sorting by name sorts by WAL position,
-    /// and the position is readable without opening the file.
+    /// `<through, 20 digits>-<node>-<run, 16 hex>-<n>.parquet`: sorting by name sorts by WAL
+    /// position, and the position and the node are readable without opening the file
+    /// ([`schemas::covered_seq`], [`schemas::file_node`]).
     fn file_name(&self, through: u64) -> String {
         let sequence = self.sequence.fetch_add(1, Ordering::Relaxed);
-        format!("{through:020}-{:016x}-{sequence:06}.parquet", self.unique)
+        format!(
+            "{through:020}-{}-{:016x}-{sequence:06}.parquet",
+            self.node, self.unique
+        )
+    }
+
+    /// Whether the data file named `name` is this node's (files named before node ids were
+    /// are every node's: a store had one writer then).
+    pub fn owns(&self, name: &str) -> bool {
+        schemas::file_node(name).is_none_or(|node| node == self.node)
     }
 }
 

@@ -24,6 +24,16 @@ pub fn covered_seq(name: &str) -> Option<u64> {
     digits.parse().ok()
 }
 
+/// The node that wrote the data file named `name` (`<through>-<node>-<run>-<n>.parquet`);
+/// `None` for files named before node ids (`<through>-<run>-<n>.parquet`).
+pub fn file_node(name: &str) -> Option<&str> {
+    let stem = name.strip_suffix(".parquet")?;
+    let (_, rest) = stem.split_once('-')?;
+    let (rest, _n) = rest.rsplit_once('-')?;
+    let (node, _run) = rest.rsplit_once('-')?;
+    Some(node)
+}
+
 /// Prefix of the note a compaction leaves beside its output: `.replaced-by-<output>` lists,
 /// one per line, the files the output replaces.
 pub const REPLACED_BY: &str = ".replaced-by-";
@@ -61,6 +71,13 @@ mod tests {
             Some(42)
         );
         assert_eq!(covered_seq("42-00ff-000001.parquet"), None);
+        let name = "00000000000000000042-eu-1.b-00000000000000ff-000001.parquet";
+        assert_eq!(covered_seq(name), Some(42));
+        assert_eq!(file_node(name), Some("eu-1.b"));
+        assert_eq!(
+            file_node("00000000000000000042-00000000000000ff-000001.parquet"),
+            None
+        );
         assert!(is_data_file("x.parquet"));
         assert!(!is_data_file(".x.parquet.tmp"));
     }

@@ -81,16 +81,19 @@ impl Store {
         let built = match scheme {
             ObjectStoreScheme::AmazonS3 => AmazonS3Builder::from_env()
                 .with_url(spec)
+                .with_retry(retries())
                 .with_http_connector(connector)
                 .build()
                 .map(|s| Arc::new(s) as Arc<dyn ObjectStore>),
             ObjectStoreScheme::GoogleCloudStorage => GoogleCloudStorageBuilder::from_env()
                 .with_url(spec)
+                .with_retry(retries())
                 .with_http_connector(connector)
                 .build()
                 .map(|s| Arc::new(s) as Arc<dyn ObjectStore>),
             ObjectStoreScheme::MicrosoftAzure => MicrosoftAzureBuilder::from_env()
                 .with_url(spec)
+                .with_retry(retries())
                 .with_http_connector(connector)
                 .build()
                 .map(|s| Arc::new(s) as Arc<dyn ObjectStore>),
@@ -156,6 +159,11 @@ impl Store {
     pub fn local_path(&self, path: &ObjectPath) -> Option<PathBuf> {
         self.local.as_ref()?;
         Some(PathBuf::from(format!("/{path}")))
+    }
+
+    /// Where the claims of node ids live (see `collector`'s claims).
+    pub fn nodes(&self) -> ObjectPath {
+        self.root.clone().join("_nodes")
     }
 
     /// The folder of `table`.
@@ -347,6 +355,23 @@ impl Store {
         }
     }
 
+    /// Stores `bytes` at `path` only if nothing is there yet (a conditional write: on S3,
+    /// `If-None-Match: *`); `false` when something is.
+    pub fn create(&self, path: &ObjectPath, bytes: Bytes) -> io::Result<bool> {
+        let location = path.clone();
+        let created = self.run("put", path, move |objects| async move {
+            let options = object_store::PutOptions::from(object_store::PutMode::Create);
+            objects
+                .put_opts(&location, PutPayload::from_bytes(bytes), options)
+                .await
+        });
+        match created {
+            Ok(_) => Ok(true),
+            Err(error) if error.kind() == io::ErrorKind::AlreadyExists => Ok(false),
+            Err(error) => Err(error),
+        }
+    }
+
     /// Removes the object at `path`; one already gone is no error.
     pub fn delete(&self, path: &ObjectPath) -> io::Result<()> {
         let location = path.clone();
@@ -405,6 +430,10 @@ impl Store {
         let outcome = match &done {
             Ok(Ok(_)) => "ok",
             Ok(Err(object_store::Error::NotFound { .. })) => "not_found",
+            Ok(Err(
+                object_store::Error::AlreadyExists { .. }
+                | object_store::Error::Precondition { .. },
+            )) => "exists",
             _ => "error",
         };
         record(operation, outcome, started);
@@ -413,7 +442,8 @@ impl Store {
             Ok(Err(error)) => {
                 let kind = match error {
                     object_store::Error::NotFound { .. } => io::ErrorKind::NotFound,
-                    object_store::Error::AlreadyExists { .. } => io::ErrorKind::AlreadyExists,
+                    object_store::Error::AlreadyExists { .. }
+                    | object_store::Error::Precondition { .. } => io::ErrorKind::AlreadyExists,
                     _ => io::ErrorKind::Other,
                 };
                 Err(self.failed(operation, path, &error.to_string(), kind))
@@ -484,6 +514,18 @@ impl parquet::file::reader::ChunkReader for StoreFile {
         self.store
             .get_range(&self.location, start, length as u64)
             .map_err(|error| parquet::errors::ParquetError::External(Box::new(error)))
+    }
+}
+
+/// How a failed request to a bucket is retried: with exponential backoff and jitter
+/// (`object_store`'s), at most 10 times and for at most 15 s, so that a store that is down
+/// fails a flush (retried at the next one, its rows kept) or a query (naming the store)
+/// in bounded time rather than holding them for minutes.
+fn retries() -> object_store::RetryConfig {
+    object_store::RetryConfig {
+        max_retries: 10,
+        retry_timeout: std::time::Duration::from_secs(15),
+        ..object_store::RetryConfig::default()
     }
 }
 

@@ -7,8 +7,14 @@ use std::process::Command;
 
 use serde_json::Value;
 
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
 use crate::support::daemon::{Daemon, binary, serve};
 use crate::support::fleet::Fleet;
+use crate::support::otlp::{hex_id, post, span, traces};
 use crate::support::prometheus::Scrape;
 use crate::support::s3::S3;
 
@@ -18,14 +24,36 @@ fn rfc3339(s: i64) -> String {
         .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
 }
 
-/// A daemon over `data_dir` whose tables are in `store`, on `s3`.
-fn on_bucket(s3: &S3, data_dir: &std::path::Path, store: &str) -> Daemon {
+/// A daemon over `data_dir` whose tables are in `store`, on `s3`, with `extra` flags.
+fn on_bucket_with(s3: &S3, data_dir: &std::path::Path, store: &str, extra: &[&str]) -> Command {
     let mut command = serve(data_dir);
-    command.args(["--store", store]);
+    command.args(["--store", store]).args(extra);
     for (name, value) in s3.env() {
         command.env(name, value);
     }
-    Daemon::start_command(command)
+    command
+}
+
+/// A daemon over `data_dir` whose tables are in `store`, on `s3`.
+fn on_bucket(s3: &S3, data_dir: &std::path::Path, store: &str) -> Daemon {
+    Daemon::start_command(on_bucket_with(s3, data_dir, store, &[]))
+}
+
+/// What `apiscope sql --store` prints for `sql` over the bucket, with no daemon between.
+fn sql_on_bucket(s3: &S3, store: &str, sql: &str) -> String {
+    let mut command = Command::new(binary());
+    command.args(["sql", "--store", store, sql]);
+    for (name, value) in s3.env() {
+        command.env(name, value);
+    }
+    let output = command.output().unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout
 }
 
 #[test]
@@ -81,21 +109,7 @@ fn a_bucket_store_answers_as_a_local_directory_does() {
 
     // Every row is in the bucket: the CLI reads it with no daemon between.
     let spans = 2 * fleet.requests.len() as i64;
-    let count = |sql: &str| -> String {
-        let mut command = Command::new(binary());
-        command.args(["sql", "--store", store, sql]);
-        for (name, value) in s3.env() {
-            command.env(name, value);
-        }
-        let output = command.output().unwrap();
-        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-        assert!(
-            output.status.success(),
-            "{stdout}{}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        stdout
-    };
+    let count = |sql: &str| sql_on_bucket(&s3, store, sql);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     while !count("SELECT count(*) AS n FROM spans").contains(&format!("| {spans} ")) {
         assert!(
@@ -131,4 +145,188 @@ fn a_store_that_is_not_one_stops_the_start_by_name() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success());
     assert!(stderr.contains("ftp://example/x"), "{stderr}");
+}
+
+#[test]
+fn several_collectors_write_one_bucket_and_every_span_is_stored_once() {
+    let s3 = S3::start();
+    s3.create_bucket("shared");
+    let store = "s3://shared/apiscope";
+    let dirs: Vec<_> = (0..4).map(|_| tempfile::tempdir().unwrap()).collect();
+    let nodes = ["collector-a", "collector-b", "collector-c"];
+    let start = |k: usize| {
+        let flags = ["--node-id", nodes[k]];
+        Daemon::start_command(on_bucket_with(&s3, dirs[k].path(), store, &flags))
+    };
+    let mut writers: Vec<Daemon> = (0..3).map(start).collect();
+
+    // Each collector gets its own spans: collector k serves `GET /n{k}`, in rounds.
+    let now = crate::now_ns();
+    let mut expected: BTreeMap<String, i64> = BTreeMap::new();
+    for round in 0..4u64 {
+        for (k, writer) in writers.iter().enumerate() {
+            let spans: Vec<Value> = (0..25u64)
+                .map(|j| {
+                    let n = 100_000 * k as u64 + 100 * round + j;
+                    let attrs = json!([
+                        {"key": "http.request.method", "value": {"stringValue": "GET"}},
+                        {"key": "http.route", "value": {"stringValue": format!("/n{k}")}},
+                    ]);
+                    span(
+                        &hex_id(n + 1, 16),
+                        &hex_id(n + 1, 8),
+                        "GET",
+                        2,
+                        now - 1_000_000_000,
+                        5,
+                        attrs,
+                    )
+                })
+                .collect();
+            let body = serde_json::to_vec(&traces("shared", spans)).unwrap();
+            let (status, answer) = post(writer, "/v1/traces", "application/json", None, body);
+            assert_eq!(status, 200, "{}", String::from_utf8_lossy(&answer));
+            *expected.entry(format!("GET /n{k}")).or_default() += 25;
+        }
+    }
+    let total: i64 = expected.values().sum();
+
+    // A second daemon with a taken id refuses to start, and names the holder.
+    let mut refused = on_bucket_with(&s3, dirs[3].path(), store, &["--node-id", nodes[1]])
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while refused.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "a second collector-b started");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let output = refused.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(stderr.contains("node id collector-b is held"), "{stderr}");
+    assert!(
+        stderr.contains(&dirs[1].path().display().to_string()),
+        "{stderr}"
+    );
+
+    // A fourth daemon, a reader that was sent nothing, and the bucket read directly, see
+    // every span once, whichever collector took it.
+    let per_endpoint = "SELECT endpoint, count(*) AS n, count(DISTINCT span_id) AS ids \
+                        FROM spans GROUP BY endpoint ORDER BY endpoint";
+    let rows_of = |expected: &BTreeMap<String, i64>| -> Vec<Vec<Value>> {
+        expected
+            .iter()
+            .map(|(endpoint, n)| vec![json!(endpoint), json!(n), json!(n)])
+            .collect()
+    };
+    let reader = Daemon::start_command(on_bucket_with(
+        &s3,
+        dirs[3].path(),
+        store,
+        &["--node-id", "reader"],
+    ));
+    assert_eq!(
+        reader.wait_for_count("SELECT count(*) FROM spans", total),
+        total
+    );
+    assert_eq!(reader.rows(per_endpoint), rows_of(&expected));
+    let direct = sql_on_bucket(&s3, store, "SELECT count(*) AS n FROM spans");
+    assert!(direct.contains(&format!("| {total} ")), "{direct}");
+    for writer in &writers {
+        assert_eq!(writer.rows(per_endpoint), rows_of(&expected));
+    }
+
+    // A collector restarted on its data directory takes its id back and stores nothing twice.
+    let b = writers.remove(1);
+    b.stop();
+    let b = start(1);
+    assert_eq!(b.rows(per_endpoint), rows_of(&expected));
+    assert_eq!(reader.rows(per_endpoint), rows_of(&expected));
+    b.stop();
+    for writer in writers {
+        writer.stop();
+    }
+    reader.stop();
+}
+
+#[test]
+fn a_store_down_for_a_while_loses_nothing_acknowledged() {
+    let s3 = S3::start();
+    s3.create_bucket("flaky");
+    let store = "s3://flaky/apiscope";
+    let proxy = crate::support::proxy::Proxy::start(s3.addr());
+    let dir = tempfile::tempdir().unwrap();
+    let mut command = serve(dir.path());
+    command.args(["--store", store]);
+    for (name, value) in s3.env_via(&format!("http://{}", proxy.addr)) {
+        command.env(name, value);
+    }
+    let daemon = Daemon::start_command(command);
+    let now = crate::now_ns();
+    let send = |first: u64| {
+        let spans: Vec<Value> = (first..first + 50)
+            .map(|n| {
+                let attrs = json!([
+                    {"key": "http.request.method", "value": {"stringValue": "GET"}},
+                    {"key": "http.route", "value": {"stringValue": "/flaky"}},
+                ]);
+                span(
+                    &hex_id(n + 1, 16),
+                    &hex_id(n + 1, 8),
+                    "GET",
+                    2,
+                    now - 1_000_000_000,
+                    5,
+                    attrs,
+                )
+            })
+            .collect();
+        let body = serde_json::to_vec(&traces("flaky", spans)).unwrap();
+        post(&daemon, "/v1/traces", "application/json", None, body)
+    };
+    let stored = |expected: i64| {
+        let sql = "SELECT count(*) AS n, count(DISTINCT span_id) AS ids FROM spans";
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let direct = sql_on_bucket(&s3, store, sql);
+            // The table's one row: `| n | ids |`.
+            let cells: Vec<String> = direct
+                .lines()
+                .nth(3)
+                .unwrap_or_default()
+                .split('|')
+                .map(|cell| cell.trim().to_owned())
+                .filter(|cell| !cell.is_empty())
+                .collect();
+            if cells == [expected.to_string(), expected.to_string()] {
+                return;
+            }
+            assert!(Instant::now() < deadline, "{direct}");
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    };
+    assert_eq!(send(0).0, 200);
+    stored(50);
+
+    // The store goes away: ingest is still acknowledged (the log and the buffer hold it),
+    // the unflushed rows still answer, and a query that needs the store names it.
+    proxy.down();
+    for round in 1..4 {
+        let (status, answer) = send(50 * round);
+        assert_eq!(status, 200, "{}", String::from_utf8_lossy(&answer));
+    }
+    let (status, problem) = daemon.try_query("SELECT count(*) FROM spans");
+    assert_ne!(status, 200, "{problem}");
+    assert!(problem.to_string().contains(store), "{problem}");
+    let waiting = Scrape::of(&daemon).get("apiscope_oldest_unflushed_seconds", "");
+    assert!(waiting > 0.0, "{waiting}");
+
+    // Back after 20 s: everything acknowledged reaches the store, once.
+    std::thread::sleep(Duration::from_secs(20));
+    proxy.up();
+    stored(200);
+    assert_eq!(daemon.count("SELECT count(*) FROM spans"), 200);
+    daemon.stop();
 }

@@ -6,5 +6,6 @@ pub(crate) mod fleet;
 pub(crate) mod otlp;
 pub(crate) mod pg;
 pub(crate) mod prometheus;
+pub(crate) mod proxy;
 pub(crate) mod python;
 pub(crate) mod s3;

@@ -69,10 +69,20 @@ impl S3 {
             .collect()
     }
 
+    /// The server's address.
+    pub(crate) fn addr(&self) -> std::net::SocketAddr {
+        self.endpoint.trim_start_matches("http://").parse().unwrap()
+    }
+
     /// The variables that point a daemon or the CLI at this server.
     pub(crate) fn env(&self) -> Vec<(&'static str, String)> {
+        self.env_via(&self.endpoint)
+    }
+
+    /// The variables that point a daemon or the CLI at this server through `endpoint`.
+    pub(crate) fn env_via(&self, endpoint: &str) -> Vec<(&'static str, String)> {
         vec![
-            ("AWS_ENDPOINT_URL", self.endpoint.clone()),
+            ("AWS_ENDPOINT_URL", endpoint.to_owned()),
             ("AWS_ALLOW_HTTP", "true".to_owned()),
             ("AWS_ACCESS_KEY_ID", "testing".to_owned()),
             ("AWS_SECRET_ACCESS_KEY", "testing".to_owned()),
