@@ -330,3 +330,55 @@ fn a_store_down_for_a_while_loses_nothing_acknowledged() {
     assert_eq!(daemon.count("SELECT count(*) FROM spans"), 200);
     daemon.stop();
 }
+
+/// Copies the folder `from` into `to`, sub-folders included.
+fn copy_tree(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_tree(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
+
+#[test]
+fn a_data_directory_of_the_release_before_the_store_is_read_as_it_is() {
+    // Written by apiscope at 0d094ac: files named without a node id, rows in the log only.
+    let fixture =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/data-dir-0d094ac");
+    let dir = tempfile::tempdir().unwrap();
+    copy_tree(&fixture, dir.path());
+    // What its README says was sent: (endpoint, first i, count).
+    let mut expected: BTreeMap<String, (i64, i64)> = BTreeMap::new();
+    for (endpoint, first, count) in [
+        ("/a", 0, 30),
+        ("/b", 30, 20),
+        ("/a", 50, 10),
+        ("/c", 60, 15),
+    ] {
+        let entry = expected.entry(format!("GET {endpoint}")).or_default();
+        entry.0 += count;
+        entry.1 += (first..first + count).filter(|i| i % 10 == 0).count() as i64;
+    }
+    let summary = "SELECT endpoint, count(*), sum(CAST(is_error AS INT)), count(DISTINCT span_id) \
+                   FROM spans GROUP BY endpoint ORDER BY endpoint";
+    let rows: Vec<Vec<Value>> = expected
+        .iter()
+        .map(|(endpoint, (calls, errors))| {
+            vec![json!(endpoint), json!(calls), json!(errors), json!(calls)]
+        })
+        .collect();
+    // Its hour is long past the default retention.
+    let flags = ["--retention", "36500d"];
+    let daemon = Daemon::start_with(dir.path(), &flags);
+    assert_eq!(daemon.rows(summary), rows);
+    daemon.stop();
+    // Flushed in the new naming beside the old files, restarted: every row once.
+    let daemon = Daemon::start_with(dir.path(), &flags);
+    assert_eq!(daemon.rows(summary), rows);
+    daemon.stop();
+}
