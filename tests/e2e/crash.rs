@@ -32,7 +32,22 @@ fn jitter(max_ms: u64) -> u64 {
 #[test]
 fn kill_9_under_load_loses_no_acknowledged_span_and_doubles_none() {
     let dir = tempfile::tempdir().unwrap();
-    let daemon = Daemon::start(dir.path());
+    kill_9_cycles(&|| Daemon::start(dir.path()));
+}
+
+#[test]
+fn kill_9_of_a_collector_on_a_bucket_loses_nothing_and_doubles_nothing() {
+    let s3 = crate::support::s3::S3::start();
+    s3.create_bucket("crash");
+    let dir = tempfile::tempdir().unwrap();
+    let store = "s3://crash/apiscope";
+    kill_9_cycles(&|| Daemon::start_command(s3.serve(dir.path(), store, &[])));
+}
+
+/// Clients send while the daemon `start` makes is killed with SIGKILL and started again,
+/// [`CYCLES`] times; then every acknowledged span is stored once.
+fn kill_9_cycles(start: &dyn Fn() -> Daemon) {
+    let daemon = start();
     let endpoint = Arc::new(Mutex::new(daemon.otlp_http_endpoint()));
     let stop = Arc::new(AtomicBool::new(false));
     let acknowledged = Arc::new(Mutex::new(HashSet::new()));
@@ -74,7 +89,7 @@ fn kill_9_under_load_loses_no_acknowledged_span_and_doubles_none() {
     for _ in 0..CYCLES {
         std::thread::sleep(Duration::from_millis(150 + jitter(600)));
         daemon.kill();
-        daemon = Daemon::start(dir.path());
+        daemon = start();
         *endpoint.lock().unwrap() = daemon.otlp_http_endpoint();
     }
     std::thread::sleep(Duration::from_millis(300));

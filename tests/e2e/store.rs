@@ -26,12 +26,7 @@ fn rfc3339(s: i64) -> String {
 
 /// A daemon over `data_dir` whose tables are in `store`, on `s3`, with `extra` flags.
 fn on_bucket_with(s3: &S3, data_dir: &std::path::Path, store: &str, extra: &[&str]) -> Command {
-    let mut command = serve(data_dir);
-    command.args(["--store", store]).args(extra);
-    for (name, value) in s3.env() {
-        command.env(name, value);
-    }
-    command
+    s3.serve(data_dir, store, extra)
 }
 
 /// A daemon over `data_dir` whose tables are in `store`, on `s3`.

@@ -91,6 +91,19 @@ impl S3 {
     }
 }
 
+impl S3 {
+    /// `apiscope serve` over `data_dir` with its tables in `store` on this server, and
+    /// `extra` flags.
+    pub(crate) fn serve(&self, data_dir: &std::path::Path, store: &str, extra: &[&str]) -> Command {
+        let mut command = crate::support::daemon::serve(data_dir);
+        command.args(["--store", store]).args(extra);
+        for (name, value) in self.env() {
+            command.env(name, value);
+        }
+        command
+    }
+}
+
 impl Drop for S3 {
     fn drop(&mut self) {
         let _ = self.child.kill();
