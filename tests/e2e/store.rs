@@ -377,3 +377,72 @@ fn a_data_directory_of_the_release_before_the_store_is_read_as_it_is() {
     assert_eq!(daemon.rows(summary), rows);
     daemon.stop();
 }
+
+#[test]
+fn two_collectors_compacting_one_hour_of_one_bucket_keep_every_row_once() {
+    let s3 = S3::start();
+    s3.create_bucket("compact");
+    let store = "s3://compact/apiscope";
+    let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let flags = ["--compaction-interval", "1s", "--compaction-grace", "0s"];
+    let nodes: Vec<Daemon> = ["left", "right"]
+        .iter()
+        .zip(&dirs)
+        .map(|(node, dir)| {
+            let mut extra = vec!["--node-id", node];
+            extra.extend(flags);
+            Daemon::start_command(on_bucket_with(&s3, dir.path(), store, &extra))
+        })
+        .collect();
+    // Both write, in several flushes, into one hour closed long enough to be compacted.
+    let hour = (crate::now_ns() / 3_600_000_000_000 - 3) * 3_600_000_000_000;
+    for round in 0..4u64 {
+        for (k, node) in nodes.iter().enumerate() {
+            let spans: Vec<Value> = (0..20u64)
+                .map(|j| {
+                    let n = 10_000 * k as u64 + 100 * round + j;
+                    let start = hour + n as i64 * 1_000_000;
+                    span(
+                        &hex_id(n + 1, 16),
+                        &hex_id(n + 1, 8),
+                        "GET /c",
+                        2,
+                        start,
+                        3,
+                        json!([]),
+                    )
+                })
+                .collect();
+            let body = serde_json::to_vec(&traces("compact", spans)).unwrap();
+            assert_eq!(
+                post(node, "/v1/traces", "application/json", None, body).0,
+                200
+            );
+        }
+        // A flush (every second) between rounds: one file per node and round.
+        std::thread::sleep(Duration::from_millis(1500));
+    }
+    let summary = "SELECT count(*), count(DISTINCT span_id), sum(duration_ns) FROM spans";
+    let expected = vec![vec![json!(160), json!(160), json!(160 * 3_000_000)]];
+    // Each collector merges its own files of the hour; whatever the moment, a query sees
+    // every row once, and in the end each node's files are one.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        for node in &nodes {
+            assert_eq!(node.rows(summary), expected);
+        }
+        let files: Vec<String> = s3
+            .keys("compact", "apiscope/spans/date=")
+            .into_iter()
+            .filter(|key| key.ends_with(".parquet") && !key.contains("/.rollup/"))
+            .collect();
+        if files.len() == 2 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not compacted: {files:?}");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    for node in nodes {
+        node.stop();
+    }
+}
