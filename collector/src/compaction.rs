@@ -89,13 +89,8 @@ impl Collector {
 
     /// Runs [`Collector::maintain`] every `compaction_interval` until `shutdown`.
     pub async fn run_maintenance(self: Arc<Self>, shutdown: tokio_util::sync::CancellationToken) {
-        let mut interval = tokio::time::interval(self.config.compaction_interval);
-        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = shutdown.cancelled() => return,
-                _ = interval.tick() => {}
-            }
+        let mut interval = crate::every(self.config.compaction_interval);
+        while crate::next_tick(&mut interval, &shutdown).await {
             let this = self.clone();
             let now = crate::now_ns();
             let outcome = match tokio::task::spawn_blocking(move || this.maintain(now)).await {

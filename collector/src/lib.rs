@@ -284,13 +284,8 @@ impl Collector {
     /// Keeps this daemon's claim on its node id (see `claim`) until `shutdown`, checking it
     /// every few seconds; once it is lost, ingest is refused.
     pub async fn run_claim(self: Arc<Self>, shutdown: CancellationToken) {
-        let mut interval = tokio::time::interval(claim::RENEW_EVERY);
-        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = shutdown.cancelled() => return,
-                _ = interval.tick() => {}
-            }
+        let mut interval = every(claim::RENEW_EVERY);
+        while next_tick(&mut interval, &shutdown).await {
             let this = self.clone();
             match tokio::task::spawn_blocking(move || this.claim.renew()).await {
                 Ok(Ok(())) => {}
@@ -509,6 +504,21 @@ impl Collector {
         }
         let this = self.clone();
         let _ = tokio::task::spawn_blocking(move || this.claim.release()).await;
+    }
+}
+
+/// An interval whose missed ticks are delayed rather than bunched.
+fn every(period: Duration) -> tokio::time::Interval {
+    let mut interval = tokio::time::interval(period);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    interval
+}
+
+/// Waits for the next tick of `interval`; `false` when `shutdown` comes first.
+async fn next_tick(interval: &mut tokio::time::Interval, shutdown: &CancellationToken) -> bool {
+    tokio::select! {
+        _ = shutdown.cancelled() => false,
+        _ = interval.tick() => true,
     }
 }
 

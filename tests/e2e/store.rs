@@ -34,6 +34,28 @@ fn on_bucket(s3: &S3, data_dir: &std::path::Path, store: &str) -> Daemon {
     Daemon::start_command(on_bucket_with(s3, data_dir, store, &[]))
 }
 
+/// An OTLP/JSON export from `service` of one `GET route` server span per id in `ids` (the
+/// id its trace and span id), starting at `start_ns(id)`, `duration_ms` long.
+fn export(
+    service: &str,
+    route: &str,
+    ids: std::ops::Range<u64>,
+    start_ns: impl Fn(u64) -> i64,
+    duration_ms: i64,
+) -> Vec<u8> {
+    let spans: Vec<Value> = ids
+        .map(|n| {
+            let attrs = json!([
+                {"key": "http.request.method", "value": {"stringValue": "GET"}},
+                {"key": "http.route", "value": {"stringValue": route}},
+            ]);
+            let (trace, id) = (hex_id(n + 1, 16), hex_id(n + 1, 8));
+            span(&trace, &id, "GET", 2, start_ns(n), duration_ms, attrs)
+        })
+        .collect();
+    serde_json::to_vec(&traces(service, spans)).unwrap()
+}
+
 /// What `apiscope sql --store` prints for `sql` over the bucket, with no daemon between.
 fn sql_on_bucket(s3: &S3, store: &str, sql: &str) -> String {
     let mut command = Command::new(binary());
@@ -160,25 +182,15 @@ fn several_collectors_write_one_bucket_and_every_span_is_stored_once() {
     let mut expected: BTreeMap<String, i64> = BTreeMap::new();
     for round in 0..4u64 {
         for (k, writer) in writers.iter().enumerate() {
-            let spans: Vec<Value> = (0..25u64)
-                .map(|j| {
-                    let n = 100_000 * k as u64 + 100 * round + j;
-                    let attrs = json!([
-                        {"key": "http.request.method", "value": {"stringValue": "GET"}},
-                        {"key": "http.route", "value": {"stringValue": format!("/n{k}")}},
-                    ]);
-                    span(
-                        &hex_id(n + 1, 16),
-                        &hex_id(n + 1, 8),
-                        "GET",
-                        2,
-                        now - 1_000_000_000,
-                        5,
-                        attrs,
-                    )
-                })
-                .collect();
-            let body = serde_json::to_vec(&traces("shared", spans)).unwrap();
+            let first = 100_000 * k as u64 + 100 * round;
+            let route = format!("/n{k}");
+            let body = export(
+                "shared",
+                &route,
+                first..first + 25,
+                |_| now - 1_000_000_000,
+                5,
+            );
             let (status, answer) = post(writer, "/v1/traces", "application/json", None, body);
             assert_eq!(status, 200, "{}", String::from_utf8_lossy(&answer));
             *expected.entry(format!("GET /n{k}")).or_default() += 25;
@@ -261,24 +273,13 @@ fn a_store_down_for_a_while_loses_nothing_acknowledged() {
     let daemon = Daemon::start_command(command);
     let now = crate::now_ns();
     let send = |first: u64| {
-        let spans: Vec<Value> = (first..first + 50)
-            .map(|n| {
-                let attrs = json!([
-                    {"key": "http.request.method", "value": {"stringValue": "GET"}},
-                    {"key": "http.route", "value": {"stringValue": "/flaky"}},
-                ]);
-                span(
-                    &hex_id(n + 1, 16),
-                    &hex_id(n + 1, 8),
-                    "GET",
-                    2,
-                    now - 1_000_000_000,
-                    5,
-                    attrs,
-                )
-            })
-            .collect();
-        let body = serde_json::to_vec(&traces("flaky", spans)).unwrap();
+        let body = export(
+            "flaky",
+            "/flaky",
+            first..first + 50,
+            |_| now - 1_000_000_000,
+            5,
+        );
         post(&daemon, "/v1/traces", "application/json", None, body)
     };
     let stored = |expected: i64| {
@@ -398,22 +399,9 @@ fn two_collectors_compacting_one_hour_of_one_bucket_keep_every_row_once() {
     let hour = (crate::now_ns() / 3_600_000_000_000 - 3) * 3_600_000_000_000;
     for round in 0..4u64 {
         for (k, node) in nodes.iter().enumerate() {
-            let spans: Vec<Value> = (0..20u64)
-                .map(|j| {
-                    let n = 10_000 * k as u64 + 100 * round + j;
-                    let start = hour + n as i64 * 1_000_000;
-                    span(
-                        &hex_id(n + 1, 16),
-                        &hex_id(n + 1, 8),
-                        "GET /c",
-                        2,
-                        start,
-                        3,
-                        json!([]),
-                    )
-                })
-                .collect();
-            let body = serde_json::to_vec(&traces("compact", spans)).unwrap();
+            let first = 10_000 * k as u64 + 100 * round;
+            let start = |n: u64| hour + n as i64 * 1_000_000;
+            let body = export("compact", "/c", first..first + 20, start, 3);
             assert_eq!(
                 post(node, "/v1/traces", "application/json", None, body).0,
                 200
