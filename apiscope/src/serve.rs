@@ -42,8 +42,8 @@ impl Source for Live {
         let mut files = self.store.table_files(table.name, range.lo, range.hi)?;
         files.retain(|file| {
             let name = file.location.filename().unwrap_or_default();
-            let own = schemas::file_node(name).is_none_or(|node| node == self.node);
-            !own || schemas::covered_seq(name).is_none_or(|seq| seq <= flushed)
+            !schemas::written_by(name, &self.node)
+                || schemas::covered_seq(name).is_none_or(|seq| seq <= flushed)
         });
         Ok(Snapshot { files, batches })
     }

@@ -20,7 +20,7 @@ use bytes::Bytes;
 use schemas::{ObjectPath, Store};
 use serde::{Deserialize, Serialize};
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, storage};
 
 /// How often a node shows it is alive and checks its claim.
 pub(crate) const RENEW_EVERY: Duration = Duration::from_secs(10);
@@ -56,6 +56,8 @@ pub(crate) struct Claim {
     claim: ObjectPath,
     alive: ObjectPath,
     holder: Holder,
+    /// `holder` as stored in the claim and the alive object.
+    text: Bytes,
     lost: AtomicBool,
 }
 
@@ -77,19 +79,19 @@ impl Claim {
             node: node.to_owned(),
             claim: store.nodes().join(format!("{node}.claim")),
             alive: store.nodes().join(format!("{node}.alive")),
+            text: Bytes::from(serde_json::to_vec(&holder).map_err(storage)?),
             holder,
             lost: AtomicBool::new(false),
         };
-        let text = serde_json::to_vec(&claim.holder).map_err(storage)?;
         // A few rounds: a stale or own claim is removed, then created again, and another
         // daemon may win the creation in between.
         for _ in 0..3 {
             if store
-                .create(&claim.claim, Bytes::from(text.clone()))
+                .create(&claim.claim, claim.text.clone())
                 .map_err(storage)?
             {
                 store
-                    .put(&claim.alive, Bytes::from(text.clone()))
+                    .put(&claim.alive, claim.text.clone())
                     .map_err(storage)?;
                 return Ok(claim);
             }
@@ -139,12 +141,10 @@ impl Claim {
             return Err(error);
         }
         match self.holder_now()? {
-            Some(holder) if holder == self.holder => {
-                let text = serde_json::to_vec(&self.holder).map_err(storage)?;
-                self.store
-                    .put(&self.alive, Bytes::from(text))
-                    .map_err(storage)
-            }
+            Some(holder) if holder == self.holder => self
+                .store
+                .put(&self.alive, self.text.clone())
+                .map_err(storage),
             other => {
                 self.lost.store(true, Ordering::Release);
                 let by = other.map_or("nobody (it was removed)".to_owned(), |h| h.describe());
@@ -249,10 +249,6 @@ fn host_name() -> String {
         .ok()
         .filter(|name| !name.is_empty())
         .unwrap_or_else(|| "localhost".to_owned())
-}
-
-fn storage(error: impl std::fmt::Display) -> Error {
-    Error::Storage(error.to_string())
 }
 
 #[cfg(test)]

@@ -20,7 +20,7 @@ use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use schemas::{ObjectPath, REPLACED_BY, Store, Table};
 
 use crate::Collector;
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, storage};
 
 /// An hour is compacted this long after its end, so that late rows have mostly arrived.
 pub const CLOSED_AFTER: Duration = Duration::from_secs(10 * 60);
@@ -310,10 +310,6 @@ fn remove_empty_dates(table_dir: &std::path::Path) {
         // Fails (and is meant to) unless the folder is empty.
         let _ = std::fs::remove_dir(entry.path());
     }
-}
-
-fn storage(error: impl std::fmt::Display) -> Error {
-    Error::Storage(error.to_string())
 }
 
 #[cfg(test)]

@@ -2,6 +2,11 @@
 
 use std::time::Duration;
 
+/// A failed file, store or encoding operation, as the write side reports it.
+pub(crate) fn storage(error: impl std::fmt::Display) -> Error {
+    Error::Storage(error.to_string())
+}
+
 /// Errors of the ingest path.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

@@ -309,13 +309,16 @@ impl Collector {
     /// Why ingest is refused now, whatever the request, if it is: the daemon is shutting
     /// down, or the disk is under `min_free_bytes`. What `/readyz` reports.
     pub fn not_accepting(&self) -> Option<Error> {
+        self.closed_or_lost().or_else(|| self.disk_too_full())
+    }
+
+    /// Why no request is stored now, whatever the disk: the daemon is shutting down, or it
+    /// lost its claim on its node id.
+    fn closed_or_lost(&self) -> Option<Error> {
         if self.closed.is_cancelled() {
             return Some(Error::ShuttingDown);
         }
-        if let Some(lost) = self.claim.lost() {
-            return Some(lost);
-        }
-        self.disk_too_full()
+        self.claim.lost()
     }
 
     /// A full disk would leave no room for the flush that releases the log: the daemon
@@ -380,11 +383,8 @@ impl Collector {
         decoded: Decoded,
         payload: Bytes,
     ) -> Result<Outcome> {
-        if self.closed.is_cancelled() {
-            return Err(Error::ShuttingDown);
-        }
-        if let Some(lost) = self.claim.lost() {
-            return Err(lost);
+        if let Some(refused) = self.closed_or_lost() {
+            return Err(refused);
         }
         let mut outcome = Outcome {
             rejected: decoded.rejections.count,

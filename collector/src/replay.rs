@@ -15,7 +15,7 @@ use arrow::array::{Array, BooleanArray, RecordBatch, TimestampNanosecondArray};
 use arrow::compute::filter_record_batch;
 
 use crate::buffer::Buffer;
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, storage};
 use crate::wal;
 use crate::{Decoded, SpanDecoder, WireError};
 
@@ -110,7 +110,7 @@ fn file_seqs(store: &Store, node: &str, partition: &schemas::ObjectPath) -> Resu
         .iter()
         .filter_map(|object| object.location.filename())
         .filter(|name| schemas::is_data_file(name))
-        .filter(|name| schemas::file_node(name).is_none_or(|writer| writer == node))
+        .filter(|name| schemas::written_by(name, node))
         .filter_map(schemas::covered_seq)
         .collect())
 }
@@ -163,8 +163,4 @@ impl<'a> FlushMarks<'a> {
         }
         filter_record_batch(batch, &BooleanArray::from(keep)).map_err(storage)
     }
-}
-
-fn storage(error: impl std::fmt::Display) -> Error {
-    Error::Storage(error.to_string())
 }

@@ -511,6 +511,7 @@ fn fail_all(group: Vec<Append>, error: &std::io::Error) {
     }
 }
 
+/// A failed operation on the log, named as one.
 fn storage(error: impl std::fmt::Display) -> Error {
     Error::Storage(format!("write-ahead log: {error}"))
 }

@@ -24,7 +24,7 @@ use schemas::{
     Table, partition_of,
 };
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, storage};
 use crate::faults::{self, Point};
 
 /// A data file encoded in memory, waiting to be stored.
@@ -212,7 +212,7 @@ impl Writer {
     /// Whether the data file named `name` is this node's (files named before node ids were
     /// are every node's: a store had one writer then).
     pub fn owns(&self, name: &str) -> bool {
-        schemas::file_node(name).is_none_or(|node| node == self.node)
+        schemas::written_by(name, &self.node)
     }
 }
 
@@ -368,11 +368,6 @@ fn ranks(rows: &arrow::row::Rows) -> Vec<u32> {
         rank_of[id as usize] = rank as u32;
     }
     ids.into_iter().map(|id| rank_of[id as usize]).collect()
-}
-
-/// A failed file operation or Parquet encoding, as the write side reports it.
-pub(crate) fn storage(error: impl std::fmt::Display) -> Error {
-    Error::Storage(error.to_string())
 }
 
 #[cfg(test)]

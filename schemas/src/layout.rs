@@ -34,6 +34,12 @@ pub fn file_node(name: &str) -> Option<&str> {
     Some(node)
 }
 
+/// Whether the data file named `name` is `node`'s: written by it, or named before node ids
+/// (a store had one writer then, so such files are every node's).
+pub fn written_by(name: &str, node: &str) -> bool {
+    file_node(name).is_none_or(|writer| writer == node)
+}
+
 /// Prefix of the note a compaction leaves beside its output: `.replaced-by-<output>` lists,
 /// one per line, the files the output replaces.
 pub const REPLACED_BY: &str = ".replaced-by-";

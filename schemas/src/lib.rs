@@ -22,7 +22,7 @@ pub use gather::{gather, gather_column};
 pub use key_index::{GRANULE_ROWS, KEY_INDEX_KEY, KeyIndex};
 pub use layout::{
     REPLACED_BY, ROLLUP_DIR, covered_seq, file_node, is_data_file, parent, partition_of,
-    rollup_path, rollup_source,
+    rollup_path, rollup_source, written_by,
 };
 pub use store::{ObjectMeta, ObjectPath, RollupWriter, Store, StoreFile};
 pub use tables::{

@@ -278,31 +278,29 @@ impl Store {
 
     /// The objects directly inside the folder `prefix` (not those of its sub-folders).
     pub fn list(&self, prefix: &ObjectPath) -> io::Result<Vec<ObjectMeta>> {
-        let listed = prefix.clone();
-        let listed = self.run("list", prefix, move |objects| async move {
-            objects.list_with_delimiter(Some(&listed)).await
-        });
-        match listed {
-            Ok(listed) => Ok(listed.objects),
-            Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(Vec::new()),
-            Err(error) => Err(error),
-        }
+        Ok(self.level(prefix)?.objects)
     }
 
-    /// The folders directly inside the folder `prefix`.
+    /// The folders directly inside the folder `prefix`, sorted.
     fn folders(&self, prefix: &ObjectPath) -> io::Result<Vec<ObjectPath>> {
+        let mut folders = self.level(prefix)?.common_prefixes;
+        folders.sort();
+        Ok(folders)
+    }
+
+    /// One level of the folder `prefix`: its objects and its sub-folders; a missing folder
+    /// is an empty one.
+    fn level(&self, prefix: &ObjectPath) -> io::Result<object_store::ListResult> {
         let listed = prefix.clone();
-        let listed = self.run("list", prefix, move |objects| async move {
+        let level = self.run("list", prefix, move |objects| async move {
             objects.list_with_delimiter(Some(&listed)).await
         });
-        match listed {
-            Ok(listed) => {
-                let mut folders = listed.common_prefixes;
-                folders.sort();
-                Ok(folders)
-            }
-            Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(Vec::new()),
-            Err(error) => Err(error),
+        match level {
+            Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(object_store::ListResult {
+                common_prefixes: Vec::new(),
+                objects: Vec::new(),
+            }),
+            level => level,
         }
     }
 
