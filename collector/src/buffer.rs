@@ -1,9 +1,11 @@
 //! Rows accepted but not yet in Parquet, readable by queries until their file is visible.
 //!
-//! The buffer and the set of visible files change together: a flush renames its files into
-//! place and drops the rows they hold under one write lock, and a query takes its list of
-//! files and its copy of the rows under the read lock. So a query sees every row exactly
-//! once, whether it is still buffered or already flushed.
+//! Each table has a flushed mark: every row of it logged up to that sequence is in a
+//! committed file. A flush commits a table's files and then, under the write lock, drops
+//! the rows they hold and moves that table's mark; a query takes its copy of the rows and
+//! the mark under the read lock, then reads the table's log, and leaves out this node's
+//! files named after a later sequence. So a query sees every row exactly once, whether it
+//! is still buffered or already flushed.
 //!
 //! Every batch carries the WAL sequence number of the request it came from. Batches arrive
 //! in sequence order (the WAL writer pushes them after each sync), so "every batch up to
@@ -34,8 +36,10 @@ struct Inner {
     rows: usize,
     bytes: usize,
     last_seq: u64,
-    /// Every row logged up to this sequence is in a stored file.
-    flushed_through: u64,
+    /// Per table, every row of it logged up to this sequence is in a committed file.
+    flushed: HashMap<&'static str, u64>,
+    /// The same, for every table: a flush committed each table it had rows of.
+    flushed_all: u64,
     /// When each buffered sequence arrived, oldest first.
     arrived: std::collections::VecDeque<(u64, std::time::Instant)>,
 }
@@ -111,12 +115,15 @@ impl Buffer {
         inner.tables.entry(table).or_default().push((seq, batch));
     }
 
-    /// Records that every sequence up to `seq` is known, and that every row up to
-    /// `flushed` is in a stored file (after a replay).
-    pub fn advance_to(&self, seq: u64, flushed: u64) {
+    /// Records that every sequence up to `seq` is known, and that every row of each table
+    /// up to its sequence in `flushed` is in a committed file (after a replay).
+    pub fn advance_to(&self, seq: u64, flushed: &HashMap<&'static str, u64>) {
         let mut inner = self.inner.write().unwrap_or_else(PoisonError::into_inner);
         inner.last_seq = inner.last_seq.max(seq);
-        inner.flushed_through = inner.flushed_through.max(flushed);
+        for (table, through) in flushed {
+            let mark = inner.flushed.entry(table).or_default();
+            *mark = (*mark).max(*through);
+        }
     }
 
     /// Rows waiting in all tables.
@@ -127,7 +134,7 @@ impl Buffer {
             .rows
     }
 
-    /// A copy of `table`'s rows, and the sequence every row up to which is in a stored
+    /// A copy of `table`'s rows, and the sequence every row up to which is in a committed
     /// file: together, with the files whose name carries a sequence up to that one
     /// ([`schemas::covered_seq`]), every row exactly once.
     pub fn snapshot(&self, table: &str) -> (Vec<RecordBatch>, u64) {
@@ -137,7 +144,7 @@ impl Buffer {
             .get(table)
             .map(|batches| batches.iter().map(|(_, b)| b.clone()).collect())
             .unwrap_or_default();
-        (batches, inner.flushed_through)
+        (batches, inner.mark(table))
     }
 
     /// How long the oldest row not yet in a stored file has waited; `None` when none waits.
@@ -146,13 +153,13 @@ impl Buffer {
         inner.arrived.front().map(|(_, at)| at.elapsed())
     }
 
-    /// Every row up to this sequence is in a stored file; files of later sequences are not
-    /// yet the data (their rows are still here).
-    pub fn flushed_through(&self) -> u64 {
+    /// Every row of `table` up to this sequence is in a committed file; its files of later
+    /// sequences are not yet the data (their rows are still here).
+    pub fn flushed_through(&self, table: &str) -> u64 {
         self.inner
             .read()
             .unwrap_or_else(PoisonError::into_inner)
-            .flushed_through
+            .mark(table)
     }
 
     /// A copy of everything waiting, for a flush.
@@ -170,32 +177,49 @@ impl Buffer {
         }
     }
 
-    /// Makes a flush visible once its files are stored: drops every batch up to sequence
-    /// `through` and moves the flushed mark there, at once.
-    pub fn publish(&self, through: u64) {
+    /// Makes a flush of `table` visible once its files are committed: drops its batches up
+    /// to sequence `through` and moves its flushed mark there, at once.
+    pub fn publish(&self, table: &'static str, through: u64) {
         let mut inner = self.inner.write().unwrap_or_else(PoisonError::into_inner);
         let Inner {
             tables,
             rows,
             bytes,
-            flushed_through,
-            arrived,
+            flushed,
             ..
         } = &mut *inner;
-        while arrived.front().is_some_and(|(seq, _)| *seq <= through) {
-            arrived.pop_front();
-        }
-        for batches in tables.values_mut() {
+        if let Some(batches) = tables.get_mut(table) {
             batches.retain(|(seq, batch)| {
-                let flushed = *seq <= through;
-                if flushed {
+                let done = *seq <= through;
+                if done {
                     *rows -= batch.num_rows();
                     *bytes -= batch.get_array_memory_size();
                 }
-                !flushed
+                !done
             });
         }
-        *flushed_through = (*flushed_through).max(through);
+        let mark = flushed.entry(table).or_default();
+        *mark = (*mark).max(through);
         self.emptied.notify_waiters();
+    }
+
+    /// Records that a flush through `through` committed every table it had rows of.
+    pub fn flushed_all(&self, through: u64) {
+        let mut inner = self.inner.write().unwrap_or_else(PoisonError::into_inner);
+        while inner
+            .arrived
+            .front()
+            .is_some_and(|(seq, _)| *seq <= through)
+        {
+            inner.arrived.pop_front();
+        }
+        inner.flushed_all = inner.flushed_all.max(through);
+    }
+}
+
+impl Inner {
+    fn mark(&self, table: &str) -> u64 {
+        let own = self.flushed.get(table).copied().unwrap_or_default();
+        own.max(self.flushed_all)
     }
 }

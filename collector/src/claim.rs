@@ -179,6 +179,29 @@ impl Claim {
         }
     }
 
+    /// The node ids alive in the store (their holder showed itself within [`STALE_AFTER`]),
+    /// this one among them, sorted.
+    pub(crate) fn live_nodes(&self) -> Result<Vec<String>> {
+        let now = chrono::Utc::now();
+        let mut nodes: Vec<String> = self
+            .store
+            .list(&self.store.nodes())
+            .map_err(storage)?
+            .into_iter()
+            .filter(|object| {
+                (now - object.last_modified).to_std().unwrap_or_default() < STALE_AFTER
+            })
+            .filter_map(|object| {
+                let name = object.location.filename()?;
+                name.strip_suffix(".alive").map(str::to_owned)
+            })
+            .collect();
+        nodes.push(self.node.clone());
+        nodes.sort();
+        nodes.dedup();
+        Ok(nodes)
+    }
+
     /// The claim's holder as the store says now; `None` when there is no claim.
     fn holder_now(&self) -> Result<Option<Holder>> {
         let text = match self.store.get(&self.claim) {

@@ -1,23 +1,30 @@
-//! Compaction of closed hours and retention.
+//! Compaction of closed hours, retention, and the deletion of files no table lists.
 //!
-//! Once an hour is closed (its end is [`CLOSED_AFTER`] in the past), its small flushed files
-//! are merged, a group of at most [`MAX_INPUT_BYTES`] at a time, into files sorted for
-//! pruning. Each merge's switch is the output's appearance: before it is stored, a note
-//! `.replaced-by-<output>` listing the inputs is stored beside them; readers drop the
-//! inputs from a listing only when the output is in that same listing, so a query sees
-//! either the inputs or the output, never both and never neither. The inputs are deleted
-//! [`Config::compaction_grace`](crate::Config) later, so queries already reading them finish.
+//! Once an hour is closed (its end is [`CLOSED_AFTER`] in the past), its small files are
+//! merged, a group of at most [`MAX_INPUT_BYTES`] at a time, into files sorted for pruning.
+//! Each merge is one commit to the table's log: the output added and its inputs removed,
+//! so a query sees either the inputs or the output, never both and never neither.
+//! Retention is a commit too: every file of an hour older than the retention removed.
 //!
-//! Retention drops whole hour folders once their hour is older than the retention.
+//! Each table-hour is maintained by one node: the live node ids ranked by a hash of the
+//! table, the hour and the id (rendezvous hashing), the first one. Two nodes that disagree
+//! for a moment (one just started or stopped) both try; the log's commit makes the second
+//! give up, as both changes carry the hour's transaction id.
+//!
+//! Removed files are deleted [`Config::compaction_grace`](crate::Config) after their
+//! removal, so queries already reading them finish: a sweep lists the hour's folder and
+//! deletes the data files its table does not list and that are older than the grace (which
+//! also deletes the files of a flush that failed before its commit). Every closed hour is
+//! swept once after start; a dropped hour's folder is deleted whole.
 
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use arrow::array::{ArrayRef, RecordBatch, new_null_array};
 use arrow::datatypes::SchemaRef;
-use bytes::Bytes;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
-use schemas::{ObjectPath, REPLACED_BY, Store, Table};
+use schemas::{Committed, ObjectPath, REPLACED_BY, Store, Table};
 
 use crate::Collector;
 use crate::error::{Error, Result, storage};
@@ -42,10 +49,20 @@ pub struct MaintenanceReport {
     pub compacted: usize,
     /// Input files replaced by outputs.
     pub files_replaced: usize,
-    /// Replaced files deleted after the grace period.
+    /// Files deleted: removed from their table more than the grace ago, or never committed.
     pub files_deleted: usize,
     /// Hour partitions dropped by retention.
     pub partitions_dropped: usize,
+}
+
+/// The deletions maintenance owes: sweeps of hour folders and folders of dropped hours.
+#[derive(Debug, Default)]
+pub(crate) struct Deletions {
+    /// Per hour folder: swept since start and nothing removed since (`None`), or to be
+    /// swept once this instant has passed.
+    sweeps: HashMap<ObjectPath, Option<Instant>>,
+    /// Folders of dropped hours, deleted whole once their instant has passed.
+    drops: Vec<(ObjectPath, Instant)>,
 }
 
 impl Collector {
@@ -54,37 +71,76 @@ impl Collector {
         let mut report = MaintenanceReport::default();
         let retention_ns = i64::try_from(self.config.retention.as_nanos()).unwrap_or(i64::MAX);
         let closed_ns = CLOSED_AFTER.as_nanos() as i64;
+        let grace = self.config.compaction_grace;
         let store = self.writer.store();
+        let nodes = self.claim.live_nodes()?;
         for table in schemas::TABLES {
             let partitions = store
                 .hour_partitions(table.name, None, None)
                 .map_err(storage)?;
             for (start, dir) in partitions {
-                let end = start + NANOS_PER_HOUR;
-                if end <= now_ns.saturating_sub(retention_ns) {
-                    self.drop_partition(&dir)?;
-                    report.partitions_dropped += 1;
+                if owner(&nodes, table.name, start) != self.claim.node() {
                     continue;
                 }
-                report.files_deleted += delete_replaced(store, &dir, self.config.compaction_grace)?;
-                if end + closed_ns <= now_ns {
-                    let replaced = self.compact(table, &dir)?;
-                    if replaced > 0 {
-                        report.compacted += 1;
-                        report.files_replaced += replaced;
+                let end = start + NANOS_PER_HOUR;
+                if end <= now_ns.saturating_sub(retention_ns) {
+                    if store.commit_drop(table, start).map_err(storage)? > 0 {
+                        tracing::info!(partition = %dir, "partition dropped by retention");
+                        report.partitions_dropped += 1;
+                        self.deletions().drops.push((dir, Instant::now() + grace));
                     }
+                    continue;
+                }
+                if end + closed_ns > now_ns {
+                    continue;
+                }
+                let replaced = self.compact(table, start, &dir)?;
+                if replaced > 0 {
+                    report.compacted += 1;
+                    report.files_replaced += replaced;
+                    self.deletions()
+                        .sweeps
+                        .insert(dir.clone(), Some(Instant::now() + grace));
+                }
+                let due = self.deletions().sweeps.get(&dir).copied();
+                if due.is_none() || due.flatten().is_some_and(|at| at <= Instant::now()) {
+                    report.files_deleted += sweep(store, table, start, &dir, grace)?;
+                    self.deletions().sweeps.insert(dir, None);
                 }
             }
-            if report.partitions_dropped > 0
-                && let Some(dir) = store.local_path(&store.table(table.name))
-            {
-                remove_empty_dates(&dir);
-            }
         }
+        report.files_deleted += self.delete_dropped()?;
         if report != MaintenanceReport::default() {
             self.changed();
         }
         Ok(report)
+    }
+
+    fn deletions(&self) -> std::sync::MutexGuard<'_, Deletions> {
+        self.deletions.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Deletes the folders of hours dropped more than the grace ago.
+    fn delete_dropped(&self) -> Result<usize> {
+        let now = Instant::now();
+        let due: Vec<ObjectPath> = {
+            let mut deletions = self.deletions();
+            let (due, later) = std::mem::take(&mut deletions.drops)
+                .into_iter()
+                .partition(|(_, at)| *at <= now);
+            deletions.drops = later;
+            due.into_iter().map(|(dir, _)| dir).collect()
+        };
+        let store = self.writer.store();
+        let mut deleted = 0;
+        for dir in due {
+            deleted += store.delete_all(&dir).map_err(storage)?;
+            if let Some(date) = schemas::parent(&dir).and_then(|d| store.local_path(&d)) {
+                // Fails (and is meant to) unless the day's folder is empty.
+                let _ = std::fs::remove_dir(date);
+            }
+        }
+        Ok(deleted)
     }
 
     /// Runs [`Collector::maintain`] every `compaction_interval` until `shutdown`.
@@ -120,36 +176,35 @@ impl Collector {
         }
     }
 
-    fn drop_partition(&self, dir: &ObjectPath) -> Result<()> {
-        // A query reading the hour meanwhile may see part of it: it is past retention.
-        self.writer.store().delete_all(dir).map_err(storage)?;
-        tracing::info!(partition = %dir, "partition dropped by retention");
-        Ok(())
-    }
-
-    /// Merges the small live files of one closed partition, in groups of at most
+    /// Merges the small live files of one closed hour, in groups of at most
     /// [`MAX_INPUT_BYTES`]; returns how many files it replaced. Files that cannot be read are
     /// left as they are.
-    fn compact(&self, table: &'static Table, dir: &ObjectPath) -> Result<usize> {
+    fn compact(&self, table: &'static Table, start: i64, dir: &ObjectPath) -> Result<usize> {
         let unreadable = self
             .unreadable
             .lock()
             .expect("unreadable files lock")
             .clone();
-        // Only this node's files, so that no two nodes merge the same ones; and not those past
-        // the flushed mark, a failed flush's, about to be removed.
-        let flushed = self.buffer.flushed_through();
+        // Not this node's files whose rows are still buffered: a flush committed them and
+        // has not yet dropped the rows.
+        let flushed = self.buffer.flushed_through(table.name);
         let mut live = Vec::new();
-        for file in self.writer.store().live_files(dir).map_err(storage)? {
+        let files = self
+            .writer
+            .store()
+            .table_files(table.name, Some(start), Some(start + NANOS_PER_HOUR))
+            .map_err(storage)?;
+        for file in files {
             let name = file.location.filename().unwrap_or_default();
-            let published = schemas::covered_seq(name).is_none_or(|seq| seq <= flushed);
-            if self.writer.owns(name) && published && !unreadable.contains(&file.location) {
+            let published = !self.writer.owns(name)
+                || schemas::covered_seq(name).is_none_or(|seq| seq <= flushed);
+            if published && !unreadable.contains(&file.location) {
                 live.push((file.location, file.size));
             }
         }
         let mut replaced = 0;
         for inputs in groups(live) {
-            if self.merge(table, dir, &inputs)? {
+            if self.merge(table, start, dir, &inputs)? {
                 replaced += inputs.len();
             }
         }
@@ -157,21 +212,19 @@ impl Collector {
     }
 
     /// Replaces `inputs` by one file holding their rows, sorted. Merges nothing when one of
-    /// them cannot be read: that one is reported and left out from then on, and the others
-    /// are merged by the next pass.
+    /// them cannot be read (that one is reported and left out from then on, and the others
+    /// are merged by the next pass), or when another node changed the hour first.
     fn merge(
         &self,
         table: &'static Table,
+        start: i64,
         dir: &ObjectPath,
         inputs: &[ObjectPath],
     ) -> Result<bool> {
         let store = self.writer.store();
         let schema = table.stored_schema();
         let mut batches = Vec::new();
-        let mut through = 0;
         for input in inputs {
-            let name = input.filename().unwrap_or_default();
-            through = through.max(schemas::covered_seq(name).unwrap_or(0));
             match read_conformed(store, input, &schema) {
                 Ok(read) => batches.extend(read),
                 Err(error) => {
@@ -188,7 +241,8 @@ impl Collector {
                 }
             }
         }
-        let staged = self.writer.stage(table, &batches, through)?;
+        // Named after no sequence: its rows are committed, whoever logged them.
+        let staged = self.writer.stage(table, &batches, 0)?;
         drop(batches);
         let [output] = staged.as_slice() else {
             return Err(Error::Storage(format!(
@@ -196,15 +250,70 @@ impl Collector {
                 staged.len()
             )));
         };
-        let note = dir.clone().join(format!("{REPLACED_BY}{}", output.name()));
-        store.put(&note, note_text(inputs)).map_err(storage)?;
-        if let Err(error) = self.writer.store_files(&staged) {
-            let _ = store.delete(&note);
-            return Err(error);
+        self.writer.store_files(&staged)?;
+        let committed = store
+            .commit_compaction(table, start, inputs, &output.new_file())
+            .map_err(storage)?;
+        if committed == Committed::GaveUp {
+            tracing::info!(partition = %dir, "another node changed this hour first; its compaction is left to it");
+            let _ = store.delete(&output.path);
+            return Ok(false);
         }
         tracing::debug!(partition = %dir, files = inputs.len(), rows = output.rows, "compacted");
         Ok(true)
     }
+}
+
+/// The node that maintains `table`'s hour starting at `start` among the live `nodes`: the
+/// one whose hash with the table and hour is highest. Every node ranks alike, and a node
+/// joining or leaving moves only the hours it wins or held.
+fn owner<'a>(nodes: &'a [String], table: &str, start: i64) -> &'a str {
+    let weight = |node: &str| {
+        // FNV-1a: the same on every node and every build.
+        let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+        for byte in table.bytes().chain(start.to_le_bytes()).chain(node.bytes()) {
+            hash ^= u64::from(byte);
+            hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        // Its last bytes barely reach the high bits: mixed as splitmix64 finishes.
+        hash = (hash ^ (hash >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        hash = (hash ^ (hash >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        hash ^ (hash >> 31)
+    };
+    nodes
+        .iter()
+        .max_by_key(|node| (weight(node), node.as_str()))
+        .map_or("", String::as_str)
+}
+
+/// Deletes the files of one hour folder that `table`'s log does not list and that are older
+/// than `grace`: inputs of compactions, files of flushes that failed before their commit,
+/// and the notes of compactions of a release before the logs. Returns how many.
+fn sweep(
+    store: &Store,
+    table: &'static Table,
+    start: i64,
+    dir: &ObjectPath,
+    grace: Duration,
+) -> Result<usize> {
+    let live: HashSet<ObjectPath> = store
+        .table_files(table.name, Some(start), Some(start + NANOS_PER_HOUR))
+        .map_err(storage)?
+        .into_iter()
+        .map(|file| file.location)
+        .collect();
+    let now = chrono::Utc::now();
+    let mut deleted = 0;
+    for object in store.list(dir).map_err(storage)? {
+        let name = object.location.filename().unwrap_or_default();
+        let old = (now - object.last_modified).to_std().unwrap_or_default() >= grace;
+        let unlisted = schemas::is_data_file(name) && !live.contains(&object.location);
+        if old && (unlisted || name.starts_with(REPLACED_BY)) {
+            store.delete(&object.location).map_err(storage)?;
+            deleted += 1;
+        }
+    }
+    Ok(deleted)
 }
 
 /// The files (with their sizes) to merge, in groups of two or more, each of at most
@@ -258,63 +367,26 @@ fn read_conformed(
     Ok(batches)
 }
 
-/// A compaction's note: the names of the files its output replaces, one a line.
-fn note_text(inputs: &[ObjectPath]) -> Bytes {
-    let mut text = String::new();
-    for name in inputs.iter().filter_map(|input| input.filename()) {
-        text.push_str(name);
-        text.push('\n');
-    }
-    Bytes::from(text)
-}
-
-/// Deletes the inputs of published compactions whose note is older than `grace`; forgets
-/// notes of compactions that never published. Returns the files deleted.
-fn delete_replaced(store: &Store, dir: &ObjectPath, grace: Duration) -> Result<usize> {
-    let objects = store.list(dir).map_err(storage)?;
-    let now = chrono::Utc::now();
-    let mut deleted = 0;
-    for note in &objects {
-        let Some(output) = note
-            .location
-            .filename()
-            .and_then(|n| n.strip_prefix(REPLACED_BY))
-        else {
-            continue;
-        };
-        let age = (now - note.last_modified).to_std().unwrap_or_default();
-        if age < grace {
-            continue;
-        }
-        if objects
-            .iter()
-            .any(|o| o.location.filename() == Some(output))
-        {
-            let text = store.get(&note.location).map_err(storage)?;
-            let text = String::from_utf8_lossy(&text);
-            for input in text.lines().filter(|l| !l.is_empty()) {
-                store.delete(&dir.clone().join(input)).map_err(storage)?;
-                deleted += 1;
-            }
-        }
-        store.delete(&note.location).map_err(storage)?;
-    }
-    Ok(deleted)
-}
-
-fn remove_empty_dates(table_dir: &std::path::Path) {
-    let Ok(entries) = std::fs::read_dir(table_dir) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        // Fails (and is meant to) unless the folder is empty.
-        let _ = std::fs::remove_dir(entry.path());
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_hour_has_one_owner_and_a_leaving_node_moves_only_its_hours() {
+        let three: Vec<String> = ["a", "b", "c"].map(String::from).to_vec();
+        let two: Vec<String> = ["a", "c"].map(String::from).to_vec();
+        let hours: Vec<i64> = (0..300).map(|h| h * NANOS_PER_HOUR).collect();
+        let mut held = HashMap::new();
+        for hour in &hours {
+            *held.entry(owner(&three, "spans", *hour)).or_insert(0) += 1;
+            let now = owner(&two, "spans", *hour);
+            if owner(&three, "spans", *hour) != "b" {
+                assert_eq!(now, owner(&three, "spans", *hour));
+            }
+        }
+        // Each node maintains about a third of the hours.
+        assert!(held.values().all(|n| (70..130).contains(n)), "{held:?}");
+    }
 
     #[test]
     fn small_files_merge_in_groups_under_the_cap_and_big_ones_stay() {

@@ -10,6 +10,8 @@ pub(crate) enum Point {
     WalSync,
     /// Storing a data file.
     Publish,
+    /// Committing a flush's files to the table's log.
+    Commit,
     LockWrite,
     /// Decoding an export request; a planned failure here panics, as a decoder bug would.
     Decode,

@@ -223,6 +223,8 @@ pub struct Collector {
     unreadable: std::sync::Mutex<std::collections::HashSet<schemas::ObjectPath>>,
     /// Counts the changes to the store's files (flushes, compactions, drops).
     changes: std::sync::atomic::AtomicU64,
+    /// Deletions maintenance owes (see `compaction`).
+    deletions: std::sync::Mutex<compaction::Deletions>,
     /// Declared last, so dropped last: the directory is released once the WAL has stopped.
     _owner: dir_lock::Owner,
 }
@@ -246,6 +248,11 @@ impl Collector {
         };
         claim::check_node_id(&node).map_err(Error::Storage)?;
         let claim = claim::Claim::take(&config.store, &node, &config.data_dir)?;
+        // Every table has a log before anything reads it; a data directory written before
+        // the logs is converted here (see `schemas::Store`).
+        for table in schemas::TABLES {
+            config.store.create_table(table).map_err(error::storage)?;
+        }
         let report = replay::replay(
             &config.data_dir,
             &config.store,
@@ -271,6 +278,7 @@ impl Collector {
             closed: CancellationToken::new(),
             unreadable: std::sync::Mutex::default(),
             changes: std::sync::atomic::AtomicU64::new(0),
+            deletions: std::sync::Mutex::default(),
             _owner: owner,
         };
         Ok((collector, report))
@@ -457,24 +465,25 @@ impl Collector {
         Ok(rows)
     }
 
+    /// Writes and commits each table's pending rows in turn; a table committed stays
+    /// committed (its rows leave the buffer) when a later one fails.
     fn write_pending(&self, pending: buffer::Pending) -> Result<usize> {
-        let mut staged = Vec::new();
+        let mut rows = 0;
+        let mut files = 0;
         for (name, batches) in &pending.tables {
-            let Some(table) = schemas::TABLES.iter().find(|t| t.name == *name) else {
+            let Some(table) = schemas::TABLES.iter().copied().find(|t| t.name == *name) else {
                 continue;
             };
-            staged.extend(self.writer.stage(table, batches, pending.through)?);
+            let staged = self.writer.stage(table, batches, pending.through)?;
+            self.writer.store_files(&staged)?;
+            self.writer.commit(table, &staged, pending.through)?;
+            self.buffer.publish(table.name, pending.through);
+            self.changed();
+            rows += staged.iter().map(|s| s.rows).sum::<usize>();
+            files += staged.len();
         }
-        self.writer.store_files(&staged)?;
-        self.buffer.publish(pending.through);
-        self.changed();
-        let rows = staged.iter().map(|s| s.rows).sum();
-        tracing::debug!(
-            rows,
-            files = staged.len(),
-            through = pending.through,
-            "flushed"
-        );
+        self.buffer.flushed_all(pending.through);
+        tracing::debug!(rows, files, through = pending.through, "flushed");
         Ok(rows)
     }
 

@@ -64,9 +64,22 @@ fn copy_dir(from: &Path, to: &Path) {
     }
 }
 
+/// The data files stored in the `spans` hour folders of `dir`, committed or not.
 fn data_files(dir: &Path) -> Vec<PathBuf> {
     let mut files = Vec::new();
-    for hour in hour_dirs(dir) {
+    let folders = |dir: &Path, prefix: &str| -> Vec<PathBuf> {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return Vec::new();
+        };
+        entries
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with(prefix))
+            .collect()
+    };
+    let hours = folders(&dir.join("spans"), "date=")
+        .into_iter()
+        .flat_map(|date| folders(&date, "hour="));
+    for hour in hours {
         for entry in std::fs::read_dir(hour).unwrap() {
             let path = entry.unwrap().path();
             let name = path.file_name().unwrap().to_string_lossy().into_owned();
@@ -95,15 +108,23 @@ fn partition_dir(dir: &Path, time_ns: i64) -> PathBuf {
     store.local_path(&hour).unwrap()
 }
 
-/// The live data files of the partition folder `hour`.
+/// The live data files of the `spans` hour folder `hour`, as the table's log lists them.
 fn live_files(hour: &Path) -> Vec<PathBuf> {
-    let root = schemas::Store::local(Path::new("/"));
-    let listed = root
-        .live_files(&schemas::ObjectPath::from(hour.to_string_lossy().as_ref()))
+    let store = schemas::Store::local(hour.ancestors().nth(3).unwrap());
+    let Some((start, _)) = store
+        .hour_partitions("spans", None, None)
+        .unwrap()
+        .into_iter()
+        .find(|(_, dir)| store.local_path(dir).unwrap() == hour)
+    else {
+        return Vec::new();
+    };
+    let listed = store
+        .table_files("spans", Some(start), Some(start + 1))
         .unwrap();
     listed
         .iter()
-        .map(|file| root.local_path(&file.location).unwrap())
+        .map(|file| store.local_path(&file.location).unwrap())
         .collect()
 }
 
@@ -133,7 +154,7 @@ fn replay_after_a_crash_between_publish_and_release_restores_each_row_once() {
     }
     assert_eq!(data_files(dir).len(), 2, "one file per hour");
 
-    // The crash: the files were renamed but the WAL segment was never released.
+    // The crash: the files were committed but the WAL segment was never released.
     std::fs::remove_dir_all(&wal_dir).unwrap();
     copy_dir(&wal_copy, &wal_dir);
     {
@@ -144,17 +165,22 @@ fn replay_after_a_crash_between_publish_and_release_restores_each_row_once() {
         assert_eq!(collector.buffer().rows(), 0);
     }
 
-    // The same crash, but only one hour's file had been renamed: that hour's rows are in
-    // Parquet, the other hour's rows come back.
-    let mut files = data_files(dir);
-    files.sort();
-    std::fs::remove_file(&files[1]).unwrap();
+    // The crash between storing the files and committing them (the commit is taken out of
+    // the log): the files are stored, yet no table lists them, and every row comes back.
+    let commit = dir.join("spans/_delta_log/00000000000000000001.json");
+    let text = std::fs::read_to_string(&commit).unwrap();
+    assert!(
+        text.contains("\"txn\""),
+        "the flush's commit carries its transaction"
+    );
+    std::fs::remove_file(&commit).unwrap();
     std::fs::remove_dir_all(&wal_dir).unwrap();
     copy_dir(&wal_copy, &wal_dir);
     let (collector, report) = Collector::open(config(dir)).unwrap();
-    assert_eq!(report.rows_restored, 3);
-    assert_eq!(report.rows_already_flushed, 3);
-    assert_eq!(collector.buffer().rows(), 3);
+    assert_eq!(data_files(dir).len(), 2, "stored, not committed");
+    assert_eq!(report.rows_restored, 6);
+    assert_eq!(report.rows_already_flushed, 0);
+    assert_eq!(collector.buffer().rows(), 6);
 
     // New sequences continue past everything seen, so new rows are never mistaken for
     // flushed ones.
@@ -163,8 +189,12 @@ fn replay_after_a_crash_between_publish_and_release_restores_each_row_once() {
         .ingest_traces(request(100, &[BASE_NS + 5]))
         .unwrap();
     let collector = Arc::new(collector);
-    assert_eq!(runtime.block_on(collector.flush()).unwrap(), 4);
-    assert_eq!(data_files(dir).len(), 3);
+    assert_eq!(runtime.block_on(collector.flush()).unwrap(), 7);
+    let live: usize = hour_dirs(dir)
+        .iter()
+        .map(|hour| live_files(hour).len())
+        .sum();
+    assert_eq!(live, 2, "the uncommitted files are not the data");
 }
 
 #[test]
@@ -420,15 +450,18 @@ fn compaction_merges_a_closed_hour_atomically_and_retention_drops_old_hours() {
     let live = live_files(&hour);
     assert_eq!(live.len(), 1);
     assert_eq!(count_rows(&live), 6);
-    // The merged file covers the highest log position of its inputs.
+    // The merged file is named after no log position: its rows are committed already.
     assert_eq!(
         schemas::covered_seq(&live[0].file_name().unwrap().to_string_lossy()),
-        Some(3)
+        Some(0)
     );
 
-    // The next pass deletes the replaced files (grace is zero here) and keeps the output.
-    let report = collector.maintain(closed).unwrap();
+    // The replaced files are deleted once the grace is over (zero here), and the output kept.
     assert_eq!(report.files_deleted, 3);
+    assert_eq!(
+        collector.maintain(closed).unwrap(),
+        MaintenanceReport::default()
+    );
     let on_disk: Vec<_> = std::fs::read_dir(&hour)
         .unwrap()
         .map(|e| e.unwrap().path())
@@ -440,9 +473,14 @@ fn compaction_merges_a_closed_hour_atomically_and_retention_drops_old_hours() {
     let report = collector.maintain(later).unwrap();
     assert_eq!(report.partitions_dropped, 2);
     assert!(hour_dirs(tmp.path()).is_empty());
+    let left: Vec<_> = std::fs::read_dir(tmp.path().join("spans"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
     assert_eq!(
-        std::fs::read_dir(tmp.path().join("spans")).unwrap().count(),
-        0
+        left,
+        ["_delta_log"],
+        "the hours' folders are gone, and the day's"
     );
 }
 
@@ -483,10 +521,10 @@ fn a_file_that_cannot_be_read_is_left_as_it_is_and_the_rest_is_compacted() {
     let report = collector.maintain(closed).unwrap();
     assert_eq!((report.compacted, report.files_replaced), (1, 2));
     let mut live = live_files(&first);
-    live.sort();
     assert_eq!(live.len(), 2);
-    assert_eq!(live[0], damaged);
-    assert_eq!(count_rows(&live[1..]), 2);
+    live.retain(|file| *file != damaged);
+    assert_eq!(live.len(), 1, "the damaged file is left where it is");
+    assert_eq!(count_rows(&live), 2);
     assert_eq!(
         collector.maintain(closed).unwrap(),
         MaintenanceReport::default()
@@ -590,34 +628,44 @@ fn compaction_keeps_the_resource_attributes_of_files_before_schema_3() {
 }
 
 #[test]
-fn an_unpublished_compaction_leaves_the_inputs_as_the_data() {
-    let tmp = tempfile::tempdir().unwrap();
-    let hour = tmp.path().join("spans/date=2026-11-27/hour=10");
-    std::fs::create_dir_all(&hour).unwrap();
-    for name in [
-        "00000000000000000001-a-000000.parquet",
-        "00000000000000000002-a-000001.parquet",
-    ] {
-        std::fs::write(hour.join(name), b"x").unwrap();
-    }
-    // A note whose output never appeared (a crash before the rename).
-    let note = hour.join(format!(
-        "{}00000000000000000002-b-000000.parquet",
-        schemas::REPLACED_BY
-    ));
-    std::fs::write(
-        &note,
-        "00000000000000000001-a-000000.parquet\n00000000000000000002-a-000001.parquet\n",
-    )
-    .unwrap();
-    assert_eq!(live_files(&hour).len(), 2);
-    // Once the output is there, only it is live.
-    std::fs::write(hour.join("00000000000000000002-b-000000.parquet"), b"y").unwrap();
+fn a_directory_before_the_logs_is_converted_with_its_compactions_as_they_were() {
+    // Written by a release before the logs: two flushed files and a compaction's note, its
+    // output stored (`published`) or not (a crash before it was stored).
+    let written = |published: bool| {
+        let tmp = tempfile::tempdir().unwrap();
+        let hour = tmp.path().join("spans/date=2026-11-27/hour=10");
+        std::fs::create_dir_all(&hour).unwrap();
+        for name in [
+            "00000000000000000001-a-000000.parquet",
+            "00000000000000000002-a-000001.parquet",
+        ] {
+            std::fs::write(hour.join(name), b"x").unwrap();
+        }
+        let output = "00000000000000000002-b-000000.parquet";
+        std::fs::write(
+            hour.join(format!("{}{output}", schemas::REPLACED_BY)),
+            "00000000000000000001-a-000000.parquet\n00000000000000000002-a-000001.parquet\n",
+        )
+        .unwrap();
+        if published {
+            std::fs::write(hour.join(output), b"y").unwrap();
+        }
+        (tmp, hour)
+    };
+    let (_unpublished, hour) = written(false);
+    assert_eq!(live_files(&hour).len(), 2, "the inputs are still the data");
+    let (tmp, hour) = written(true);
     let live = live_files(&hour);
     assert_eq!(
         live,
         vec![hour.join("00000000000000000002-b-000000.parquet")]
     );
+    // The log was written once: what its first commit lists stays the data.
+    std::fs::remove_file(hour.join("00000000000000000002-b-000000.parquet")).unwrap();
+    assert_eq!(live_files(&hour).len(), 1);
+    let store = schemas::Store::local(tmp.path());
+    // Files named before node ids (`<seq>-<run>-<n>`) count as every node's.
+    assert_eq!(store.flushed_seq("spans", "any").unwrap(), 2);
 }
 
 #[test]

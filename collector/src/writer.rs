@@ -1,7 +1,8 @@
 //! Buffered rows to Parquet files: sorted, split by hour, encoded in memory, then stored
-//! whole ([`Writer::stage`], [`Writer::store`]: the one way any data file enters the store).
+//! whole and committed to the table's log ([`Writer::stage`], [`Writer::store_files`],
+//! [`Writer::commit`]: the one way any data file enters a table).
 //!
-//! A flushed file is in the store before its rows leave the buffer; the query side sees it
+//! A flushed file is committed before its rows leave the buffer; the query side counts it
 //! only once the buffer's flushed mark has reached the sequence its name carries
 //! (`Buffer::flushed_through`), so no row is seen twice.
 
@@ -35,6 +36,8 @@ pub struct Staged {
     bytes: Bytes,
     /// Rows in the file.
     pub rows: usize,
+    /// Its statistics as the table's log keeps them.
+    stats: String,
 }
 
 impl Staged {
@@ -47,6 +50,15 @@ impl Staged {
     pub fn name(&self) -> &str {
         self.path.filename().unwrap_or_default()
     }
+
+    /// The file as the table's log lists it.
+    pub fn new_file(&self) -> schemas::NewFile {
+        schemas::NewFile {
+            path: self.path.clone(),
+            size: self.bytes.len() as u64,
+            stats: self.stats.clone(),
+        }
+    }
 }
 
 /// Writes Parquet files into one store.
@@ -56,9 +68,6 @@ pub struct Writer {
     node: String,
     unique: u64,
     sequence: AtomicU64,
-    /// Files of a failed [`Writer::store`] that could not be taken back: removed before any
-    /// other file is stored, since their rows are still buffered and will be written again.
-    leftovers: std::sync::Mutex<Vec<ObjectPath>>,
 }
 
 impl Writer {
@@ -71,7 +80,6 @@ impl Writer {
             node: node.to_owned(),
             unique: RandomState::new().hash_one(std::process::id()),
             sequence: AtomicU64::new(0),
-            leftovers: std::sync::Mutex::default(),
         }
     }
 
@@ -80,29 +88,27 @@ impl Writer {
         &self.store
     }
 
-    /// Stores `staged`, all or nothing: when one fails, those already stored are removed
-    /// (or, if even that fails, removed before anything else is stored). Blocking.
+    /// Stores `staged`. Nothing reads a stored file before it is committed; the files of a
+    /// flush that fails before its commit are deleted by the sweep of their hour
+    /// (`Collector::maintain`). Blocking.
     pub fn store_files(&self, staged: &[Staged]) -> Result<()> {
-        let mut leftovers = self.leftovers.lock().unwrap_or_else(|e| e.into_inner());
-        while let Some(leftover) = leftovers.last() {
-            self.store.delete(leftover).map_err(storage)?;
-            leftovers.pop();
-        }
-        for (i, file) in staged.iter().enumerate() {
+        for file in staged {
             let local = self.store.local_path(&file.path).unwrap_or_default();
-            let stored = faults::check(Point::Publish, &local)
-                .and_then(|()| self.store.put(&file.path, file.bytes.clone()));
-            if let Err(error) = stored {
-                for done in &staged[..i] {
-                    if let Err(undo) = self.store.delete(&done.path) {
-                        tracing::warn!(%undo, file = %done.path, "cannot take back a stored file now; it is removed before the next flush");
-                        leftovers.push(done.path.clone());
-                    }
-                }
-                return Err(storage(error));
-            }
+            faults::check(Point::Publish, &local)
+                .and_then(|()| self.store.put(&file.path, file.bytes.clone()))
+                .map_err(storage)?;
         }
         Ok(())
+    }
+
+    /// Commits a flush's `staged` files of `table` (stored already) with this node's
+    /// transaction `through`. Blocking.
+    pub fn commit(&self, table: &'static Table, staged: &[Staged], through: u64) -> Result<()> {
+        let files: Vec<schemas::NewFile> = staged.iter().map(Staged::new_file).collect();
+        let table_dir = self.store.local_path(&self.store.table(table.name));
+        faults::check(Point::Commit, &table_dir.unwrap_or_default())
+            .and_then(|()| self.store.commit_flush(table, &files, &self.node, through))
+            .map_err(storage)
     }
 
     /// Encodes `batches` of `table` (of its stored schema) as one file per hour partition,
@@ -160,9 +166,20 @@ impl Writer {
             ArrowWriter::try_new(Vec::new(), schema, Some(properties(through))).map_err(storage)?;
         let sources: Vec<&RecordBatch> = batches.iter().collect();
         let mut keys = KeyIndex::new();
+        let mut times = (i64::MAX, i64::MIN);
         for slice in rows.chunks(ROWS_PER_WRITE) {
             let gathered = schemas::gather(&sources, slice).map_err(storage)?;
             keys.add(&gathered);
+            if let Some(time) = gathered
+                .column_by_name("time")
+                .and_then(|c| c.as_any().downcast_ref::<TimestampNanosecondArray>())
+            {
+                let (lo, hi) = (arrow::compute::min(time), arrow::compute::max(time));
+                times = (
+                    times.0.min(lo.unwrap_or(i64::MAX)),
+                    times.1.max(hi.unwrap_or(i64::MIN)),
+                );
+            }
             writer.write(&gathered).map_err(storage)?;
         }
         writer.append_key_value_metadata(KeyValue::new(KEY_INDEX_KEY.to_owned(), keys.to_json()));
@@ -171,8 +188,26 @@ impl Writer {
             path,
             bytes: Bytes::from(bytes),
             rows: rows.len(),
+            stats: stats(rows.len(), times),
         })
     }
+}
+
+/// A data file's statistics as Delta keeps them: its rows, and the range of `time` to the
+/// millisecond (the lowest rounded down, the highest up), which other engines prune with.
+fn stats(rows: usize, (lo, hi): (i64, i64)) -> String {
+    let mut stats = serde_json::json!({ "numRecords": rows });
+    if lo <= hi {
+        let millis = |ns: i64, up: bool| {
+            let ms = ns.div_euclid(1_000_000) + i64::from(up && ns.rem_euclid(1_000_000) != 0);
+            chrono::DateTime::from_timestamp_millis(ms)
+                .map(|t| t.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string())
+        };
+        stats["minValues"] = serde_json::json!({ "time": millis(lo, false) });
+        stats["maxValues"] = serde_json::json!({ "time": millis(hi, true) });
+        stats["nullCount"] = serde_json::json!({ "time": 0 });
+    }
+    stats.to_string()
 }
 
 /// A row of a flush: (batch, row within the batch).

@@ -11,13 +11,16 @@
 //! complete (on a local disk it is written as `.<name>.tmp`, synced, then renamed); readers
 //! list `*.parquet` only.
 
+mod delta;
 mod gather;
 mod key_index;
 mod layout;
+mod logs;
 pub mod routes;
 mod store;
 mod tables;
 
+pub use delta::{BEFORE_NODE_IDS, Committed, NewFile};
 pub use gather::{gather, gather_column};
 pub use key_index::{GRANULE_ROWS, KEY_INDEX_KEY, KeyIndex};
 pub use layout::{

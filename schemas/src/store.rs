@@ -29,7 +29,7 @@ pub use object_store::path::Path as ObjectPath;
 use crate::layout::{NANOS_PER_HOUR, REPLACED_BY, is_data_file};
 
 /// The runtime every store request runs on: two threads, whatever the caller runs on.
-static IO: LazyLock<tokio::runtime::Runtime> = LazyLock::new(|| {
+pub(crate) static IO: LazyLock<tokio::runtime::Runtime> = LazyLock::new(|| {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .thread_name("apiscope-store")
@@ -50,6 +50,8 @@ pub struct Store {
     local: Option<PathBuf>,
     /// The store as the user named it, for messages.
     name: String,
+    /// The tables' Delta logs, as last read (see `delta`).
+    pub(crate) logs: Arc<crate::logs::Logs>,
 }
 
 impl fmt::Debug for Store {
@@ -112,6 +114,7 @@ impl Store {
             root,
             local: None,
             name: spec.trim_end_matches('/').to_owned(),
+            logs: Arc::default(),
         })
     }
 
@@ -126,6 +129,7 @@ impl Store {
             root: ObjectPath::from(dir.to_string_lossy().as_ref()),
             name: dir.display().to_string(),
             local: Some(dir),
+            logs: Arc::default(),
         }
     }
 
@@ -180,14 +184,10 @@ impl Store {
             .join(format!("hour={:02}", time.hour()))
     }
 
-    /// The hour partitions of `table` that may hold rows with `lo_ns <= time < hi_ns`
-    /// (either bound may be absent), with each one's start, sorted by time.
-    pub fn hour_partitions(
-        &self,
-        table: &str,
-        lo_ns: Option<i64>,
-        hi_ns: Option<i64>,
-    ) -> io::Result<Vec<(i64, ObjectPath)>> {
+    /// The hour folders of `table` as a listing finds them, with each one's start, sorted
+    /// by time: only for a data directory written before the tables' logs.
+    pub(crate) fn listed_partitions(&self, table: &str) -> io::Result<Vec<(i64, ObjectPath)>> {
+        let (lo_ns, hi_ns): (Option<i64>, Option<i64>) = (None, None);
         let mut found = Vec::new();
         for date_dir in self.folders(&self.table(table))? {
             let Some(date) = key_of(&date_dir, "date=")
@@ -221,10 +221,10 @@ impl Store {
         Ok(found)
     }
 
-    /// The complete data files of one partition that hold live rows: every `*.parquet`
-    /// file, less those that a compaction output present in the same listing replaces (see
-    /// [`REPLACED_BY`]). A missing partition has none.
-    pub fn live_files(&self, partition: &ObjectPath) -> io::Result<Vec<ObjectMeta>> {
+    /// The complete data files of one partition of a data directory written before the
+    /// tables' logs: every `*.parquet` file, less those that a compaction output present in
+    /// the same listing replaces (see [`REPLACED_BY`]). A missing partition has none.
+    pub(crate) fn listed_files(&self, partition: &ObjectPath) -> io::Result<Vec<ObjectMeta>> {
         let mut files = Vec::new();
         let mut notes = Vec::new();
         for object in self.list(partition)? {
@@ -259,20 +259,6 @@ impl Store {
             });
         }
         files.sort_by(|a, b| a.location.cmp(&b.location));
-        Ok(files)
-    }
-
-    /// The live data files of `table` in the partitions overlapping `lo_ns..hi_ns`.
-    pub fn table_files(
-        &self,
-        table: &str,
-        lo_ns: Option<i64>,
-        hi_ns: Option<i64>,
-    ) -> io::Result<Vec<ObjectMeta>> {
-        let mut files = Vec::new();
-        for (_, partition) in self.hour_partitions(table, lo_ns, hi_ns)? {
-            files.extend(self.live_files(&partition)?);
-        }
         Ok(files)
     }
 
@@ -528,7 +514,7 @@ fn retries() -> object_store::RetryConfig {
 }
 
 /// Counts one request to the store, by operation and outcome, and how long it took.
-fn record(operation: &str, outcome: &'static str, started: std::time::Instant) {
+pub(crate) fn record(operation: &str, outcome: &'static str, started: std::time::Instant) {
     metrics::counter!(
         "apiscope_store_requests_total",
         "operation" => operation.to_owned(),
@@ -596,7 +582,7 @@ mod tests {
     }
 
     #[test]
-    fn hour_partitions_prune_by_range() {
+    fn the_hours_of_a_directory_before_the_logs_are_converted_and_pruned_by_range() {
         let tmp = tempfile::tempdir().unwrap();
         let store = Store::local(tmp.path());
         let base = 1_795_773_600_000_000_000_i64; // 2026-11-27T10:00:00Z
@@ -640,7 +626,7 @@ mod tests {
             .put(&note, bytes::Bytes::from_static(b"a.parquet\nb.parquet\n"))
             .unwrap();
         let names = |store: &Store| -> Vec<String> {
-            let files = store.live_files(&hour).unwrap();
+            let files = store.listed_files(&hour).unwrap();
             files
                 .iter()
                 .map(|f| f.location.filename().unwrap().to_owned())

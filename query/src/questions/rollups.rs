@@ -16,7 +16,7 @@
 //! Sketches merge by adding counts, so a percentile from rollups equals the one computed
 //! over the calls; counts, errors and maxima add up the same way.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io;
 use std::sync::Arc;
 
@@ -211,6 +211,10 @@ pub(crate) struct Rollups {
     cache: Arc<FileCache<Vec<RecordBatch>>>,
     /// Files whose rollup could not be made, not tried again.
     failed: Mutex<HashSet<ObjectPath>>,
+    /// What each rollup folder held when last listed, and the rollups written since: a
+    /// folder is listed again only when a file of its hour has no known rollup, or a
+    /// known rollup's file has left the table.
+    listed: Arc<Mutex<HashMap<ObjectPath, HashSet<ObjectPath>>>>,
 }
 
 impl Rollups {
@@ -222,6 +226,7 @@ impl Rollups {
             schema: plan.schema(),
             cache: Arc::new(FileCache::new(BUDGET)),
             failed: Mutex::default(),
+            listed: Arc::default(),
         })
     }
 
@@ -239,24 +244,41 @@ impl Rollups {
         let storage = |error| DataFusionError::External(Box::new(error));
         for table in schemas::TABLES {
             let source = self.source.clone();
-            // The files, and the rollups there are in each file's partition.
-            let listed = tokio::task::spawn_blocking(move || {
+            let listed = self.listed.clone();
+            // The files, the rollups there are in each file's hour, and the rollup folders
+            // holding rollups of files no longer in the table.
+            let found = tokio::task::spawn_blocking(move || {
                 let files = source.files(table, TimeRange::default())?;
-                let mut rollups: BTreeMap<ObjectPath, HashSet<ObjectPath>> = BTreeMap::new();
+                let mut wanted: BTreeMap<ObjectPath, HashSet<ObjectPath>> = BTreeMap::new();
                 for file in &files {
-                    let Some(dir) = rollup_path(&file.location).as_ref().and_then(parent) else {
-                        continue;
-                    };
-                    if let std::collections::btree_map::Entry::Vacant(entry) = rollups.entry(dir) {
-                        let there = source.store().list(entry.key())?;
-                        entry.insert(there.into_iter().map(|rollup| rollup.location).collect());
+                    if let Some(rollup) = rollup_path(&file.location)
+                        && let Some(dir) = parent(&rollup)
+                    {
+                        wanted.entry(dir).or_default().insert(rollup);
                     }
                 }
-                std::io::Result::Ok((files, rollups))
+                let mut listed = listed.lock();
+                let mut rollups = BTreeMap::new();
+                let mut orphaned = Vec::new();
+                for (dir, wanted) in wanted {
+                    let known = listed.get(&dir);
+                    let stale = known
+                        .is_none_or(|known| !wanted.is_subset(known) || !known.is_subset(&wanted));
+                    if stale {
+                        let there = source.store().list(&dir)?;
+                        listed.insert(dir.clone(), there.into_iter().map(|r| r.location).collect());
+                    }
+                    let there = listed.get(&dir).cloned().unwrap_or_default();
+                    if !there.is_subset(&wanted) {
+                        orphaned.push(dir.clone());
+                    }
+                    rollups.insert(dir, there);
+                }
+                std::io::Result::Ok((files, rollups, orphaned))
             })
             .await
             .map_err(|error| DataFusionError::External(Box::new(error)))?;
-            let (files, rollups) = listed.map_err(storage)?;
+            let (files, rollups, orphaned) = found.map_err(storage)?;
             for file in files {
                 let Some(rollup) = rollup_path(&file.location) else {
                     continue;
@@ -271,7 +293,12 @@ impl Rollups {
                 let schema = self.schema.clone();
                 let writing = writer.clone();
                 match roll_up(state, &store, table.name, &file, &rollup, schema, writing).await {
-                    Ok(()) => report.written += 1,
+                    Ok(()) => {
+                        report.written += 1;
+                        if let Some(dir) = parent(&rollup) {
+                            self.listed.lock().entry(dir).or_default().insert(rollup);
+                        }
+                    }
                     // Reported already, and tried again by the next pass: it may be restored.
                     Err(_) if unreadable::contains(&file.location) => {}
                     Err(error) => {
@@ -283,7 +310,15 @@ impl Rollups {
             }
             let writer = writer.clone();
             let store = store.clone();
-            let dirs: Vec<ObjectPath> = rollups.into_keys().collect();
+            // Listed again next pass: the rollups of files still being read stay until their
+            // file is deleted.
+            {
+                let mut listed = self.listed.lock();
+                for dir in &orphaned {
+                    listed.remove(dir);
+                }
+            }
+            let dirs = orphaned;
             report.removed += tokio::task::spawn_blocking(move || {
                 dirs.iter()
                     .map(|dir| writer.remove_orphans(&store, dir))

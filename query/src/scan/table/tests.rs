@@ -131,9 +131,21 @@ async fn a_file_whose_footer_cannot_be_read_is_left_out_until_it_reads() {
         )
     };
     store.write("a.parquet", &batch("a"), None);
+    store.write("b.parquet", &batch("b"), None);
     let folder = store.folder();
-    // Cut off before its footer, as by a copy that did not finish.
-    std::fs::write(folder.join("b.parquet"), b"PAR1 and no more").unwrap();
+    let whole = std::fs::read(folder.join("b.parquet")).unwrap();
+    // Both are in the table's log (written as a directory before the logs, converted on
+    // the first read); then b is cut off before its footer, as by a restore that did not
+    // finish.
+    assert_eq!(
+        store
+            .store()
+            .table_files("spans", None, None)
+            .unwrap()
+            .len(),
+        2
+    );
+    std::fs::write(folder.join("b.parquet"), &whole[..whole.len() / 2]).unwrap();
     let engine = store.engine().await;
     let calls = "SELECT (SELECT count(*) FROM spans) AS spans, \
                  (SELECT sum(calls) FROM endpoint_stats('2000-01-01T00:00:00Z', \
@@ -153,7 +165,7 @@ async fn a_file_whose_footer_cannot_be_read_is_left_out_until_it_reads() {
         "a's rollup only"
     );
 
-    store.write("b.parquet", &batch("b"), None);
+    std::fs::write(folder.join("b.parquet"), &whole).unwrap();
     assert_eq!(answer(engine.clone()).await, serde_json::json!([[2, 2]]));
     assert_eq!(
         engine

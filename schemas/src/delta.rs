@@ -1,0 +1,759 @@
+//! Each table is a Delta Lake table: `<store>/<table>/_delta_log` lists the data files that
+//! hold its rows, and nothing else does. A flush stores its files and then commits them;
+//! compaction commits its output with the removal of its inputs; retention commits the
+//! removal of a whole hour. Readers take the files from the log, never from a listing of
+//! the data folders, so a file stored but not committed (a crash between the two) is never
+//! read, and is deleted by the pass that deletes removed files.
+//!
+//! Each commit of a flush carries the writer's node id and the highest WAL sequence it
+//! covers as a Delta application transaction (`txn`): after a crash, replay restores the
+//! logged rows above it, for that table.
+//!
+//! The log of each table is kept in memory and brought up to date by reading only the
+//! commits after the version held (one LIST of `_delta_log` from that version, then a GET
+//! per new commit; a checkpoint every [`CHECKPOINT_INTERVAL`] commits).
+
+use std::collections::HashMap;
+use std::io;
+use std::sync::Arc;
+
+use deltalake_core::kernel::engine::arrow_conversion::TryIntoKernel;
+use deltalake_core::kernel::transaction::{CommitBuilder, CommitProperties, TransactionError};
+use deltalake_core::kernel::{Action, Add, Remove, StructType, Transaction};
+use deltalake_core::logstore::{LogStoreRef, StorageConfig, default_logstore};
+use deltalake_core::operations::create::CreateBuilder;
+use deltalake_core::protocol::{DeltaOperation, SaveMode};
+use deltalake_core::{DeltaTable, DeltaTableError};
+use object_store::prefix::PrefixStore;
+
+use crate::layout::NANOS_PER_HOUR;
+use crate::logs::TableLog;
+use crate::store::{ObjectMeta, ObjectPath, Store};
+use crate::{TABLES, Table};
+
+/// Commits between two checkpoints of a table's log.
+const CHECKPOINT_INTERVAL: u64 = 100;
+
+/// The application id of the rows in files named before node ids: a store had one writer
+/// then, so they count as every node's (see [`Store::flushed_seq`]).
+pub const BEFORE_NODE_IDS: &str = "apiscope-before-node-ids";
+
+/// The partition columns of every table: the UTC day and hour of `time`.
+const PARTITION_COLUMNS: [&str; 2] = ["date", "hour"];
+
+/// A data file to commit: where it is, its size, and its statistics as Delta writes them
+/// (`{"numRecords": …}`).
+#[derive(Debug, Clone)]
+pub struct NewFile {
+    /// Where it is stored.
+    pub path: ObjectPath,
+    /// Its size in bytes.
+    pub size: u64,
+    /// Its statistics, a JSON object.
+    pub stats: String,
+}
+
+/// What compaction or retention asks the log to do, and whether it was done.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Committed {
+    /// Committed.
+    Done,
+    /// Another writer changed the same files or the same hour first: nothing was done.
+    GaveUp,
+}
+
+impl Store {
+    /// The log of `table`, opened on first use.
+    fn log_of(&self, table: &'static Table) -> io::Result<TableLog> {
+        let mut logs = self.logs.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(log) = logs.get(table.name) {
+            return Ok(log.clone());
+        }
+        let root = self.table(table.name);
+        let url = url::Url::parse(&format!("{}/", self.url_of(&root)))
+            .map_err(|error| io::Error::other(format!("store {}: {error}", self.name())))?;
+        let prefixed = Arc::new(PrefixStore::new(self.objects(), root));
+        let log = TableLog {
+            log: default_logstore(prefixed, self.objects(), &url, &StorageConfig::default()),
+            state: Arc::default(),
+        };
+        logs.insert(table.name, log.clone());
+        Ok(log)
+    }
+
+    /// Runs `work` on `table`'s log, brought up to date first. A table with no log yet gets
+    /// one when `write` (with the files of an older data directory, if any); otherwise it
+    /// is `None`. After a write, what was committed is read back at once.
+    fn with_log<T: Send + 'static>(
+        &self,
+        operation: &'static str,
+        table: &'static Table,
+        write: bool,
+        work: impl FnOnce(&mut DeltaTable, &LogStoreRef) -> Work<T> + Send + 'static,
+    ) -> io::Result<Option<T>> {
+        let log = self.log_of(table)?;
+        let store = self.clone();
+        self.block(operation, &self.table(table.name), async move {
+            let mut state = log.state.lock().await;
+            match state.as_mut() {
+                Some(current) => current.update_incremental(None).await?,
+                None if write => *state = Some(create(&store, table, &log.log).await?),
+                None => match open(&store, table, &log.log).await? {
+                    Some(opened) => *state = Some(opened),
+                    None => return Ok(None),
+                },
+            }
+            let current = state.as_mut().expect("opened above");
+            let done = work(current, &log.log).await?;
+            if write {
+                current.update_incremental(None).await?;
+            }
+            Ok(Some(done))
+        })
+    }
+
+    /// [`Store::with_log`] for a write: the log exists once it is done.
+    fn write_log<T: Send + 'static>(
+        &self,
+        table: &'static Table,
+        work: impl FnOnce(&mut DeltaTable, &LogStoreRef) -> Work<T> + Send + 'static,
+    ) -> io::Result<T> {
+        self.with_log("delta_commit", table, true, work)?
+            .ok_or_else(|| io::Error::other(format!("table {} has no log", table.name)))
+    }
+
+    /// Runs `future` on the store's runtime and waits for it, recording it as `operation`.
+    fn block<T: Send + 'static>(
+        &self,
+        operation: &'static str,
+        path: &ObjectPath,
+        future: impl Future<Output = Result<T, DeltaError>> + Send + 'static,
+    ) -> io::Result<T> {
+        let started = std::time::Instant::now();
+        let done = futures::executor::block_on(crate::store::IO.spawn(future));
+        let done = match done {
+            Ok(done) => done,
+            Err(error) => Err(DeltaError::Io(io::Error::other(error))),
+        };
+        crate::store::record(
+            operation,
+            if done.is_ok() { "ok" } else { "error" },
+            started,
+        );
+        done.map_err(|error| match error {
+            DeltaError::Io(error) => error,
+            DeltaError::Delta(error) => io::Error::other(format!(
+                "store {}: {operation} {path} failed: {error}",
+                self.name()
+            )),
+        })
+    }
+
+    /// Ensures `table` has a log: at start, so that readers find every table.
+    pub fn create_table(&self, table: &'static Table) -> io::Result<()> {
+        self.with_log("delta_create", table, true, |_, _| {
+            Box::pin(async { Ok(()) })
+        })
+        .map(drop)
+    }
+
+    /// The live data files of `table` in the hours overlapping `lo_ns..hi_ns`, as its log
+    /// lists them.
+    pub fn table_files(
+        &self,
+        table: &str,
+        lo_ns: Option<i64>,
+        hi_ns: Option<i64>,
+    ) -> io::Result<Vec<ObjectMeta>> {
+        let table = table_named(table)?;
+        let root = self.table(table.name);
+        let files = self.with_log("delta_snapshot", table, false, move |current, _| {
+            let listed = current.snapshot().map(|snapshot| {
+                let mut files = Vec::new();
+                for file in snapshot.log_data().iter() {
+                    let relative = file.path();
+                    let Some(start) = hour_of(&relative) else {
+                        continue;
+                    };
+                    if lo_ns.is_some_and(|lo| start + NANOS_PER_HOUR <= lo)
+                        || hi_ns.is_some_and(|hi| start >= hi)
+                    {
+                        continue;
+                    }
+                    files.push(ObjectMeta {
+                        location: join(&root, &relative),
+                        last_modified: chrono::DateTime::from_timestamp_millis(
+                            file.modification_time(),
+                        )
+                        .unwrap_or_default(),
+                        size: u64::try_from(file.size()).unwrap_or_default(),
+                        e_tag: None,
+                        version: None,
+                    });
+                }
+                files.sort_by(|a, b| a.location.cmp(&b.location));
+                files
+            });
+            Box::pin(std::future::ready(listed.map_err(DeltaError::from)))
+        })?;
+        Ok(files.unwrap_or_default())
+    }
+
+    /// The hours of `table` that hold live files overlapping `lo_ns..hi_ns`, with each
+    /// one's folder, sorted by time.
+    pub fn hour_partitions(
+        &self,
+        table: &str,
+        lo_ns: Option<i64>,
+        hi_ns: Option<i64>,
+    ) -> io::Result<Vec<(i64, ObjectPath)>> {
+        let mut hours: Vec<i64> = self
+            .table_files(table, lo_ns, hi_ns)?
+            .iter()
+            .filter_map(|file| {
+                let relative = file.location.prefix_match(&self.table(table))?;
+                hour_of(
+                    &relative
+                        .map(|p| p.as_ref().to_owned())
+                        .collect::<Vec<_>>()
+                        .join("/"),
+                )
+            })
+            .collect();
+        hours.dedup();
+        hours.sort_unstable();
+        hours.dedup();
+        Ok(hours
+            .into_iter()
+            .map(|start| (start, self.partition(table, start)))
+            .collect())
+    }
+
+    /// The highest WAL sequence of `node` whose rows of `table` are committed: the version
+    /// of its application transaction (or of the files named before node ids, if higher).
+    pub fn flushed_seq(&self, table: &str, node: &str) -> io::Result<u64> {
+        let table = table_named(table)?;
+        let node = node.to_owned();
+        let highest = self.with_log("delta_txn", table, false, move |current, log| {
+            let snapshot = current.snapshot().cloned();
+            let log = log.clone();
+            Box::pin(async move {
+                let snapshot = snapshot?;
+                let mut highest = 0;
+                for app in [node.as_str(), BEFORE_NODE_IDS] {
+                    let version = snapshot.transaction_version(&log, app).await?;
+                    let version = version.and_then(|v| u64::try_from(v).ok());
+                    highest = highest.max(version.unwrap_or(0));
+                }
+                Ok(highest)
+            })
+        })?;
+        Ok(highest.unwrap_or(0))
+    }
+
+    /// Commits `files` (stored already) to `table`, with `node`'s transaction `through`: the
+    /// one way a flush's rows become visible. Concurrent commits of other writers only add
+    /// files too, so they never make it fail; it is tried again on a newer version.
+    pub fn commit_flush(
+        &self,
+        table: &'static Table,
+        files: &[NewFile],
+        node: &str,
+        through: u64,
+    ) -> io::Result<()> {
+        let root = self.table(table.name);
+        let actions: Vec<Action> = files
+            .iter()
+            .map(|file| Action::Add(add(&root, file, true)))
+            .collect();
+        let txn = Transaction::new_with_last_update(
+            node,
+            i64::try_from(through).unwrap_or(i64::MAX),
+            Some(chrono::Utc::now().timestamp_millis()),
+        );
+        self.write_log(table, move |current, log| {
+            let log = log.clone();
+            let snapshot = current.snapshot().cloned();
+            Box::pin(async move {
+                let snapshot = snapshot?;
+                let properties = CommitProperties::default().with_application_transaction(txn);
+                CommitBuilder::from(properties)
+                    .with_actions(actions)
+                    .build(
+                        Some(&snapshot),
+                        log,
+                        DeltaOperation::Write {
+                            mode: SaveMode::Append,
+                            partition_by: Some(partition_columns()),
+                            predicate: None,
+                        },
+                    )
+                    .await?;
+                Ok(())
+            })
+        })
+    }
+
+    /// Replaces `removed` by `added` in one commit (compaction: the same rows, rearranged).
+    /// Two writers compacting the same hour conflict through the hour's transaction id: the
+    /// second gives up and changes nothing.
+    pub fn commit_compaction(
+        &self,
+        table: &'static Table,
+        hour_start_ns: i64,
+        removed: &[ObjectPath],
+        added: &NewFile,
+    ) -> io::Result<Committed> {
+        let root = self.table(table.name);
+        let mut actions: Vec<Action> = removed
+            .iter()
+            .map(|path| Action::Remove(remove(&root, path, false)))
+            .collect();
+        actions.push(Action::Add(add(&root, added, false)));
+        let hour = hour_key(hour_start_ns);
+        self.commit_change(
+            table,
+            actions,
+            hour,
+            DeltaOperation::Optimize {
+                predicate: None,
+                target_size: i64::try_from(added.size).unwrap_or(i64::MAX),
+            },
+        )
+    }
+
+    /// Removes every live file of the hour starting at `hour_start_ns` from `table`
+    /// (retention); returns how many. The files are deleted later (see
+    /// the sweep of its hour).
+    pub fn commit_drop(&self, table: &'static Table, hour_start_ns: i64) -> io::Result<usize> {
+        let files = self.table_files(
+            table.name,
+            Some(hour_start_ns),
+            Some(hour_start_ns + NANOS_PER_HOUR),
+        )?;
+        if files.is_empty() {
+            return Ok(0);
+        }
+        let root = self.table(table.name);
+        let actions = files
+            .iter()
+            .map(|file| Action::Remove(remove(&root, &file.location, true)))
+            .collect();
+        let hour = hour_key(hour_start_ns);
+        let predicate = format!("date = '{}' AND hour = {}", hour.0, hour.1);
+        match self.commit_change(
+            table,
+            actions,
+            hour,
+            DeltaOperation::Delete {
+                predicate: Some(predicate),
+            },
+        )? {
+            Committed::Done => Ok(files.len()),
+            Committed::GaveUp => Ok(0),
+        }
+    }
+
+    /// Commits a change of one hour's files, marked with the hour's transaction id so that
+    /// two changes of the same hour conflict. A conflict gives up.
+    fn commit_change(
+        &self,
+        table: &'static Table,
+        actions: Vec<Action>,
+        hour: (String, u32),
+        operation: DeltaOperation,
+    ) -> io::Result<Committed> {
+        let app = format!("apiscope-maintenance:date={}/hour={}", hour.0, hour.1);
+        self.write_log(table, move |current, log| {
+            let log = log.clone();
+            let snapshot = current.snapshot().cloned();
+            Box::pin(async move {
+                let snapshot = snapshot?;
+                // Files another writer removed since they were read: the change was made
+                // on what is no longer there.
+                let live: std::collections::HashSet<String> = snapshot
+                    .log_data()
+                    .iter()
+                    .map(|file| file.path().into_owned())
+                    .collect();
+                let gone = actions.iter().any(|action| {
+                    matches!(action, Action::Remove(removed) if !live.contains(&removed.path))
+                });
+                if gone {
+                    count_conflict();
+                    return Ok(Committed::GaveUp);
+                }
+                let version = snapshot.transaction_version(&log, &app).await?.unwrap_or(0);
+                let txn = Transaction::new_with_last_update(
+                    app,
+                    version + 1,
+                    Some(chrono::Utc::now().timestamp_millis()),
+                );
+                let properties = CommitProperties::default().with_application_transaction(txn);
+                let committed = CommitBuilder::from(properties)
+                    .with_actions(actions)
+                    .build(Some(&snapshot), log, operation)
+                    .await;
+                match committed {
+                    Ok(_) => Ok(Committed::Done),
+                    Err(DeltaTableError::Transaction {
+                        source: TransactionError::CommitConflict(_),
+                    }) => {
+                        count_conflict();
+                        Ok(Committed::GaveUp)
+                    }
+                    Err(error) => Err(error.into()),
+                }
+            })
+        })
+    }
+}
+
+/// Work on a table's log, done under its lock.
+type Work<T> = std::pin::Pin<Box<dyn Future<Output = Result<T, DeltaError>> + Send + 'static>>;
+
+/// An error of the log: the crate's, or the store's own.
+pub(crate) enum DeltaError {
+    Delta(DeltaTableError),
+    Io(io::Error),
+}
+
+impl From<DeltaTableError> for DeltaError {
+    fn from(error: DeltaTableError) -> Self {
+        DeltaError::Delta(error)
+    }
+}
+
+impl From<io::Error> for DeltaError {
+    fn from(error: io::Error) -> Self {
+        DeltaError::Io(error)
+    }
+}
+
+/// Counts a change given up because another writer changed the same hour first (the caller
+/// says what it gave up).
+fn count_conflict() {
+    metrics::counter!("apiscope_delta_conflicts_total").increment(1);
+}
+
+/// The table named `name`.
+fn table_named(name: &str) -> io::Result<&'static Table> {
+    TABLES
+        .iter()
+        .copied()
+        .find(|table| table.name == name)
+        .ok_or_else(|| io::Error::other(format!("no table named {name}")))
+}
+
+/// The log of `table` as it is; `None` when it has none and there is nothing to convert.
+async fn open(
+    store: &Store,
+    table: &'static Table,
+    log: &LogStoreRef,
+) -> Result<Option<DeltaTable>, DeltaError> {
+    if log.is_delta_table_location().await? {
+        let mut opened = DeltaTable::new(log.clone());
+        opened.load().await?;
+        return Ok(Some(opened));
+    }
+    // A data directory of a release before the log: its files become the first commit.
+    let store = store.clone();
+    let legacy = tokio::task::spawn_blocking(move || legacy_files(&store, table))
+        .await
+        .map_err(|error| DeltaError::Io(io::Error::other(error)))??;
+    if legacy.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(create_with(table, log, legacy).await?))
+}
+
+/// The log of `table`, created if it has none.
+async fn create(
+    store: &Store,
+    table: &'static Table,
+    log: &LogStoreRef,
+) -> Result<DeltaTable, DeltaError> {
+    if let Some(opened) = open(store, table, log).await? {
+        return Ok(opened);
+    }
+    create_with(table, log, Vec::new()).await
+}
+
+/// Creates the log of `table` with `actions` in its first commit; another writer creating it
+/// first is no error.
+async fn create_with(
+    table: &'static Table,
+    log: &LogStoreRef,
+    actions: Vec<Action>,
+) -> Result<DeltaTable, DeltaError> {
+    let created = CreateBuilder::new()
+        .with_log_store(log.clone())
+        .with_table_name(table.name)
+        .with_columns(delta_schema(table)?.fields().cloned())
+        .with_partition_columns(partition_columns())
+        .with_configuration_property(
+            deltalake_core::TableProperty::CheckpointInterval,
+            Some(CHECKPOINT_INTERVAL.to_string()),
+        )
+        .with_configuration_property(
+            deltalake_core::TableProperty::LogRetentionDuration,
+            Some("interval 2 days"),
+        )
+        .with_actions(actions)
+        .await;
+    match created {
+        Ok(created) => Ok(created),
+        Err(DeltaTableError::Transaction {
+            source: TransactionError::VersionAlreadyExists(_),
+        }) => {
+            let mut opened = DeltaTable::new(log.clone());
+            opened.load().await?;
+            Ok(opened)
+        }
+        Err(error) => Err(error.into()),
+    }
+}
+
+/// The columns of `table` in the log: the stored ones, then the partition columns.
+fn delta_schema(table: &Table) -> Result<StructType, DeltaError> {
+    let stored = table.stored_schema();
+    let mut fields: Vec<arrow::datatypes::Field> =
+        stored.fields().iter().map(|f| f.as_ref().clone()).collect();
+    fields.push(arrow::datatypes::Field::new(
+        "date",
+        arrow::datatypes::DataType::Date32,
+        false,
+    ));
+    fields.push(arrow::datatypes::Field::new(
+        "hour",
+        arrow::datatypes::DataType::Int32,
+        false,
+    ));
+    let schema = arrow::datatypes::Schema::new(fields);
+    (&schema)
+        .try_into_kernel()
+        .map_err(|error| DeltaError::Delta(DeltaTableError::from(error)))
+}
+
+fn partition_columns() -> Vec<String> {
+    PARTITION_COLUMNS.iter().map(|c| c.to_string()).collect()
+}
+
+/// The files of a data directory of a release before the log, with the transactions their
+/// names carry: every data file not replaced by a compaction's output.
+fn legacy_files(store: &Store, table: &'static Table) -> io::Result<Vec<Action>> {
+    let root = store.table(table.name);
+    let mut actions = Vec::new();
+    let mut txns: HashMap<String, u64> = HashMap::new();
+    for (_, partition) in store.listed_partitions(table.name)? {
+        for file in store.listed_files(&partition)? {
+            let name = file.location.filename().unwrap_or_default().to_owned();
+            if let Some(seq) = crate::covered_seq(&name) {
+                let app = crate::file_node(&name).unwrap_or(BEFORE_NODE_IDS);
+                let highest = txns.entry(app.to_owned()).or_default();
+                *highest = (*highest).max(seq);
+            }
+            let new = NewFile {
+                path: file.location.clone(),
+                size: file.size,
+                stats: String::from("{}"),
+            };
+            let mut added = add(&root, &new, true);
+            added.stats = None;
+            added.modification_time = file.last_modified.timestamp_millis();
+            actions.push(Action::Add(added));
+        }
+    }
+    let now = chrono::Utc::now().timestamp_millis();
+    for (app, seq) in txns {
+        actions.push(Action::Txn(Transaction::new_with_last_update(
+            app,
+            i64::try_from(seq).unwrap_or(i64::MAX),
+            Some(now),
+        )));
+    }
+    Ok(actions)
+}
+
+/// An `add` action for `file` of the table at `root`.
+fn add(root: &ObjectPath, file: &NewFile, data_change: bool) -> Add {
+    let relative = relative(root, &file.path);
+    Add {
+        partition_values: partition_values(&relative),
+        path: relative,
+        size: i64::try_from(file.size).unwrap_or(i64::MAX),
+        modification_time: chrono::Utc::now().timestamp_millis(),
+        data_change,
+        stats: Some(file.stats.clone()),
+        ..Add::default()
+    }
+}
+
+/// A `remove` action for the file at `path` of the table at `root`.
+fn remove(root: &ObjectPath, path: &ObjectPath, data_change: bool) -> Remove {
+    let relative = relative(root, path);
+    Remove {
+        partition_values: Some(partition_values(&relative)),
+        path: relative,
+        data_change,
+        deletion_timestamp: Some(chrono::Utc::now().timestamp_millis()),
+        extended_file_metadata: None,
+        size: None,
+        tags: None,
+        deletion_vector: None,
+        base_row_id: None,
+        default_row_commit_version: None,
+    }
+}
+
+/// `path` relative to the table's folder `root`: `date=…/hour=…/<name>`.
+fn relative(root: &ObjectPath, path: &ObjectPath) -> String {
+    match path.prefix_match(root) {
+        Some(parts) => parts
+            .map(|p| p.as_ref().to_owned())
+            .collect::<Vec<_>>()
+            .join("/"),
+        None => path.to_string(),
+    }
+}
+
+/// The object at `relative` (a path in the log) inside the table's folder `root`.
+fn join(root: &ObjectPath, relative: &str) -> ObjectPath {
+    relative
+        .split('/')
+        .filter(|part| !part.is_empty())
+        .fold(root.clone(), |path, part| path.join(part))
+}
+
+/// The partition values of the file at `relative`: `date` and `hour` of its folder.
+fn partition_values(relative: &str) -> HashMap<String, Option<String>> {
+    let mut values = HashMap::new();
+    for part in relative.split('/') {
+        if let Some(date) = part.strip_prefix("date=") {
+            values.insert("date".to_owned(), Some(date.to_owned()));
+        } else if let Some(hour) = part.strip_prefix("hour=") {
+            let hour = hour
+                .parse::<u32>()
+                .map_or(hour.to_owned(), |h| h.to_string());
+            values.insert("hour".to_owned(), Some(hour));
+        }
+    }
+    values
+}
+
+/// The start (ns) of the hour holding the file at `relative` (`date=…/hour=…/<name>`).
+fn hour_of(relative: &str) -> Option<i64> {
+    let mut parts = relative.split('/');
+    let date = parts.next()?.strip_prefix("date=")?;
+    let hour: i64 = parts.next()?.strip_prefix("hour=")?.parse().ok()?;
+    let day = chrono::NaiveDate::parse_from_str(date, "%Y-%m-%d").ok()?;
+    let day = day.and_hms_opt(0, 0, 0)?.and_utc().timestamp_nanos_opt()?;
+    Some(day + hour * NANOS_PER_HOUR)
+}
+
+/// The `date` and `hour` values of the hour starting at `start_ns`.
+fn hour_key(start_ns: i64) -> (String, u32) {
+    use chrono::Timelike;
+    let time = chrono::DateTime::from_timestamp_nanos(start_ns);
+    (time.format("%Y-%m-%d").to_string(), time.hour())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hours_and_partition_values_come_from_the_path() {
+        let relative = "date=2026-12-06/hour=05/00000000000000000007-a-00ff-000001.parquet";
+        assert_eq!(hour_of(relative), Some(1_796_533_200_000_000_000));
+        let values = partition_values(relative);
+        assert_eq!(values["date"].as_deref(), Some("2026-12-06"));
+        assert_eq!(values["hour"].as_deref(), Some("5"));
+        assert_eq!(
+            hour_key(1_796_533_200_000_000_000),
+            ("2026-12-06".into(), 5)
+        );
+    }
+
+    const HOUR: i64 = 1_796_533_200_000_000_000;
+
+    fn stored(store: &Store, name: &str) -> NewFile {
+        let path = store.partition("spans", HOUR).join(name);
+        store
+            .put(&path, bytes::Bytes::from_static(b"rows"))
+            .unwrap();
+        NewFile {
+            path,
+            size: 4,
+            stats: r#"{"numRecords":1}"#.into(),
+        }
+    }
+
+    fn names(store: &Store) -> Vec<String> {
+        store
+            .table_files("spans", None, None)
+            .unwrap()
+            .iter()
+            .map(|f| f.location.filename().unwrap().to_owned())
+            .collect()
+    }
+
+    #[test]
+    fn flushes_compactions_and_retention_are_commits_that_another_reader_sees() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::local(dir.path());
+        let spans = crate::TABLES[0];
+        assert!(store.table_files("spans", None, None).unwrap().is_empty());
+        assert_eq!(store.flushed_seq("spans", "a").unwrap(), 0);
+
+        let first = stored(&store, "00000000000000000003-a-01-000000.parquet");
+        store
+            .commit_flush(spans, std::slice::from_ref(&first), "a", 3)
+            .unwrap();
+        // Stored and not committed: no reader sees it.
+        let second = stored(&store, "00000000000000000005-b-02-000000.parquet");
+        let reader = Store::local(dir.path());
+        assert_eq!(names(&reader), [first.path.filename().unwrap()]);
+        store
+            .commit_flush(spans, std::slice::from_ref(&second), "b", 5)
+            .unwrap();
+        assert_eq!(names(&reader).len(), 2, "a reader sees the new commit");
+        assert_eq!(reader.flushed_seq("spans", "a").unwrap(), 3);
+        assert_eq!(reader.flushed_seq("spans", "b").unwrap(), 5);
+        assert_eq!(
+            reader.hour_partitions("spans", None, None).unwrap(),
+            [(HOUR, store.partition("spans", HOUR))]
+        );
+        assert!(
+            reader
+                .hour_partitions("spans", Some(HOUR + 3_600_000_000_000), None)
+                .unwrap()
+                .is_empty()
+        );
+
+        // Two compactions of the same hour from the same version: the second gives up.
+        let merged = stored(&store, "00000000000000000000-a-01-000001.parquet");
+        let other = stored(&store, "00000000000000000000-b-02-000001.parquet");
+        let inputs = [first.path.clone(), second.path.clone()];
+        let racing = Store::local(dir.path());
+        racing.table_files("spans", None, None).unwrap();
+        assert_eq!(
+            store
+                .commit_compaction(spans, HOUR, &inputs, &merged)
+                .unwrap(),
+            Committed::Done
+        );
+        assert_eq!(
+            racing
+                .commit_compaction(spans, HOUR, &inputs, &other)
+                .unwrap(),
+            Committed::GaveUp
+        );
+        assert_eq!(names(&reader), [merged.path.filename().unwrap()]);
+        // The transactions of the flushes are kept.
+        assert_eq!(reader.flushed_seq("spans", "b").unwrap(), 5);
+
+        assert_eq!(store.commit_drop(spans, HOUR).unwrap(), 1);
+        assert!(names(&reader).is_empty());
+    }
+}
