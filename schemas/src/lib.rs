@@ -11,6 +11,7 @@
 //! complete (on a local disk it is written as `.<name>.tmp`, synced, then renamed); readers
 //! list `*.parquet` only.
 
+mod counted;
 mod delta;
 mod gather;
 mod key_index;

@@ -26,6 +26,7 @@ use url::Url;
 pub use object_store::ObjectMeta;
 pub use object_store::path::Path as ObjectPath;
 
+use crate::counted::Counted;
 use crate::layout::{NANOS_PER_HOUR, REPLACED_BY, is_data_file};
 
 /// The runtime every store request runs on: two threads, whatever the caller runs on.
@@ -106,6 +107,7 @@ impl Store {
             }
         };
         let objects = built.map_err(|error| invalid(format!("store {spec}: {error}")))?;
+        let objects: Arc<dyn ObjectStore> = Arc::new(Counted(objects));
         let base = Url::parse(&format!("{}/", &url[..url::Position::BeforePath]))
             .map_err(|error| invalid(format!("store {spec}: {error}")))?;
         Ok(Store {
@@ -124,7 +126,7 @@ impl Store {
         // first write then names the path as given.
         let dir = std::path::absolute(dir).unwrap_or_else(|_| dir.to_owned());
         Store {
-            objects: Arc::new(LocalFileSystem::new()),
+            objects: Arc::new(Counted(Arc::new(LocalFileSystem::new()))),
             base: Url::parse("file:///").expect("a valid URL"),
             root: ObjectPath::from(dir.to_string_lossy().as_ref()),
             name: dir.display().to_string(),
@@ -326,7 +328,7 @@ impl Store {
             Some(file) => {
                 let started = std::time::Instant::now();
                 let put = put_local(&file, &bytes);
-                record("put", if put.is_ok() { "ok" } else { "error" }, started);
+                crate::counted::record("put", if put.is_ok() { "ok" } else { "error" }, started);
                 put.map_err(|error| self.failed("put", path, &error.to_string(), error.kind()))
             }
             None => {
@@ -409,18 +411,8 @@ impl Store {
         T: Send + 'static,
         F: Future<Output = object_store::Result<T>> + Send + 'static,
     {
-        let started = std::time::Instant::now();
+        // Counted by `Counted`, which every request passes through.
         let done = futures::executor::block_on(IO.spawn(request(self.objects.clone())));
-        let outcome = match &done {
-            Ok(Ok(_)) => "ok",
-            Ok(Err(object_store::Error::NotFound { .. })) => "not_found",
-            Ok(Err(
-                object_store::Error::AlreadyExists { .. }
-                | object_store::Error::Precondition { .. },
-            )) => "exists",
-            _ => "error",
-        };
-        record(operation, outcome, started);
         match done {
             Ok(Ok(value)) => Ok(value),
             Ok(Err(error)) => {
@@ -511,21 +503,6 @@ fn retries() -> object_store::RetryConfig {
         retry_timeout: std::time::Duration::from_secs(15),
         ..object_store::RetryConfig::default()
     }
-}
-
-/// Counts one request to the store, by operation and outcome, and how long it took.
-pub(crate) fn record(operation: &str, outcome: &'static str, started: std::time::Instant) {
-    metrics::counter!(
-        "apiscope_store_requests_total",
-        "operation" => operation.to_owned(),
-        "outcome" => outcome
-    )
-    .increment(1);
-    metrics::histogram!(
-        "apiscope_store_request_duration_seconds",
-        "operation" => operation.to_owned()
-    )
-    .record(started.elapsed().as_secs_f64());
 }
 
 fn put_local(file: &FsPath, bytes: &[u8]) -> io::Result<()> {

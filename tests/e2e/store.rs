@@ -143,6 +143,15 @@ fn a_bucket_store_answers_as_a_local_directory_does() {
     );
     let scrape = Scrape::of(&bucket);
     assert!(scrape.get("apiscope_store_requests_total", "operation=put,outcome=ok") >= 1.0);
+    // The logs' own requests are counted with apiscope's (their commits are conditional
+    // PUTs, their refreshes LISTs of `_delta_log` and GETs of new commits).
+    let commits = scrape.get(
+        "apiscope_table_log_calls_total",
+        "operation=delta_commit,outcome=ok",
+    );
+    assert!(commits >= 1.0, "{commits}");
+    assert!(scrape.get("apiscope_store_requests_total", "operation=list,outcome=ok") >= 1.0);
+    assert!(scrape.get("apiscope_store_requests_total", "operation=put,outcome=ok") >= commits);
 
     // Other engines read the same rows: the `deltalake` package through the table's log,
     // and pyarrow from exactly the files the log lists.
