@@ -179,7 +179,12 @@ impl Collector {
     /// Merges the small live files of one closed hour, in groups of at most
     /// [`MAX_INPUT_BYTES`]; returns how many files it replaced. Files that cannot be read are
     /// left as they are.
-    fn compact(&self, table: &'static Table, start: i64, dir: &ObjectPath) -> Result<usize> {
+    pub(crate) fn compact(
+        &self,
+        table: &'static Table,
+        start: i64,
+        dir: &ObjectPath,
+    ) -> Result<usize> {
         let unreadable = self
             .unreadable
             .lock()

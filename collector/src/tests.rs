@@ -950,3 +950,62 @@ fn a_panic_in_decoding_answers_internal_and_the_next_request_is_served() {
         .unwrap();
     assert_eq!(collector.buffer().rows(), 2);
 }
+
+#[test]
+fn two_nodes_compacting_the_same_hour_at_once_keep_every_row_once() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let shared = tempfile::tempdir().unwrap();
+    let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+    let collectors: Vec<Arc<Collector>> = ["a", "b"]
+        .iter()
+        .zip(&dirs)
+        .map(|(node, dir)| {
+            let mut config = config(dir.path());
+            config.store = schemas::Store::local(shared.path());
+            config.node_id = Some(node.to_string());
+            Arc::new(Collector::open(config).unwrap().0)
+        })
+        .collect();
+    // Three flushes of each node into one hour.
+    for round in 0..3u64 {
+        for (k, collector) in collectors.iter().enumerate() {
+            let first = 1000 * k as u64 + 10 * round;
+            collector
+                .ingest_traces(request(first, &[BASE_NS + round, BASE_NS + round + 100]))
+                .unwrap();
+            runtime.block_on(collector.flush()).unwrap();
+        }
+    }
+    let hour = partition_dir(shared.path(), BASE_NS as i64);
+    assert_eq!(live_files(&hour).len(), 6);
+    assert_eq!(count_rows(&live_files(&hour)), 12);
+
+    // Both merge the hour at the same moment, whoever its owner: one commit wins, the
+    // other finds its inputs gone or conflicts, and gives up.
+    let start = schemas::partition_of(BASE_NS as i64);
+    let partition = collectors[0].writer.store().partition("spans", start);
+    let barrier = Arc::new(std::sync::Barrier::new(2));
+    let merged: Vec<usize> = std::thread::scope(|scope| {
+        let runs: Vec<_> = collectors
+            .iter()
+            .map(|collector| {
+                let barrier = barrier.clone();
+                let partition = partition.clone();
+                scope.spawn(move || {
+                    barrier.wait();
+                    collector
+                        .compact(&schemas::SPANS, start, &partition)
+                        .unwrap()
+                })
+            })
+            .collect();
+        runs.into_iter().map(|run| run.join().unwrap()).collect()
+    });
+    // (A node's view of the log may lag the other's last commit by up to a second, so the
+    // winner may have merged all but that one file.)
+    let winners = merged.iter().filter(|files| **files > 0).count();
+    assert_eq!(winners, 1, "one merged, the other gave up: {merged:?}");
+    let live = live_files(&hour);
+    assert!(live.len() <= 2, "{live:?}");
+    assert_eq!(count_rows(&live), 12, "every row once");
+}
