@@ -126,19 +126,25 @@ impl Footers {
     /// Each of `files` with the rows that may hold all of `keys` (all rows when there are no
     /// keys) and that pass the `exact` filters its index answers, without the files that have
     /// no such rows, nor those whose footer cannot be read (see [`unreadable`]). Reads the
-    /// footers of files not seen before: blocking I/O.
+    /// footers of files not seen before: blocking I/O. Fails when the store cannot be
+    /// reached: leaving its files out would answer wrong.
     pub(crate) fn select(
         &self,
         store: &Store,
         files: Vec<ObjectMeta>,
         keys: &[Key],
         exact: &[Exact],
-    ) -> Vec<ScanFile> {
+    ) -> std::io::Result<Vec<ScanFile>> {
         unreadable::forget_gone(store);
-        files
+        let mut footers = Vec::with_capacity(files.len());
+        for file in files {
+            if let Some(footer) = self.footer(store, &file)? {
+                footers.push((file, footer));
+            }
+        }
+        Ok(footers
             .into_iter()
-            .filter_map(|file| {
-                let footer = self.footer(store, &file)?;
+            .filter_map(|(file, footer)| {
                 let read_as = footer.read_as.clone();
                 let mut answered = vec![false; exact.len()];
                 let Some(index) = footer.index.as_ref() else {
@@ -190,19 +196,20 @@ impl Footers {
                     answered,
                 })
             })
-            .collect()
+            .collect())
     }
 
-    /// The footer facts of `file`; `None` when its footer cannot be read.
-    fn footer(&self, store: &Store, file: &ObjectMeta) -> Option<Arc<Footer>> {
+    /// The footer facts of `file`; `None` when its footer cannot be read, or the file is
+    /// gone; an error when the store cannot be reached.
+    fn footer(&self, store: &Store, file: &ObjectMeta) -> std::io::Result<Option<Arc<Footer>>> {
         if let Some(footer) = self.cache.get(&file.location) {
-            return Some(footer);
+            return Ok(Some(footer));
         }
         let (mut footer, bytes) = match read(store, file) {
             Ok(read) => read,
             Err(error) => {
-                unreadable::report(store, &file.location, &error);
-                return None;
+                unreadable::report(store, &file.location, &error)?;
+                return Ok(None);
             }
         };
         unreadable::recovered(&file.location);
@@ -210,7 +217,7 @@ impl Footers {
         footer.schema = footer.schema.take().map(|schema| self.shared(schema));
         let footer = Arc::new(footer);
         self.cache.insert(&file.location, footer.clone(), bytes);
-        Some(footer)
+        Ok(Some(footer))
     }
 }
 

@@ -166,6 +166,7 @@ impl TableProvider for StoreTable {
             footers.select(source.store(), files, &keys, &exact)
         })
         .await
+        .map_err(|error| DataFusionError::External(Box::new(error)))?
         .map_err(|error| DataFusionError::External(Box::new(error)))?;
 
         // Files are scanned in groups by which exact filters their indexes answered; each

@@ -22,9 +22,14 @@ fn count(files: &HashSet<ObjectPath>) {
 
 /// Records that `file` cannot be read, for `error`; a file gone meanwhile (replaced by a
 /// compaction, say) is nothing to report.
-pub(crate) fn report(store: &Store, file: &ObjectPath, error: &dyn std::fmt::Display) {
-    if !matches!(store.head(file), Ok(Some(_))) {
-        return;
+pub(crate) fn report(
+    store: &Store,
+    file: &ObjectPath,
+    error: &dyn std::fmt::Display,
+) -> std::io::Result<()> {
+    // A store that does not answer is no reason to leave a file out: the caller fails.
+    if store.head(file)?.is_none() {
+        return Ok(());
     }
     let mut files = files();
     if files.insert(file.clone()) {
@@ -36,6 +41,7 @@ pub(crate) fn report(store: &Store, file: &ObjectPath, error: &dyn std::fmt::Dis
         );
         count(&files);
     }
+    Ok(())
 }
 
 /// Forgets `file`, which reads again.

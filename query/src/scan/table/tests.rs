@@ -554,7 +554,7 @@ async fn text_columns_all_in_dictionary_pages_are_read_as_dictionaries_and_answe
     let footers = Footers::default();
     let read_as = |file: &str, column: &str| {
         let meta = files.head(&hour.clone().join(file)).unwrap().unwrap();
-        let files = footers.select(&files, vec![meta], &[], &[]);
+        let files = footers.select(&files, vec![meta], &[], &[]).unwrap();
         let schema = files[0].read_as().expect("maps are read otherwise");
         schema.field_with_name(column).unwrap().data_type().clone()
     };
