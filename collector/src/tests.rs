@@ -652,18 +652,28 @@ fn a_directory_before_the_logs_is_converted_with_its_compactions_as_they_were() 
         }
         (tmp, hour)
     };
-    let (_unpublished, hour) = written(false);
+    // Read as that release listed it until a daemon converts it, then from the log.
+    let (unpublished, hour) = written(false);
     assert_eq!(live_files(&hour).len(), 2, "the inputs are still the data");
+    let store = schemas::Store::local(unpublished.path());
+    store.create_table(&schemas::SPANS).unwrap();
+    assert_eq!(live_files(&hour).len(), 2);
     let (tmp, hour) = written(true);
     let live = live_files(&hour);
     assert_eq!(
         live,
         vec![hour.join("00000000000000000002-b-000000.parquet")]
     );
-    // The log was written once: what its first commit lists stays the data.
-    std::fs::remove_file(hour.join("00000000000000000002-b-000000.parquet")).unwrap();
-    assert_eq!(live_files(&hour).len(), 1);
     let store = schemas::Store::local(tmp.path());
+    store.create_table(&schemas::SPANS).unwrap();
+    assert_eq!(live_files(&hour), live);
+    // The log was written once: what its first commit lists stays the data, whatever the
+    // listing says from then on.
+    let later = "00000000000000000009-c-000000.parquet";
+    let note = format!("{}{later}", schemas::REPLACED_BY);
+    std::fs::write(hour.join(note), "00000000000000000002-b-000000.parquet\n").unwrap();
+    std::fs::write(hour.join(later), b"z").unwrap();
+    assert_eq!(live_files(&hour), live);
     // Files named before node ids (`<seq>-<run>-<n>`) count as every node's.
     assert_eq!(store.flushed_seq("spans", "any").unwrap(), 2);
 }

@@ -109,7 +109,7 @@ impl Store {
                 Some(_) if fresh && !write => {}
                 Some(current) => current.update_incremental(None).await?,
                 None if write => held.table = Some(create(&store, table, &log.log).await?),
-                None => match open(&store, table, &log.log).await? {
+                None => match open(&log.log).await? {
                     Some(opened) => held.table = Some(opened),
                     None => return Ok(None),
                 },
@@ -214,7 +214,26 @@ impl Store {
             });
             Box::pin(std::future::ready(listed.map_err(DeltaError::from)))
         })?;
-        Ok(files.unwrap_or_default())
+        match files {
+            Some(files) => Ok(files),
+            // No log yet: a store written before the logs, read as that release listed it
+            // until a daemon converts it.
+            None => self.listed_table_files(table, lo_ns, hi_ns),
+        }
+    }
+
+    /// The files of `table` in a store written before the logs, as a listing finds them.
+    fn listed_table_files(
+        &self,
+        table: &'static Table,
+        lo_ns: Option<i64>,
+        hi_ns: Option<i64>,
+    ) -> io::Result<Vec<ObjectMeta>> {
+        let mut files = Vec::new();
+        for (_, partition) in self.listed_partitions(table.name, lo_ns, hi_ns)? {
+            files.extend(self.listed_files(&partition)?);
+        }
+        Ok(files)
     }
 
     /// The hours of `table` that hold live files overlapping `lo_ns..hi_ns`, with each
@@ -463,38 +482,31 @@ fn table_named(name: &str) -> io::Result<&'static Table> {
         .ok_or_else(|| io::Error::other(format!("no table named {name}")))
 }
 
-/// The log of `table` as it is; `None` when it has none and there is nothing to convert.
-async fn open(
-    store: &Store,
-    table: &'static Table,
-    log: &LogStoreRef,
-) -> Result<Option<DeltaTable>, DeltaError> {
-    if log.is_delta_table_location().await? {
-        let mut opened = DeltaTable::new(log.clone());
-        opened.load().await?;
-        return Ok(Some(opened));
-    }
-    // A data directory of a release before the log: its files become the first commit.
-    let store = store.clone();
-    let legacy = tokio::task::spawn_blocking(move || legacy_files(&store, table))
-        .await
-        .map_err(|error| DeltaError::Io(io::Error::other(error)))??;
-    if legacy.is_empty() {
+/// The log of `table` as it is; `None` when it has none.
+async fn open(log: &LogStoreRef) -> Result<Option<DeltaTable>, DeltaError> {
+    if !log.is_delta_table_location().await? {
         return Ok(None);
     }
-    Ok(Some(create_with(table, log, legacy).await?))
+    let mut opened = DeltaTable::new(log.clone());
+    opened.load().await?;
+    Ok(Some(opened))
 }
 
-/// The log of `table`, created if it has none.
+/// The log of `table`, created if it has none: with the files of a store written before
+/// the logs, if there are any (the one conversion, done by the write side).
 async fn create(
     store: &Store,
     table: &'static Table,
     log: &LogStoreRef,
 ) -> Result<DeltaTable, DeltaError> {
-    if let Some(opened) = open(store, table, log).await? {
+    if let Some(opened) = open(log).await? {
         return Ok(opened);
     }
-    create_with(table, log, Vec::new()).await
+    let store = store.clone();
+    let legacy = tokio::task::spawn_blocking(move || legacy_files(&store, table))
+        .await
+        .map_err(|error| DeltaError::Io(io::Error::other(error)))??;
+    create_with(table, log, legacy).await
 }
 
 /// Creates the log of `table` with `actions` in its first commit; another writer creating it
@@ -563,7 +575,7 @@ fn legacy_files(store: &Store, table: &'static Table) -> io::Result<Vec<Action>>
     let root = store.table(table.name);
     let mut actions = Vec::new();
     let mut txns: HashMap<String, u64> = HashMap::new();
-    for (_, partition) in store.listed_partitions(table.name)? {
+    for (_, partition) in store.listed_partitions(table.name, None, None)? {
         for file in store.listed_files(&partition)? {
             let name = file.location.filename().unwrap_or_default().to_owned();
             if let Some(seq) = crate::covered_seq(&name) {

@@ -188,8 +188,13 @@ impl Store {
 
     /// The hour folders of `table` as a listing finds them, with each one's start, sorted
     /// by time: only for a data directory written before the tables' logs.
-    pub(crate) fn listed_partitions(&self, table: &str) -> io::Result<Vec<(i64, ObjectPath)>> {
-        let (lo_ns, hi_ns): (Option<i64>, Option<i64>) = (None, None);
+    /// Those overlapping `lo_ns..hi_ns` (either bound may be absent).
+    pub(crate) fn listed_partitions(
+        &self,
+        table: &str,
+        lo_ns: Option<i64>,
+        hi_ns: Option<i64>,
+    ) -> io::Result<Vec<(i64, ObjectPath)>> {
         let mut found = Vec::new();
         for date_dir in self.folders(&self.table(table))? {
             let Some(date) = key_of(&date_dir, "date=")
@@ -559,7 +564,7 @@ mod tests {
     }
 
     #[test]
-    fn the_hours_of_a_directory_before_the_logs_are_converted_and_pruned_by_range() {
+    fn the_hours_of_a_directory_before_the_logs_are_listed_and_pruned_by_range() {
         let tmp = tempfile::tempdir().unwrap();
         let store = Store::local(tmp.path());
         let base = 1_795_773_600_000_000_000_i64; // 2026-11-27T10:00:00Z
