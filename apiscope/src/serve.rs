@@ -193,6 +193,14 @@ pub(crate) async fn run(mut settings: Settings) -> Result<()> {
     let front_ends = TaskTracker::new();
 
     let access = guards.access.clone();
+    if settings.collector.compaction_grace < settings.query_limits.timeout {
+        tracing::warn!(
+            compaction_grace = ?settings.collector.compaction_grace,
+            query_timeout = ?settings.query_limits.timeout,
+            "compaction_grace is shorter than query_timeout: a query still reading files a \
+             compaction or retention removed may find them deleted and leave their rows out"
+        );
+    }
     if !settings.exposed_without_auth.is_empty() {
         tracing::warn!(
             addresses = ?settings.exposed_without_auth,
