@@ -43,7 +43,7 @@ const CHECKPOINT_INTERVAL: u64 = 100;
 
 /// The application id of the rows in files named before node ids: a store had one writer
 /// then, so they count as every node's (see [`Store::flushed_seq`]).
-pub const BEFORE_NODE_IDS: &str = "apiscope-before-node-ids";
+const BEFORE_NODE_IDS: &str = "apiscope-before-node-ids";
 
 /// The partition columns of every table: the UTC day and hour of `time`.
 const PARTITION_COLUMNS: [&str; 2] = ["date", "hour"];
@@ -183,6 +183,39 @@ impl Store {
         lo_ns: Option<i64>,
         hi_ns: Option<i64>,
     ) -> io::Result<Vec<ObjectMeta>> {
+        let files = self.files_by_hour(table, lo_ns, hi_ns)?;
+        Ok(files.into_iter().map(|(_, file)| file).collect())
+    }
+
+    /// The hours of `table` that hold live files overlapping `lo_ns..hi_ns`, with each
+    /// one's folder, sorted by time.
+    pub fn hour_partitions(
+        &self,
+        table: &str,
+        lo_ns: Option<i64>,
+        hi_ns: Option<i64>,
+    ) -> io::Result<Vec<(i64, ObjectPath)>> {
+        let mut hours: Vec<i64> = self
+            .files_by_hour(table, lo_ns, hi_ns)?
+            .into_iter()
+            .map(|(start, _)| start)
+            .collect();
+        hours.sort_unstable();
+        hours.dedup();
+        Ok(hours
+            .into_iter()
+            .map(|start| (start, self.partition(table, start)))
+            .collect())
+    }
+
+    /// The live data files of `table` in the hours overlapping `lo_ns..hi_ns`, each with
+    /// the start of its hour, sorted by path.
+    fn files_by_hour(
+        &self,
+        table: &str,
+        lo_ns: Option<i64>,
+        hi_ns: Option<i64>,
+    ) -> io::Result<Vec<(i64, ObjectMeta)>> {
         let table = table_named(table)?;
         let root = self.table(table.name);
         let files = self.with_log("delta_snapshot", table, false, move |current, _| {
@@ -198,18 +231,21 @@ impl Store {
                     {
                         continue;
                     }
-                    files.push(ObjectMeta {
-                        location: join(&root, &relative),
-                        last_modified: chrono::DateTime::from_timestamp_millis(
-                            file.modification_time(),
-                        )
-                        .unwrap_or_default(),
-                        size: u64::try_from(file.size()).unwrap_or_default(),
-                        e_tag: None,
-                        version: None,
-                    });
+                    files.push((
+                        start,
+                        ObjectMeta {
+                            location: join(&root, &relative),
+                            last_modified: chrono::DateTime::from_timestamp_millis(
+                                file.modification_time(),
+                            )
+                            .unwrap_or_default(),
+                            size: u64::try_from(file.size()).unwrap_or_default(),
+                            e_tag: None,
+                            version: None,
+                        },
+                    ));
                 }
-                files.sort_by(|a, b| a.location.cmp(&b.location));
+                files.sort_by(|(_, a), (_, b)| a.location.cmp(&b.location));
                 files
             });
             Box::pin(std::future::ready(listed.map_err(DeltaError::from)))
@@ -218,52 +254,15 @@ impl Store {
             Some(files) => Ok(files),
             // No log yet: a store written before the logs, read as that release listed it
             // until a daemon converts it.
-            None => self.listed_table_files(table, lo_ns, hi_ns),
+            None => {
+                let mut files = Vec::new();
+                for (start, partition) in self.listed_partitions(table.name, lo_ns, hi_ns)? {
+                    let listed = self.listed_files(&partition)?;
+                    files.extend(listed.into_iter().map(|file| (start, file)));
+                }
+                Ok(files)
+            }
         }
-    }
-
-    /// The files of `table` in a store written before the logs, as a listing finds them.
-    fn listed_table_files(
-        &self,
-        table: &'static Table,
-        lo_ns: Option<i64>,
-        hi_ns: Option<i64>,
-    ) -> io::Result<Vec<ObjectMeta>> {
-        let mut files = Vec::new();
-        for (_, partition) in self.listed_partitions(table.name, lo_ns, hi_ns)? {
-            files.extend(self.listed_files(&partition)?);
-        }
-        Ok(files)
-    }
-
-    /// The hours of `table` that hold live files overlapping `lo_ns..hi_ns`, with each
-    /// one's folder, sorted by time.
-    pub fn hour_partitions(
-        &self,
-        table: &str,
-        lo_ns: Option<i64>,
-        hi_ns: Option<i64>,
-    ) -> io::Result<Vec<(i64, ObjectPath)>> {
-        let mut hours: Vec<i64> = self
-            .table_files(table, lo_ns, hi_ns)?
-            .iter()
-            .filter_map(|file| {
-                let relative = file.location.prefix_match(&self.table(table))?;
-                hour_of(
-                    &relative
-                        .map(|p| p.as_ref().to_owned())
-                        .collect::<Vec<_>>()
-                        .join("/"),
-                )
-            })
-            .collect();
-        hours.dedup();
-        hours.sort_unstable();
-        hours.dedup();
-        Ok(hours
-            .into_iter()
-            .map(|start| (start, self.partition(table, start)))
-            .collect())
     }
 
     /// The highest WAL sequence of `node` whose rows of `table` are committed: the version

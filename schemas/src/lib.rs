@@ -21,7 +21,7 @@ pub mod routes;
 mod store;
 mod tables;
 
-pub use delta::{BEFORE_NODE_IDS, Committed, NewFile};
+pub use delta::{Committed, NewFile};
 pub use gather::{gather, gather_column};
 pub use key_index::{GRANULE_ROWS, KEY_INDEX_KEY, KeyIndex};
 pub use layout::{
