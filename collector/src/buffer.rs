@@ -38,8 +38,6 @@ struct Inner {
     last_seq: u64,
     /// Per table, every row of it logged up to this sequence is in a committed file.
     flushed: HashMap<&'static str, u64>,
-    /// The same, for every table: a flush committed each table it had rows of.
-    flushed_all: u64,
     /// When each buffered sequence arrived, oldest first.
     arrived: std::collections::VecDeque<(u64, std::time::Instant)>,
 }
@@ -203,7 +201,8 @@ impl Buffer {
         self.emptied.notify_waiters();
     }
 
-    /// Records that a flush through `through` committed every table it had rows of.
+    /// Records that a flush through `through` committed every table it had rows of: no row
+    /// logged up to it waits any more.
     pub fn flushed_all(&self, through: u64) {
         let mut inner = self.inner.write().unwrap_or_else(PoisonError::into_inner);
         while inner
@@ -213,13 +212,11 @@ impl Buffer {
         {
             inner.arrived.pop_front();
         }
-        inner.flushed_all = inner.flushed_all.max(through);
     }
 }
 
 impl Inner {
     fn mark(&self, table: &str) -> u64 {
-        let own = self.flushed.get(table).copied().unwrap_or_default();
-        own.max(self.flushed_all)
+        self.flushed.get(table).copied().unwrap_or_default()
     }
 }
