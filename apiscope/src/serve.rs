@@ -290,6 +290,7 @@ pub(crate) async fn run(mut settings: Settings) -> Result<()> {
     let claiming = tokio::spawn(collector.clone().run_claim(stop_flushing.clone()));
     let rolling = tokio::spawn(roll_up(
         engine.clone(),
+        collector.rollup_files(),
         settings.rollup_interval,
         stop_flushing.clone(),
     ));
@@ -327,14 +328,19 @@ pub(crate) async fn run(mut settings: Settings) -> Result<()> {
 }
 
 /// Keeps the per-minute rollups up to date with the files, every `every` (never when zero).
-async fn roll_up(engine: Engine, every: std::time::Duration, stop: CancellationToken) {
+async fn roll_up(
+    engine: Engine,
+    writer: collector::RollupFiles,
+    every: std::time::Duration,
+    stop: CancellationToken,
+) {
     if every.is_zero() {
         return;
     }
     let mut interval = tokio::time::interval(every);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     while stop.run_until_cancelled(interval.tick()).await.is_some() {
-        let writing = engine.roll_up(Arc::new(collector::RollupFiles));
+        let writing = engine.roll_up(Arc::new(writer.clone()));
         let outcome = match stop.run_until_cancelled(writing).await {
             None => return,
             Some(Ok(report)) => {

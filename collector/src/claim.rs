@@ -59,6 +59,8 @@ pub(crate) struct Claim {
     /// `holder` as stored in the claim and the alive object.
     text: Bytes,
     lost: AtomicBool,
+    /// The live nodes when last listed, and when.
+    seen: std::sync::Mutex<Option<(std::time::Instant, Vec<String>)>>,
 }
 
 impl Claim {
@@ -82,6 +84,7 @@ impl Claim {
             text: Bytes::from(serde_json::to_vec(&holder).map_err(storage)?),
             holder,
             lost: AtomicBool::new(false),
+            seen: std::sync::Mutex::default(),
         };
         // A few rounds: a stale or own claim is removed, then created again, and another
         // daemon may win the creation in between.
@@ -181,7 +184,20 @@ impl Claim {
 
     /// The node ids alive in the store (their holder showed itself within [`STALE_AFTER`]),
     /// this one among them, sorted.
+    /// Listed at most once per [`RENEW_EVERY`]: liveness is judged over a minute anyway.
     pub(crate) fn live_nodes(&self) -> Result<Vec<String>> {
+        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((at, nodes)) = seen.as_ref()
+            && at.elapsed() < RENEW_EVERY
+        {
+            return Ok(nodes.clone());
+        }
+        let nodes = self.list_live_nodes()?;
+        *seen = Some((std::time::Instant::now(), nodes.clone()));
+        Ok(nodes)
+    }
+
+    fn list_live_nodes(&self) -> Result<Vec<String>> {
         let now = chrono::Utc::now();
         let mut nodes: Vec<String> = self
             .store

@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use arrow::array::{ArrayRef, RecordBatch, new_null_array};
 use arrow::datatypes::SchemaRef;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
-use schemas::{Committed, ObjectPath, REPLACED_BY, Store, Table};
+use schemas::{Committed, ObjectPath, REPLACED_BY, ROLLUP_DIR, Store, Table};
 
 use crate::Collector;
 use crate::error::{Error, Result, storage};
@@ -73,13 +73,14 @@ impl Collector {
         let closed_ns = CLOSED_AFTER.as_nanos() as i64;
         let grace = self.config.compaction_grace;
         let store = self.writer.store();
-        let nodes = self.claim.live_nodes()?;
-        for table in schemas::TABLES {
+        // The rollups' table is kept and swept like the others, and never merged: each of
+        // its files is the rollup of one data file.
+        for table in schemas::TABLES.iter().copied().chain([&schemas::MINUTES]) {
             let partitions = store
                 .hour_partitions(table.name, None, None)
                 .map_err(storage)?;
             for (start, dir) in partitions {
-                if owner(&nodes, table.name, start) != self.claim.node() {
+                if !self.maintains(table.name, start)? {
                     continue;
                 }
                 let end = start + NANOS_PER_HOUR;
@@ -94,7 +95,11 @@ impl Collector {
                 if end + closed_ns > now_ns {
                     continue;
                 }
-                let replaced = self.compact(table, start, &dir)?;
+                let replaced = if table.name == schemas::MINUTES.name {
+                    0
+                } else {
+                    self.compact(table, start, &dir)?
+                };
                 if replaced > 0 {
                     report.compacted += 1;
                     report.files_replaced += replaced;
@@ -114,6 +119,12 @@ impl Collector {
             self.changed();
         }
         Ok(report)
+    }
+
+    /// Whether this node maintains `table`'s hour starting at `start` (see [`owner`]).
+    pub(crate) fn maintains(&self, table: &str, start: i64) -> Result<bool> {
+        let nodes = self.claim.live_nodes()?;
+        Ok(owner(&nodes, table, start) == self.claim.node())
     }
 
     fn deletions(&self) -> std::sync::MutexGuard<'_, Deletions> {
@@ -293,7 +304,7 @@ fn owner<'a>(nodes: &'a [String], table: &str, start: i64) -> &'a str {
 
 /// Deletes the files of one hour folder that `table`'s log does not list and that are older
 /// than `grace`: inputs of compactions, files of flushes that failed before their commit,
-/// and the notes of compactions of a release before the logs. Returns how many.
+/// and the notes of compactions and rollups of releases before the logs. Returns how many.
 fn sweep(
     store: &Store,
     table: &'static Table,
@@ -318,6 +329,10 @@ fn sweep(
             deleted += 1;
         }
     }
+    // Where a release before the rollups' table kept the hour's rollups.
+    deleted += store
+        .delete_all(&dir.clone().join(ROLLUP_DIR))
+        .map_err(storage)?;
     Ok(deleted)
 }
 

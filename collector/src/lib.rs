@@ -250,7 +250,7 @@ impl Collector {
         let claim = claim::Claim::take(&config.store, &node, &config.data_dir)?;
         // Every table has a log before anything reads it; a data directory written before
         // the logs is converted here (see `schemas::Store`).
-        for table in schemas::TABLES {
+        for table in schemas::TABLES.iter().copied().chain([&schemas::MINUTES]) {
             config.store.create_table(table).map_err(error::storage)?;
         }
         let report = replay::replay(

@@ -1019,3 +1019,38 @@ fn two_nodes_compacting_the_same_hour_at_once_keep_every_row_once() {
     assert!(live.len() <= 2, "{live:?}");
     assert_eq!(count_rows(&live), 12, "every row once");
 }
+
+#[test]
+fn each_table_hour_is_rolled_up_by_the_one_node_that_maintains_it() {
+    use schemas::RollupWriter;
+    let shared = tempfile::tempdir().unwrap();
+    let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+    let writers: Vec<RollupFiles> = ["a", "b"]
+        .iter()
+        .zip(&dirs)
+        .map(|(node, dir)| {
+            let mut config = config(dir.path());
+            config.store = schemas::Store::local(shared.path());
+            config.node_id = Some(node.to_string());
+            Arc::new(Collector::open(config).unwrap().0).rollup_files()
+        })
+        .collect();
+    let mut made = [0, 0];
+    for hour in 0..48 {
+        let start = BASE_NS as i64 + hour * 3_600_000_000_000;
+        let makes: Vec<bool> = writers
+            .iter()
+            .map(|writer| writer.makes("spans", start).unwrap())
+            .collect();
+        assert_eq!(makes.iter().filter(|m| **m).count(), 1, "hour {hour}");
+        for (count, makes) in made.iter_mut().zip(makes) {
+            *count += usize::from(makes);
+        }
+    }
+    assert!(made.iter().all(|&n| n > 0), "{made:?}");
+    assert!(
+        RollupFiles::default()
+            .makes("spans", BASE_NS as i64)
+            .unwrap()
+    );
+}

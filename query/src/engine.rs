@@ -62,7 +62,7 @@ impl Default for QueryLimits {
 pub struct Engine {
     ctx: Arc<SessionContext>,
     /// The per-minute rollups: `api_call_minutes`, and what writes them.
-    rollups: Arc<Rollups>,
+    pub(crate) rollups: Arc<Rollups>,
     limits: QueryLimits,
     places: Arc<Semaphore>,
     running: Arc<Running>,

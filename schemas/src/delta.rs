@@ -31,7 +31,7 @@ use object_store::prefix::PrefixStore;
 use crate::layout::NANOS_PER_HOUR;
 use crate::logs::TableLog;
 use crate::store::{ObjectMeta, ObjectPath, Store};
-use crate::{TABLES, Table};
+use crate::{MINUTES, TABLES, Table};
 
 /// A read brings a table's log up to date only if it was last brought up to date longer ago
 /// than this: other nodes' commits appear within it (this node's own at once), and a busy
@@ -223,7 +223,7 @@ impl Store {
                 let mut files = Vec::new();
                 for file in snapshot.log_data().iter() {
                     let relative = file.path();
-                    let Some(start) = hour_of(&relative) else {
+                    let Some(start) = crate::layout::hour_start(&relative) else {
                         continue;
                     };
                     if lo_ns.is_some_and(|lo| start + NANOS_PER_HOUR <= lo)
@@ -326,6 +326,69 @@ impl Store {
                     )
                     .await?;
                 Ok(())
+            })
+        })
+    }
+
+    /// Adds the rollups `added` (stored already) to the rollups' table and removes `removed`
+    /// from it, in one commit; rollups already removed are left out. Gives up when another
+    /// writer removed the same rollups meanwhile: the next pass sees what is left to do.
+    pub fn commit_rollups(
+        &self,
+        added: &[NewFile],
+        removed: &[ObjectPath],
+    ) -> io::Result<Committed> {
+        if added.is_empty() && removed.is_empty() {
+            return Ok(Committed::Done);
+        }
+        let root = self.table(MINUTES.name);
+        let adds: Vec<Action> = added
+            .iter()
+            .map(|file| Action::Add(add(&root, file, true)))
+            .collect();
+        let removes: Vec<String> = removed.iter().map(|path| relative(&root, path)).collect();
+        self.write_log(&MINUTES, move |current, log| {
+            let log = log.clone();
+            let snapshot = current.snapshot().cloned();
+            Box::pin(async move {
+                let snapshot = snapshot?;
+                let live: std::collections::HashSet<String> = snapshot
+                    .log_data()
+                    .iter()
+                    .map(|file| file.path().into_owned())
+                    .collect();
+                let mut actions = adds;
+                actions.extend(
+                    removes
+                        .iter()
+                        .filter(|path| live.contains(*path))
+                        .map(|path| Action::Remove(remove(&root, &join(&root, path), false))),
+                );
+                if actions.is_empty() {
+                    return Ok(Committed::Done);
+                }
+                let committed = CommitBuilder::default()
+                    .with_actions(actions)
+                    .build(
+                        Some(&snapshot),
+                        log,
+                        DeltaOperation::Write {
+                            mode: SaveMode::Append,
+                            partition_by: Some(partition_columns()),
+                            predicate: None,
+                        },
+                    )
+                    .await;
+                match committed {
+                    Ok(_) => Ok(Committed::Done),
+                    Err(DeltaTableError::Transaction {
+                        source: TransactionError::CommitConflict(_),
+                    }) => {
+                        count_conflict();
+                        Ok(Committed::GaveUp)
+                    }
+                    Err(error) => Err(error.into()),
+                }
             })
         })
     }
@@ -477,6 +540,7 @@ fn table_named(name: &str) -> io::Result<&'static Table> {
     TABLES
         .iter()
         .copied()
+        .chain([&MINUTES])
         .find(|table| table.name == name)
         .ok_or_else(|| io::Error::other(format!("no table named {name}")))
 }
@@ -670,16 +734,6 @@ fn partition_values(relative: &str) -> HashMap<String, Option<String>> {
     values
 }
 
-/// The start (ns) of the hour holding the file at `relative` (`date=…/hour=…/<name>`).
-fn hour_of(relative: &str) -> Option<i64> {
-    let mut parts = relative.split('/');
-    let date = parts.next()?.strip_prefix("date=")?;
-    let hour: i64 = parts.next()?.strip_prefix("hour=")?.parse().ok()?;
-    let day = chrono::NaiveDate::parse_from_str(date, "%Y-%m-%d").ok()?;
-    let day = day.and_hms_opt(0, 0, 0)?.and_utc().timestamp_nanos_opt()?;
-    Some(day + hour * NANOS_PER_HOUR)
-}
-
 /// The `date` and `hour` values of the hour starting at `start_ns`.
 fn hour_key(start_ns: i64) -> (String, u32) {
     use chrono::Timelike;
@@ -694,7 +748,10 @@ mod tests {
     #[test]
     fn hours_and_partition_values_come_from_the_path() {
         let relative = "date=2026-12-06/hour=05/00000000000000000007-a-00ff-000001.parquet";
-        assert_eq!(hour_of(relative), Some(1_796_533_200_000_000_000));
+        assert_eq!(
+            crate::layout::hour_start(relative),
+            Some(1_796_533_200_000_000_000)
+        );
         let values = partition_values(relative);
         assert_eq!(values["date"].as_deref(), Some("2026-12-06"));
         assert_eq!(values["hour"].as_deref(), Some("5"));

@@ -9,6 +9,17 @@ pub fn partition_of(time_ns: i64) -> i64 {
     time_ns.div_euclid(NANOS_PER_HOUR) * NANOS_PER_HOUR
 }
 
+/// The start (ns) of the hour whose folder (`…/date=YYYY-MM-DD/hour=HH/…`) holds the file at
+/// `path`.
+pub fn hour_start(path: &str) -> Option<i64> {
+    let mut parts = path.split('/');
+    let date = parts.find_map(|part| part.strip_prefix("date="))?;
+    let hour: i64 = parts.next()?.strip_prefix("hour=")?.parse().ok()?;
+    let day = chrono::NaiveDate::parse_from_str(date, "%Y-%m-%d").ok()?;
+    let day = day.and_hms_opt(0, 0, 0)?.and_utc().timestamp_nanos_opt()?;
+    Some(day + hour * NANOS_PER_HOUR)
+}
+
 /// Whether the file named `name` is a complete data file (temporary files start with a dot).
 pub fn is_data_file(name: &str) -> bool {
     !name.starts_with('.') && name.ends_with(".parquet")
@@ -44,20 +55,9 @@ pub fn written_by(name: &str, node: &str) -> bool {
 /// one per line, the files the output replaces.
 pub const REPLACED_BY: &str = ".replaced-by-";
 
-/// The folder, inside each hour partition, that holds its files' per-minute rollups.
+/// The folder, inside each hour partition, where releases before the rollups' table
+/// ([`crate::MINUTES`]) kept its files' per-minute rollups; deleted by the sweep of the hour.
 pub const ROLLUP_DIR: &str = ".rollup";
-
-/// Where the rollup of data file `file` lives: `.rollup/<same name>` beside it.
-pub fn rollup_path(file: &ObjectPath) -> Option<ObjectPath> {
-    let name = file.filename()?;
-    Some(parent(file)?.join(ROLLUP_DIR).join(name))
-}
-
-/// The data file a rollup was made from.
-pub fn rollup_source(rollup: &ObjectPath) -> Option<ObjectPath> {
-    let name = rollup.filename()?;
-    Some(parent(&parent(rollup)?)?.join(name))
-}
 
 /// The folder holding `path`.
 pub fn parent(path: &ObjectPath) -> Option<ObjectPath> {

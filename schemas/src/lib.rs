@@ -25,12 +25,13 @@ pub use delta::{Committed, NewFile};
 pub use gather::{gather, gather_column};
 pub use key_index::{GRANULE_ROWS, KEY_INDEX_KEY, KeyIndex};
 pub use layout::{
-    REPLACED_BY, ROLLUP_DIR, covered_seq, file_node, is_data_file, parent, partition_of,
-    rollup_path, rollup_source, written_by,
+    REPLACED_BY, ROLLUP_DIR, covered_seq, file_node, hour_start, is_data_file, parent,
+    partition_of, written_by,
 };
 pub use store::{ObjectMeta, ObjectPath, RollupWriter, Store, StoreFile};
 pub use tables::{
-    Column, ColumnType, LOGS, REQUESTS, SPANS, Table, events_field, links_field, string_map_field,
+    Column, ColumnType, LOGS, MINUTES, REQUESTS, SPANS, Table, events_field, links_field,
+    string_map_field,
 };
 
 /// Version of the on-disk schema; stored in every Parquet file's key-value metadata under

@@ -28,6 +28,7 @@ pub use object_store::path::Path as ObjectPath;
 
 use crate::counted::Counted;
 use crate::layout::{NANOS_PER_HOUR, REPLACED_BY, is_data_file};
+use crate::tables::Table;
 
 /// The runtime every store request runs on: two threads, whatever the caller runs on.
 pub(crate) static IO: LazyLock<tokio::runtime::Runtime> = LazyLock::new(|| {
@@ -184,6 +185,37 @@ impl Store {
         self.table(table)
             .join(format!("date={}", time.format("%Y-%m-%d")))
             .join(format!("hour={:02}", time.hour()))
+    }
+
+    /// Where the rollup of `table`'s data file `file` lives: in the table of rollups
+    /// ([`crate::MINUTES`]), in the same hour, named `<table>-<file's name>`.
+    pub fn rollup_of(&self, table: &str, file: &ObjectPath) -> Option<ObjectPath> {
+        let mut parts: Vec<String> = file
+            .prefix_match(&self.table(table))?
+            .map(|part| part.as_ref().to_owned())
+            .collect();
+        let name = parts.pop()?;
+        let folder = parts
+            .iter()
+            .fold(self.table(crate::MINUTES.name), |path, part| {
+                path.join(part.as_str())
+            });
+        Some(folder.join(format!("{table}-{name}")))
+    }
+
+    /// The table and data file that the rollup at `rollup` was made from.
+    pub fn rollup_source(&self, rollup: &ObjectPath) -> Option<(&'static Table, ObjectPath)> {
+        let mut parts: Vec<String> = rollup
+            .prefix_match(&self.table(crate::MINUTES.name))?
+            .map(|part| part.as_ref().to_owned())
+            .collect();
+        let name = parts.pop()?;
+        let (table, name) = name.split_once('-')?;
+        let table = crate::TABLES.iter().copied().find(|t| t.name == table)?;
+        let folder = parts.iter().fold(self.table(table.name), |path, part| {
+            path.join(part.as_str())
+        });
+        Some((table, folder.join(name)))
     }
 
     /// The hour folders of `table` as a listing finds them, with each one's start, sorted
@@ -450,22 +482,29 @@ impl Store {
 }
 
 /// The write side of the per-minute rollups. The query engine computes a file's rollup
-/// (it has the SQL for it) and hands it here; only the write side creates, renames or
-/// removes files in the data directory.
+/// (it has the SQL for it) and hands it here; only the write side writes to the store.
 pub trait RollupWriter: Send + Sync {
-    /// Writes `batches` as the rollup at `rollup`, complete or not at all. Fails with
-    /// `NotFound` when its data file is gone (compaction or retention removed it meanwhile).
+    /// Whether this node makes the rollups of `table`'s hour starting at `hour_start_ns`:
+    /// one node per table-hour, so that nodes sharing a store do not all compute them.
+    fn makes(&self, table: &str, hour_start_ns: i64) -> io::Result<bool>;
+
+    /// Stores `batches` as the rollup at `rollup`, complete or not at all, for
+    /// [`RollupWriter::commit`].
     fn write(
         &self,
         store: &Store,
         rollup: &ObjectPath,
         schema: arrow::datatypes::SchemaRef,
         batches: &[arrow::array::RecordBatch],
-    ) -> io::Result<()>;
+    ) -> io::Result<crate::NewFile>;
 
-    /// Removes the rollups in the rollup folder `dir` whose file is gone, and temporary
-    /// files a crash left; returns how many.
-    fn remove_orphans(&self, store: &Store, dir: &ObjectPath) -> io::Result<usize>;
+    /// Adds `added` to the rollups' table and removes `removed` from it, in one commit.
+    fn commit(
+        &self,
+        store: &Store,
+        added: &[crate::NewFile],
+        removed: &[ObjectPath],
+    ) -> io::Result<crate::Committed>;
 }
 
 /// An object of a store, read as a Parquet file a range at a time.
@@ -541,7 +580,7 @@ fn invalid(message: String) -> io::Error {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::layout::{partition_of, rollup_path, rollup_source};
+    use crate::layout::partition_of;
 
     #[test]
     fn partitions_by_utc_hour() {
@@ -552,15 +591,16 @@ mod tests {
         assert_eq!(dir.as_ref(), "d/spans/date=2026-11-27/hour=10");
         let next = store.partition("spans", partition_of(t + 1_000_000));
         assert_eq!(next.as_ref(), "d/spans/date=2026-11-27/hour=11");
-        let rollup = rollup_path(&dir.clone().join("x.parquet")).unwrap();
+        let file = dir.clone().join("x.parquet");
+        let rollup = store.rollup_of("spans", &file).unwrap();
         assert_eq!(
             rollup.as_ref(),
-            "d/spans/date=2026-11-27/hour=10/.rollup/x.parquet"
+            "d/api_call_minutes/date=2026-11-27/hour=10/spans-x.parquet"
         );
-        assert_eq!(
-            rollup_source(&rollup).unwrap(),
-            dir.clone().join("x.parquet")
-        );
+        let (table, source) = store.rollup_source(&rollup).unwrap();
+        assert_eq!((table.name, source), ("spans", file));
+        let elsewhere = ObjectPath::from("d/api_call_minutes/date=2026-11-27/hour=10/x.parquet");
+        assert!(store.rollup_source(&elsewhere).is_none());
     }
 
     #[test]

@@ -28,6 +28,8 @@ pub enum ColumnType {
     /// UTF-8 text as a dictionary (`Dictionary<Int32, Utf8>`): a long text that many rows
     /// share, held once per batch.
     SharedText,
+    /// Bytes: a serialized latency sketch.
+    Bytes,
 }
 
 impl ColumnType {
@@ -46,6 +48,7 @@ impl ColumnType {
             ColumnType::SharedText => {
                 DataType::Dictionary(Box::new(DataType::Int32), Box::new(DataType::Utf8))
             }
+            ColumnType::Bytes => DataType::Binary,
         }
     }
 
@@ -62,6 +65,7 @@ impl ColumnType {
             ColumnType::Events => "list<struct<time, name, attributes>>",
             ColumnType::Links => "list<struct<trace_id, span_id, attributes>>",
             ColumnType::SharedText => "text",
+            ColumnType::Bytes => "bytea",
         }
     }
 }
@@ -559,6 +563,37 @@ pub static REQUESTS: Table = Table {
             Int64,
             true,
             "`apiscope import`: the line of that file",
+        ),
+    ],
+};
+
+/// The per-minute rollups of the data files of `spans`, `requests` and `logs`: one file per
+/// data file, of its calls per minute, service, endpoint and source (what
+/// `api_call_minutes(...)` answers from). A Delta table like the others, but not a table in
+/// SQL, and written by the rollup pass, not by flushes.
+pub static MINUTES: Table = Table {
+    name: "api_call_minutes",
+    doc: "per-minute rollups of the calls in each data file of `spans`, `requests` and `logs`",
+    sort_by: &["minute"],
+    stored_only: &[],
+    columns: &[
+        col("minute", Timestamp, true, "the minute the calls started in"),
+        col("service_name", Text, true, "the service that served them"),
+        col("endpoint", Text, true, "`METHOD route`"),
+        col(
+            "source",
+            Text,
+            true,
+            "`span`, `request_log` or `log`, as in `api_calls`",
+        ),
+        col("calls", Int64, true, "calls"),
+        col("errors", Int64, true, "failed calls"),
+        col("max_ms", Float64, true, "the longest call, in milliseconds"),
+        col(
+            "latency",
+            Bytes,
+            true,
+            "the calls' durations (ms) as apiscope's latency sketch, serialized",
         ),
     ],
 };

@@ -273,7 +273,7 @@ fn parquet_on_disk(dir: &std::path::Path) -> (u64, u64) {
             .file_name()
             .is_some_and(|name| name.to_string_lossy().starts_with('.'));
         if hidden {
-            // Per-minute rollups (`.rollup/`) and temporary files are not the table's files.
+            // Temporary files are not the table's files.
             continue;
         }
         if path.is_dir() {

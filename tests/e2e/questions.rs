@@ -907,9 +907,10 @@ fn rollups_give_the_same_answers_and_spare_the_data_files() {
             .split(|c: char| c == '[' || c == ']' || c == ',' || c.is_whitespace())
             .filter(|word| word.ends_with(".parquet"))
             .collect();
-        let rollups = walk(dir.path())
+        let rollups = walk(&dir.path().join("api_call_minutes"))
             .into_iter()
-            .filter(|path| path.parent().is_some_and(|p| p.ends_with(".rollup")))
+            .filter(|path| path.extension().is_some_and(|e| e == "parquet"))
+            .filter(|path| !path.to_string_lossy().contains("_delta_log"))
             .count();
         if files.is_empty() && rollups > 0 {
             break;

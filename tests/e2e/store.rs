@@ -159,18 +159,43 @@ fn a_bucket_store_answers_as_a_local_directory_does() {
     for row in bucket.rows("SELECT endpoint, count(*) FROM spans GROUP BY 1") {
         per_endpoint.insert(row[0].as_str().unwrap_or("null").to_owned(), row[1].clone());
     }
-    let read = Command::new(crate::support::python::python())
-        .arg(crate::support::python::here().join("read_delta.py"))
-        .arg(format!("{store}/spans"))
-        .envs(s3.env())
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&read.stderr);
-    assert!(read.status.success(), "{stderr}");
-    let read: Value = serde_json::from_slice(&read.stdout).unwrap();
+    let read_delta = |table: &str, weight: &[&str]| -> Value {
+        let read = Command::new(crate::support::python::python())
+            .arg(crate::support::python::here().join("read_delta.py"))
+            .arg(format!("{store}/{table}"))
+            .args(weight)
+            .envs(s3.env())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&read.stderr);
+        assert!(read.status.success(), "{stderr}");
+        serde_json::from_slice(&read.stdout).unwrap()
+    };
+    let read = read_delta("spans", &[]);
     assert_eq!(read["partition_columns"], json!(["date", "hour"]));
     assert_eq!(read["delta"], Value::Object(per_endpoint.clone()), "{read}");
     assert_eq!(read["parquet"], Value::Object(per_endpoint), "{read}");
+
+    // The rollups are a Delta table too: once every file has its rollup, their calls add up
+    // to the calls, endpoint by endpoint.
+    let mut calls = serde_json::Map::new();
+    for row in bucket.rows("SELECT endpoint, count(*) FROM api_calls GROUP BY 1") {
+        calls.insert(row[0].as_str().unwrap_or("null").to_owned(), row[1].clone());
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let read = read_delta("api_call_minutes", &["calls"]);
+        if read["delta"] == Value::Object(calls.clone()) {
+            assert_eq!(read["parquet"], read["delta"], "{read}");
+            assert_eq!(read["partition_columns"], json!(["date", "hour"]));
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the rollups never covered every call: {read} against {calls:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
 
     // A restart reads the bucket back: every row once.
     bucket.stop();
@@ -458,7 +483,7 @@ fn two_collectors_compacting_one_hour_of_one_bucket_keep_every_row_once() {
         let files: Vec<String> = s3
             .keys("compact", "apiscope/spans/date=")
             .into_iter()
-            .filter(|key| key.ends_with(".parquet") && !key.contains("/.rollup/"))
+            .filter(|key| key.ends_with(".parquet"))
             .collect();
         if files.len() == 1 {
             break;

@@ -2,10 +2,12 @@
 //! question over a day reads thousands of rollup rows instead of millions of calls.
 //!
 //! Each data file of the tables `api_calls` reads (`spans`, `requests`, `logs`) gets a
-//! rollup file beside it, `.rollup/<same name>`: its calls per minute, service, endpoint and
-//! source, with their count, errors, longest duration and a latency sketch (the one
-//! `approx_percentile_cont` uses, serialized). A rollup is derived data: it is written after
-//! its file, from it alone, and removed after it; losing one costs only speed.
+//! rollup file in the rollups' table (`schemas::MINUTES`, a Delta table like the others):
+//! its calls per minute, service, endpoint and source, with their count, errors, longest
+//! duration and a latency sketch (the one `approx_percentile_cont` uses, serialized). A
+//! rollup is derived data: it is committed after its file, made from it alone, and removed
+//! after it; losing one costs only speed. Which rollups exist is read from the rollups'
+//! log, never from a listing.
 //!
 //! `api_call_minutes(from, to)` takes one snapshot of the three tables and reads
 //!
@@ -16,7 +18,7 @@
 //! Sketches merge by adding counts, so a percentile from rollups equals the one computed
 //! over the calls; counts, errors and maxima add up the same way.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::io;
 use std::sync::Arc;
 
@@ -48,7 +50,7 @@ use crate::scan::file_cache::FileCache;
 use crate::scan::source::{Snapshot, Source, TimeRange};
 use crate::scan::table::StoreTable;
 use crate::scan::unreadable;
-use schemas::{ObjectMeta, ObjectPath, RollupWriter, Store, parent, rollup_path};
+use schemas::{MINUTES, NewFile, ObjectMeta, ObjectPath, RollupWriter, Store};
 
 /// Bytes of rollups kept in memory at most: about 1.5 MB per 8M spans as flushed (fewer
 /// once compacted), so some days of a busy fleet.
@@ -171,7 +173,7 @@ pub struct RollupReport {
     pub failed: usize,
 }
 
-/// The rollup of `file`, of `table`, written to `rollup` by `writer`.
+/// The rollup of `file`, of `table`, stored at `rollup` by `writer` (not committed yet).
 async fn roll_up(
     state: &SessionState,
     store: &Store,
@@ -180,7 +182,7 @@ async fn roll_up(
     rollup: &ObjectPath,
     schema: SchemaRef,
     writer: Arc<dyn RollupWriter>,
-) -> Result<()> {
+) -> Result<NewFile> {
     let mut fixed = Fixed::new(store);
     fixed.part(table).files.push(file.clone());
     let plan = per_minute(state, fixed, "true", None).await?;
@@ -194,7 +196,14 @@ async fn roll_up(
     let batches = datafusion::physical_plan::collect(plan, state.task_ctx()).await?;
     let rollup = rollup.clone();
     let store = store.clone();
-    tokio::task::spawn_blocking(move || writer.write(&store, &rollup, schema, &batches))
+    blocking(move || writer.write(&store, &rollup, schema, &batches)).await
+}
+
+/// Runs the store's blocking `work` off the query threads.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> io::Result<T> + Send + 'static,
+) -> Result<T> {
+    tokio::task::spawn_blocking(work)
         .await
         .map_err(|error| DataFusionError::External(Box::new(error)))?
         .map_err(|error| DataFusionError::External(Box::new(error)))
@@ -211,10 +220,6 @@ pub(crate) struct Rollups {
     cache: Arc<FileCache<Vec<RecordBatch>>>,
     /// Files whose rollup could not be made, not tried again.
     failed: Mutex<HashSet<ObjectPath>>,
-    /// What each rollup folder held when last listed, and the rollups written since: a
-    /// folder is listed again only when a file of its hour has no known rollup, or a
-    /// known rollup's file has left the table.
-    listed: Arc<Mutex<HashMap<ObjectPath, HashSet<ObjectPath>>>>,
 }
 
 impl Rollups {
@@ -226,14 +231,13 @@ impl Rollups {
             schema: plan.schema(),
             cache: Arc::new(FileCache::new(BUDGET)),
             failed: Mutex::default(),
-            listed: Arc::default(),
         })
     }
 
-    /// Computes the rollups missing for the store's live files and has `writer` write them,
-    /// and remove those whose file is gone. A file whose rollup cannot be made (unreadable,
-    /// or deleted meanwhile) is reported once, counted in `failed`, and not tried again; its
-    /// calls are read instead.
+    /// Computes the rollups missing for the store's live files of the hours `writer` makes,
+    /// has it store and commit them, and remove those whose file is gone. A file whose
+    /// rollup cannot be made (unreadable, or deleted meanwhile) is reported once, counted
+    /// in `failed`, and not tried again; its calls are read instead.
     pub(crate) async fn build(
         &self,
         state: &SessionState,
@@ -241,92 +245,87 @@ impl Rollups {
     ) -> Result<RollupReport> {
         let mut report = RollupReport::default();
         let store = self.source.store().clone();
-        let storage = |error| DataFusionError::External(Box::new(error));
-        for table in schemas::TABLES {
-            let source = self.source.clone();
-            let listed = self.listed.clone();
-            // The files, the rollups there are in each file's hour, and the rollup folders
-            // holding rollups of files no longer in the table.
-            let found = tokio::task::spawn_blocking(move || {
-                let files = source.files(table, TimeRange::default())?;
-                let mut wanted: BTreeMap<ObjectPath, HashSet<ObjectPath>> = BTreeMap::new();
-                for file in &files {
-                    if let Some(rollup) = rollup_path(&file.location)
-                        && let Some(dir) = parent(&rollup)
-                    {
-                        wanted.entry(dir).or_default().insert(rollup);
-                    }
+        // The rollups there are, then the files: a rollup is committed after its file.
+        let source = self.source.clone();
+        let (mut orphans, files) = blocking(move || {
+            let rollups = source.store().table_files(MINUTES.name, None, None)?;
+            let rollups: HashSet<ObjectPath> = rollups.into_iter().map(|r| r.location).collect();
+            let mut files = Vec::new();
+            for table in schemas::TABLES {
+                for file in source.files(table, TimeRange::default())? {
+                    files.push((table.name, file));
                 }
-                let mut listed = listed.lock();
-                let mut rollups = BTreeMap::new();
-                let mut orphaned = Vec::new();
-                for (dir, wanted) in wanted {
-                    let known = listed.get(&dir);
-                    let stale = known
-                        .is_none_or(|known| !wanted.is_subset(known) || !known.is_subset(&wanted));
-                    if stale {
-                        let there = source.store().list(&dir)?;
-                        listed.insert(dir.clone(), there.into_iter().map(|r| r.location).collect());
-                    }
-                    let there = listed.get(&dir).cloned().unwrap_or_default();
-                    if !there.is_subset(&wanted) {
-                        orphaned.push(dir.clone());
-                    }
-                    rollups.insert(dir, there);
-                }
-                std::io::Result::Ok((files, rollups, orphaned))
-            })
-            .await
-            .map_err(|error| DataFusionError::External(Box::new(error)))?;
-            let (files, rollups, orphaned) = found.map_err(storage)?;
-            for file in files {
-                let Some(rollup) = rollup_path(&file.location) else {
-                    continue;
+            }
+            Ok((rollups, files))
+        })
+        .await?;
+        let mut missing = Vec::new();
+        for (table, file) in files {
+            let Some(rollup) = store.rollup_of(table, &file.location) else {
+                continue;
+            };
+            let given_up = self.failed.lock().contains(&file.location);
+            if !orphans.remove(&rollup) && !given_up {
+                missing.push((table, file, rollup));
+            }
+        }
+        // Only the hours this node makes: another node makes (and removes) the others'.
+        let deciding = writer.clone();
+        let naming = store.clone();
+        let (missing, orphans) = blocking(move || {
+            let mut makes = HashMap::new();
+            let mut mine = |table: &str, path: &ObjectPath| -> io::Result<bool> {
+                let Some(start) = schemas::hour_start(path.as_ref()) else {
+                    return Ok(false);
                 };
-                let exists = parent(&rollup)
-                    .and_then(|dir| rollups.get(&dir))
-                    .is_some_and(|there| there.contains(&rollup));
-                let given_up = self.failed.lock().contains(&file.location);
-                if given_up || exists {
-                    continue;
+                if let Some(&decided) = makes.get(&(table.to_owned(), start)) {
+                    return Ok(decided);
                 }
-                let schema = self.schema.clone();
-                let writing = writer.clone();
-                match roll_up(state, &store, table.name, &file, &rollup, schema, writing).await {
-                    Ok(()) => {
-                        report.written += 1;
-                        if let Some(dir) = parent(&rollup) {
-                            self.listed.lock().entry(dir).or_default().insert(rollup);
-                        }
-                    }
-                    // Reported already, and tried again by the next pass: it may be restored.
-                    Err(_) if unreadable::contains(&file.location) => {}
-                    Err(error) => {
-                        tracing::warn!(file = %file.location, %error, "cannot write this file's rollup; its calls are read instead");
-                        self.failed.lock().insert(file.location);
-                        report.failed += 1;
-                    }
+                let decided = deciding.makes(table, start)?;
+                makes.insert((table.to_owned(), start), decided);
+                Ok(decided)
+            };
+            let mut wanted = Vec::new();
+            for (table, file, rollup) in missing {
+                if mine(table, &file.location)? {
+                    wanted.push((table, file, rollup));
                 }
             }
-            let writer = writer.clone();
-            let store = store.clone();
-            // Listed again next pass: the rollups of files still being read stay until their
-            // file is deleted.
-            {
-                let mut listed = self.listed.lock();
-                for dir in &orphaned {
-                    listed.remove(dir);
+            let mut gone = Vec::new();
+            for rollup in orphans {
+                let made_here = match naming.rollup_source(&rollup) {
+                    Some((table, _)) => mine(table.name, &rollup)?,
+                    None => true,
+                };
+                if made_here {
+                    gone.push(rollup);
                 }
             }
-            let dirs = orphaned;
-            report.removed += tokio::task::spawn_blocking(move || {
-                dirs.iter()
-                    .map(|dir| writer.remove_orphans(&store, dir))
-                    .sum::<std::io::Result<usize>>()
-            })
-            .await
-            .map_err(|error| DataFusionError::External(Box::new(error)))?
-            .map_err(storage)?;
+            Ok((wanted, gone))
+        })
+        .await?;
+        let mut added = Vec::new();
+        for (table, file, rollup) in missing {
+            let schema = self.schema.clone();
+            let writing = writer.clone();
+            match roll_up(state, &store, table, &file, &rollup, schema, writing).await {
+                Ok(new) => added.push(new),
+                // Reported already, and tried again by the next pass: it may be restored.
+                Err(_) if unreadable::contains(&file.location) => {}
+                Err(error) => {
+                    tracing::warn!(file = %file.location, %error, "cannot write this file's rollup; its calls are read instead");
+                    self.failed.lock().insert(file.location);
+                    report.failed += 1;
+                }
+            }
+        }
+        let (written, removed) = (added.len(), orphans.len());
+        let committing = store.clone();
+        let committed = blocking(move || writer.commit(&committing, &added, &orphans)).await?;
+        // Given up: the rollups stored are swept, and the next pass does it again.
+        if committed == schemas::Committed::Done {
+            report.written = written;
+            report.removed = removed;
         }
         Ok(report)
     }
@@ -405,23 +404,34 @@ impl TableProvider for MinutesTable {
             }
             raw.part(table.name).batches.extend(snapshot.batches);
         }
-        // The rollups, from memory or read now; a file whose rollup is missing (not written
+        // The rollups, from memory or read now; a file whose rollup is missing (not made
         // yet) or unreadable is read itself.
         let cache = self.cache.clone();
         let schema = self.schema.clone();
-        let files: Vec<ObjectPath> = candidates
+        let files: Vec<(&'static str, ObjectPath)> = candidates
             .iter()
-            .map(|(_, file)| file.location.clone())
+            .map(|(table, file)| (*table, file.location.clone()))
             .collect();
         let reading = store.clone();
-        let loaded = tokio::task::spawn_blocking(move || {
-            files
+        let loaded = blocking(move || {
+            let rollups = if files.is_empty() {
+                HashSet::new()
+            } else {
+                let listed = reading.table_files(MINUTES.name, Some(from), Some(to))?;
+                listed.into_iter().map(|r| r.location).collect()
+            };
+            Ok(files
                 .iter()
-                .map(|file| load(&reading, &cache, file, &schema))
-                .collect::<Vec<_>>()
+                .map(|(table, file)| {
+                    let rollup = reading.rollup_of(table, file)?;
+                    rollups
+                        .contains(&rollup)
+                        .then(|| load(&reading, &cache, &rollup, &schema))
+                        .flatten()
+                })
+                .collect::<Vec<_>>())
         })
-        .await
-        .map_err(|error| DataFusionError::External(Box::new(error)))?;
+        .await?;
         let mut rolled = Fixed::new(store);
         let mut rows = Vec::new();
         for ((table, file), rollup) in candidates.into_iter().zip(loaded) {
@@ -509,20 +519,19 @@ impl MinutesTable {
     }
 }
 
-/// The rows of `file`'s rollup, from `cache` or read now; `None` when it has none that
-/// reads as `schema` (not written yet, or damaged).
+/// The rows of the rollup at `path`, from `cache` or read now; `None` when it does not read
+/// as `schema` (gone, or damaged).
 fn load(
     store: &Store,
     cache: &FileCache<Vec<RecordBatch>>,
-    file: &ObjectPath,
+    path: &ObjectPath,
     schema: &SchemaRef,
 ) -> Option<Arc<Vec<RecordBatch>>> {
-    let path = rollup_path(file)?;
-    if let Some(rows) = cache.get(&path) {
+    if let Some(rows) = cache.get(path) {
         return Some(rows);
     }
     let read = || -> std::result::Result<Vec<RecordBatch>, Box<dyn std::error::Error>> {
-        let reader = ParquetRecordBatchReaderBuilder::try_new(store.get(&path)?)?.build()?;
+        let reader = ParquetRecordBatchReaderBuilder::try_new(store.get(path)?)?.build()?;
         let mut rows = Vec::new();
         for batch in reader {
             // The columns by position, under the names and types of `schema`.
@@ -537,17 +546,11 @@ fn load(
         Ok(rows) => {
             let bytes = rows.iter().map(RecordBatch::get_array_memory_size).sum();
             let rows = Arc::new(rows);
-            cache.insert(&path, rows.clone(), bytes);
+            cache.insert(path, rows.clone(), bytes);
             Some(rows)
         }
         Err(error) => {
-            // A rollup not written yet is no news.
-            let missing = error
-                .downcast_ref::<io::Error>()
-                .is_some_and(|error| error.kind() == io::ErrorKind::NotFound);
-            if !missing {
-                tracing::warn!(rollup = %path, %error, "unreadable rollup; its file is read instead");
-            }
+            tracing::warn!(rollup = %path, %error, "unreadable rollup; its file is read instead");
             None
         }
     }
@@ -566,33 +569,26 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_damaged_or_missing_rollup_is_no_rollup_and_a_read_one_is_kept() {
+    fn a_damaged_or_gone_rollup_is_no_rollup_and_a_read_one_is_kept() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::local(dir.path());
         let file = store.partition("spans", 0).join("1-a-0.parquet");
+        let rollup = store.rollup_of("spans", &file).unwrap();
         let schema = Arc::new(arrow::datatypes::Schema::new(vec![
             arrow::datatypes::Field::new("calls", arrow::datatypes::DataType::Int64, false),
         ]));
         let cache = FileCache::new(1 << 20);
-        assert!(
-            load(&store, &cache, &file, &schema).is_none(),
-            "not written yet"
-        );
-        let rollup = rollup_path(&file).unwrap();
+        assert!(load(&store, &cache, &rollup, &schema).is_none(), "gone");
         let damaged = bytes::Bytes::from_static(b"PAR1 not parquet");
         store.put(&rollup, damaged).unwrap();
-        assert!(load(&store, &cache, &file, &schema).is_none(), "damaged");
+        assert!(load(&store, &cache, &rollup, &schema).is_none(), "damaged");
 
         let batch = RecordBatch::try_new(
             schema.clone(),
             vec![Arc::new(arrow::array::Int64Array::from(vec![3, 4]))],
         )
         .unwrap();
-        store.delete(&rollup).unwrap();
-        store
-            .put(&file, bytes::Bytes::from_static(b"data"))
-            .unwrap();
-        collector::RollupFiles
+        collector::RollupFiles::default()
             .write(
                 &store,
                 &rollup,
@@ -604,17 +600,43 @@ mod tests {
             arrow::datatypes::Field::new("calls", arrow::datatypes::DataType::Utf8, false),
         ]));
         assert!(
-            load(&store, &cache, &file, &other).is_none(),
+            load(&store, &cache, &rollup, &other).is_none(),
             "another format"
         );
         assert_eq!(
-            *load(&store, &cache, &file, &schema).unwrap(),
+            *load(&store, &cache, &rollup, &schema).unwrap(),
             std::slice::from_ref(&batch)
         );
         // Kept in memory: read again without the file.
         store.delete(&rollup).unwrap();
-        assert_eq!(*load(&store, &cache, &file, &schema).unwrap(), [batch]);
+        assert_eq!(*load(&store, &cache, &rollup, &schema).unwrap(), [batch]);
         assert_eq!(cache.held().0, 1);
+    }
+
+    /// The rows of `api_call_minutes` as a rollup holds them: the columns of the rollups'
+    /// table, so that other readers of the Delta table read them as its log says.
+    #[tokio::test]
+    async fn a_rollup_holds_the_columns_of_the_rollups_table() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::local(dir.path());
+        let source = Arc::new(crate::scan::source::Files(store.clone()));
+        let engine = crate::Engine::new(source, Default::default(), Default::default())
+            .await
+            .unwrap();
+        let made: Vec<(String, arrow::datatypes::DataType)> = engine
+            .rollups
+            .schema
+            .fields()
+            .iter()
+            .map(|f| (f.name().clone(), f.data_type().clone()))
+            .collect();
+        let table: Vec<(String, arrow::datatypes::DataType)> = MINUTES
+            .stored_schema()
+            .fields()
+            .iter()
+            .map(|f| (f.name().clone(), f.data_type().clone()))
+            .collect();
+        assert_eq!(made, table);
     }
 
     #[tokio::test]
@@ -632,9 +654,11 @@ mod tests {
         // Not an empty rollup (the scan leaves the file out), and not given up on: tried
         // again by each pass, in case it is restored.
         for _ in 0..2 {
-            let report = engine.roll_up(Arc::new(collector::RollupFiles)).await;
+            let report = engine
+                .roll_up(Arc::new(collector::RollupFiles::default()))
+                .await;
             assert_eq!(report.unwrap(), RollupReport::default());
-            let rollup = rollup_path(&damaged).unwrap();
+            let rollup = store.rollup_of("spans", &damaged).unwrap();
             assert!(store.head(&rollup).unwrap().is_none());
         }
     }

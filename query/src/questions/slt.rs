@@ -68,7 +68,7 @@ impl Fixture {
             .await
             .unwrap();
         let report = engine
-            .roll_up(Arc::new(collector::RollupFiles))
+            .roll_up(Arc::new(collector::RollupFiles::default()))
             .await
             .unwrap();
         assert!(report.written > 0, "{report:?}");

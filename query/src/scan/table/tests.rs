@@ -157,7 +157,7 @@ async fn a_file_whose_footer_cannot_be_read_is_left_out_until_it_reads() {
     assert_eq!(answer(engine.clone()).await, serde_json::json!([[1, 1]]));
     assert_eq!(
         engine
-            .roll_up(Arc::new(collector::RollupFiles))
+            .roll_up(Arc::new(collector::RollupFiles::default()))
             .await
             .unwrap()
             .written,
@@ -169,7 +169,7 @@ async fn a_file_whose_footer_cannot_be_read_is_left_out_until_it_reads() {
     assert_eq!(answer(engine.clone()).await, serde_json::json!([[2, 2]]));
     assert_eq!(
         engine
-            .roll_up(Arc::new(collector::RollupFiles))
+            .roll_up(Arc::new(collector::RollupFiles::default()))
             .await
             .unwrap()
             .written,
