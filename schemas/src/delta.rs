@@ -11,8 +11,11 @@
 //!
 //! The log of each table is kept in memory and brought up to date by reading only the
 //! commits after the version held (one LIST of `_delta_log` from that version, then a GET
-//! per new commit; a checkpoint every [`CHECKPOINT_INTERVAL`] commits), at most once every
-//! [`REFRESH_AFTER`] for reads, and after each of this node's commits.
+//! per new commit; a checkpoint every [`CHECKPOINT_INTERVAL`] commits): at most once every
+//! [`REFRESH_AFTER`] for reads, and before each change that must see the files as they are
+//! (compaction, retention). A commit that only adds files (a flush, rollups) is made on the
+//! log as held: if other writers committed since, the commit reads their commits and is
+//! tried again after them. Each commit leaves the log held as it made it.
 
 use std::collections::HashMap;
 use std::io;
@@ -20,11 +23,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use deltalake_core::kernel::engine::arrow_conversion::TryIntoKernel;
-use deltalake_core::kernel::transaction::{CommitBuilder, CommitProperties, TransactionError};
+use deltalake_core::kernel::transaction::{
+    CommitBuilder, CommitProperties, FinalizedCommit, TransactionError,
+};
 use deltalake_core::kernel::{Action, Add, Remove, StructType, Transaction};
 use deltalake_core::logstore::{LogStoreRef, StorageConfig, default_logstore};
 use deltalake_core::operations::create::CreateBuilder;
 use deltalake_core::protocol::{DeltaOperation, SaveMode};
+use deltalake_core::table::state::DeltaTableState;
 use deltalake_core::{DeltaTable, DeltaTableError};
 use object_store::prefix::PrefixStore;
 
@@ -88,14 +94,14 @@ impl Store {
         Ok(log)
     }
 
-    /// Runs `work` on `table`'s log, brought up to date first. A table with no log yet gets
-    /// one when `write` (with the files of an older data directory, if any); otherwise it
-    /// is `None`. After a write, what was committed is read back at once.
+    /// Runs `work` on `table`'s log, brought up to date as `access` needs. A table with no
+    /// log yet gets one when written to (with the files of an older data directory, if
+    /// any); a read finds none (`None`). What `work` committed becomes the log held.
     fn with_log<T: Send + 'static>(
         &self,
         operation: &'static str,
         table: &'static Table,
-        write: bool,
+        access: Access,
         work: impl FnOnce(&mut DeltaTable, &LogStoreRef) -> Work<T> + Send + 'static,
     ) -> io::Result<Option<T>> {
         let log = self.log_of(table)?;
@@ -105,22 +111,29 @@ impl Store {
             let fresh = held
                 .refreshed
                 .is_some_and(|at| at.elapsed() < REFRESH_AFTER);
+            let refresh = match access {
+                Access::Read => !fresh,
+                Access::Append => false,
+                Access::Change => true,
+            };
             match held.table.as_mut() {
-                Some(_) if fresh && !write => {}
-                Some(current) => current.update_incremental(None).await?,
-                None if write => held.table = Some(create(&store, table, &log.log).await?),
+                Some(current) if refresh => current.update_incremental(None).await?,
+                Some(_) => {}
+                None if access != Access::Read => {
+                    held.table = Some(create(&store, table, &log.log).await?)
+                }
                 None => match open(&log.log).await? {
                     Some(opened) => held.table = Some(opened),
                     None => return Ok(None),
                 },
             }
-            if !fresh || write {
+            if refresh {
                 held.refreshed = Some(Instant::now());
             }
             let current = held.table.as_mut().expect("opened above");
-            let done = work(current, &log.log).await?;
-            if write {
-                current.update_incremental(None).await?;
+            let (done, committed) = work(current, &log.log).await?;
+            if let Some(committed) = committed {
+                current.state = Some(committed);
             }
             Ok(Some(done))
         })
@@ -130,9 +143,10 @@ impl Store {
     fn write_log<T: Send + 'static>(
         &self,
         table: &'static Table,
+        access: Access,
         work: impl FnOnce(&mut DeltaTable, &LogStoreRef) -> Work<T> + Send + 'static,
     ) -> io::Result<T> {
-        self.with_log("delta_commit", table, true, work)?
+        self.with_log("delta_commit", table, access, work)?
             .ok_or_else(|| io::Error::other(format!("table {} has no log", table.name)))
     }
 
@@ -169,8 +183,8 @@ impl Store {
 
     /// Ensures `table` has a log: at start, so that readers find every table.
     pub fn create_table(&self, table: &'static Table) -> io::Result<()> {
-        self.with_log("delta_create", table, true, |_, _| {
-            Box::pin(async { Ok(()) })
+        self.with_log("delta_create", table, Access::Change, |_, _| {
+            Box::pin(async { Ok(((), None)) })
         })
         .map(drop)
     }
@@ -218,7 +232,7 @@ impl Store {
     ) -> io::Result<Vec<(i64, ObjectMeta)>> {
         let table = table_named(table)?;
         let root = self.table(table.name);
-        let files = self.with_log("delta_snapshot", table, false, move |current, _| {
+        let files = self.with_log("delta_snapshot", table, Access::Read, move |current, _| {
             let listed = current.snapshot().map(|snapshot| {
                 let mut files = Vec::new();
                 for file in snapshot.log_data().iter() {
@@ -248,6 +262,7 @@ impl Store {
                 files.sort_by(|(_, a), (_, b)| a.location.cmp(&b.location));
                 files
             });
+            let listed = listed.map(|files| (files, None));
             Box::pin(std::future::ready(listed.map_err(DeltaError::from)))
         })?;
         match files {
@@ -270,7 +285,7 @@ impl Store {
     pub fn flushed_seq(&self, table: &str, node: &str) -> io::Result<u64> {
         let table = table_named(table)?;
         let node = node.to_owned();
-        let highest = self.with_log("delta_txn", table, false, move |current, log| {
+        let highest = self.with_log("delta_txn", table, Access::Read, move |current, log| {
             let snapshot = current.snapshot().cloned();
             let log = log.clone();
             Box::pin(async move {
@@ -281,7 +296,7 @@ impl Store {
                     let version = version.and_then(|v| u64::try_from(v).ok());
                     highest = highest.max(version.unwrap_or(0));
                 }
-                Ok(highest)
+                Ok((highest, None))
             })
         })?;
         Ok(highest.unwrap_or(0))
@@ -307,13 +322,13 @@ impl Store {
             i64::try_from(through).unwrap_or(i64::MAX),
             Some(chrono::Utc::now().timestamp_millis()),
         );
-        self.write_log(table, move |current, log| {
+        self.write_log(table, Access::Append, move |current, log| {
             let log = log.clone();
             let snapshot = current.snapshot().cloned();
             Box::pin(async move {
                 let snapshot = snapshot?;
                 let properties = CommitProperties::default().with_application_transaction(txn);
-                CommitBuilder::from(properties)
+                let committed = CommitBuilder::from(properties)
                     .with_actions(actions)
                     .build(
                         Some(&snapshot),
@@ -325,7 +340,7 @@ impl Store {
                         },
                     )
                     .await?;
-                Ok(())
+                Ok(((), Some(committed.snapshot)))
             })
         })
     }
@@ -347,7 +362,7 @@ impl Store {
             .map(|file| Action::Add(add(&root, file, true)))
             .collect();
         let removes: Vec<String> = removed.iter().map(|path| relative(&root, path)).collect();
-        self.write_log(&MINUTES, move |current, log| {
+        self.write_log(&MINUTES, Access::Append, move |current, log| {
             let log = log.clone();
             let snapshot = current.snapshot().cloned();
             Box::pin(async move {
@@ -365,7 +380,7 @@ impl Store {
                         .map(|path| Action::Remove(remove(&root, &join(&root, path), false))),
                 );
                 if actions.is_empty() {
-                    return Ok(Committed::Done);
+                    return Ok((Committed::Done, None));
                 }
                 let committed = CommitBuilder::default()
                     .with_actions(actions)
@@ -379,16 +394,7 @@ impl Store {
                         },
                     )
                     .await;
-                match committed {
-                    Ok(_) => Ok(Committed::Done),
-                    Err(DeltaTableError::Transaction {
-                        source: TransactionError::CommitConflict(_),
-                    }) => {
-                        count_conflict();
-                        Ok(Committed::GaveUp)
-                    }
-                    Err(error) => Err(error.into()),
-                }
+                outcome(committed)
             })
         })
     }
@@ -463,7 +469,7 @@ impl Store {
         operation: DeltaOperation,
     ) -> io::Result<Committed> {
         let app = format!("apiscope-maintenance:date={}/hour={}", hour.0, hour.1);
-        self.write_log(table, move |current, log| {
+        self.write_log(table, Access::Change, move |current, log| {
             let log = log.clone();
             let snapshot = current.snapshot().cloned();
             Box::pin(async move {
@@ -480,7 +486,7 @@ impl Store {
                 });
                 if gone {
                     count_conflict();
-                    return Ok(Committed::GaveUp);
+                    return Ok((Committed::GaveUp, None));
                 }
                 let version = snapshot.transaction_version(&log, &app).await?.unwrap_or(0);
                 let txn = Transaction::new_with_last_update(
@@ -493,23 +499,46 @@ impl Store {
                     .with_actions(actions)
                     .build(Some(&snapshot), log, operation)
                     .await;
-                match committed {
-                    Ok(_) => Ok(Committed::Done),
-                    Err(DeltaTableError::Transaction {
-                        source: TransactionError::CommitConflict(_),
-                    }) => {
-                        count_conflict();
-                        Ok(Committed::GaveUp)
-                    }
-                    Err(error) => Err(error.into()),
-                }
+                outcome(committed)
             })
         })
     }
 }
 
-/// Work on a table's log, done under its lock.
-type Work<T> = std::pin::Pin<Box<dyn Future<Output = Result<T, DeltaError>> + Send + 'static>>;
+/// How a piece of work brings a table's log up to date first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Access {
+    /// A read: unless brought up to date within [`REFRESH_AFTER`].
+    Read,
+    /// A commit that only adds files (or removes files no other writer removes): not at
+    /// all, as the commit reads what other writers committed since, if anything, and is
+    /// tried again after it.
+    Append,
+    /// A change that must see the files as they are: always.
+    Change,
+}
+
+/// Work on a table's log, done under its lock: what it returns, and the log as its commit
+/// left it, if it committed.
+type Work<T> = std::pin::Pin<
+    Box<dyn Future<Output = Result<(T, Option<DeltaTableState>), DeltaError>> + Send + 'static>,
+>;
+
+/// A commit's outcome for compaction, retention and rollups: given up on a conflict.
+fn outcome(
+    committed: Result<FinalizedCommit, DeltaTableError>,
+) -> Result<(Committed, Option<DeltaTableState>), DeltaError> {
+    match committed {
+        Ok(committed) => Ok((Committed::Done, Some(committed.snapshot))),
+        Err(DeltaTableError::Transaction {
+            source: TransactionError::CommitConflict(_),
+        }) => {
+            count_conflict();
+            Ok((Committed::GaveUp, None))
+        }
+        Err(error) => Err(error.into()),
+    }
+}
 
 /// An error of the log: the crate's, or the store's own.
 pub(crate) enum DeltaError {
