@@ -170,7 +170,8 @@ pub(crate) struct ServeArgs {
     /// Hours older than this are dropped [default: 7d].
     #[arg(long, env = "APISCOPE_RETENTION", value_parser = parse_duration)]
     retention: Option<Duration>,
-    /// How often closed hours are compacted and retention applied [default: 1m].
+    /// How often hours are compacted (the open hour in tiers, closed hours to the end) and
+    /// retention applied [default: 10s].
     #[arg(long, env = "APISCOPE_COMPACTION_INTERVAL", value_parser = parse_duration)]
     compaction_interval: Option<Duration>,
     /// How long files replaced by compaction stay for queries already reading them [default: 5m].

@@ -1,10 +1,13 @@
-//! Compaction of closed hours, retention, and the deletion of files no table lists.
+//! Compaction, retention, and the deletion of files no table lists.
 //!
-//! Once an hour is closed (its end is [`CLOSED_AFTER`] in the past), its small files are
-//! merged, a group of at most [`MAX_INPUT_BYTES`] at a time, into files sorted for pruning.
-//! Each merge is one commit to the table's log: the output added and its inputs removed,
-//! so a query sees either the inputs or the output, never both and never neither.
-//! Retention is a commit too: every file of an hour older than the retention removed.
+//! While an hour is open, its small files are merged in size tiers ([`tiered_groups`]), so
+//! that it holds a bounded number of them however long the flushes go on. Once it is closed
+//! (its end is [`CLOSED_AFTER`] in the past), a last merge takes all its small files, a
+//! group of at most [`MAX_INPUT_BYTES`] at a time, into files sorted for pruning. Each
+//! merge is one commit to the table's log: the output added and its inputs removed, so a
+//! query sees either the inputs or the output, never both and never neither; the inputs'
+//! rollups then become the output's. Retention is a commit too: every file of an hour older
+//! than the retention removed.
 //!
 //! Each table-hour is maintained by one node: the live node ids ranked by a hash of the
 //! table, the hour and the id (rendezvous hashing), the first one. Two nodes that disagree
@@ -39,6 +42,13 @@ const MAX_INPUT_BYTES: u64 = 16 * 1024 * 1024;
 
 /// Files at least this big are left as they are: merging them again would gain little.
 const MERGED_BYTES: u64 = MAX_INPUT_BYTES / 2;
+
+/// The files of an open hour merge once this many of one size tier are there.
+const FAN_IN: usize = 4;
+
+/// The biggest files of the smallest size tier; each tier above holds files up to
+/// [`FAN_IN`] times bigger: 256 KiB, 1 MiB, 4 MiB, then up to [`MERGED_BYTES`].
+const TIER_BYTES: u64 = 256 * 1024;
 
 const NANOS_PER_HOUR: i64 = 3_600_000_000_000;
 
@@ -92,13 +102,15 @@ impl Collector {
                     }
                     continue;
                 }
-                if end + closed_ns > now_ns {
-                    continue;
-                }
+                let merges = if end + closed_ns > now_ns {
+                    Merges::Tiered
+                } else {
+                    Merges::Final
+                };
                 let replaced = if table.name == schemas::MINUTES.name {
                     0
                 } else {
-                    self.compact(table, start, &dir)?
+                    self.compact(table, start, &dir, merges)?
                 };
                 if replaced > 0 {
                     report.compacted += 1;
@@ -187,14 +199,14 @@ impl Collector {
         }
     }
 
-    /// Merges the small live files of one closed hour, in groups of at most
-    /// [`MAX_INPUT_BYTES`]; returns how many files it replaced. Files that cannot be read are
-    /// left as they are.
+    /// Merges the small live files of one hour as `merges` says; returns how many files it
+    /// replaced. Files that cannot be read are left as they are.
     pub(crate) fn compact(
         &self,
         table: &'static Table,
         start: i64,
         dir: &ObjectPath,
+        merges: Merges,
     ) -> Result<usize> {
         let unreadable = self
             .unreadable
@@ -219,7 +231,11 @@ impl Collector {
             }
         }
         let mut replaced = 0;
-        for inputs in groups(live) {
+        let groups = match merges {
+            Merges::Tiered => tiered_groups(live),
+            Merges::Final => groups(live),
+        };
+        for inputs in groups {
             if self.merge(table, start, dir, &inputs)? {
                 replaced += inputs.len();
             }
@@ -276,7 +292,52 @@ impl Collector {
             return Ok(false);
         }
         tracing::debug!(partition = %dir, files = inputs.len(), rows = output.rows, "compacted");
+        if let Err(error) = self.carry_rollups(table, start, inputs, &output.path) {
+            tracing::debug!(partition = %dir, %error, "the output's rollup is left to the rollup pass");
+        }
         Ok(true)
+    }
+
+    /// Gives a merge's `output` the rollups of its `inputs` when each has one: their rows
+    /// together are the output's rollup, so the rollup pass need not read the output, and
+    /// `api_call_minutes` reads one rollup where it read several. Otherwise the rollup pass
+    /// makes the output's from the file, as for any file.
+    fn carry_rollups(
+        &self,
+        table: &'static Table,
+        start: i64,
+        inputs: &[ObjectPath],
+        output: &ObjectPath,
+    ) -> Result<()> {
+        let store = self.writer.store();
+        let rollup_of = |file: &ObjectPath| {
+            store
+                .rollup_of(table.name, file)
+                .ok_or_else(|| Error::Storage(format!("{file} has no rollup path")))
+        };
+        let rollups = inputs.iter().map(rollup_of).collect::<Result<Vec<_>>>()?;
+        let live: HashSet<ObjectPath> = store
+            .table_files(
+                schemas::MINUTES.name,
+                Some(start),
+                Some(start + NANOS_PER_HOUR),
+            )
+            .map_err(storage)?
+            .into_iter()
+            .map(|file| file.location)
+            .collect();
+        if !rollups.iter().all(|rollup| live.contains(rollup)) {
+            return Ok(());
+        }
+        let schema = schemas::MINUTES.stored_schema();
+        let mut rows = Vec::new();
+        for rollup in &rollups {
+            rows.extend(read_conformed(store, rollup, &schema)?);
+        }
+        let stored = crate::rollup_files::store_rollup(store, &rollup_of(output)?, schema, &rows)
+            .map_err(storage)?;
+        store.commit_rollups(&[stored], &rollups).map_err(storage)?;
+        Ok(())
     }
 }
 
@@ -334,6 +395,59 @@ fn sweep(
         .delete_all(&dir.clone().join(ROLLUP_DIR))
         .map_err(storage)?;
     Ok(deleted)
+}
+
+/// How an hour's files are merged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Merges {
+    /// While the hour is open: [`FAN_IN`] files of one size tier at a time.
+    Tiered,
+    /// Once it is closed: every small file, in groups under [`MAX_INPUT_BYTES`].
+    Final,
+}
+
+/// The size tier of a file of `bytes`: 0 up to [`TIER_BYTES`], and each tier above for
+/// files up to [`FAN_IN`] times bigger than the one below.
+fn tier(bytes: u64) -> u32 {
+    let mut tier = 0;
+    let mut cap = TIER_BYTES;
+    while bytes > cap {
+        cap = cap.saturating_mul(FAN_IN as u64);
+        tier += 1;
+    }
+    tier
+}
+
+/// The files (with their sizes) of an open hour to merge: within each size tier, in the
+/// order given, groups of [`FAN_IN`] files, or fewer (two at least) where one more would
+/// pass [`MAX_INPUT_BYTES`]; files of [`MERGED_BYTES`] or more are left out. A tier's
+/// last files wait for company, so a row is rewritten about once per tier, and an hour
+/// holds at most `FAN_IN - 1` small files of each tier once merged.
+fn tiered_groups<T>(live: Vec<(T, u64)>) -> Vec<Vec<T>> {
+    let mut tiers: std::collections::BTreeMap<u32, Vec<(T, u64)>> = Default::default();
+    for (file, bytes) in live {
+        if bytes < MERGED_BYTES {
+            tiers.entry(tier(bytes)).or_default().push((file, bytes));
+        }
+    }
+    let mut groups = Vec::new();
+    for files in tiers.into_values() {
+        let mut group = Vec::new();
+        let mut group_bytes = 0;
+        for (file, bytes) in files {
+            if group.len() >= 2 && group_bytes + bytes > MAX_INPUT_BYTES {
+                groups.push(std::mem::take(&mut group));
+                group_bytes = 0;
+            }
+            group.push(file);
+            group_bytes += bytes;
+            if group.len() == FAN_IN {
+                groups.push(std::mem::take(&mut group));
+                group_bytes = 0;
+            }
+        }
+    }
+    groups
 }
 
 /// The files (with their sizes) to merge, in groups of two or more, each of at most
@@ -429,5 +543,25 @@ mod tests {
         // One file alone, or none: nothing to do.
         assert!(groups(files(&[1])).is_empty());
         assert!(groups(files(&[])).is_empty());
+    }
+
+    #[test]
+    fn an_open_hour_merges_four_files_of_one_tier_at_a_time() {
+        const KIB: u64 = 1024;
+        let files = |sizes: &[u64]| -> Vec<(usize, u64)> {
+            sizes.iter().map(|kib| kib * KIB).enumerate().collect()
+        };
+        assert_eq!(tier(0), 0);
+        assert_eq!(tier(256 * KIB), 0);
+        assert_eq!(tier(256 * KIB + 1), 1);
+        assert_eq!(tier(4096 * KIB + 1), 3);
+        // Five flushes of tier 0 and three of tier 1: four of tier 0 merge, the rest wait.
+        let sizes = [10, 20, 600, 30, 700, 40, 50, 800];
+        assert_eq!(tiered_groups(files(&sizes)), [vec![0, 1, 3, 5]]);
+        // Files of 6,000 KiB (the top tier): three would pass the cap, so two at a time; files
+        // of 8 MiB or more stay as they are.
+        let sizes = [6000, 6000, 9000, 6000, 6000, 6000];
+        assert_eq!(tiered_groups(files(&sizes)), [vec![0, 1], vec![3, 4]]);
+        assert!(tiered_groups(files(&[10, 10, 10])).is_empty());
     }
 }

@@ -189,7 +189,7 @@ impl Config {
             flush_rows: 200_000,
             flush_interval: Duration::from_secs(10),
             retention: Duration::from_secs(7 * 24 * 3600),
-            compaction_interval: Duration::from_secs(60),
+            compaction_interval: Duration::from_secs(10),
             compaction_grace: Duration::from_secs(5 * 60),
         }
     }

@@ -55,25 +55,7 @@ impl schemas::RollupWriter for RollupFiles {
         schema: SchemaRef,
         batches: &[RecordBatch],
     ) -> io::Result<NewFile> {
-        // LZ4: rollups are small, and a zstd column costs more to open (the Parquet
-        // reader makes zstd contexts for every column chunk) than it saves in reading.
-        let properties = WriterProperties::builder()
-            .set_compression(Compression::LZ4_RAW)
-            .build();
-        let mut writer =
-            ArrowWriter::try_new(Vec::new(), schema, Some(properties)).map_err(io::Error::other)?;
-        for batch in batches {
-            writer.write(batch).map_err(io::Error::other)?;
-        }
-        let bytes = writer.into_inner().map_err(io::Error::other)?;
-        let size = bytes.len() as u64;
-        store.put(rollup, Bytes::from(bytes))?;
-        let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
-        Ok(NewFile {
-            path: rollup.clone(),
-            size,
-            stats: format!("{{\"numRecords\":{rows}}}"),
-        })
+        store_rollup(store, rollup, schema, batches)
     }
 
     fn commit(
@@ -84,6 +66,34 @@ impl schemas::RollupWriter for RollupFiles {
     ) -> io::Result<Committed> {
         store.commit_rollups(added, removed)
     }
+}
+
+/// Stores `batches` as the rollup at `rollup`, whole, for a commit to the rollups' table.
+pub(crate) fn store_rollup(
+    store: &Store,
+    rollup: &ObjectPath,
+    schema: SchemaRef,
+    batches: &[RecordBatch],
+) -> io::Result<NewFile> {
+    // LZ4: rollups are small, and a zstd column costs more to open (the Parquet
+    // reader makes zstd contexts for every column chunk) than it saves in reading.
+    let properties = WriterProperties::builder()
+        .set_compression(Compression::LZ4_RAW)
+        .build();
+    let mut writer =
+        ArrowWriter::try_new(Vec::new(), schema, Some(properties)).map_err(io::Error::other)?;
+    for batch in batches {
+        writer.write(batch).map_err(io::Error::other)?;
+    }
+    let bytes = writer.into_inner().map_err(io::Error::other)?;
+    let size = bytes.len() as u64;
+    store.put(rollup, Bytes::from(bytes))?;
+    let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
+    Ok(NewFile {
+        path: rollup.clone(),
+        size,
+        stats: format!("{{\"numRecords\":{rows}}}"),
+    })
 }
 
 #[cfg(test)]

@@ -1004,7 +1004,12 @@ fn two_nodes_compacting_the_same_hour_at_once_keep_every_row_once() {
                 scope.spawn(move || {
                     barrier.wait();
                     collector
-                        .compact(&schemas::SPANS, start, &partition)
+                        .compact(
+                            &schemas::SPANS,
+                            start,
+                            &partition,
+                            compaction::Merges::Final,
+                        )
                         .unwrap()
                 })
             })
@@ -1053,4 +1058,103 @@ fn each_table_hour_is_rolled_up_by_the_one_node_that_maintains_it() {
             .makes("spans", BASE_NS as i64)
             .unwrap()
     );
+}
+
+/// A rollup of `calls` calls for `file`, of `spans` in the hour of `BASE_NS`, stored and
+/// committed as the rollup pass would.
+fn fake_rollup(store: &schemas::Store, file: &Path, calls: i64) {
+    use arrow::array::{ArrayRef, BinaryArray, Float64Array, Int64Array, StringArray};
+    let schema = schemas::MINUTES.stored_schema();
+    let text = |value: &str| Arc::new(StringArray::from(vec![value])) as ArrayRef;
+    let minute =
+        arrow::array::TimestampNanosecondArray::from(vec![BASE_NS as i64]).with_timezone("UTC");
+    let batch = arrow::array::RecordBatch::try_new(
+        schema.clone(),
+        vec![
+            Arc::new(minute),
+            text("svc"),
+            text("GET /x"),
+            text("span"),
+            Arc::new(Int64Array::from(vec![calls])),
+            Arc::new(Int64Array::from(vec![0])),
+            Arc::new(Float64Array::from(vec![1.0])),
+            Arc::new(BinaryArray::from(vec![&b"sketch"[..]])),
+        ],
+    )
+    .unwrap();
+    let name = file.file_name().unwrap().to_string_lossy();
+    let path = store.partition("spans", BASE_NS as i64).join(name.as_ref());
+    let rollup = store.rollup_of("spans", &path).unwrap();
+    let stored = rollup_files::store_rollup(store, &rollup, schema, &[batch]).unwrap();
+    store.commit_rollups(&[stored], &[]).unwrap();
+}
+
+/// The calls the rollups' table holds, and its files.
+fn rolled_up_calls(store: &schemas::Store) -> (i64, usize) {
+    let files = store
+        .table_files(schemas::MINUTES.name, None, None)
+        .unwrap();
+    let mut calls = 0;
+    for file in &files {
+        let bytes = store.get(&file.location).unwrap();
+        let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(bytes)
+            .unwrap()
+            .build()
+            .unwrap();
+        for batch in reader {
+            let batch = batch.unwrap();
+            let column = batch.column_by_name("calls").unwrap();
+            let column = column
+                .as_any()
+                .downcast_ref::<arrow::array::Int64Array>()
+                .unwrap();
+            calls += column.iter().flatten().sum::<i64>();
+        }
+    }
+    (calls, files.len())
+}
+
+#[test]
+fn an_open_hour_merges_in_tiers_and_its_rollups_follow() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let mut config = config(tmp.path());
+    config.compaction_grace = Duration::ZERO;
+    let (collector, _) = Collector::open(config).unwrap();
+    let collector = Arc::new(collector);
+    let store = collector.writer.store().clone();
+    // Nine small flushes into one hour, each with its rollup.
+    let hour = partition_dir(tmp.path(), BASE_NS as i64);
+    for round in 0..9u64 {
+        let first = round * 10;
+        collector
+            .ingest_traces(request(first, &[BASE_NS + round, BASE_NS + round + 100]))
+            .unwrap();
+        runtime.block_on(collector.flush()).unwrap();
+    }
+    let flushed = live_files(&hour);
+    assert_eq!(flushed.len(), 9);
+    for file in &flushed {
+        fake_rollup(&store, file, 2);
+    }
+    assert_eq!(rolled_up_calls(&store), (18, 9));
+
+    // Open: two merges of four; the ninth waits for company.
+    let open = BASE_NS as i64 + 30 * 60 * 1_000_000_000;
+    let report = collector.maintain(open).unwrap();
+    assert_eq!((report.compacted, report.files_replaced), (1, 8));
+    let live = live_files(&hour);
+    assert_eq!(live.len(), 3);
+    assert_eq!(count_rows(&live), 18);
+    // The outputs have their inputs' rollups, and the inputs' are gone from the table.
+    assert_eq!(rolled_up_calls(&store), (18, 3));
+    assert_eq!(collector.maintain(open).unwrap().compacted, 0, "settled");
+
+    // Closed: the last merge leaves one file, with one rollup.
+    let closed = (BASE_NS + 2 * HOUR_NS) as i64 + CLOSED_AFTER.as_nanos() as i64;
+    let report = collector.maintain(closed).unwrap();
+    assert_eq!(report.files_replaced, 3);
+    let live = live_files(&hour);
+    assert_eq!((live.len(), count_rows(&live)), (1, 18));
+    assert_eq!(rolled_up_calls(&store), (18, 1));
 }

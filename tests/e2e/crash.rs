@@ -1,5 +1,5 @@
-//! Acknowledged means durable: kill -9 under steady ingest, restart, repeat; at the end every
-//! acknowledged span is queryable exactly once.
+//! Acknowledged means durable: kill -9 under steady ingest (with the open hour's files being
+//! merged), restart, repeat; at the end every acknowledged span is queryable exactly once.
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -29,10 +29,23 @@ fn jitter(max_ms: u64) -> u64 {
         % max_ms
 }
 
+/// Compaction passes this often, so that the open hour's files are merged while kills land.
+const MERGING: [&str; 2] = ["--compaction-interval", "200ms"];
+
 #[test]
 fn kill_9_under_load_loses_no_acknowledged_span_and_doubles_none() {
     let dir = tempfile::tempdir().unwrap();
-    kill_9_cycles(&|| Daemon::start(dir.path()));
+    kill_9_cycles(&|| Daemon::start_with(dir.path(), &MERGING));
+    // The open hour's files were merged meanwhile: merges were among what the kills cut.
+    let merges = std::fs::read_dir(dir.path().join("spans/_delta_log"))
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| path.extension().is_some_and(|e| e == "json"))
+        .filter(|path| {
+            std::fs::read_to_string(path).is_ok_and(|commit| commit.contains("\"OPTIMIZE\""))
+        })
+        .count();
+    assert!(merges > 0, "no merge of the open hour during the kills");
 }
 
 #[test]
@@ -41,7 +54,7 @@ fn kill_9_of_a_collector_on_a_bucket_loses_nothing_and_doubles_nothing() {
     s3.create_bucket("crash");
     let dir = tempfile::tempdir().unwrap();
     let store = "s3://crash/apiscope";
-    kill_9_cycles(&|| Daemon::start_command(s3.serve(dir.path(), store, &[])));
+    kill_9_cycles(&|| Daemon::start_command(s3.serve(dir.path(), store, &MERGING)));
 }
 
 /// Clients send while the daemon `start` makes is killed with SIGKILL and started again,
