@@ -47,6 +47,10 @@ pub(crate) struct LoadgenArgs {
     /// Seed of the simulated traffic; the same seed sends the same traffic.
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// Spans start this long before they are sent (`2h`: traffic of an hour already
+    /// closed, which compaction merges to the end at once); 0s for now.
+    #[arg(long, default_value = "0s", value_parser = crate::config::parse_duration)]
+    ago: Duration,
     #[command(flatten)]
     client: crate::client::ClientArgs,
 }
@@ -216,6 +220,7 @@ pub(crate) async fn run(args: LoadgenArgs) -> Result<()> {
             counts,
             pacing(&args),
             args.batch,
+            args.ago,
         ));
     }
 
@@ -276,6 +281,7 @@ async fn send_loop(
     counts: Arc<Counts>,
     pacing: Option<Duration>,
     batch: u64,
+    ago: Duration,
 ) -> Vec<u32> {
     let mut latencies = Vec::new();
     let mut ticks = pacing.map(|every| {
@@ -288,7 +294,8 @@ async fn send_loop(
         if let Some(ticks) = ticks.as_mut() {
             ticks.tick().await;
         }
-        let export = generator.export(batch, now_ns());
+        let at = now_ns().saturating_sub(ago.as_nanos() as u64);
+        let export = generator.export(batch, at);
         let spans = export.spans;
         counts.sent.fetch_add(spans, Ordering::Relaxed);
         let began = Instant::now();
