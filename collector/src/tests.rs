@@ -54,6 +54,27 @@ fn config(dir: &Path) -> Config {
     config
 }
 
+/// Nodes `a` and `b`, over the data directories `dirs`, sharing the store `shared`.
+fn two_nodes(shared: &Path, dirs: &[tempfile::TempDir; 2]) -> Vec<Arc<Collector>> {
+    ["a", "b"]
+        .iter()
+        .zip(dirs)
+        .map(|(node, dir)| {
+            let mut config = config(dir.path());
+            config.store = schemas::Store::local(shared);
+            config.node_id = Some(node.to_string());
+            Arc::new(Collector::open(config).unwrap().0)
+        })
+        .collect()
+}
+
+/// A collector over `dir` whose removed files are deleted at the next sweep.
+fn without_grace(dir: &Path) -> Arc<Collector> {
+    let mut config = config(dir);
+    config.compaction_grace = Duration::ZERO;
+    Arc::new(Collector::open(config).unwrap().0)
+}
+
 fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
     for entry in std::fs::read_dir(from).unwrap() {
@@ -549,10 +570,7 @@ fn compaction_keeps_the_resource_attributes_of_files_before_schema_3() {
 
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let tmp = tempfile::tempdir().unwrap();
-    let mut config = config(tmp.path());
-    config.compaction_grace = Duration::ZERO;
-    let (collector, _) = Collector::open(config).unwrap();
-    let collector = Arc::new(collector);
+    let collector = without_grace(tmp.path());
     collector
         .ingest_traces(request(0, &[BASE_NS, BASE_NS + 1]))
         .unwrap();
@@ -966,16 +984,7 @@ fn two_nodes_compacting_the_same_hour_at_once_keep_every_row_once() {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let shared = tempfile::tempdir().unwrap();
     let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
-    let collectors: Vec<Arc<Collector>> = ["a", "b"]
-        .iter()
-        .zip(&dirs)
-        .map(|(node, dir)| {
-            let mut config = config(dir.path());
-            config.store = schemas::Store::local(shared.path());
-            config.node_id = Some(node.to_string());
-            Arc::new(Collector::open(config).unwrap().0)
-        })
-        .collect();
+    let collectors = two_nodes(shared.path(), &dirs);
     // Three flushes of each node into one hour.
     for round in 0..3u64 {
         for (k, collector) in collectors.iter().enumerate() {
@@ -1030,15 +1039,9 @@ fn each_table_hour_is_rolled_up_by_the_one_node_that_maintains_it() {
     use schemas::RollupWriter;
     let shared = tempfile::tempdir().unwrap();
     let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
-    let writers: Vec<RollupFiles> = ["a", "b"]
+    let writers: Vec<RollupFiles> = two_nodes(shared.path(), &dirs)
         .iter()
-        .zip(&dirs)
-        .map(|(node, dir)| {
-            let mut config = config(dir.path());
-            config.store = schemas::Store::local(shared.path());
-            config.node_id = Some(node.to_string());
-            Arc::new(Collector::open(config).unwrap().0).rollup_files()
-        })
+        .map(Collector::rollup_files)
         .collect();
     let mut made = [0, 0];
     for hour in 0..48 {
@@ -1118,10 +1121,7 @@ fn rolled_up_calls(store: &schemas::Store) -> (i64, usize) {
 fn an_open_hour_merges_in_tiers_and_its_rollups_follow() {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let tmp = tempfile::tempdir().unwrap();
-    let mut config = config(tmp.path());
-    config.compaction_grace = Duration::ZERO;
-    let (collector, _) = Collector::open(config).unwrap();
-    let collector = Arc::new(collector);
+    let collector = without_grace(tmp.path());
     let store = collector.writer.store().clone();
     // Nine small flushes into one hour, each with its rollup.
     let hour = partition_dir(tmp.path(), BASE_NS as i64);

@@ -330,15 +330,7 @@ impl Store {
                 let properties = CommitProperties::default().with_application_transaction(txn);
                 let committed = CommitBuilder::from(properties)
                     .with_actions(actions)
-                    .build(
-                        Some(&snapshot),
-                        log,
-                        DeltaOperation::Write {
-                            mode: SaveMode::Append,
-                            partition_by: Some(partition_columns()),
-                            predicate: None,
-                        },
-                    )
+                    .build(Some(&snapshot), log, appending())
                     .await?;
                 Ok(((), Some(committed.snapshot)))
             })
@@ -367,11 +359,7 @@ impl Store {
             let snapshot = current.snapshot().cloned();
             Box::pin(async move {
                 let snapshot = snapshot?;
-                let live: std::collections::HashSet<String> = snapshot
-                    .log_data()
-                    .iter()
-                    .map(|file| file.path().into_owned())
-                    .collect();
+                let live = live_paths(&snapshot);
                 let mut actions = adds;
                 actions.extend(
                     removes
@@ -384,15 +372,7 @@ impl Store {
                 }
                 let committed = CommitBuilder::default()
                     .with_actions(actions)
-                    .build(
-                        Some(&snapshot),
-                        log,
-                        DeltaOperation::Write {
-                            mode: SaveMode::Append,
-                            partition_by: Some(partition_columns()),
-                            predicate: None,
-                        },
-                    )
+                    .build(Some(&snapshot), log, appending())
                     .await;
                 outcome(committed)
             })
@@ -476,11 +456,7 @@ impl Store {
                 let snapshot = snapshot?;
                 // Files another writer removed since they were read: the change was made
                 // on what is no longer there.
-                let live: std::collections::HashSet<String> = snapshot
-                    .log_data()
-                    .iter()
-                    .map(|file| file.path().into_owned())
-                    .collect();
+                let live = live_paths(&snapshot);
                 let gone = actions.iter().any(|action| {
                     matches!(action, Action::Remove(removed) if !live.contains(&removed.path))
                 });
@@ -556,6 +532,15 @@ impl From<io::Error> for DeltaError {
     fn from(error: io::Error) -> Self {
         DeltaError::Io(error)
     }
+}
+
+/// The paths (relative to the table) of the files `snapshot` lists.
+fn live_paths(snapshot: &DeltaTableState) -> std::collections::HashSet<String> {
+    snapshot
+        .log_data()
+        .iter()
+        .map(|file| file.path().into_owned())
+        .collect()
 }
 
 /// Counts a change given up because another writer changed the same hour first (the caller
@@ -655,6 +640,15 @@ fn delta_schema(table: &Table) -> Result<StructType, DeltaError> {
     (&schema)
         .try_into_kernel()
         .map_err(|error| DeltaError::Delta(DeltaTableError::from(error)))
+}
+
+/// The operation of a commit that adds files (and may remove rollups).
+fn appending() -> DeltaOperation {
+    DeltaOperation::Write {
+        mode: SaveMode::Append,
+        partition_by: Some(partition_columns()),
+        predicate: None,
+    }
 }
 
 fn partition_columns() -> Vec<String> {
