@@ -43,6 +43,11 @@ const MAX_INPUT_BYTES: u64 = 16 * 1024 * 1024;
 /// Files at least this big are left as they are: merging them again would gain little.
 const MERGED_BYTES: u64 = MAX_INPUT_BYTES / 2;
 
+/// Most input bytes of a merge in an open hour: half of [`MAX_INPUT_BYTES`], as it runs
+/// while the hour's ingest holds memory too (a merge holds its inputs decoded, some 25
+/// times their size).
+const OPEN_INPUT_BYTES: u64 = MAX_INPUT_BYTES / 2;
+
 /// The files of an open hour merge once this many of one size tier are there.
 const FAN_IN: usize = 4;
 
@@ -420,9 +425,10 @@ fn tier(bytes: u64) -> u32 {
 
 /// The files (with their sizes) of an open hour to merge: within each size tier, in the
 /// order given, groups of [`FAN_IN`] files, or fewer (two at least) where one more would
-/// pass [`MAX_INPUT_BYTES`]; files of [`MERGED_BYTES`] or more are left out. A tier's
+/// pass [`OPEN_INPUT_BYTES`]; files of [`MERGED_BYTES`] or more are left out. A tier's
 /// last files wait for company, so a row is rewritten about once per tier, and an hour
-/// holds at most `FAN_IN - 1` small files of each tier once merged.
+/// holds at most `FAN_IN - 1` files of each tier up to 4 MiB once merged; files over 4 MiB
+/// rarely merge before the hour closes (two fit under the cap only when close to 4 MiB).
 fn tiered_groups<T>(live: Vec<(T, u64)>) -> Vec<Vec<T>> {
     let mut tiers: std::collections::BTreeMap<u32, Vec<(T, u64)>> = Default::default();
     for (file, bytes) in live {
@@ -435,7 +441,7 @@ fn tiered_groups<T>(live: Vec<(T, u64)>) -> Vec<Vec<T>> {
         let mut group = Vec::new();
         let mut group_bytes = 0;
         for (file, bytes) in files {
-            if group.len() >= 2 && group_bytes + bytes > MAX_INPUT_BYTES {
+            if group.len() >= 2 && group_bytes + bytes > OPEN_INPUT_BYTES {
                 groups.push(std::mem::take(&mut group));
                 group_bytes = 0;
             }
@@ -558,9 +564,9 @@ mod tests {
         // Five flushes of tier 0 and three of tier 1: four of tier 0 merge, the rest wait.
         let sizes = [10, 20, 600, 30, 700, 40, 50, 800];
         assert_eq!(tiered_groups(files(&sizes)), [vec![0, 1, 3, 5]]);
-        // Files of 6,000 KiB (the top tier): three would pass the cap, so two at a time; files
-        // of 8 MiB or more stay as they are.
-        let sizes = [6000, 6000, 9000, 6000, 6000, 6000];
+        // Files of 3,000 KiB: three would pass the open hour's cap of 8 MiB, so two at a
+        // time; files of 8 MiB or more stay as they are, and two of 5,000 KiB pass the cap.
+        let sizes = [3000, 3000, 9000, 3000, 3000, 3000, 5000, 5000];
         assert_eq!(tiered_groups(files(&sizes)), [vec![0, 1], vec![3, 4]]);
         assert!(tiered_groups(files(&[10, 10, 10])).is_empty());
     }
