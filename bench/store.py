@@ -81,9 +81,11 @@ def store_requests(daemon):
         text = response.read().decode()
     counts = {}
     for match in re.finditer(
-            r'^apiscope_store_requests_total\{operation="(\w+)",outcome="\w+"\} ([\d.e+]+)$',
+            r'^apiscope_store_requests_total\{operation="(\w+)",outcome="(\w+)"\} ([\d.e+]+)$',
             text, re.MULTILINE):
-        counts[match.group(1)] = counts.get(match.group(1), 0) + float(match.group(2))
+        counts[match.group(1)] = counts.get(match.group(1), 0) + float(match.group(3))
+        if match.group(2) == "error":
+            counts["failed"] = counts.get("failed", 0) + float(match.group(3))
     return counts
 
 
@@ -98,6 +100,7 @@ def measure(binary, spans, rate, seconds, work, store_flags):
     while daemon.metric("apiscope_buffer_rows") > 0:
         time.sleep(0.5)
     figures["ingest spans/CPU-s"] = stored / (daemon.cpu_seconds() - cpu_before)
+    figures["failed requests during ingest"] = store_requests(daemon).get("failed", 0)
     queries = run.QUERIES["endpoint latency and errors"]
     for name in ["apiscope", "apiscope raw"]:
         figures[f"{name} endpoint query ms"] = run.hot_median(
