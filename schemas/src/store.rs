@@ -190,32 +190,39 @@ impl Store {
     /// Where the rollup of `table`'s data file `file` lives: in the table of rollups
     /// ([`crate::MINUTES`]), in the same hour, named `<table>-<file's name>`.
     pub fn rollup_of(&self, table: &str, file: &ObjectPath) -> Option<ObjectPath> {
-        let mut parts: Vec<String> = file
-            .prefix_match(&self.table(table))?
-            .map(|part| part.as_ref().to_owned())
-            .collect();
-        let name = parts.pop()?;
-        let folder = parts
-            .iter()
-            .fold(self.table(crate::MINUTES.name), |path, part| {
-                path.join(part.as_str())
-            });
-        Some(folder.join(format!("{table}-{name}")))
+        self.moved(file, table, crate::MINUTES.name, |name| {
+            Some(format!("{table}-{name}"))
+        })
     }
 
     /// The table and data file that the rollup at `rollup` was made from.
     pub fn rollup_source(&self, rollup: &ObjectPath) -> Option<(&'static Table, ObjectPath)> {
-        let mut parts: Vec<String> = rollup
-            .prefix_match(&self.table(crate::MINUTES.name))?
+        let (table, _) = rollup.filename()?.split_once('-')?;
+        let table = crate::TABLES.iter().copied().find(|t| t.name == table)?;
+        let source = self.moved(rollup, crate::MINUTES.name, table.name, |name| {
+            name.split_once('-').map(|(_, name)| name.to_owned())
+        })?;
+        Some((table, source))
+    }
+
+    /// `path`, a file of the table `from`, in the same folder of the table `to`, under the
+    /// name `rename` makes of its own.
+    fn moved(
+        &self,
+        path: &ObjectPath,
+        from: &str,
+        to: &str,
+        rename: impl FnOnce(&str) -> Option<String>,
+    ) -> Option<ObjectPath> {
+        let mut parts: Vec<String> = path
+            .prefix_match(&self.table(from))?
             .map(|part| part.as_ref().to_owned())
             .collect();
-        let name = parts.pop()?;
-        let (table, name) = name.split_once('-')?;
-        let table = crate::TABLES.iter().copied().find(|t| t.name == table)?;
-        let folder = parts.iter().fold(self.table(table.name), |path, part| {
-            path.join(part.as_str())
-        });
-        Some((table, folder.join(name)))
+        let name = rename(&parts.pop()?)?;
+        let folder = parts
+            .iter()
+            .fold(self.table(to), |folder, part| folder.join(part.as_str()));
+        Some(folder.join(name))
     }
 
     /// The hour folders of `table` as a listing finds them, with each one's start, sorted
