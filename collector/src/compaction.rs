@@ -15,10 +15,11 @@
 //! give up, as both changes carry the hour's transaction id.
 //!
 //! Removed files are deleted [`Config::compaction_grace`](crate::Config) after their
-//! removal, so queries already reading them finish: a sweep lists the hour's folder and
-//! deletes the data files its table does not list and that are older than the grace (which
-//! also deletes the files of a flush that failed before its commit). Every closed hour is
-//! swept once after start; a dropped hour's folder is deleted whole.
+//! removal, so queries already reading them finish: the node that removed them keeps them
+//! until then. A sweep lists an hour's folder and deletes the data files its table does not
+//! list and that are older than the grace: the files of a flush that failed before its
+//! commit, and those a node removed before it stopped. Each hour is swept once after start
+//! and once more after it closed; a dropped hour's folder is deleted whole.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -70,14 +71,28 @@ pub struct MaintenanceReport {
     pub partitions_dropped: usize,
 }
 
-/// The deletions maintenance owes: sweeps of hour folders and folders of dropped hours.
+/// The deletions maintenance owes.
 #[derive(Debug, Default)]
 pub(crate) struct Deletions {
-    /// Per hour folder: swept since start and nothing removed since (`None`), or to be
-    /// swept once this instant has passed.
-    sweeps: HashMap<ObjectPath, Option<Instant>>,
+    /// Hour folders swept since start, with whether the hour was closed then.
+    swept: HashMap<ObjectPath, bool>,
+    /// Files removed from their table (merges' inputs, rollups of files gone), deleted once
+    /// their instant has passed.
+    files: Vec<(ObjectPath, Instant)>,
     /// Folders of dropped hours, deleted whole once their instant has passed.
-    drops: Vec<(ObjectPath, Instant)>,
+    folders: Vec<(ObjectPath, Instant)>,
+}
+
+impl Deletions {
+    /// The entries of `owed` whose instant has passed, taken out of it.
+    fn due(owed: &mut Vec<(ObjectPath, Instant)>) -> Vec<ObjectPath> {
+        let now = Instant::now();
+        let (due, later) = std::mem::take(owed)
+            .into_iter()
+            .partition(|(_, at)| *at <= now);
+        *owed = later;
+        due.into_iter().map(|(path, _)| path).collect()
+    }
 }
 
 impl Collector {
@@ -103,14 +118,15 @@ impl Collector {
                     if store.commit_drop(table, start).map_err(storage)? > 0 {
                         tracing::info!(partition = %dir, "partition dropped by retention");
                         report.partitions_dropped += 1;
-                        self.deletions().drops.push((dir, Instant::now() + grace));
+                        self.deletions().folders.push((dir, Instant::now() + grace));
                     }
                     continue;
                 }
-                let merges = if end + closed_ns > now_ns {
-                    Merges::Tiered
-                } else {
+                let closed = end + closed_ns <= now_ns;
+                let merges = if closed {
                     Merges::Final
+                } else {
+                    Merges::Tiered
                 };
                 let replaced = if table.name == schemas::MINUTES.name {
                     0
@@ -120,18 +136,21 @@ impl Collector {
                 if replaced > 0 {
                     report.compacted += 1;
                     report.files_replaced += replaced;
-                    self.deletions()
-                        .sweeps
-                        .insert(dir.clone(), Some(Instant::now() + grace));
                 }
-                let due = self.deletions().sweeps.get(&dir).copied();
-                if due.is_none() || due.flatten().is_some_and(|at| at <= Instant::now()) {
-                    report.files_deleted += sweep(store, table, start, &dir, grace)?;
-                    self.deletions().sweeps.insert(dir, None);
+                let swept = self.deletions().swept.get(&dir).copied();
+                if swept.is_none() || (closed && swept == Some(false)) {
+                    let pending: HashSet<ObjectPath> = self
+                        .deletions()
+                        .files
+                        .iter()
+                        .map(|(path, _)| path.clone())
+                        .collect();
+                    report.files_deleted += sweep(store, table, start, &dir, grace, &pending)?;
+                    self.deletions().swept.insert(dir, closed);
                 }
             }
         }
-        report.files_deleted += self.delete_dropped()?;
+        report.files_deleted += self.delete_due()?;
         if report != MaintenanceReport::default() {
             self.changed();
         }
@@ -148,20 +167,35 @@ impl Collector {
         self.deletions.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Deletes the folders of hours dropped more than the grace ago.
-    fn delete_dropped(&self) -> Result<usize> {
-        let now = Instant::now();
-        let due: Vec<ObjectPath> = {
+    /// Deletes `removed` (files just removed from their table) once the grace has passed.
+    pub(crate) fn removed(&self, removed: &[ObjectPath]) {
+        let at = Instant::now() + self.config.compaction_grace;
+        let mut deletions = self.deletions();
+        deletions
+            .files
+            .extend(removed.iter().map(|path| (path.clone(), at)));
+    }
+
+    /// Deletes the files removed, and the folders of hours dropped, more than the grace ago.
+    fn delete_due(&self) -> Result<usize> {
+        let (files, folders) = {
             let mut deletions = self.deletions();
-            let (due, later) = std::mem::take(&mut deletions.drops)
-                .into_iter()
-                .partition(|(_, at)| *at <= now);
-            deletions.drops = later;
-            due.into_iter().map(|(dir, _)| dir).collect()
+            (
+                Deletions::due(&mut deletions.files),
+                Deletions::due(&mut deletions.folders),
+            )
         };
         let store = self.writer.store();
         let mut deleted = 0;
-        for dir in due {
+        for (i, file) in files.iter().enumerate() {
+            if let Err(error) = store.delete(file) {
+                // Owed still: the next pass tries again.
+                self.removed(&files[i..]);
+                return Err(storage(error));
+            }
+            deleted += 1;
+        }
+        for dir in folders {
             deleted += store.delete_all(&dir).map_err(storage)?;
             if let Some(date) = schemas::parent(&dir).and_then(|d| store.local_path(&d)) {
                 // Fails (and is meant to) unless the day's folder is empty.
@@ -296,6 +330,7 @@ impl Collector {
             let _ = store.delete(&output.path);
             return Ok(false);
         }
+        self.removed(inputs);
         tracing::debug!(partition = %dir, files = inputs.len(), rows = output.rows, "compacted");
         if let Err(error) = self.carry_rollups(table, start, inputs, &output.path) {
             tracing::debug!(partition = %dir, %error, "the output's rollup is left to the rollup pass");
@@ -341,7 +376,9 @@ impl Collector {
         }
         let stored = crate::rollup_files::store_rollup(store, &rollup_of(output)?, schema, &rows)
             .map_err(storage)?;
-        store.commit_rollups(&[stored], &rollups).map_err(storage)?;
+        if store.commit_rollups(&[stored], &rollups).map_err(storage)? == Committed::Done {
+            self.removed(&rollups);
+        }
         Ok(())
     }
 }
@@ -368,15 +405,17 @@ fn owner<'a>(nodes: &'a [String], table: &str, start: i64) -> &'a str {
         .map_or("", String::as_str)
 }
 
-/// Deletes the files of one hour folder that `table`'s log does not list and that are older
-/// than `grace`: inputs of compactions, files of flushes that failed before their commit,
-/// and the notes of compactions and rollups of releases before the logs. Returns how many.
+/// Deletes the files of one hour folder that `table`'s log does not list, that are older
+/// than `grace` and not `pending` (removed less than the grace ago): files of flushes that
+/// failed before their commit, files removed before a restart, and the notes of compactions
+/// and rollups of releases before the logs. Returns how many.
 fn sweep(
     store: &Store,
     table: &'static Table,
     start: i64,
     dir: &ObjectPath,
     grace: Duration,
+    pending: &HashSet<ObjectPath>,
 ) -> Result<usize> {
     let live: HashSet<ObjectPath> = store
         .table_files(table.name, Some(start), Some(start + NANOS_PER_HOUR))
@@ -389,7 +428,9 @@ fn sweep(
     for object in store.list(dir).map_err(storage)? {
         let name = object.location.filename().unwrap_or_default();
         let old = (now - object.last_modified).to_std().unwrap_or_default() >= grace;
-        let unlisted = schemas::is_data_file(name) && !live.contains(&object.location);
+        let unlisted = schemas::is_data_file(name)
+            && !live.contains(&object.location)
+            && !pending.contains(&object.location);
         if old && (unlisted || name.starts_with(REPLACED_BY)) {
             store.delete(&object.location).map_err(storage)?;
             deleted += 1;

@@ -64,7 +64,11 @@ impl schemas::RollupWriter for RollupFiles {
         added: &[NewFile],
         removed: &[ObjectPath],
     ) -> io::Result<Committed> {
-        store.commit_rollups(added, removed)
+        let committed = store.commit_rollups(added, removed)?;
+        if let (Committed::Done, Some(collector)) = (committed, &self.maintainer) {
+            collector.removed(removed);
+        }
+        Ok(committed)
     }
 }
 

@@ -1158,3 +1158,71 @@ fn an_open_hour_merges_in_tiers_and_its_rollups_follow() {
     assert_eq!((live.len(), count_rows(&live)), (1, 18));
     assert_eq!(rolled_up_calls(&store), (18, 1));
 }
+
+/// The files in the hour folder `hour`, as they lie on disk.
+fn files_in(hour: &Path) -> std::collections::BTreeSet<PathBuf> {
+    std::fs::read_dir(hour)
+        .map(|entries| entries.map(|e| e.unwrap().path()).collect())
+        .unwrap_or_default()
+}
+
+#[test]
+fn what_a_merge_removes_is_deleted_one_grace_later_while_merges_go_on() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let grace = Duration::from_millis(500);
+    let mut config = config(tmp.path());
+    config.compaction_grace = grace;
+    let collector = Arc::new(Collector::open(config).unwrap().0);
+    let store = collector.writer.store().clone();
+    let hour = partition_dir(tmp.path(), BASE_NS as i64);
+    let minutes = store
+        .local_path(&store.partition(schemas::MINUTES.name, BASE_NS as i64))
+        .unwrap();
+    let open = BASE_NS as i64 + 30 * 60 * 1_000_000_000;
+    // Four flushes, each with its rollup, then a pass: they merge in the open hour.
+    let mut first = 0;
+    let mut round = || {
+        for _ in 0..4 {
+            collector
+                .ingest_traces(request(first, &[BASE_NS + first]))
+                .unwrap();
+            first += 1;
+            runtime.block_on(collector.flush()).unwrap();
+            let flushed = live_files(&hour);
+            let newest = flushed
+                .iter()
+                .max_by_key(|f| f.metadata().unwrap().modified().unwrap());
+            fake_rollup(&store, newest.unwrap(), 1);
+        }
+        let before = (files_in(&hour), files_in(&minutes));
+        let report = collector.maintain(open).unwrap();
+        assert!(report.files_replaced >= 4, "{report:?}");
+        before
+    };
+    let (inputs, rollups) = round();
+    // Within the grace, the merged files and their rollups stay for queries reading them.
+    assert!(files_in(&hour).is_superset(&inputs));
+    assert!(files_in(&minutes).is_superset(&rollups));
+
+    // One grace later, the next pass deletes them, though that pass merges again (which
+    // used to put every deletion in the hour off).
+    std::thread::sleep(grace + Duration::from_millis(100));
+    round();
+    let on_disk = files_in(&hour);
+    let live: std::collections::BTreeSet<PathBuf> = live_files(&hour).into_iter().collect();
+    assert!(on_disk.is_disjoint(&inputs.difference(&live).cloned().collect()));
+    let left_rollups = files_in(&minutes);
+    let live_rollups: std::collections::BTreeSet<PathBuf> = store
+        .table_files(schemas::MINUTES.name, None, None)
+        .unwrap()
+        .iter()
+        .map(|file| store.local_path(&file.location).unwrap())
+        .collect();
+    assert!(
+        left_rollups.is_disjoint(&rollups.difference(&live_rollups).cloned().collect()),
+        "the first merge's rollups are deleted too"
+    );
+    // This pass's inputs wait for their own grace.
+    assert!(on_disk.len() > live.len());
+}
