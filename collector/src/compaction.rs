@@ -32,21 +32,22 @@ use schemas::{Committed, ObjectPath, REPLACED_BY, ROLLUP_DIR, Store, Table};
 
 use crate::Collector;
 use crate::error::{Error, Result, storage};
+use crate::merge::Failed;
 
 /// An hour is compacted this long after its end, so that late rows have mostly arrived.
 pub const CLOSED_AFTER: Duration = Duration::from_secs(10 * 60);
 
-/// Most input bytes merged into one output. A merge holds its inputs decoded and sorted in
-/// memory, some 25 times their size in Parquet: one hour of 8M spans (57 files, 335 MB) took
-/// the daemon to 6.5 GB as one merge, and to 750 MB in merges of at most 24 MiB.
+/// Most input bytes merged into one output: the size of a closed hour's files. A merge
+/// streams its inputs ([`crate::merge`]), so the cap bounds the files, not the memory (when
+/// a merge held its inputs decoded, some 25 times their size, one hour of 8M spans as one
+/// merge took the daemon to 6.5 GB).
 const MAX_INPUT_BYTES: u64 = 16 * 1024 * 1024;
 
 /// Files at least this big are left as they are: merging them again would gain little.
 const MERGED_BYTES: u64 = MAX_INPUT_BYTES / 2;
 
-/// Most input bytes of a merge in an open hour: half of [`MAX_INPUT_BYTES`], as it runs
-/// while the hour's ingest holds memory too (a merge holds its inputs decoded, some 25
-/// times their size).
+/// Most input bytes of a merge in an open hour: half of [`MAX_INPUT_BYTES`], so that a
+/// row is rewritten once per tier and its output waits for the closed hour's merge.
 const OPEN_INPUT_BYTES: u64 = MAX_INPUT_BYTES / 2;
 
 /// The files of an open hour merge once this many of one size tier are there.
@@ -294,34 +295,25 @@ impl Collector {
     ) -> Result<bool> {
         let store = self.writer.store();
         let schema = table.stored_schema();
-        let mut batches = Vec::new();
+        let mut runs = Vec::new();
         for input in inputs {
             match read_conformed(store, input, &schema) {
-                Ok(read) => batches.extend(read),
-                Err(error) => {
-                    tracing::error!(
-                        file = %input,
-                        %error,
-                        "this Parquet file cannot be read and is left out of compaction; restore it, or move it out of the data directory"
-                    );
-                    self.unreadable
-                        .lock()
-                        .expect("unreadable files lock")
-                        .insert(input.clone());
-                    return Ok(false);
-                }
+                Ok(batches) => runs.push(batches),
+                Err(error) => return Ok(self.left_out(input, &error)),
             }
         }
         // Named after no sequence: its rows are committed, whoever logged them.
-        let staged = self.writer.stage(table, &batches, 0)?;
-        drop(batches);
-        let [output] = staged.as_slice() else {
-            return Err(Error::Storage(format!(
-                "compacting {dir} produced {} files instead of one",
-                staged.len()
-            )));
-        };
-        self.writer.store_files(&staged)?;
+        let mut output = self.writer.file(table, start, 0)?;
+        let merged =
+            crate::merge::merge_sorted(&schema, table.sort_by, runs, |batch| output.write(batch));
+        match merged {
+            Ok(()) => {}
+            Err(Failed::Input(i, error)) => return Ok(self.left_out(&inputs[i], &error)),
+            Err(Failed::Output(error)) => return Err(error),
+        }
+        let output = output.finish()?;
+        let staged = std::slice::from_ref(&output);
+        self.writer.store_files(staged)?;
         let committed = store
             .commit_compaction(table, start, inputs, &output.new_file())
             .map_err(storage)?;
@@ -336,6 +328,21 @@ impl Collector {
             tracing::debug!(partition = %dir, %error, "the output's rollup is left to the rollup pass");
         }
         Ok(true)
+    }
+
+    /// Leaves `input`, which cannot be read, out of compaction from now on, and says so;
+    /// false, as nothing was merged.
+    fn left_out(&self, input: &ObjectPath, error: &Error) -> bool {
+        tracing::error!(
+            file = %input,
+            %error,
+            "this Parquet file cannot be read and is left out of compaction; restore it, or move it out of the data directory"
+        );
+        self.unreadable
+            .lock()
+            .expect("unreadable files lock")
+            .insert(input.clone());
+        false
     }
 
     /// Gives a merge's `output` the rollups of its `inputs` when each has one: their rows
@@ -372,7 +379,9 @@ impl Collector {
         let schema = schemas::MINUTES.stored_schema();
         let mut rows = Vec::new();
         for rollup in &rollups {
-            rows.extend(read_conformed(store, rollup, &schema)?);
+            for batch in read_conformed(store, rollup, &schema)? {
+                rows.push(batch?);
+            }
         }
         let stored = crate::rollup_files::store_rollup(store, &rollup_of(output)?, schema, &rows)
             .map_err(storage)?;
@@ -520,18 +529,20 @@ fn groups<T>(live: Vec<(T, u64)>) -> Vec<Vec<T>> {
     groups
 }
 
-/// Reads a Parquet file as batches of `schema`: columns the file predates are null.
+/// Reads a Parquet file as batches of `schema` ([`merge::READ_ROWS`](crate::merge::READ_ROWS)
+/// rows at a time): columns the file predates are null.
 fn read_conformed(
     store: &Store,
     path: &ObjectPath,
     schema: &SchemaRef,
-) -> Result<Vec<RecordBatch>> {
+) -> Result<impl Iterator<Item = Result<RecordBatch>> + use<>> {
     let file = store.get(path).map_err(storage)?;
     let reader = ParquetRecordBatchReaderBuilder::try_new(file)
+        .map(|builder| builder.with_batch_size(crate::merge::READ_ROWS))
         .and_then(|builder| builder.build())
         .map_err(storage)?;
-    let mut batches = Vec::new();
-    for batch in reader {
+    let schema = schema.clone();
+    Ok(reader.map(move |batch| {
         let batch = batch.map_err(storage)?;
         let columns: Vec<ArrayRef> = schema
             .fields()
@@ -543,9 +554,8 @@ fn read_conformed(
                     .unwrap_or_else(|| new_null_array(field.data_type(), batch.num_rows()))
             })
             .collect();
-        batches.push(RecordBatch::try_new(schema.clone(), columns).map_err(storage)?);
-    }
-    Ok(batches)
+        RecordBatch::try_new(schema.clone(), columns).map_err(storage)
+    }))
 }
 
 #[cfg(test)]

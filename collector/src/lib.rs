@@ -27,6 +27,7 @@ mod dir_lock;
 mod error;
 mod faults;
 mod logs;
+mod merge;
 pub mod metrics;
 pub mod otlp_grpc;
 pub mod otlp_http;

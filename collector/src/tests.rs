@@ -471,6 +471,16 @@ fn compaction_merges_a_closed_hour_atomically_and_retention_drops_old_hours() {
     let live = live_files(&hour);
     assert_eq!(live.len(), 1);
     assert_eq!(count_rows(&live), 6);
+    // Its rows interleave the three files' in time order.
+    let merged = read_file(&live[0]);
+    let times = merged
+        .column_by_name("time")
+        .unwrap()
+        .as_any()
+        .downcast_ref::<arrow::array::TimestampNanosecondArray>()
+        .unwrap();
+    let offsets: Vec<i64> = times.values().iter().map(|t| t - BASE_NS as i64).collect();
+    assert_eq!(offsets, [0, 1, 2, 100, 101, 102]);
     // The merged file is named after no log position: its rows are committed already.
     assert_eq!(
         schemas::covered_seq(&live[0].file_name().unwrap().to_string_lossy()),
