@@ -5,8 +5,9 @@
 Two fresh daemons get the same 200,000 spans (the load generator's fleet, as fast as
 acknowledged): one keeps them all in its buffer (`--flush-interval 1h`, `--flush-rows`
 above the count), the other stores them, with their rollups, as usual. The hot median of
-the endpoint question (`endpoint_stats`, which answers the buffer's share from the calls
-themselves and the files' from their rollups) and of the same question in SQL over the
+the endpoint question (`endpoint_stats`, which answers the buffer's share from a rollup of
+the buffered rows made by the first question and kept while they are buffered, and the
+files' from their rollups) and of the same question in SQL over the
 spans, on each.
 """
 

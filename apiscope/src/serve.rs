@@ -38,14 +38,19 @@ impl Source for Live {
         table: &'static schemas::Table,
         range: TimeRange,
     ) -> std::io::Result<Snapshot> {
-        let (batches, flushed) = self.buffer.snapshot(table.name);
+        let (buffered, flushed) = self.buffer.snapshot(table.name);
+        let (sequences, batches) = buffered.into_iter().unzip();
         let mut files = self.store.table_files(table.name, range.lo, range.hi)?;
         files.retain(|file| {
             let name = file.location.filename().unwrap_or_default();
             !schemas::written_by(name, &self.node)
                 || schemas::covered_seq(name).is_none_or(|seq| seq <= flushed)
         });
-        Ok(Snapshot { files, batches })
+        Ok(Snapshot {
+            files,
+            batches,
+            sequences,
+        })
     }
 }
 

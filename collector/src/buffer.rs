@@ -132,16 +132,12 @@ impl Buffer {
             .rows
     }
 
-    /// A copy of `table`'s rows, and the sequence every row up to which is in a committed
+    /// A copy of `table`'s rows with their sequences, and the sequence every row up to which is in a committed
     /// file: together, with the files whose name carries a sequence up to that one
     /// ([`schemas::covered_seq`]), every row exactly once.
-    pub fn snapshot(&self, table: &str) -> (Vec<RecordBatch>, u64) {
+    pub fn snapshot(&self, table: &str) -> (Vec<(u64, RecordBatch)>, u64) {
         let inner = self.inner.read().unwrap_or_else(PoisonError::into_inner);
-        let batches = inner
-            .tables
-            .get(table)
-            .map(|batches| batches.iter().map(|(_, b)| b.clone()).collect())
-            .unwrap_or_default();
+        let batches = inner.tables.get(table).cloned().unwrap_or_default();
         (batches, inner.mark(table))
     }
 

@@ -17,6 +17,7 @@ use serde_json::{Value, json};
 
 use crate::support::daemon::Daemon;
 use crate::support::otlp::{hex_id, post, span, traces};
+use crate::support::prometheus::Scrape;
 
 /// One generated server call.
 #[derive(Debug, Clone)]
@@ -838,6 +839,62 @@ fn windows_default_to_the_last_hour_and_bad_ones_are_refused() {
             "{body}"
         );
     }
+}
+
+#[test]
+fn questions_count_each_call_once_while_calls_arrive_and_flush() {
+    // Rows wait in the buffer up to 2 s: some questions read them there (from the rollups
+    // of the buffered rows, kept from one question to the next), some from files, some both.
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = Daemon::start_with(
+        dir.path(),
+        &["--flush-interval", "2s", "--rollup-interval", "1s"],
+    );
+    let now_s = crate::now_ns() / 1_000_000_000;
+    let start_s = (now_s - 40 * 60) / 60 * 60;
+    let calls = story(start_s);
+    let window = format!("'{}', '{}'", rfc3339(start_s), rfc3339(start_s + WINDOW_S));
+    let cut = format!(
+        "'{}', '{}'",
+        rfc3339(start_s + 17),
+        rfc3339(start_s + WINDOW_S - 23)
+    );
+    let mut sent: Vec<&Call> = Vec::new();
+    let mut buffered_at_questions = 0;
+    for chunk in calls.chunks(calls.len() / 8 + 1) {
+        send(&daemon, chunk);
+        sent.extend(chunk);
+        let sql = "SELECT count(*) FROM api_calls";
+        daemon.wait_for_count(sql, sent.len() as i64);
+        if Scrape::of(&daemon).get("apiscope_buffer_rows", "") > 0.0 {
+            buffered_at_questions += 1;
+        }
+        for (window, from, to) in [
+            (&window, start_s, start_s + WINDOW_S),
+            (&cut, start_s + 17, start_s + WINDOW_S - 23),
+        ] {
+            let inside: Vec<&Call> = sent
+                .iter()
+                .copied()
+                .filter(|c| c.time_s >= from && c.time_s < to)
+                .collect();
+            let expected = count(&inside, |c| c.endpoint());
+            // Twice: the second reads the buffered rows' rollups the first made.
+            for _ in 0..2 {
+                let rows = records(&daemon, &format!("SELECT * FROM endpoint_stats({window})"));
+                let answered: BTreeMap<String, i64> = rows
+                    .iter()
+                    .map(|row| (s(&row["endpoint"]), row["calls"].as_i64().unwrap()))
+                    .collect();
+                assert_eq!(answered, expected, "{window} after {} calls", sent.len());
+            }
+        }
+    }
+    assert!(
+        buffered_at_questions >= 3,
+        "only {buffered_at_questions} rounds had rows in the buffer"
+    );
+    daemon.stop();
 }
 
 #[test]

@@ -52,6 +52,9 @@ use crate::scan::table::StoreTable;
 use crate::scan::unreadable;
 use schemas::{MINUTES, NewFile, ObjectMeta, ObjectPath, RollupWriter, Store};
 
+mod buffered;
+use buffered::BufferedRollups;
+
 /// Bytes of rollups kept in memory at most: about 1.5 MB per 8M spans as flushed (fewer
 /// once compacted), so some days of a busy fleet.
 const BUDGET: usize = 256 << 20;
@@ -121,6 +124,7 @@ impl Source for Fixed {
         Ok(part.map_or_else(Snapshot::default, |(_, part)| Snapshot {
             files: part.files.clone(),
             batches: part.batches.clone(),
+            sequences: part.sequences.clone(),
         }))
     }
 }
@@ -218,6 +222,8 @@ pub(crate) struct Rollups {
     schema: SchemaRef,
     /// Rollups read, kept in memory.
     cache: Arc<FileCache<Vec<RecordBatch>>>,
+    /// Rollups of rows not yet flushed.
+    buffered: Arc<BufferedRollups>,
     /// Files whose rollup could not be made, not tried again.
     failed: Mutex<HashSet<ObjectPath>>,
 }
@@ -230,6 +236,7 @@ impl Rollups {
             source,
             schema: plan.schema(),
             cache: Arc::new(FileCache::new(BUDGET)),
+            buffered: Arc::default(),
             failed: Mutex::default(),
         })
     }
@@ -339,6 +346,7 @@ impl TableFunctionImpl for Rollups {
             source: self.source.clone(),
             schema: self.schema.clone(),
             cache: self.cache.clone(),
+            buffered: self.buffered.clone(),
         }))
     }
 }
@@ -350,6 +358,7 @@ struct MinutesTable {
     source: Arc<dyn Source>,
     schema: SchemaRef,
     cache: Arc<FileCache<Vec<RecordBatch>>>,
+    buffered: Arc<BufferedRollups>,
 }
 
 #[async_trait]
@@ -389,20 +398,37 @@ impl TableProvider for MinutesTable {
         };
         let store = self.source.store();
         let mut raw = Fixed::new(store);
+        let mut rolled = Fixed::new(store);
+        let mut rows = Vec::new();
         let mut candidates = Vec::new();
         for table in schemas::TABLES {
             let snapshot = self
                 .source
                 .snapshot(table, range)
                 .map_err(|error| DataFusionError::External(Box::new(error)))?;
-            for file in snapshot.files {
+            let Snapshot {
+                files,
+                batches,
+                sequences,
+            } = snapshot;
+            for file in files {
                 if whole {
                     candidates.push((table.name, file));
                 } else {
                     raw.part(table.name).files.push(file);
                 }
             }
-            raw.part(table.name).batches.extend(snapshot.batches);
+            if whole && !batches.is_empty() {
+                // The buffered rows' whole minutes from their rollups, made now for the
+                // rows that arrived since the last question; the cut minutes from the rows.
+                let made = self
+                    .buffered_rollups(state, table.name, &batches, &sequences)
+                    .await?;
+                rows.extend(made);
+                rolled.part(table.name).batches.extend(batches);
+            } else {
+                raw.part(table.name).batches.extend(batches);
+            }
         }
         // The rollups, from memory or read now; a file whose rollup is missing (not made
         // yet) or unreadable is read itself.
@@ -432,8 +458,6 @@ impl TableProvider for MinutesTable {
                 .collect::<Vec<_>>())
         })
         .await?;
-        let mut rolled = Fixed::new(store);
-        let mut rows = Vec::new();
         for ((table, file), rollup) in candidates.into_iter().zip(loaded) {
             match rollup {
                 Some(batches) => {
@@ -496,6 +520,39 @@ impl TableProvider for MinutesTable {
 }
 
 impl MinutesTable {
+    /// The rollup rows of `table`'s buffered `batches` (of `sequences`): kept ones, and one
+    /// made now for the batches no kept one covers (then kept).
+    async fn buffered_rollups(
+        &self,
+        state: &SessionState,
+        table: &'static str,
+        batches: &[RecordBatch],
+        sequences: &[u64],
+    ) -> Result<Vec<RecordBatch>> {
+        let roll_up = |batches: Vec<RecordBatch>| async move {
+            let mut fresh = Fixed::new(self.source.store());
+            fresh.part(table).batches = batches;
+            let plan = per_minute(state, fresh, "true", None).await?;
+            datafusion::physical_plan::collect(plan, state.task_ctx()).await
+        };
+        if sequences.len() != batches.len() {
+            // Not numbered: made for this question only.
+            return roll_up(batches.to_vec()).await;
+        }
+        let split = self.buffered.split(table, batches.to_vec(), sequences);
+        let mut rows: Vec<RecordBatch> = split
+            .rolled
+            .iter()
+            .flat_map(|run| run.iter().cloned())
+            .collect();
+        if !split.rest.is_empty() {
+            let made = roll_up(split.rest).await?;
+            rows.extend(made.iter().cloned());
+            self.buffered.keep(table, &split.rest_sequences, made);
+        }
+        Ok(rows)
+    }
+
     /// The rollup rows `rows` of the minutes `first <= minute < end`.
     async fn read_rollups(
         &self,

@@ -20,6 +20,9 @@ pub struct Snapshot {
     pub files: Vec<ObjectMeta>,
     /// Rows not yet in any of those files.
     pub batches: Vec<RecordBatch>,
+    /// The WAL sequence of each of `batches`, ascending; empty where the source does not
+    /// number them. A sequence's rows never change while they are buffered.
+    pub sequences: Vec<u64>,
 }
 
 /// Gives consistent snapshots of a table: every row appears in exactly one of the files or
@@ -51,7 +54,7 @@ impl Source for Files {
     fn snapshot(&self, table: &'static Table, range: TimeRange) -> std::io::Result<Snapshot> {
         Ok(Snapshot {
             files: self.0.table_files(table.name, range.lo, range.hi)?,
-            batches: Vec::new(),
+            ..Snapshot::default()
         })
     }
 }
