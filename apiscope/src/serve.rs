@@ -295,7 +295,7 @@ pub(crate) async fn run(mut settings: Settings) -> Result<()> {
     let claiming = tokio::spawn(collector.clone().run_claim(stop_flushing.clone()));
     let rolling = tokio::spawn(roll_up(
         engine.clone(),
-        collector.rollup_files(),
+        collector.clone(),
         settings.rollup_interval,
         stop_flushing.clone(),
     ));
@@ -332,19 +332,27 @@ pub(crate) async fn run(mut settings: Settings) -> Result<()> {
     Ok(())
 }
 
-/// Keeps the per-minute rollups up to date with the files, every `every` (never when zero).
+/// Keeps the per-minute rollups up to date with the files, every `every` and after each
+/// flush, so that questions read a flush's files from their rollups within moments (never
+/// when `every` is zero).
 async fn roll_up(
     engine: Engine,
-    writer: collector::RollupFiles,
+    collector: Arc<Collector>,
     every: std::time::Duration,
     stop: CancellationToken,
 ) {
     if every.is_zero() {
         return;
     }
+    let writer = collector.rollup_files();
     let mut interval = tokio::time::interval(every);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    while stop.run_until_cancelled(interval.tick()).await.is_some() {
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = interval.tick() => {}
+            _ = collector.flushed() => interval.reset(),
+        }
         let writing = engine.roll_up(Arc::new(writer.clone()));
         let outcome = match stop.run_until_cancelled(writing).await {
             None => return,

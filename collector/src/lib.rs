@@ -219,6 +219,8 @@ pub struct Collector {
     wal: wal::Wal,
     flush_lock: Mutex<()>,
     flush_wanted: Notify,
+    /// Told after each flush that wrote rows (see [`Collector::flushed`]).
+    flushed: Notify,
     closed: CancellationToken,
     /// Data files compaction found it cannot read, left as they are from then on.
     unreadable: std::sync::Mutex<std::collections::HashSet<schemas::ObjectPath>>,
@@ -276,6 +278,7 @@ impl Collector {
             config,
             flush_lock: Mutex::new(()),
             flush_wanted: Notify::new(),
+            flushed: Notify::new(),
             closed: CancellationToken::new(),
             unreadable: std::sync::Mutex::default(),
             changes: std::sync::atomic::AtomicU64::new(0),
@@ -459,11 +462,18 @@ impl Collector {
                 .record(started.elapsed().as_secs_f64());
             let rows = written?;
             ::metrics::counter!("apiscope_flushed_rows_total").increment(rows as u64);
+            self.flushed.notify_one();
             rows
         };
         self.wal.release_through(through);
         ::metrics::gauge!("apiscope_wal_bytes").set(self.wal.bytes_on_disk() as f64);
         Ok(rows)
+    }
+
+    /// Returns once a flush has written rows since the last call returned (at once if one
+    /// has): for the one task that follows new files, such as the rollups'.
+    pub async fn flushed(&self) {
+        self.flushed.notified().await;
     }
 
     /// Writes and commits each table's pending rows in turn; a table committed stays

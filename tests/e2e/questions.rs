@@ -898,6 +898,31 @@ fn questions_count_each_call_once_while_calls_arrive_and_flush() {
 }
 
 #[test]
+fn a_flush_s_files_get_their_rollups_right_after_it() {
+    // Rollup passes an hour apart: only the flushes' can make the rollups in time.
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = Daemon::start_with(dir.path(), &["--rollup-interval", "1h"]);
+    let now_s = crate::now_ns() / 1_000_000_000;
+    let start_s = (now_s - 40 * 60) / 60 * 60;
+    let calls = story(start_s);
+    send(&daemon, &calls);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let scrape = Scrape::of(&daemon);
+        let flushed = scrape.get("apiscope_buffer_rows", "") == 0.0;
+        if flushed && scrape.get_or_zero("apiscope_rollups_written_total", "") >= 3.0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no rollups 30 s after the flush"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    daemon.stop();
+}
+
+#[test]
 fn rollups_give_the_same_answers_and_spare_the_data_files() {
     let Told {
         dir,
