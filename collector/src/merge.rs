@@ -11,12 +11,16 @@ use arrow::datatypes::SchemaRef;
 use arrow::row::{RowConverter, Rows, SortField};
 
 use crate::error::{Error, Result, storage};
-use crate::writer::ROWS_PER_WRITE;
 
 /// Rows decoded from each input at a time. A span decodes to some 1 KiB, so a merge of four
 /// holds about 32 MiB of its inputs, where it held all of them decoded (some 25 times their
 /// size in Parquet) before.
 pub(crate) const READ_ROWS: usize = 8 * 1024;
+
+/// Rows gathered into the output at a time, a quarter of a flush's: the rows taken keep
+/// their inputs' batches alive until they are written, and are copied once more as they
+/// are gathered, so a merge's memory grows with this.
+const ROWS_PER_WRITE: usize = 16 * 1024;
 
 /// Why a merge stopped.
 #[derive(Debug)]
