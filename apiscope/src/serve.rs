@@ -5,6 +5,8 @@
 
 use std::sync::Arc;
 
+use arrow::array::RecordBatch;
+
 use collector::{Buffer, Collector};
 use query::{Engine, Snapshot, Source, TimeRange};
 use tokio::net::TcpListener;
@@ -51,6 +53,12 @@ impl Source for Live {
             batches,
             sequences,
         })
+    }
+
+    fn buffered(&self, table: &'static schemas::Table) -> (Vec<RecordBatch>, Vec<u64>) {
+        let (buffered, _) = self.buffer.snapshot(table.name);
+        let (sequences, batches) = buffered.into_iter().unzip();
+        (batches, sequences)
     }
 }
 
@@ -299,6 +307,7 @@ pub(crate) async fn run(mut settings: Settings) -> Result<()> {
         settings.rollup_interval,
         stop_flushing.clone(),
     ));
+    let buffer_rolling = tokio::spawn(roll_up_buffer(engine.clone(), stop_flushing.clone()));
     let forgetting = stop_flushing.clone();
     tokio::spawn(async move {
         let mut every_minute = tokio::time::interval(std::time::Duration::from_secs(60));
@@ -328,8 +337,30 @@ pub(crate) async fn run(mut settings: Settings) -> Result<()> {
     let _ = maintenance.await;
     let _ = claiming.await;
     let _ = rolling.await;
+    let _ = buffer_rolling.await;
     tracing::info!("apiscope stopped");
     Ok(())
+}
+
+/// How often the rows that arrived since the last time are rolled up in memory.
+const BUFFER_ROLLUP_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Rolls up the rows not yet flushed every [`BUFFER_ROLLUP_EVERY`], so that a question over
+/// the current minutes aggregates at most that much of them itself.
+async fn roll_up_buffer(engine: Engine, stop: CancellationToken) {
+    let mut interval = tokio::time::interval(BUFFER_ROLLUP_EVERY);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    while stop.run_until_cancelled(interval.tick()).await.is_some() {
+        match stop.run_until_cancelled(engine.roll_up_buffer()).await {
+            None => return,
+            Some(Ok(rows)) => {
+                metrics::counter!("apiscope_buffer_rolled_up_rows_total").increment(rows as u64)
+            }
+            Some(Err(error)) => {
+                tracing::warn!(%error, "rolling up the buffered rows failed; questions aggregate them instead");
+            }
+        }
+    }
 }
 
 /// Keeps the per-minute rollups up to date with the files, every `every` and after each

@@ -209,6 +209,17 @@ impl Engine {
         Ok(report)
     }
 
+    /// Rolls up the rows not yet flushed that arrived since the last time, so that questions
+    /// over the current minutes read those rollups instead of the rows (see
+    /// `api_call_minutes`); returns how many rows it rolled up. Runs on the query threads.
+    pub async fn roll_up_buffer(&self) -> Result<usize> {
+        let engine = self.clone();
+        let task = self
+            .runtime()?
+            .spawn(async move { engine.rollups.roll_up_buffer(&engine.ctx.state()).await });
+        Ok(task.await.map_err(Error::from_task)??)
+    }
+
     /// The session, shared by the HTTP and PostgreSQL front-ends.
     pub(crate) fn context(&self) -> &Arc<SessionContext> {
         &self.ctx

@@ -894,6 +894,12 @@ fn questions_count_each_call_once_while_calls_arrive_and_flush() {
         buffered_at_questions >= 3,
         "only {buffered_at_questions} rounds had rows in the buffer"
     );
+    // Some of the buffered rows were rolled up in the background, between questions.
+    let rolled = Scrape::of(&daemon).get_or_zero("apiscope_buffer_rolled_up_rows_total", "");
+    assert!(
+        rolled > 0.0,
+        "no buffered row was rolled up in the background"
+    );
     daemon.stop();
 }
 

@@ -166,6 +166,19 @@ async fn per_minute(
     frame.create_physical_plan().await
 }
 
+/// The per-minute rollup of `batches`, rows of `table` not yet flushed.
+async fn roll_up_rows(
+    state: &SessionState,
+    store: &Store,
+    table: &'static str,
+    batches: Vec<RecordBatch>,
+) -> Result<Vec<RecordBatch>> {
+    let mut fixed = Fixed::new(store);
+    fixed.part(table).batches = batches;
+    let plan = per_minute(state, fixed, "true", None).await?;
+    datafusion::physical_plan::collect(plan, state.task_ctx()).await
+}
+
 /// What one pass of [`Rollups::build`] did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct RollupReport {
@@ -335,6 +348,30 @@ impl Rollups {
             report.removed = removed;
         }
         Ok(report)
+    }
+}
+
+impl Rollups {
+    /// Rolls up the rows not yet flushed that no kept rollup covers, and keeps their
+    /// rollups (see `buffered`), so that a question then aggregates only the rows that
+    /// arrive after this. Returns how many rows it rolled up.
+    pub(crate) async fn roll_up_buffer(&self, state: &SessionState) -> Result<usize> {
+        let mut rolled = 0;
+        for table in schemas::TABLES {
+            let (batches, sequences) = self.source.buffered(table);
+            if batches.is_empty() || batches.len() != sequences.len() {
+                continue;
+            }
+            let split = self.buffered.split(table.name, batches, &sequences);
+            if split.rest.is_empty() {
+                continue;
+            }
+            rolled += split.rest.iter().map(RecordBatch::num_rows).sum::<usize>();
+            let store = self.source.store();
+            let made = roll_up_rows(state, store, table.name, split.rest).await?;
+            self.buffered.keep(table.name, &split.rest_sequences, made);
+        }
+        Ok(rolled)
     }
 }
 
@@ -529,15 +566,10 @@ impl MinutesTable {
         batches: &[RecordBatch],
         sequences: &[u64],
     ) -> Result<Vec<RecordBatch>> {
-        let roll_up = |batches: Vec<RecordBatch>| async move {
-            let mut fresh = Fixed::new(self.source.store());
-            fresh.part(table).batches = batches;
-            let plan = per_minute(state, fresh, "true", None).await?;
-            datafusion::physical_plan::collect(plan, state.task_ctx()).await
-        };
+        let store = self.source.store();
         if sequences.len() != batches.len() {
             // Not numbered: made for this question only.
-            return roll_up(batches.to_vec()).await;
+            return roll_up_rows(state, store, table, batches.to_vec()).await;
         }
         let split = self.buffered.split(table, batches.to_vec(), sequences);
         let mut rows: Vec<RecordBatch> = split
@@ -546,7 +578,7 @@ impl MinutesTable {
             .flat_map(|run| run.iter().cloned())
             .collect();
         if !split.rest.is_empty() {
-            let made = roll_up(split.rest).await?;
+            let made = roll_up_rows(state, store, table, split.rest).await?;
             rows.extend(made.iter().cloned());
             self.buffered.keep(table, &split.rest_sequences, made);
         }

@@ -40,6 +40,12 @@ pub trait Source: Send + Sync + std::fmt::Debug {
     fn files(&self, table: &'static Table, range: TimeRange) -> std::io::Result<Vec<ObjectMeta>> {
         Ok(self.snapshot(table, range)?.files)
     }
+
+    /// The rows of `table` not yet flushed and their sequences, as a [`Snapshot`] has them,
+    /// without its files; none where the source has no buffer.
+    fn buffered(&self, _table: &'static Table) -> (Vec<RecordBatch>, Vec<u64>) {
+        Default::default()
+    }
 }
 
 /// A store with nobody writing to it, or whose writer's buffer is not visible: files only.
