@@ -843,12 +843,12 @@ fn windows_default_to_the_last_hour_and_bad_ones_are_refused() {
 
 #[test]
 fn questions_count_each_call_once_while_calls_arrive_and_flush() {
-    // Rows wait in the buffer up to 2 s: some questions read them there (from the rollups
+    // Rows wait in the buffer up to 3 s: some questions read them there (from the rollups
     // of the buffered rows, kept from one question to the next), some from files, some both.
     let dir = tempfile::tempdir().unwrap();
     let daemon = Daemon::start_with(
         dir.path(),
-        &["--flush-interval", "2s", "--rollup-interval", "1s"],
+        &["--flush-interval", "3s", "--rollup-interval", "1s"],
     );
     let now_s = crate::now_ns() / 1_000_000_000;
     let start_s = (now_s - 40 * 60) / 60 * 60;
@@ -891,7 +891,7 @@ fn questions_count_each_call_once_while_calls_arrive_and_flush() {
         }
     }
     assert!(
-        buffered_at_questions >= 3,
+        buffered_at_questions >= 2,
         "only {buffered_at_questions} rounds had rows in the buffer"
     );
     // Some of the buffered rows were rolled up in the background, between questions.
