@@ -879,7 +879,7 @@ fn questions_count_each_call_once_while_calls_arrive_and_flush() {
                 .filter(|c| c.time_s >= from && c.time_s < to)
                 .collect();
             let expected = count(&inside, |c| c.endpoint());
-            // Twice: the second reads the buffered rows' rollups the first made.
+            // Twice: the buffered rows' rollups may be made between the two.
             for _ in 0..2 {
                 let rows = records(&daemon, &format!("SELECT * FROM endpoint_stats({window})"));
                 let answered: BTreeMap<String, i64> = rows

@@ -21,6 +21,7 @@
 use std::collections::{HashMap, HashSet};
 use std::io;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
@@ -438,11 +439,15 @@ impl TableProvider for MinutesTable {
         let mut rolled = Fixed::new(store);
         let mut rows = Vec::new();
         let mut candidates = Vec::new();
+        // Where the planning goes, for the debug log below.
+        let (mut snapshots, mut buffered) = (Duration::ZERO, Duration::ZERO);
         for table in schemas::TABLES {
+            let began = Instant::now();
             let snapshot = self
                 .source
                 .snapshot(table, range)
                 .map_err(|error| DataFusionError::External(Box::new(error)))?;
+            snapshots += began.elapsed();
             let Snapshot {
                 files,
                 batches,
@@ -455,14 +460,18 @@ impl TableProvider for MinutesTable {
                     raw.part(table.name).files.push(file);
                 }
             }
-            if whole && !batches.is_empty() {
-                // The buffered rows' whole minutes from their rollups, made now for the
-                // rows that arrived since the last question; the cut minutes from the rows.
-                let made = self
-                    .buffered_rollups(state, table.name, &batches, &sequences)
-                    .await?;
-                rows.extend(made);
-                rolled.part(table.name).batches.extend(batches);
+            if whole && !batches.is_empty() && batches.len() == sequences.len() {
+                // The buffered rows rolled up already: their whole minutes from their
+                // rollups, the cut minutes from the rows; the others (the last second's)
+                // from the rows.
+                let began = Instant::now();
+                let split = self.buffered.split(table.name, batches, &sequences);
+                buffered += began.elapsed();
+                rows.extend(split.rolled.iter().flat_map(|run| run.iter().cloned()));
+                if !split.covered.is_empty() {
+                    rolled.part(table.name).batches.extend(split.covered);
+                }
+                raw.part(table.name).batches.extend(split.rest);
             } else {
                 raw.part(table.name).batches.extend(batches);
             }
@@ -476,6 +485,7 @@ impl TableProvider for MinutesTable {
             .map(|(table, file)| (*table, file.location.clone()))
             .collect();
         let reading = store.clone();
+        let began = Instant::now();
         let loaded = blocking(move || {
             let rollups = if files.is_empty() {
                 HashSet::new()
@@ -495,6 +505,13 @@ impl TableProvider for MinutesTable {
                 .collect::<Vec<_>>())
         })
         .await?;
+        tracing::debug!(
+            snapshots_ms = snapshots.as_secs_f64() * 1e3,
+            buffered_ms = buffered.as_secs_f64() * 1e3,
+            rollups_ms = began.elapsed().as_secs_f64() * 1e3,
+            files = candidates.len(),
+            "api_call_minutes: the tables' snapshots, the buffered rows' rollups, the files' rollups"
+        );
         for ((table, file), rollup) in candidates.into_iter().zip(loaded) {
             match rollup {
                 Some(batches) => {
@@ -557,34 +574,6 @@ impl TableProvider for MinutesTable {
 }
 
 impl MinutesTable {
-    /// The rollup rows of `table`'s buffered `batches` (of `sequences`): kept ones, and one
-    /// made now for the batches no kept one covers (then kept).
-    async fn buffered_rollups(
-        &self,
-        state: &SessionState,
-        table: &'static str,
-        batches: &[RecordBatch],
-        sequences: &[u64],
-    ) -> Result<Vec<RecordBatch>> {
-        let store = self.source.store();
-        if sequences.len() != batches.len() {
-            // Not numbered: made for this question only.
-            return roll_up_rows(state, store, table, batches.to_vec()).await;
-        }
-        let split = self.buffered.split(table, batches.to_vec(), sequences);
-        let mut rows: Vec<RecordBatch> = split
-            .rolled
-            .iter()
-            .flat_map(|run| run.iter().cloned())
-            .collect();
-        if !split.rest.is_empty() {
-            let made = roll_up_rows(state, store, table, split.rest).await?;
-            rows.extend(made.iter().cloned());
-            self.buffered.keep(table, &split.rest_sequences, made);
-        }
-        Ok(rows)
-    }
-
     /// The rollup rows `rows` of the minutes `first <= minute < end`.
     async fn read_rollups(
         &self,

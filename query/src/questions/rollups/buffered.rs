@@ -1,11 +1,11 @@
 //! Rollups of the rows not yet flushed, made once and kept while those rows are buffered.
 //!
 //! The buffer holds a table's batches in WAL sequence order, and a flush takes out a prefix
-//! of them. So the batches that arrived since the last question form a run of sequences:
-//! its rollup is made once (the same per-minute rows a file's rollup holds) and kept until
-//! a flush takes any of its batches out. A question over the current minutes then
-//! aggregates only the rows that arrived since the one before it, and reads the runs'
-//! rollups for the rest, as it reads the files'.
+//! of them. So the batches that arrived since the last pass (every second, see
+//! `Rollups::roll_up_buffer`) form a run of sequences: its rollup is made once (the same
+//! per-minute rows a file's rollup holds) and kept until a flush takes any of its batches
+//! out. A question over the current minutes reads the runs' rollups, as it reads the
+//! files', and aggregates only the rows that arrived since the last pass.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -34,6 +34,8 @@ struct Run {
 pub(super) struct Split {
     /// The rollups of the runs still buffered whole.
     pub(super) rolled: Vec<Arc<Vec<RecordBatch>>>,
+    /// The batches of those runs.
+    pub(super) covered: Vec<RecordBatch>,
     /// The batches in no such run, with their sequences.
     pub(super) rest: Vec<RecordBatch>,
     pub(super) rest_sequences: Vec<u64>,
@@ -68,7 +70,9 @@ impl BufferedRollups {
             split.rolled.push(run.rows.clone());
         }
         for ((batch, &sequence), taken) in batches.into_iter().zip(sequences).zip(taken) {
-            if !taken {
+            if taken {
+                split.covered.push(batch);
+            } else {
                 split.rest.push(batch);
                 split.rest_sequences.push(sequence);
             }
@@ -144,6 +148,7 @@ mod tests {
         assert_eq!(values(&split.rolled[0]), [100]);
         assert_eq!(split.rest_sequences, [4, 5]);
         assert_eq!(values(&split.rest), [4, 5]);
+        assert_eq!(values(&split.covered), [1, 2, 3]);
         runs.keep("spans", &[4, 5], vec![batch(300)]);
         // Another table's runs are its own.
         assert!(runs.split("logs", Vec::new(), &[]).rolled.is_empty());
