@@ -132,14 +132,6 @@ where
     put(&sources, &mut taken)
 }
 
-impl From<Failed> for Error {
-    fn from(failed: Failed) -> Self {
-        match failed {
-            Failed::Input(_, error) | Failed::Output(error) => error,
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;

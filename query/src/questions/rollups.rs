@@ -350,9 +350,7 @@ impl Rollups {
         }
         Ok(report)
     }
-}
 
-impl Rollups {
     /// Rolls up the rows not yet flushed that no kept rollup covers, and keeps their
     /// rollups (see `buffered`), so that a question then aggregates only the rows that
     /// arrive after this. Returns how many rows it rolled up.
