@@ -78,7 +78,7 @@ impl Fixture {
 
 /// Two calls of `GET /v2/stock` at 15:00 and 15:01 (20 and 40 ms), each waiting on one
 /// query of PostgreSQL database `shop` (4 ms, and 10 ms that failed), as an OTLP export.
-fn traces() -> bytes::Bytes {
+pub(crate) fn traces() -> bytes::Bytes {
     use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
     use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value::Value};
     use opentelemetry_proto::tonic::resource::v1::Resource;

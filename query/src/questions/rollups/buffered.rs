@@ -5,7 +5,7 @@
 //! `Rollups::roll_up_buffer`) form a run of sequences: its rollup is made once (the same
 //! per-minute rows a file's rollup holds) and kept until a flush takes any of its batches
 //! out. A question over the current minutes reads the runs' rollups, as it reads the
-//! files', and aggregates only the rows that arrived since the last pass.
+//! files', and rolls up (and keeps) only the rows that arrived since the last pass.
 
 use std::collections::HashMap;
 use std::sync::Arc;
