@@ -796,7 +796,7 @@ mod tests {
         use opentelemetry_proto::tonic::logs::v1::{LogRecord, ResourceLogs, ScopeLogs};
         use prost::Message;
 
-        use collector_attributes::*;
+        use crate::questions::slt::{number, text};
         let records = [(503, 12), (200, 8)]
             .into_iter()
             .enumerate()
@@ -826,30 +826,6 @@ mod tests {
         }
         .encode_to_vec()
         .into()
-    }
-
-    mod collector_attributes {
-        use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value::Value};
-
-        pub(super) fn text(key: &str, value: &str) -> KeyValue {
-            KeyValue {
-                key: key.to_owned(),
-                value: Some(AnyValue {
-                    value: Some(Value::StringValue(value.to_owned())),
-                }),
-                ..KeyValue::default()
-            }
-        }
-
-        pub(super) fn number(key: &str, value: i64) -> KeyValue {
-            KeyValue {
-                key: key.to_owned(),
-                value: Some(AnyValue {
-                    value: Some(Value::IntValue(value)),
-                }),
-                ..KeyValue::default()
-            }
-        }
     }
 
     /// The plan made once for buffered rows, given a table's rows, rolls them up as the

@@ -13,6 +13,7 @@ use arrow::array::{Array, AsArray};
 use arrow::datatypes::{DataType, Float64Type};
 use arrow::util::display::{ArrayFormatter, FormatOptions};
 use async_trait::async_trait;
+use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value::Value};
 use sqllogictest::{AsyncDB, DBOutput, DefaultColumnType};
 
 use crate::engine::Engine;
@@ -76,29 +77,32 @@ impl Fixture {
     }
 }
 
+/// An OTLP attribute `key` with a string value, as a client sends it.
+pub(crate) fn text(key: &str, value: &str) -> KeyValue {
+    attribute(key, Value::StringValue(value.to_owned()))
+}
+
+/// An OTLP attribute `key` with an int value.
+pub(crate) fn number(key: &str, value: i64) -> KeyValue {
+    attribute(key, Value::IntValue(value))
+}
+
+fn attribute(key: &str, value: Value) -> KeyValue {
+    KeyValue {
+        key: key.to_owned(),
+        value: Some(AnyValue { value: Some(value) }),
+        ..KeyValue::default()
+    }
+}
+
 /// Two calls of `GET /v2/stock` at 15:00 and 15:01 (20 and 40 ms), each waiting on one
 /// query of PostgreSQL database `shop` (4 ms, and 10 ms that failed), as an OTLP export.
 pub(crate) fn traces() -> bytes::Bytes {
     use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
-    use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value::Value};
     use opentelemetry_proto::tonic::resource::v1::Resource;
     use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span, Status};
     use prost::Message;
 
-    let text = |key: &str, value: &str| KeyValue {
-        key: key.to_owned(),
-        value: Some(AnyValue {
-            value: Some(Value::StringValue(value.to_owned())),
-        }),
-        ..KeyValue::default()
-    };
-    let number = |key: &str, value: i64| KeyValue {
-        key: key.to_owned(),
-        value: Some(AnyValue {
-            value: Some(Value::IntValue(value)),
-        }),
-        ..KeyValue::default()
-    };
     const AT_15: u64 = 1_795_791_600_000_000_000; // 2026-11-27T15:00:00Z
     let mut spans = Vec::new();
     for (n, (server_ms, db_ms, db_failed)) in
