@@ -26,6 +26,10 @@ QUERIES = {
     "api_call_minutes, last hour in whole minutes": "SELECT sum(calls) FROM api_call_minutes("
     "date_trunc('minute', now()) - interval '1 hour', date_trunc('minute', now()))",
     "api_call_minutes, last hour to now": "SELECT sum(calls) FROM api_call_minutes(now() - interval '1 hour')",
+    "api_call_minutes, the start cut only": "SELECT sum(calls) FROM api_call_minutes("
+    "now() - interval '1 hour', date_trunc('minute', now()))",
+    "api_call_minutes, the end cut only (the current minute)": "SELECT sum(calls) FROM api_call_minutes("
+    "date_trunc('minute', now()) - interval '1 hour', now())",
     "endpoint_stats, whole minutes": run.QUERIES["endpoint latency and errors"]["apiscope"],
     "endpoint_stats(), the last hour to now": "SELECT * FROM endpoint_stats()",
 }
