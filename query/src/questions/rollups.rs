@@ -192,14 +192,10 @@ impl RowsPlan {
     async fn roll_up(
         &self,
         state: &SessionState,
-        table: &'static str,
+        table: &schemas::Table,
         batches: Vec<RecordBatch>,
     ) -> Result<Vec<RecordBatch>> {
-        let stored = schemas::TABLES
-            .iter()
-            .find(|t| t.name == table)
-            .map(|t| t.stored_schema())
-            .ok_or_else(|| DataFusionError::Internal(format!("no table {table}")))?;
+        let stored = table.stored_schema();
         let mut scans = 0;
         let plan = self
             .plan
@@ -233,10 +229,46 @@ impl RowsPlan {
             .data;
         if scans == 0 {
             return Err(DataFusionError::Internal(format!(
-                "the rollup plan of buffered rows does not scan {table}"
+                "the rollup plan of buffered rows does not scan {}",
+                table.name
             )));
         }
         datafusion::physical_plan::collect(plan, state.task_ctx()).await
+    }
+}
+
+/// The rollups of rows not yet flushed: the runs kept, and the plan that makes new ones.
+#[derive(Debug)]
+struct BufferRollups {
+    runs: BufferedRollups,
+    plan: RowsPlan,
+}
+
+impl BufferRollups {
+    /// The rollup rows of `table`'s buffered `batches` (`sequences[i]` is the sequence of
+    /// `batches[i]`): the kept runs', and the rollup of the other batches, made now and
+    /// kept. Also returns how many rows were rolled up now.
+    async fn rolled_up(
+        &self,
+        state: &SessionState,
+        table: &'static schemas::Table,
+        batches: Vec<RecordBatch>,
+        sequences: &[u64],
+    ) -> Result<(Vec<RecordBatch>, usize)> {
+        let split = self.runs.split(table.name, batches, sequences);
+        let mut rows: Vec<RecordBatch> = split
+            .rolled
+            .iter()
+            .flat_map(|run| run.iter().cloned())
+            .collect();
+        if split.rest.is_empty() {
+            return Ok((rows, 0));
+        }
+        let rolled = split.rest.iter().map(RecordBatch::num_rows).sum();
+        let made = self.plan.roll_up(state, table, split.rest).await?;
+        rows.extend(made.iter().cloned());
+        self.runs.keep(table.name, &split.rest_sequences, made);
+        Ok((rows, rolled))
     }
 }
 
@@ -297,9 +329,7 @@ pub(crate) struct Rollups {
     /// Rollups read, kept in memory.
     cache: Arc<FileCache<Vec<RecordBatch>>>,
     /// Rollups of rows not yet flushed.
-    buffered: Arc<BufferedRollups>,
-    /// How rows not yet flushed are rolled up.
-    rows_plan: Arc<RowsPlan>,
+    buffered: Arc<BufferRollups>,
     /// Files whose rollup could not be made, not tried again.
     failed: Mutex<HashSet<ObjectPath>>,
 }
@@ -307,13 +337,15 @@ pub(crate) struct Rollups {
 impl Rollups {
     /// The rollups of the files in `source`, planned in `state`.
     pub(crate) async fn new(state: &SessionState, source: Arc<dyn Source>) -> Result<Self> {
-        let rows_plan = RowsPlan::new(state, source.store()).await?;
+        let plan = RowsPlan::new(state, source.store()).await?;
         Ok(Self {
             source,
-            schema: rows_plan.plan.schema(),
-            rows_plan: Arc::new(rows_plan),
+            schema: plan.plan.schema(),
             cache: Arc::new(FileCache::new(BUDGET)),
-            buffered: Arc::default(),
+            buffered: Arc::new(BufferRollups {
+                runs: BufferedRollups::default(),
+                plan,
+            }),
             failed: Mutex::default(),
         })
     }
@@ -424,16 +456,11 @@ impl Rollups {
             if batches.is_empty() || batches.len() != sequences.len() {
                 continue;
             }
-            let split = self.buffered.split(table.name, batches, &sequences);
-            if split.rest.is_empty() {
-                continue;
-            }
-            rolled += split.rest.iter().map(RecordBatch::num_rows).sum::<usize>();
-            let made = self
-                .rows_plan
-                .roll_up(state, table.name, split.rest)
+            let (_, now) = self
+                .buffered
+                .rolled_up(state, table, batches, &sequences)
                 .await?;
-            self.buffered.keep(table.name, &split.rest_sequences, made);
+            rolled += now;
         }
         Ok(rolled)
     }
@@ -448,7 +475,6 @@ impl TableFunctionImpl for Rollups {
             schema: self.schema.clone(),
             cache: self.cache.clone(),
             buffered: self.buffered.clone(),
-            rows_plan: self.rows_plan.clone(),
         }))
     }
 }
@@ -460,8 +486,7 @@ struct MinutesTable {
     source: Arc<dyn Source>,
     schema: SchemaRef,
     cache: Arc<FileCache<Vec<RecordBatch>>>,
-    buffered: Arc<BufferedRollups>,
-    rows_plan: Arc<RowsPlan>,
+    buffered: Arc<BufferRollups>,
 }
 
 #[async_trait]
@@ -529,22 +554,13 @@ impl TableProvider for MinutesTable {
                 // The buffered rows' whole minutes from their rollups, kept or made now (and
                 // kept), the minutes the window cuts from the rows.
                 let began = Instant::now();
-                let split = self.buffered.split(table.name, batches, &sequences);
-                rows.extend(split.rolled.iter().flat_map(|run| run.iter().cloned()));
-                let mut covered = split.covered;
-                if !split.rest.is_empty() {
-                    let made = self
-                        .rows_plan
-                        .roll_up(state, table.name, split.rest.clone())
-                        .await?;
-                    rows.extend(made.iter().cloned());
-                    self.buffered.keep(table.name, &split.rest_sequences, made);
-                    covered.extend(split.rest);
-                }
+                let (made, _) = self
+                    .buffered
+                    .rolled_up(state, table, batches.clone(), &sequences)
+                    .await?;
                 buffered += began.elapsed();
-                if !covered.is_empty() {
-                    rolled.part(table.name).batches.extend(covered);
-                }
+                rows.extend(made);
+                rolled.part(table.name).batches.extend(batches);
             } else {
                 raw.part(table.name).batches.extend(batches);
             }
@@ -875,8 +891,8 @@ mod tests {
                 .unwrap()
                 .to_string()
         };
-        for table in ["spans", "requests", "logs"] {
-            let files = store.table_files(table, None, None).unwrap();
+        for &table in schemas::TABLES {
+            let files = store.table_files(table.name, None, None).unwrap();
             let mut rows = Vec::new();
             for file in &files {
                 let read =
@@ -887,12 +903,13 @@ mod tests {
             }
             let made = engine
                 .rollups
-                .rows_plan
+                .buffered
+                .plan
                 .roll_up(&state, table, rows)
                 .await
                 .unwrap();
             let mut fixed = Fixed::new(&store);
-            fixed.part(table).files = files;
+            fixed.part(table.name).files = files;
             let plan = per_minute(&state, fixed, "true", None).await.unwrap();
             let planned = datafusion::physical_plan::collect(plan, state.task_ctx())
                 .await
@@ -909,8 +926,8 @@ mod tests {
                     .unwrap_or(0)
                 })
                 .sum();
-            assert!(calls >= 2, "{table}: {calls} calls");
-            assert_eq!(sorted(made).await, sorted(planned).await, "{table}");
+            assert!(calls >= 2, "{}: {calls} calls", table.name);
+            assert_eq!(sorted(made).await, sorted(planned).await, "{}", table.name);
         }
     }
 

@@ -34,8 +34,6 @@ struct Run {
 pub(super) struct Split {
     /// The rollups of the runs still buffered whole.
     pub(super) rolled: Vec<Arc<Vec<RecordBatch>>>,
-    /// The batches of those runs.
-    pub(super) covered: Vec<RecordBatch>,
     /// The batches in no such run, with their sequences.
     pub(super) rest: Vec<RecordBatch>,
     pub(super) rest_sequences: Vec<u64>,
@@ -70,9 +68,7 @@ impl BufferedRollups {
             split.rolled.push(run.rows.clone());
         }
         for ((batch, &sequence), taken) in batches.into_iter().zip(sequences).zip(taken) {
-            if taken {
-                split.covered.push(batch);
-            } else {
+            if !taken {
                 split.rest.push(batch);
                 split.rest_sequences.push(sequence);
             }
@@ -148,7 +144,6 @@ mod tests {
         assert_eq!(values(&split.rolled[0]), [100]);
         assert_eq!(split.rest_sequences, [4, 5]);
         assert_eq!(values(&split.rest), [4, 5]);
-        assert_eq!(values(&split.covered), [1, 2, 3]);
         runs.keep("spans", &[4, 5], vec![batch(300)]);
         // Another table's runs are its own.
         assert!(runs.split("logs", Vec::new(), &[]).rolled.is_empty());
