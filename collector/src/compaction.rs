@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 use arrow::array::{ArrayRef, RecordBatch, new_null_array};
 use arrow::datatypes::SchemaRef;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
-use schemas::{Committed, ObjectPath, REPLACED_BY, ROLLUP_DIR, Store, Table};
+use schemas::{Committed, ObjectPath, REPLACED_BY, ROLLUP_DIR, Store, Table, priority};
 
 use crate::Collector;
 use crate::error::{Error, Result, storage};
@@ -58,6 +58,24 @@ const FAN_IN: usize = 4;
 const TIER_BYTES: u64 = 256 * 1024;
 
 const NANOS_PER_HOUR: i64 = 3_600_000_000_000;
+
+/// Runs `job` on a new thread at [`priority::MAINTENANCE_NICE`]; its outcome, or why there is
+/// none (the thread could not start, or the job panicked).
+async fn in_background<T: Send + 'static>(
+    job: impl FnOnce() -> T + Send + 'static,
+) -> std::result::Result<T, String> {
+    let (done, outcome) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("apiscope-maintain".into())
+        .spawn(move || {
+            priority::lower_this_thread(priority::MAINTENANCE_NICE);
+            let _ = done.send(job());
+        })
+        .map_err(|error| format!("cannot start the maintenance thread: {error}"))?;
+    outcome
+        .await
+        .map_err(|_| "the maintenance pass panicked".to_string())
+}
 
 /// What one maintenance pass did.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -206,13 +224,15 @@ impl Collector {
         Ok(deleted)
     }
 
-    /// Runs [`Collector::maintain`] every `compaction_interval` until `shutdown`.
+    /// Runs [`Collector::maintain`] every `compaction_interval` until `shutdown`, each pass on
+    /// a thread of its own at [`priority::MAINTENANCE_NICE`]: a merge can wait, so it takes
+    /// the CPU that acknowledging data and answering queries leave.
     pub async fn run_maintenance(self: Arc<Self>, shutdown: tokio_util::sync::CancellationToken) {
         let mut interval = crate::every(self.config.compaction_interval);
         while crate::next_tick(&mut interval, &shutdown).await {
             let this = self.clone();
             let now = crate::now_ns();
-            let outcome = match tokio::task::spawn_blocking(move || this.maintain(now)).await {
+            let outcome = match in_background(move || this.maintain(now)).await {
                 Ok(Ok(report)) => {
                     metrics::counter!("apiscope_compactions_total")
                         .increment(report.compacted as u64);
@@ -230,7 +250,7 @@ impl Collector {
                     "error"
                 }
                 Err(error) => {
-                    tracing::warn!(%error, "compaction task failed");
+                    tracing::warn!(%error, "compaction pass failed");
                     "error"
                 }
             };
@@ -561,6 +581,19 @@ fn read_conformed(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn a_maintenance_pass_runs_below_queries_and_a_panic_in_it_is_an_error() {
+        let nice = in_background(priority::this_thread_nice).await.unwrap();
+        assert!(
+            nice >= priority::MAINTENANCE_NICE,
+            "maintenance thread nice {nice}"
+        );
+        assert!(priority::MAINTENANCE_NICE > priority::QUERY_NICE);
+        let panicked = in_background(|| -> usize { panic!("a merge went wrong") }).await;
+        assert_eq!(panicked, Err("the maintenance pass panicked".to_string()));
+    }
 
     #[test]
     fn each_hour_has_one_owner_and_a_leaving_node_moves_only_its_hours() {

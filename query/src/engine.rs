@@ -18,6 +18,7 @@ use datafusion::logical_expr::LogicalPlan;
 use datafusion_postgres::datafusion_pg_catalog::pg_catalog::context::EmptyContextProvider;
 use datafusion_postgres::datafusion_pg_catalog::pg_catalog::setup_pg_catalog;
 use futures::StreamExt;
+use schemas::priority;
 use tokio::sync::Semaphore;
 
 use crate::error::{Error, Result};
@@ -71,13 +72,10 @@ pub struct Engine {
 
 /// The threads queries run on, apart from the ones that receive data: a heavy query takes
 /// CPU time, but never the threads that acknowledge ingest. They run at a lower scheduling
-/// priority too (nice 10), so that where cores are few, queries use the CPU ingest leaves
+/// priority too ([`priority::QUERY_NICE`]), so that where cores are few, queries use the CPU ingest leaves
 /// rather than halving ingest: on 2 cores, 4 clients sending heavy statements cut the
 /// acknowledgements per second of an OTLP load to 0.64 of a quiet run at equal priority.
 struct QueryRuntime(Option<tokio::runtime::Runtime>);
-
-/// The nice value of the query threads: lower priority than the daemon's other threads.
-const QUERY_NICE: i32 = 10;
 
 impl QueryRuntime {
     fn new() -> Result<Self> {
@@ -85,7 +83,7 @@ impl QueryRuntime {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(threads)
             .thread_name("apiscope-query")
-            .on_thread_start(lower_priority)
+            .on_thread_start(|| priority::lower_this_thread(priority::QUERY_NICE))
             .enable_all()
             .build()
             .map_err(|error| Error::Internal(format!("cannot start the query runtime: {error}")))?;
@@ -94,17 +92,6 @@ impl QueryRuntime {
 
     fn handle(&self) -> Option<&tokio::runtime::Handle> {
         self.0.as_ref().map(tokio::runtime::Runtime::handle)
-    }
-}
-
-/// Gives the calling thread (only) the query threads' lower priority. On failure the thread
-/// runs at the daemon's priority, as before.
-fn lower_priority() {
-    #[cfg(target_os = "linux")]
-    {
-        // SAFETY: plain system calls on the calling thread's own id; no memory is passed.
-        let tid = unsafe { libc::gettid() };
-        unsafe { libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, QUERY_NICE) };
     }
 }
 
@@ -465,17 +452,17 @@ mod runtime_tests {
         let handle = runtime.handle().unwrap().clone();
         let nice = std::thread::spawn(move || {
             handle.block_on(async {
-                tokio::spawn(async {
-                    // SAFETY: reads the calling thread's own priority.
-                    unsafe { libc::getpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t) }
-                })
-                .await
-                .unwrap()
+                tokio::spawn(async { schemas::priority::this_thread_nice() })
+                    .await
+                    .unwrap()
             })
         })
         .join()
         .unwrap();
-        assert!(nice >= super::QUERY_NICE, "query thread nice {nice}");
+        assert!(
+            nice >= schemas::priority::QUERY_NICE,
+            "query thread nice {nice}"
+        );
     }
 
     #[tokio::test]

@@ -17,6 +17,7 @@ mod gather;
 mod key_index;
 mod layout;
 mod logs;
+pub mod priority;
 pub mod routes;
 mod store;
 mod tables;
