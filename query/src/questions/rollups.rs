@@ -283,7 +283,8 @@ pub struct RollupReport {
     pub failed: usize,
 }
 
-/// The rollup of `file`, of `table`, stored at `rollup` by `writer` (not committed yet).
+/// The rollup of `file`, of `table`, stored at `rollup` by `writer` (not committed yet), and
+/// its rows as [`load`] reads them back.
 async fn roll_up(
     state: &SessionState,
     store: &Store,
@@ -292,7 +293,7 @@ async fn roll_up(
     rollup: &ObjectPath,
     schema: SchemaRef,
     writer: Arc<dyn RollupWriter>,
-) -> Result<NewFile> {
+) -> Result<(NewFile, Vec<RecordBatch>)> {
     let mut fixed = Fixed::new(store);
     fixed.part(table).files.push(file.clone());
     let plan = per_minute(state, fixed, "true", None).await?;
@@ -304,9 +305,14 @@ async fn roll_up(
         )));
     }
     let batches = datafusion::physical_plan::collect(plan, state.task_ctx()).await?;
+    let rows = batches
+        .iter()
+        .map(|batch| RecordBatch::try_new(schema.clone(), batch.columns().to_vec()))
+        .collect::<std::result::Result<Vec<_>, _>>()?;
     let rollup = rollup.clone();
     let store = store.clone();
-    blocking(move || writer.write(&store, &rollup, schema, &batches)).await
+    let stored = blocking(move || writer.write(&store, &rollup, schema, &batches)).await?;
+    Ok((stored, rows))
 }
 
 /// Runs the store's blocking `work` off the query threads.
@@ -421,11 +427,15 @@ impl Rollups {
         })
         .await?;
         let mut added = Vec::new();
+        let mut made = Vec::new();
         for (table, file, rollup) in missing {
             let schema = self.schema.clone();
             let writing = writer.clone();
             match roll_up(state, &store, table, &file, &rollup, schema, writing).await {
-                Ok(new) => added.push(new),
+                Ok((new, rows)) => {
+                    added.push(new);
+                    made.push((rollup, rows));
+                }
                 // Reported already, and tried again by the next pass: it may be restored.
                 Err(_) if unreadable::contains(&file.location) => {}
                 Err(error) => {
@@ -442,6 +452,11 @@ impl Rollups {
         if committed == schemas::Committed::Done {
             report.written = written;
             report.removed = removed;
+            // The next questions find them in memory rather than read them back.
+            for (rollup, rows) in made {
+                let bytes = rows.iter().map(RecordBatch::get_array_memory_size).sum();
+                self.cache.insert(&rollup, Arc::new(rows), bytes);
+            }
         }
         Ok(report)
     }
@@ -844,10 +859,9 @@ mod tests {
         .into()
     }
 
-    /// The plan made once for buffered rows, given a table's rows, rolls them up as the
-    /// SQL planned over the same rows in files does: for each table `api_calls` reads.
-    #[tokio::test]
-    async fn the_plan_made_once_rolls_up_each_table_s_rows_as_its_files_are() {
+    /// The fixture's requests, traces and logs ingested and flushed, and an engine over
+    /// the files.
+    async fn fixture_in_files() -> (tempfile::TempDir, Store, crate::Engine) {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::local(dir.path());
         let collector = collector::Collector::open(collector::Config::new(dir.path()))
@@ -874,6 +888,35 @@ mod tests {
         let engine = crate::Engine::new(source.clone(), Default::default(), Default::default())
             .await
             .unwrap();
+        (dir, store, engine)
+    }
+
+    #[tokio::test]
+    async fn a_rollup_made_here_is_kept_in_memory_as_it_reads_back() {
+        let (_dir, store, engine) = fixture_in_files().await;
+        let report = engine
+            .roll_up(Arc::new(collector::RollupFiles::default()))
+            .await
+            .unwrap();
+        let rollups = store.table_files(MINUTES.name, None, None).unwrap();
+        assert_eq!(report.written, rollups.len());
+        assert!(rollups.len() >= 3, "one rollup per table: {rollups:?}");
+        let kept = &engine.rollups.cache;
+        let schema = &engine.rollups.schema;
+        for rollup in rollups {
+            let held = kept.get(&rollup.location).expect("kept once committed");
+            let read = load(&store, &FileCache::new(1 << 20), &rollup.location, schema).unwrap();
+            let rows =
+                |batches: &[RecordBatch]| arrow::compute::concat_batches(schema, batches).unwrap();
+            assert_eq!(rows(&held), rows(&read), "{}", rollup.location);
+        }
+    }
+
+    /// The plan made once for buffered rows, given a table's rows, rolls them up as the
+    /// SQL planned over the same rows in files does: for each table `api_calls` reads.
+    #[tokio::test]
+    async fn the_plan_made_once_rolls_up_each_table_s_rows_as_its_files_are() {
+        let (_dir, store, engine) = fixture_in_files().await;
         let state = engine.context().state();
         let sorted = |batches: Vec<RecordBatch>| async move {
             let ctx = SessionContext::new();
