@@ -9,6 +9,8 @@ pub const QUERY_NICE: i32 = 10;
 /// The nice value of the thread that merges files and applies retention: below queries.
 pub const MAINTENANCE_NICE: i32 = 15;
 
+const _: () = assert!(MAINTENANCE_NICE > QUERY_NICE, "merges run below queries");
+
 /// Gives the calling thread (only) the priority of `nice`, if that is lower than its own.
 /// On failure the thread keeps the priority it has.
 pub fn lower_this_thread(nice: i32) {
