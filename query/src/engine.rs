@@ -72,9 +72,10 @@ pub struct Engine {
 
 /// The threads queries run on, apart from the ones that receive data: a heavy query takes
 /// CPU time, but never the threads that acknowledge ingest. They run at a lower scheduling
-/// priority too ([`priority::QUERY_NICE`]), so that where cores are few, queries use the CPU ingest leaves
-/// rather than halving ingest: on 2 cores, 4 clients sending heavy statements cut the
-/// acknowledgements per second of an OTLP load to 0.64 of a quiet run at equal priority.
+/// priority too ([`priority::QUERY_NICE`]), so that where cores are few, queries use the
+/// CPU ingest leaves rather than halving ingest: on 2 cores, 4 clients sending heavy
+/// statements cut the acknowledgements per second of an OTLP load to 0.64 of a quiet run at
+/// equal priority.
 struct QueryRuntime(Option<tokio::runtime::Runtime>);
 
 impl QueryRuntime {

@@ -304,15 +304,23 @@ async fn roll_up(
             file.location
         )));
     }
-    let batches = datafusion::physical_plan::collect(plan, state.task_ctx()).await?;
-    let rows = batches
+    let rows = datafusion::physical_plan::collect(plan, state.task_ctx())
+        .await?
         .iter()
-        .map(|batch| RecordBatch::try_new(schema.clone(), batch.columns().to_vec()))
+        .map(|batch| as_rollup(&schema, batch))
         .collect::<std::result::Result<Vec<_>, _>>()?;
     let rollup = rollup.clone();
     let store = store.clone();
-    let stored = blocking(move || writer.write(&store, &rollup, schema, &batches)).await?;
-    Ok((stored, rows))
+    blocking(move || {
+        let stored = writer.write(&store, &rollup, schema, &rows)?;
+        Ok((stored, rows))
+    })
+    .await
+}
+
+/// `batch`'s columns by position, under the names and types of the rollups' `schema`.
+fn as_rollup(schema: &SchemaRef, batch: &RecordBatch) -> arrow::error::Result<RecordBatch> {
+    RecordBatch::try_new(schema.clone(), batch.columns().to_vec())
 }
 
 /// Runs the store's blocking `work` off the query threads.
@@ -716,11 +724,7 @@ fn load(
         let reader = ParquetRecordBatchReaderBuilder::try_new(store.get(path)?)?.build()?;
         let mut rows = Vec::new();
         for batch in reader {
-            // The columns by position, under the names and types of `schema`.
-            rows.push(RecordBatch::try_new(
-                schema.clone(),
-                batch?.columns().to_vec(),
-            )?);
+            rows.push(as_rollup(schema, &batch?)?);
         }
         Ok(rows)
     };
