@@ -12,15 +12,16 @@
 //! The log of each table is kept in memory and brought up to date by reading only the
 //! commits after the version held (one LIST of `_delta_log` from that version, then a GET
 //! per new commit; a checkpoint every [`CHECKPOINT_INTERVAL`] commits): at most once every
-//! [`REFRESH_AFTER`] for reads, and before each change that must see the files as they are
+//! [`REFRESH_AFTER`](crate::logs::REFRESH_AFTER) for reads, and before each change that must see the files as they are
 //! (compaction, retention). A commit that only adds files (a flush, rollups) is made on the
 //! log as held: if other writers committed since, the commit reads their commits and is
-//! tried again after them. Each commit leaves the log held as it made it.
+//! tried again after them. Each commit leaves the log held as it made it, and publishes its
+//! files: reads take the files published and never wait for a commit in progress.
 
 use std::collections::HashMap;
 use std::io;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use deltalake_core::kernel::engine::arrow_conversion::TryIntoKernel;
 use deltalake_core::kernel::transaction::{
@@ -35,14 +36,9 @@ use deltalake_core::{DeltaTable, DeltaTableError};
 use object_store::prefix::PrefixStore;
 
 use crate::layout::NANOS_PER_HOUR;
-use crate::logs::TableLog;
+use crate::logs::{Listed, TableLog};
 use crate::store::{ObjectMeta, ObjectPath, Store};
 use crate::{MINUTES, TABLES, Table};
-
-/// A read brings a table's log up to date only if it was last brought up to date longer ago
-/// than this: other nodes' commits appear within it (this node's own at once), and a busy
-/// query side lists `_delta_log` at most once a second per table.
-const REFRESH_AFTER: Duration = Duration::from_secs(1);
 
 /// Commits between two checkpoints of a table's log.
 const CHECKPOINT_INTERVAL: u64 = 100;
@@ -89,6 +85,7 @@ impl Store {
         let log = TableLog {
             log: default_logstore(prefixed, self.objects(), &url, &StorageConfig::default()),
             state: Arc::default(),
+            listed: Arc::default(),
         };
         logs.insert(table.name, log.clone());
         Ok(log)
@@ -108,9 +105,7 @@ impl Store {
         let store = self.clone();
         self.block(operation, &self.table(table.name), async move {
             let mut held = log.state.lock().await;
-            let fresh = held
-                .refreshed
-                .is_some_and(|at| at.elapsed() < REFRESH_AFTER);
+            let fresh = crate::logs::fresh(held.refreshed);
             let refresh = match access {
                 Access::Read => !fresh,
                 Access::Append => false,
@@ -132,8 +127,14 @@ impl Store {
             }
             let current = held.table.as_mut().expect("opened above");
             let (done, committed) = work(current, &log.log).await?;
+            let changed = committed.is_some();
             if let Some(committed) = committed {
                 current.state = Some(committed);
+            }
+            if refresh || changed {
+                let files = listing(&store.table(table.name), current.snapshot()?);
+                let refreshed = held.refreshed;
+                log.publish(Listed { files, refreshed });
             }
             Ok(Some(done))
         })
@@ -224,6 +225,12 @@ impl Store {
 
     /// The live data files of `table` in the hours overlapping `lo_ns..hi_ns`, each with
     /// the start of its hour, sorted by path.
+    ///
+    /// They come from the files last published: those of the log held, brought up to date
+    /// first if it was longer ago than [`REFRESH_AFTER`](crate::logs::REFRESH_AFTER), unless a commit or another read
+    /// is bringing it up to date at that moment. A read never waits for a commit: this
+    /// node's commits are published as they are made, so what it returns holds every
+    /// commit this node finished before the read began.
     fn files_by_hour(
         &self,
         table: &str,
@@ -231,42 +238,25 @@ impl Store {
         hi_ns: Option<i64>,
     ) -> io::Result<Vec<(i64, ObjectMeta)>> {
         let table = table_named(table)?;
-        let root = self.table(table.name);
-        let files = self.with_log("delta_snapshot", table, Access::Read, move |current, _| {
-            let listed = current.snapshot().map(|snapshot| {
-                let mut files = Vec::new();
-                for file in snapshot.log_data().iter() {
-                    let relative = file.path();
-                    let Some(start) = crate::layout::hour_start(&relative) else {
-                        continue;
-                    };
-                    if lo_ns.is_some_and(|lo| start + NANOS_PER_HOUR <= lo)
-                        || hi_ns.is_some_and(|hi| start >= hi)
-                    {
-                        continue;
-                    }
-                    files.push((
-                        start,
-                        ObjectMeta {
-                            location: join(&root, &relative),
-                            last_modified: chrono::DateTime::from_timestamp_millis(
-                                file.modification_time(),
-                            )
-                            .unwrap_or_default(),
-                            size: u64::try_from(file.size()).unwrap_or_default(),
-                            e_tag: None,
-                            version: None,
-                        },
-                    ));
-                }
-                files.sort_by(|(_, a), (_, b)| a.location.cmp(&b.location));
-                files
-            });
-            let listed = listed.map(|files| (files, None));
-            Box::pin(std::future::ready(listed.map_err(DeltaError::from)))
-        })?;
-        match files {
-            Some(files) => Ok(files),
+        let log = self.log_of(table)?;
+        let listed = match log.listed() {
+            Some(listed) if listed.fresh() || log.state.try_lock().is_err() => Some(listed),
+            _ => self
+                .with_log("delta_snapshot", table, Access::Read, |_, _| {
+                    Box::pin(std::future::ready(Ok(((), None))))
+                })?
+                .and_then(|()| log.listed()),
+        };
+        let in_range = |start: i64| {
+            lo_ns.is_none_or(|lo| start + NANOS_PER_HOUR > lo) && hi_ns.is_none_or(|hi| start < hi)
+        };
+        match listed {
+            Some(listed) => Ok(listed
+                .files
+                .iter()
+                .filter(|(start, _)| in_range(*start))
+                .cloned()
+                .collect()),
             // No log yet: a store written before the logs, read as that release listed it
             // until a daemon converts it.
             None => {
@@ -484,7 +474,7 @@ impl Store {
 /// How a piece of work brings a table's log up to date first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Access {
-    /// A read: unless brought up to date within [`REFRESH_AFTER`].
+    /// A read: unless brought up to date within [`REFRESH_AFTER`](crate::logs::REFRESH_AFTER).
     Read,
     /// A commit that only adds files (or removes files no other writer removes): not at
     /// all, as the commit reads what other writers committed since, if anything, and is
@@ -532,6 +522,31 @@ impl From<io::Error> for DeltaError {
     fn from(error: io::Error) -> Self {
         DeltaError::Io(error)
     }
+}
+
+/// The files `snapshot` lists, in the table at `root`, each with the start of its hour,
+/// sorted by path.
+fn listing(root: &ObjectPath, snapshot: &DeltaTableState) -> Vec<(i64, ObjectMeta)> {
+    let mut files = Vec::new();
+    for file in snapshot.log_data().iter() {
+        let relative = file.path();
+        let Some(start) = crate::layout::hour_start(&relative) else {
+            continue;
+        };
+        let last_modified = chrono::DateTime::from_timestamp_millis(file.modification_time());
+        files.push((
+            start,
+            ObjectMeta {
+                location: join(root, &relative),
+                last_modified: last_modified.unwrap_or_default(),
+                size: u64::try_from(file.size()).unwrap_or_default(),
+                e_tag: None,
+                version: None,
+            },
+        ));
+    }
+    files.sort_by(|(_, a), (_, b)| a.location.cmp(&b.location));
+    files
 }
 
 /// The paths (relative to the table) of the files `snapshot` lists.
@@ -767,6 +782,8 @@ fn hour_key(start_ns: i64) -> (String, u32) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::logs::REFRESH_AFTER;
+    use std::time::Duration;
 
     #[test]
     fn hours_and_partition_values_come_from_the_path() {
@@ -868,5 +885,40 @@ mod tests {
         assert_eq!(store.commit_drop(spans, HOUR).unwrap(), 1);
         std::thread::sleep(REFRESH_AFTER);
         assert!(names(&reader).is_empty());
+    }
+
+    #[test]
+    fn a_read_takes_the_files_published_and_never_waits_for_a_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::local(dir.path());
+        let spans = crate::TABLES[0];
+        let first = stored(&store, "00000000000000000003-a-01-000000.parquet");
+        store
+            .commit_flush(spans, std::slice::from_ref(&first), "a", 3)
+            .unwrap();
+        // Another node commits; then this node's log is held, as a commit holds it across
+        // its I/O, for longer than a read waits to bring the log up to date.
+        let other = Store::local(dir.path());
+        let second = stored(&other, "00000000000000000005-b-02-000000.parquet");
+        other
+            .commit_flush(spans, std::slice::from_ref(&second), "b", 5)
+            .unwrap();
+        std::thread::sleep(REFRESH_AFTER);
+        let log = store.log_of(spans).unwrap();
+        let held = log.state.blocking_lock();
+        let (sender, received) = std::sync::mpsc::channel();
+        let reading = store.clone();
+        std::thread::spawn(move || sender.send(names(&reading)));
+        let read = received
+            .recv_timeout(Duration::from_secs(30))
+            .expect("a read waited for the log's lock");
+        assert_eq!(
+            read,
+            [first.path.filename().unwrap()],
+            "the files published"
+        );
+        // Once the log is free, a read brings it up to date.
+        drop(held);
+        assert_eq!(names(&store).len(), 2);
     }
 }

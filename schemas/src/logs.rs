@@ -1,16 +1,61 @@
 //! The tables' Delta logs as a store holds them in memory (read and written in `delta`).
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 
 use deltalake_core::DeltaTable;
 use deltalake_core::logstore::LogStoreRef;
 
-/// One table's log: where it is, and the state last read.
+/// A read brings a table's log up to date only if it was last brought up to date longer ago
+/// than this: other nodes' commits appear within it (this node's own at once), and a busy
+/// query side lists `_delta_log` at most once a second per table.
+pub(crate) const REFRESH_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Whether a log brought up to date at `refreshed` (if ever) is still up to date for reads.
+pub(crate) fn fresh(refreshed: Option<std::time::Instant>) -> bool {
+    refreshed.is_some_and(|at| at.elapsed() < REFRESH_AFTER)
+}
+
+/// One table's log: where it is, the state last read, and its files as last published.
 #[derive(Clone)]
 pub(crate) struct TableLog {
     pub(crate) log: LogStoreRef,
     pub(crate) state: Arc<tokio::sync::Mutex<Held>>,
+    /// The live files of the state held, published each time the state changes (under the
+    /// lock of `state`), so that a read need not wait while a commit holds that lock.
+    pub(crate) listed: Arc<RwLock<Option<Arc<Listed>>>>,
+}
+
+/// A table's live files as the log held lists them.
+#[derive(Debug)]
+pub(crate) struct Listed {
+    /// Each file with the start of its hour, sorted by path.
+    pub(crate) files: Vec<(i64, object_store::ObjectMeta)>,
+    /// When the log they come from was last brought up to date (`None`: never, since it
+    /// was opened, created or committed to).
+    pub(crate) refreshed: Option<std::time::Instant>,
+}
+
+impl Listed {
+    /// Whether the log they come from was brought up to date within `REFRESH_AFTER`.
+    pub(crate) fn fresh(&self) -> bool {
+        fresh(self.refreshed)
+    }
+}
+
+impl TableLog {
+    /// The files last published, if any.
+    pub(crate) fn listed(&self) -> Option<Arc<Listed>> {
+        self.listed
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Publishes `listed` as the table's files.
+    pub(crate) fn publish(&self, listed: Listed) {
+        *self.listed.write().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(listed));
+    }
 }
 
 /// A table's log as last read.
