@@ -342,8 +342,11 @@ pub(crate) async fn run(mut settings: Settings) -> Result<()> {
     Ok(())
 }
 
-/// How often the rows that arrived since the last time are rolled up in memory.
-const BUFFER_ROLLUP_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+/// How often the rows that arrived since the last time are rolled up in memory: what a
+/// question rolls up itself is at most this much of ingest (a quarter of a second is 7,500
+/// spans at 30,000 spans/s, about a millisecond), and a flush's worth of rows is at most
+/// some tens of runs, whose rollups merge like the files'.
+const BUFFER_ROLLUP_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
 
 /// Rolls up the rows not yet flushed every [`BUFFER_ROLLUP_EVERY`], so that a question over
 /// the current minutes aggregates at most that much of them itself.

@@ -1,7 +1,7 @@
 //! Rollups of the rows not yet flushed, made once and kept while those rows are buffered.
 //!
 //! The buffer holds a table's batches in WAL sequence order, and a flush takes out a prefix
-//! of them. So the batches that arrived since the last pass (every second, see
+//! of them. So the batches that arrived since the last pass (four times a second, see
 //! `Rollups::roll_up_buffer`) form a run of sequences: its rollup is made once (the same
 //! per-minute rows a file's rollup holds) and kept until a flush takes any of its batches
 //! out. A question over the current minutes reads the runs' rollups, as it reads the
