@@ -11,12 +11,14 @@
 //!
 //! The log of each table is kept in memory and brought up to date by reading only the
 //! commits after the version held (one LIST of `_delta_log` from that version, then a GET
-//! per new commit; a checkpoint every [`CHECKPOINT_INTERVAL`] commits): at most once every
-//! [`REFRESH_AFTER`](crate::logs::REFRESH_AFTER) for reads, and before each change that must see the files as they are
-//! (compaction, retention). A commit that only adds files (a flush, rollups) is made on the
-//! log as held: if other writers committed since, the commit reads their commits and is
-//! tried again after them. Each commit leaves the log held as it made it, and publishes its
-//! files: reads take the files published and never wait for a commit in progress.
+//! per new commit; a checkpoint every [`CHECKPOINT_INTERVAL`] commits): for reads, once the
+//! log held is older than [`REFRESH_AFTER`](crate::logs::REFRESH_AFTER) (in the background
+//! from half of it on, so that a busy reader does not wait for it); for each change that
+//! must see the files as they are (compaction, retention), first. A
+//! commit that only adds files (a flush, rollups) is made on the log as held: if other
+//! writers committed since, the commit reads their commits and is tried again after them.
+//! Each commit leaves the log held as it made it. Whatever changes the log held publishes
+//! its files, and reads take the files published: they never wait for a commit.
 
 use std::collections::HashMap;
 use std::io;
@@ -36,7 +38,7 @@ use deltalake_core::{DeltaTable, DeltaTableError};
 use object_store::prefix::PrefixStore;
 
 use crate::layout::NANOS_PER_HOUR;
-use crate::logs::{Listed, TableLog};
+use crate::logs::{Listed, Refresh, TableLog};
 use crate::store::{ObjectMeta, ObjectPath, Store};
 use crate::{MINUTES, TABLES, Table};
 
@@ -86,6 +88,7 @@ impl Store {
             log: default_logstore(prefixed, self.objects(), &url, &StorageConfig::default()),
             state: Arc::default(),
             listed: Arc::default(),
+            refresh: Arc::default(),
         };
         logs.insert(table.name, log.clone());
         Ok(log)
@@ -102,42 +105,55 @@ impl Store {
         work: impl FnOnce(&mut DeltaTable, &LogStoreRef) -> Work<T> + Send + 'static,
     ) -> io::Result<Option<T>> {
         let log = self.log_of(table)?;
+        let working = on_log(self.clone(), table, log, access, work);
+        self.block(operation, &self.table(table.name), working)
+    }
+
+    /// The files `log` last published, if a read may take them as they are: brought up to
+    /// date within [`REFRESH_AFTER`](crate::logs::REFRESH_AFTER) (from half of it on, they
+    /// are brought up to date in the background for the reads after), or held by a commit
+    /// at this moment. `None`: the read brings the log up to date itself.
+    fn published(&self, table: &'static Table, log: &TableLog) -> Option<Arc<Listed>> {
+        let listed = log.listed()?;
+        if log.refresh.get() == Refresh::Failed {
+            return None;
+        }
+        let age = listed.refreshed.map(|at| at.elapsed());
+        if age.is_some_and(|age| age < crate::logs::REFRESH_AFTER / 2) {
+            return Some(listed);
+        }
+        let current = age.is_some_and(|age| age < crate::logs::REFRESH_AFTER);
+        if current || log.state.try_lock().is_err() {
+            self.refresh_later(table, log.clone());
+            return Some(listed);
+        }
+        None
+    }
+
+    /// Brings `table`'s log up to date on the store's runtime, without waiting for it,
+    /// unless that is under way already. Should it fail, the next read does it itself, and
+    /// reports the error.
+    fn refresh_later(&self, table: &'static Table, log: TableLog) {
+        if log.refresh.swap(Refresh::Running) == Refresh::Running {
+            return;
+        }
         let store = self.clone();
-        self.block(operation, &self.table(table.name), async move {
-            let mut held = log.state.lock().await;
-            let fresh = crate::logs::fresh(held.refreshed);
-            let refresh = match access {
-                Access::Read => !fresh,
-                Access::Append => false,
-                Access::Change => true,
+        crate::store::IO.spawn(async move {
+            let started = Instant::now();
+            let noop = |_: &mut DeltaTable, _: &LogStoreRef| -> Work<()> {
+                Box::pin(std::future::ready(Ok(((), None))))
             };
-            match held.table.as_mut() {
-                Some(current) if refresh => current.update_incremental(None).await?,
-                Some(_) => {}
-                None if access != Access::Read => {
-                    held.table = Some(create(&store, table, &log.log).await?)
-                }
-                None => match open(&log.log).await? {
-                    Some(opened) => held.table = Some(opened),
-                    None => return Ok(None),
-                },
-            }
-            if refresh {
-                held.refreshed = Some(Instant::now());
-            }
-            let current = held.table.as_mut().expect("opened above");
-            let (done, committed) = work(current, &log.log).await?;
-            let changed = committed.is_some();
-            if let Some(committed) = committed {
-                current.state = Some(committed);
-            }
-            if refresh || changed {
-                let files = listing(&store.table(table.name), current.snapshot()?);
-                let refreshed = held.refreshed;
-                log.publish(Listed { files, refreshed });
-            }
-            Ok(Some(done))
-        })
+            let done = on_log(store.clone(), table, log.clone(), Access::Refresh, noop).await;
+            let failed = done.is_err();
+            let path = store.table(table.name);
+            // Counted as a read's; the error is the next read's to report.
+            let _ = store.recorded("delta_snapshot", &path, started, done);
+            log.refresh.set(if failed {
+                Refresh::Failed
+            } else {
+                Refresh::Idle
+            });
+        });
     }
 
     /// [`Store::with_log`] for a write: the log exists once it is done.
@@ -158,12 +174,24 @@ impl Store {
         path: &ObjectPath,
         future: impl Future<Output = Result<T, DeltaError>> + Send + 'static,
     ) -> io::Result<T> {
-        let started = std::time::Instant::now();
+        let started = Instant::now();
         let done = futures::executor::block_on(crate::store::IO.spawn(future));
         let done = match done {
             Ok(done) => done,
             Err(error) => Err(DeltaError::Io(io::Error::other(error))),
         };
+        self.recorded(operation, path, started, done)
+    }
+
+    /// Counts `done`, the log's work `operation` on `path` begun at `started`, and words its
+    /// error.
+    fn recorded<T>(
+        &self,
+        operation: &'static str,
+        path: &ObjectPath,
+        started: Instant,
+        done: Result<T, DeltaError>,
+    ) -> io::Result<T> {
         // The requests it made are counted by the store; this counts the log's work.
         metrics::counter!(
             "apiscope_table_log_calls_total",
@@ -226,11 +254,14 @@ impl Store {
     /// The live data files of `table` in the hours overlapping `lo_ns..hi_ns`, each with
     /// the start of its hour, sorted by path.
     ///
-    /// They come from the files last published: those of the log held, brought up to date
-    /// first if it was longer ago than [`REFRESH_AFTER`](crate::logs::REFRESH_AFTER), unless a commit or another read
-    /// is bringing it up to date at that moment. A read never waits for a commit: this
-    /// node's commits are published as they are made, so what it returns holds every
-    /// commit this node finished before the read began.
+    /// They come from the files last published: those of the log held (see
+    /// [`Store::published`]). A read never waits for a commit: this node's commits are
+    /// published as they are made, so what it returns holds every commit this node finished
+    /// before the read began, and other nodes' commits older than
+    /// [`REFRESH_AFTER`](crate::logs::REFRESH_AFTER) (unless this node is committing to
+    /// the table at that moment). A busy reader finds the log brought up to date in the
+    /// background; the first read after a pause, or after a failed refresh, does it itself
+    /// (and reports its error).
     fn files_by_hour(
         &self,
         table: &str,
@@ -239,13 +270,16 @@ impl Store {
     ) -> io::Result<Vec<(i64, ObjectMeta)>> {
         let table = table_named(table)?;
         let log = self.log_of(table)?;
-        let listed = match log.listed() {
-            Some(listed) if listed.fresh() || log.state.try_lock().is_err() => Some(listed),
-            _ => self
+        let listed = match self.published(table, &log) {
+            Some(listed) => Some(listed),
+            None => self
                 .with_log("delta_snapshot", table, Access::Read, |_, _| {
                     Box::pin(std::future::ready(Ok(((), None))))
                 })?
-                .and_then(|()| log.listed()),
+                .and_then(|()| {
+                    log.refresh.set(Refresh::Idle);
+                    log.listed()
+                }),
         };
         let in_range = |start: i64| {
             lo_ns.is_none_or(|lo| start + NANOS_PER_HOUR > lo) && hi_ns.is_none_or(|hi| start < hi)
@@ -471,6 +505,49 @@ impl Store {
     }
 }
 
+/// Runs `work` on `table`'s `log` in `store`, brought up to date as `access` needs (see
+/// [`Store::with_log`]), and publishes the log's files when they may have changed.
+async fn on_log<T: Send + 'static>(
+    store: Store,
+    table: &'static Table,
+    log: TableLog,
+    access: Access,
+    work: impl FnOnce(&mut DeltaTable, &LogStoreRef) -> Work<T> + Send + 'static,
+) -> Result<Option<T>, DeltaError> {
+    let mut held = log.state.lock().await;
+    let refresh = match access {
+        Access::Read => !crate::logs::fresh(held.refreshed),
+        Access::Append => false,
+        Access::Change | Access::Refresh => true,
+    };
+    match held.table.as_mut() {
+        Some(current) if refresh => current.update_incremental(None).await?,
+        Some(_) => {}
+        None if matches!(access, Access::Append | Access::Change) => {
+            held.table = Some(create(&store, table, &log.log).await?)
+        }
+        None => match open(&log.log).await? {
+            Some(opened) => held.table = Some(opened),
+            None => return Ok(None),
+        },
+    }
+    if refresh {
+        held.refreshed = Some(Instant::now());
+    }
+    let current = held.table.as_mut().expect("opened above");
+    let (done, committed) = work(current, &log.log).await?;
+    let changed = committed.is_some();
+    if let Some(committed) = committed {
+        current.state = Some(committed);
+    }
+    if refresh || changed {
+        let files = listing(&store.table(table.name), current.snapshot()?);
+        let refreshed = held.refreshed;
+        log.publish(Listed { files, refreshed });
+    }
+    Ok(Some(done))
+}
+
 /// How a piece of work brings a table's log up to date first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Access {
@@ -482,6 +559,8 @@ enum Access {
     Append,
     /// A change that must see the files as they are: always.
     Change,
+    /// Reads to come, from the background: always.
+    Refresh,
 }
 
 /// Work on a table's log, done under its lock: what it returns, and the log as its commit
@@ -844,8 +923,7 @@ mod tests {
             .commit_flush(spans, std::slice::from_ref(&second), "b", 5)
             .unwrap();
         assert_eq!(names(&store).len(), 2, "the writer sees its commit at once");
-        std::thread::sleep(REFRESH_AFTER);
-        assert_eq!(names(&reader).len(), 2, "a reader sees it within a second");
+        eventually("a reader sees it", || names(&reader).len() == 2);
         assert_eq!(reader.flushed_seq("spans", "a").unwrap(), 3);
         assert_eq!(reader.flushed_seq("spans", "b").unwrap(), 5);
         assert_eq!(
@@ -877,14 +955,16 @@ mod tests {
                 .unwrap(),
             Committed::GaveUp
         );
-        std::thread::sleep(REFRESH_AFTER);
-        assert_eq!(names(&reader), [merged.path.filename().unwrap()]);
+        eventually("a reader sees the compaction", || {
+            names(&reader) == [merged.path.filename().unwrap()]
+        });
         // The transactions of the flushes are kept.
         assert_eq!(reader.flushed_seq("spans", "b").unwrap(), 5);
 
         assert_eq!(store.commit_drop(spans, HOUR).unwrap(), 1);
-        std::thread::sleep(REFRESH_AFTER);
-        assert!(names(&reader).is_empty());
+        eventually("a reader sees the hour dropped", || {
+            names(&reader).is_empty()
+        });
     }
 
     #[test]
@@ -917,8 +997,37 @@ mod tests {
             [first.path.filename().unwrap()],
             "the files published"
         );
-        // Once the log is free, a read brings it up to date.
+        // Once the log is free, it is brought up to date for the reads after.
         drop(held);
-        assert_eq!(names(&store).len(), 2);
+        eventually("the other node's commit is read", || {
+            names(&store).len() == 2
+        });
+
+        // A refresh that fails in the background is done again by the next read, which
+        // reports its error.
+        let third = stored(&other, "00000000000000000007-b-03-000000.parquet");
+        other
+            .commit_flush(spans, std::slice::from_ref(&third), "b", 7)
+            .unwrap();
+        let commits = dir.path().join("spans").join("_delta_log");
+        let newest = std::fs::read_dir(&commits)
+            .unwrap()
+            .map(|entry| entry.unwrap().path())
+            .filter(|path| path.extension().is_some_and(|e| e == "json"))
+            .max()
+            .unwrap();
+        std::fs::write(&newest, b"not a commit").unwrap();
+        eventually("the damaged commit is reported", || {
+            store.table_files("spans", None, None).is_err()
+        });
+    }
+
+    /// Waits (30 s at most) until `check` holds, which it must within moments.
+    fn eventually(what: &str, check: impl Fn() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !check() {
+            assert!(Instant::now() < deadline, "{what}: not within 30 s");
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 }

@@ -1,6 +1,7 @@
 //! The tables' Delta logs as a store holds them in memory (read and written in `delta`).
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use deltalake_core::DeltaTable;
@@ -24,6 +25,46 @@ pub(crate) struct TableLog {
     /// The live files of the state held, published each time the state changes (under the
     /// lock of `state`), so that a read need not wait while a commit holds that lock.
     pub(crate) listed: Arc<RwLock<Option<Arc<Listed>>>>,
+    /// Whether the log is being brought up to date for reads, in the background.
+    pub(crate) refresh: Arc<Refreshing>,
+}
+
+/// Where bringing a table's log up to date for reads stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Refresh {
+    /// Not under way; the last one, if any, succeeded.
+    Idle,
+    /// Under way in the background.
+    Running,
+    /// The last one failed: the next read does it itself.
+    Failed,
+}
+
+/// A [`Refresh`] that threads share.
+#[derive(Debug, Default)]
+pub(crate) struct Refreshing(AtomicU8);
+
+impl Refreshing {
+    pub(crate) fn get(&self) -> Refresh {
+        Self::from(self.0.load(Ordering::Acquire))
+    }
+
+    pub(crate) fn set(&self, refresh: Refresh) {
+        self.0.store(refresh as u8, Ordering::Release);
+    }
+
+    /// Sets `refresh`; returns what it was.
+    pub(crate) fn swap(&self, refresh: Refresh) -> Refresh {
+        Self::from(self.0.swap(refresh as u8, Ordering::AcqRel))
+    }
+
+    fn from(value: u8) -> Refresh {
+        match value {
+            v if v == Refresh::Running as u8 => Refresh::Running,
+            v if v == Refresh::Failed as u8 => Refresh::Failed,
+            _ => Refresh::Idle,
+        }
+    }
 }
 
 /// A table's live files as the log held lists them.
@@ -34,13 +75,6 @@ pub(crate) struct Listed {
     /// When the log they come from was last brought up to date (`None`: never, since it
     /// was opened, created or committed to).
     pub(crate) refreshed: Option<std::time::Instant>,
-}
-
-impl Listed {
-    /// Whether the log they come from was brought up to date within `REFRESH_AFTER`.
-    pub(crate) fn fresh(&self) -> bool {
-        fresh(self.refreshed)
-    }
 }
 
 impl TableLog {
