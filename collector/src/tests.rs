@@ -1079,12 +1079,12 @@ fn fake_rollup(store: &schemas::Store, file: &Path, calls: i64) {
     use arrow::array::{ArrayRef, BinaryArray, Float64Array, Int64Array, StringArray};
     let schema = schemas::MINUTES.stored_schema();
     let text = |value: &str| Arc::new(StringArray::from(vec![value])) as ArrayRef;
-    let minute =
-        arrow::array::TimestampNanosecondArray::from(vec![BASE_NS as i64]).with_timezone("UTC");
+    let time =
+        || arrow::array::TimestampNanosecondArray::from(vec![BASE_NS as i64]).with_timezone("UTC");
     let batch = arrow::array::RecordBatch::try_new(
         schema.clone(),
         vec![
-            Arc::new(minute),
+            Arc::new(time()),
             text("svc"),
             text("GET /x"),
             text("span"),
@@ -1092,6 +1092,8 @@ fn fake_rollup(store: &schemas::Store, file: &Path, calls: i64) {
             Arc::new(Int64Array::from(vec![0])),
             Arc::new(Float64Array::from(vec![1.0])),
             Arc::new(BinaryArray::from(vec![&b"sketch"[..]])),
+            Arc::new(time()),
+            Arc::new(time()),
         ],
     )
     .unwrap();

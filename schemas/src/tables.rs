@@ -595,6 +595,18 @@ pub static MINUTES: Table = Table {
             true,
             "the calls' durations (ms) as apiscope's latency sketch, serialized",
         ),
+        col(
+            "first_time",
+            Timestamp,
+            true,
+            "when the first of the calls started (null in rollups made before it was kept)",
+        ),
+        col(
+            "last_time",
+            Timestamp,
+            true,
+            "when the last of the calls started (null in rollups made before it was kept)",
+        ),
     ],
 };
 

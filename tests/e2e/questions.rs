@@ -942,9 +942,13 @@ fn rollups_give_the_same_answers_and_spare_the_data_files() {
     let now: Vec<&Call> = calls.iter().filter(|c| c.time_s >= start_s).collect();
 
     // With per-minute rollups: the same answers, over whole minutes and over windows that
-    // cut minutes, once every file has its rollup.
+    // cut minutes, once every file has its rollup. A window that ends a second after the last
+    // call (as one that ends now does) cuts a minute whose calls all started inside it.
     let cut = format!("'{}', '{}'", rfc3339(start_s + 17), rfc3339(end_s - 23));
-    let asked: Vec<String> = [&window, &cut]
+    let last_s = now.iter().map(|c| c.time_s).max().unwrap();
+    assert_ne!((last_s + 1) % 60, 0, "the last call's minute is cut");
+    let to_now = format!("'{}', '{}'", rfc3339(start_s), rfc3339(last_s + 1));
+    let asked: Vec<String> = [&window, &cut, &to_now]
         .iter()
         .flat_map(|window| {
             [
@@ -986,15 +990,18 @@ fn rollups_give_the_same_answers_and_spare_the_data_files() {
         dir.path(),
         &["--deprecated-version", "v1", "--rollup-interval", "1s"],
     );
-    let plan = format!("EXPLAIN SELECT * FROM endpoint_stats({window})");
+    let read_files = |window: &str| -> Vec<String> {
+        let plan = format!("EXPLAIN SELECT * FROM endpoint_stats({window})");
+        let text = serde_json::to_string(&daemon.rows(&plan)).unwrap();
+        text.split(|c: char| c == '[' || c == ']' || c == ',' || c.is_whitespace())
+            .filter(|word| word.ends_with(".parquet"))
+            .map(str::to_owned)
+            .collect()
+    };
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     loop {
         // Once every file has its rollup, the question reads no data file at all.
-        let text = serde_json::to_string(&daemon.rows(&plan)).unwrap();
-        let files: Vec<&str> = text
-            .split(|c: char| c == '[' || c == ']' || c == ',' || c.is_whitespace())
-            .filter(|word| word.ends_with(".parquet"))
-            .collect();
+        let files = read_files(&window);
         let rollups = walk(&dir.path().join("api_call_minutes"))
             .into_iter()
             .filter(|path| path.extension().is_some_and(|e| e == "parquet"))
@@ -1012,5 +1019,8 @@ fn rollups_give_the_same_answers_and_spare_the_data_files() {
     for (sql, expected) in asked.iter().zip(&answered) {
         assert_eq!(&daemon.rows(sql), expected, "{sql}");
     }
+    // Nor over the window that ends after the last call: its last minute comes whole from
+    // the rollups, as every call in it started inside the window.
+    assert_eq!(read_files(&to_now), Vec::<String>::new(), "{to_now}");
     daemon.stop();
 }

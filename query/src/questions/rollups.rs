@@ -90,6 +90,14 @@ pub const COLUMNS: &[(&str, &str)] = &[
         "latency",
         "the calls' durations (ms) as a sketch, for `sketch_percentile` and `sketch_merge`",
     ),
+    (
+        "first_time",
+        "when the first of the calls started (null from rollups made before it was kept)",
+    ),
+    (
+        "last_time",
+        "when the last of the calls started (null from rollups made before it was kept)",
+    ),
 ];
 
 /// Fixed files and rows per table: what one part of a rollup reads.
@@ -318,9 +326,55 @@ async fn roll_up(
     .await
 }
 
-/// `batch`'s columns by position, under the names and types of the rollups' `schema`.
+/// `batch`'s columns by position, under the names and types of the rollups' `schema`; the
+/// columns a rollup made before them lacks (the last ones) are null.
 fn as_rollup(schema: &SchemaRef, batch: &RecordBatch) -> arrow::error::Result<RecordBatch> {
-    RecordBatch::try_new(schema.clone(), batch.columns().to_vec())
+    let rows = batch.num_rows();
+    let columns = schema.fields().iter().enumerate().map(|(index, field)| {
+        if index < batch.num_columns() {
+            batch.column(index).clone()
+        } else {
+            arrow::array::new_null_array(field.data_type(), rows)
+        }
+    });
+    RecordBatch::try_new(schema.clone(), columns.collect())
+}
+
+/// Whether every call that the rollup rows `rows` hold of the minute starting at `minute`
+/// started in `from..to`, as their first and last times say (rows without them, made before
+/// they were kept, say nothing).
+fn inside(rows: &[RecordBatch], minute: i64, from: i64, to: i64) -> Result<bool> {
+    use arrow::array::{Array, AsArray, PrimitiveArray};
+    use arrow::datatypes::TimestampNanosecondType;
+    let times = |batch: &'_ RecordBatch,
+                 name: &str|
+     -> Result<PrimitiveArray<TimestampNanosecondType>> {
+        batch
+            .column_by_name(name)
+            .and_then(|column| column.as_primitive_opt::<TimestampNanosecondType>())
+            .cloned()
+            .ok_or_else(|| DataFusionError::Internal(format!("a rollup's {name} is not a time")))
+    };
+    for batch in rows {
+        let (minutes, firsts, lasts) = (
+            times(batch, "minute")?,
+            times(batch, "first_time")?,
+            times(batch, "last_time")?,
+        );
+        for row in 0..batch.num_rows() {
+            if minutes.is_null(row) || minutes.value(row) != minute {
+                continue;
+            }
+            let within = firsts.is_valid(row)
+                && lasts.is_valid(row)
+                && firsts.value(row) >= from
+                && lasts.value(row) < to;
+            if !within {
+                return Ok(false);
+            }
+        }
+    }
+    Ok(true)
 }
 
 /// Runs the store's blocking `work` off the query threads.
@@ -663,13 +717,21 @@ impl TableProvider for MinutesTable {
             inputs.push(per_minute(state, raw, &filter, columns).await?);
         }
         if any_rolled {
-            inputs.push(self.read_rollups(state, rows, first, end, columns).await?);
-            // The parts of the minutes the window cuts, from the calls themselves.
+            // A minute the window cuts is read from the rollups too when every call they
+            // hold of it started inside the window: the current minute, for a window that
+            // ends now. Otherwise its part in the window is read from the calls themselves.
+            let starts_inside = from < first && inside(&rows, first - MINUTE_NS, from, to)?;
+            let ends_inside = end < to && inside(&rows, end, from, to)?;
+            let (lo, hi) = (
+                first - if starts_inside { MINUTE_NS } else { 0 },
+                end + if ends_inside { MINUTE_NS } else { 0 },
+            );
+            inputs.push(self.read_rollups(state, rows, lo, hi, columns).await?);
             let mut cuts = Vec::new();
-            if from < first {
+            if from < first && !starts_inside {
                 cuts.push(format!("({})", Window::filter("time", from, first)));
             }
-            if end < to {
+            if end < to && !ends_inside {
                 cuts.push(format!("({})", Window::filter("time", end, to)));
             }
             if !cuts.is_empty() {
@@ -823,6 +885,57 @@ mod tests {
             .map(|f| (f.name().clone(), f.data_type().clone()))
             .collect();
         assert_eq!(made, table);
+    }
+
+    /// A rollup made before the first and last times were kept reads with them null, and
+    /// such a row cannot vouch for a minute the window cuts; a row with them can, when both
+    /// lie in the window.
+    #[test]
+    fn a_cut_minute_is_whole_in_the_rollups_only_when_its_times_say_so() {
+        use arrow::array::{ArrayRef, TimestampNanosecondArray};
+        let schema = MINUTES.stored_schema();
+        let minute = 1_795_791_600_000_000_000_i64;
+        let time = |ns: i64| -> ArrayRef {
+            Arc::new(TimestampNanosecondArray::from(vec![ns]).with_timezone("UTC"))
+        };
+        let text =
+            |value: &str| -> ArrayRef { Arc::new(arrow::array::StringArray::from(vec![value])) };
+        let number =
+            |value: i64| -> ArrayRef { Arc::new(arrow::array::Int64Array::from(vec![value])) };
+        let old: Vec<ArrayRef> = vec![
+            time(minute),
+            text("orders"),
+            text("POST /v2/orders"),
+            text("span"),
+            number(2),
+            number(0),
+            Arc::new(arrow::array::Float64Array::from(vec![8.0])),
+            Arc::new(arrow::array::BinaryArray::from(vec![&b""[..]])),
+        ];
+        let old_schema = Arc::new(arrow::datatypes::Schema::new(
+            schema.fields()[..old.len()].to_vec(),
+        ));
+        let old = RecordBatch::try_new(old_schema, old.clone()).unwrap();
+        let read = as_rollup(&schema, &old).unwrap();
+        assert_eq!(read.num_columns(), schema.fields().len());
+        assert_eq!(read.column_by_name("last_time").unwrap().null_count(), 1);
+        let (from, to) = (minute - 3_600_000_000_000, minute + 30_000_000_000);
+        assert!(!inside(std::slice::from_ref(&read), minute, from, to).unwrap());
+        // Another minute's rows say nothing about this one.
+        assert!(inside(std::slice::from_ref(&read), minute + MINUTE_NS, from, to).unwrap());
+
+        let with_times = |first: i64, last: i64| {
+            let mut columns = old.columns().to_vec();
+            columns.extend([time(first), time(last)]);
+            RecordBatch::try_new(schema.clone(), columns).unwrap()
+        };
+        let second = 1_000_000_000;
+        let early = with_times(minute + second, minute + 20 * second);
+        assert!(inside(std::slice::from_ref(&early), minute, from, to).unwrap());
+        let late = with_times(minute + second, to);
+        assert!(!inside(&[early.clone(), late], minute, from, to).unwrap());
+        let before = with_times(minute + second, minute + 20 * second);
+        assert!(!inside(&[before], minute, minute + 2 * second, to).unwrap());
     }
 
     /// Two HTTP calls logged as OTLP log records at 15:00 (a 503 in 12 ms, a 200 in 8).
