@@ -18,7 +18,7 @@
 //! commit that only adds files (a flush, rollups) is made on the log as held: if other
 //! writers committed since, the commit reads their commits and is tried again after them.
 //! Each commit leaves the log held as it made it. Whatever changes the log held publishes
-//! its files, and reads take the files published: they never wait for a commit.
+//! its files, and reads take the files published: a busy reader waits for no commit.
 
 use std::collections::HashMap;
 use std::io;
@@ -111,8 +111,8 @@ impl Store {
 
     /// The files `log` last published, if a read may take them as they are: brought up to
     /// date within [`REFRESH_AFTER`](crate::logs::REFRESH_AFTER) (from half of it on, they
-    /// are brought up to date in the background for the reads after), or held by a commit
-    /// at this moment. `None`: the read brings the log up to date itself.
+    /// are brought up to date in the background for the reads after). `None`: the read
+    /// brings the log up to date itself, after any commit holding it.
     fn published(&self, table: &'static Table, log: &TableLog) -> Option<Arc<Listed>> {
         let listed = log.listed()?;
         if log.refresh.get() == Refresh::Failed {
@@ -122,8 +122,7 @@ impl Store {
         if age.is_some_and(|age| age < crate::logs::REFRESH_AFTER / 2) {
             return Some(listed);
         }
-        let current = age.is_some_and(|age| age < crate::logs::REFRESH_AFTER);
-        if current || log.state.try_lock().is_err() {
+        if age.is_some_and(|age| age < crate::logs::REFRESH_AFTER) {
             self.refresh_later(table, log.clone());
             return Some(listed);
         }
@@ -255,12 +254,11 @@ impl Store {
     /// the start of its hour, sorted by path.
     ///
     /// They come from the files last published: those of the log held (see
-    /// [`Store::published`]). A read never waits for a commit: this node's commits are
-    /// published as they are made, so what it returns holds every commit this node finished
-    /// before the read began, and other nodes' commits older than
-    /// [`REFRESH_AFTER`](crate::logs::REFRESH_AFTER) (unless this node is committing to
-    /// the table at that moment). A busy reader finds the log brought up to date in the
-    /// background; the first read after a pause, or after a failed refresh, does it itself
+    /// [`Store::published`]). This node's commits are published as they are made, so what
+    /// a read returns holds every commit this node finished before it began, and other
+    /// nodes' commits older than [`REFRESH_AFTER`](crate::logs::REFRESH_AFTER). A busy
+    /// reader finds the log brought up to date in the background and waits for no commit;
+    /// the first read after a pause, or after a failed refresh, brings it up to date itself
     /// (and reports its error).
     fn files_by_hour(
         &self,
@@ -976,14 +974,15 @@ mod tests {
         store
             .commit_flush(spans, std::slice::from_ref(&first), "a", 3)
             .unwrap();
-        // Another node commits; then this node's log is held, as a commit holds it across
-        // its I/O, for longer than a read waits to bring the log up to date.
+        // A read brings the log up to date; another node commits; half a second later, this
+        // node's log is held, as a commit holds it across its I/O.
+        assert_eq!(names(&store).len(), 1);
         let other = Store::local(dir.path());
         let second = stored(&other, "00000000000000000005-b-02-000000.parquet");
         other
             .commit_flush(spans, std::slice::from_ref(&second), "b", 5)
             .unwrap();
-        std::thread::sleep(REFRESH_AFTER);
+        std::thread::sleep(REFRESH_AFTER / 2);
         let log = store.log_of(spans).unwrap();
         let held = log.state.blocking_lock();
         let (sender, received) = std::sync::mpsc::channel();
