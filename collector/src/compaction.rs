@@ -25,7 +25,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use arrow::array::{ArrayRef, RecordBatch, new_null_array};
+use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use schemas::{Committed, ObjectPath, REPLACED_BY, ROLLUP_DIR, Store, Table, priority};
@@ -562,20 +562,8 @@ fn read_conformed(
         .and_then(|builder| builder.build())
         .map_err(storage)?;
     let schema = schema.clone();
-    Ok(reader.map(move |batch| {
-        let batch = batch.map_err(storage)?;
-        let columns: Vec<ArrayRef> = schema
-            .fields()
-            .iter()
-            .map(|field| {
-                batch
-                    .column_by_name(field.name())
-                    .cloned()
-                    .unwrap_or_else(|| new_null_array(field.data_type(), batch.num_rows()))
-            })
-            .collect();
-        RecordBatch::try_new(schema.clone(), columns).map_err(storage)
-    }))
+    Ok(reader
+        .map(move |batch| schemas::conformed(&schema, &batch.map_err(storage)?).map_err(storage)))
 }
 
 #[cfg(test)]

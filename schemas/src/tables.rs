@@ -567,6 +567,21 @@ pub static REQUESTS: Table = Table {
     ],
 };
 
+/// `batch` under `schema`: each of its columns by name, null where `batch` has none (a file
+/// written before the column was added; columns are only ever added).
+pub fn conformed(
+    schema: &arrow::datatypes::SchemaRef,
+    batch: &arrow::array::RecordBatch,
+) -> Result<arrow::array::RecordBatch, arrow::error::ArrowError> {
+    let columns = schema.fields().iter().map(|field| {
+        batch
+            .column_by_name(field.name())
+            .cloned()
+            .unwrap_or_else(|| arrow::array::new_null_array(field.data_type(), batch.num_rows()))
+    });
+    arrow::array::RecordBatch::try_new(schema.clone(), columns.collect())
+}
+
 /// The per-minute rollups of the data files of `spans`, `requests` and `logs`: one file per
 /// data file, of its calls per minute, service, endpoint and source (what
 /// `api_call_minutes(...)` answers from). A Delta table like the others, but not a table in

@@ -315,7 +315,7 @@ async fn roll_up(
     let rows = datafusion::physical_plan::collect(plan, state.task_ctx())
         .await?
         .iter()
-        .map(|batch| as_rollup(&schema, batch))
+        .map(|batch| schemas::conformed(&schema, batch))
         .collect::<std::result::Result<Vec<_>, _>>()?;
     let rollup = rollup.clone();
     let store = store.clone();
@@ -324,20 +324,6 @@ async fn roll_up(
         Ok((stored, rows))
     })
     .await
-}
-
-/// `batch`'s columns by position, under the names and types of the rollups' `schema`; the
-/// columns a rollup made before them lacks (the last ones) are null.
-fn as_rollup(schema: &SchemaRef, batch: &RecordBatch) -> arrow::error::Result<RecordBatch> {
-    let rows = batch.num_rows();
-    let columns = schema.fields().iter().enumerate().map(|(index, field)| {
-        if index < batch.num_columns() {
-            batch.column(index).clone()
-        } else {
-            arrow::array::new_null_array(field.data_type(), rows)
-        }
-    });
-    RecordBatch::try_new(schema.clone(), columns.collect())
 }
 
 /// Whether every call that the rollup rows `rows` hold of the minute starting at `minute`
@@ -786,7 +772,7 @@ fn load(
         let reader = ParquetRecordBatchReaderBuilder::try_new(store.get(path)?)?.build()?;
         let mut rows = Vec::new();
         for batch in reader {
-            rows.push(as_rollup(schema, &batch?)?);
+            rows.push(schemas::conformed(schema, &batch?)?);
         }
         Ok(rows)
     };
@@ -916,7 +902,7 @@ mod tests {
             schema.fields()[..old.len()].to_vec(),
         ));
         let old = RecordBatch::try_new(old_schema, old.clone()).unwrap();
-        let read = as_rollup(&schema, &old).unwrap();
+        let read = schemas::conformed(&schema, &old).unwrap();
         assert_eq!(read.num_columns(), schema.fields().len());
         assert_eq!(read.column_by_name("last_time").unwrap().null_count(), 1);
         let (from, to) = (minute - 3_600_000_000_000, minute + 30_000_000_000);
