@@ -517,20 +517,37 @@ async fn on_log<T: Send + 'static>(
     access: Access,
     work: impl FnOnce(&mut DeltaTable, &LogStoreRef) -> Work<T> + Send + 'static,
 ) -> Result<Option<T>, DeltaError> {
-    let mut held = log.state.lock().await;
+    let mut guard = log.state.lock().await;
+    let held = &mut *guard;
     let refresh = match access {
         Access::Read => !crate::logs::fresh(held.refreshed),
         Access::Append => false,
         Access::Change | Access::Refresh => true,
     };
+    let mut changed = false;
     match held.table.as_mut() {
-        Some(current) if refresh => current.update_incremental(None).await?,
+        Some(current) if refresh => {
+            let listed = held
+                .listed
+                .is_some_and(|at| at.elapsed() < crate::logs::LIST_AFTER);
+            if !(listed && next_commit_absent(current, &log.log).await?) {
+                current.update_incremental(None).await?;
+                held.listed = Some(Instant::now());
+                changed = true;
+            }
+        }
         Some(_) => {}
         None if matches!(access, Access::Append | Access::Change) => {
-            held.table = Some(create(&store, table, &log.log).await?)
+            held.table = Some(create(&store, table, &log.log).await?);
+            held.listed = Some(Instant::now());
+            changed = true;
         }
         None => match open(&log.log).await? {
-            Some(opened) => held.table = Some(opened),
+            Some(opened) => {
+                held.table = Some(opened);
+                held.listed = Some(Instant::now());
+                changed = true;
+            }
             None => return Ok(None),
         },
     }
@@ -539,16 +556,36 @@ async fn on_log<T: Send + 'static>(
     }
     let current = held.table.as_mut().expect("opened above");
     let (done, committed) = work(current, &log.log).await?;
-    let changed = committed.is_some();
     if let Some(committed) = committed {
         current.state = Some(committed);
+        changed = true;
     }
-    if refresh || changed {
-        let files = listing(&store.table(table.name), current.snapshot()?);
-        let refreshed = held.refreshed;
-        log.publish(Listed { files, refreshed });
+    let refreshed = held.refreshed;
+    match log.listed() {
+        // Up to date as it was: the same files, as of now.
+        Some(listed) if !changed && refresh => log.publish(Listed {
+            files: listed.files.clone(),
+            refreshed,
+        }),
+        Some(_) if !changed => {}
+        _ => {
+            let files = listing(&store.table(table.name), current.snapshot()?).into();
+            log.publish(Listed { files, refreshed });
+        }
     }
     Ok(Some(done))
+}
+
+/// Whether `current` is the log as it stands: the commit after its version is not there.
+/// Commits are numbered one after another and none is ever replaced, so this is one request
+/// where bringing the log up to date lists `_delta_log`. Commits are cleaned up only two days
+/// after a checkpoint follows them (see [`create_with`]), far longer than
+/// [`LIST_AFTER`](crate::logs::LIST_AFTER), after which the log is listed again.
+async fn next_commit_absent(current: &DeltaTable, log: &LogStoreRef) -> Result<bool, DeltaError> {
+    let Some(version) = current.version() else {
+        return Ok(false);
+    };
+    Ok(log.read_commit_entry(version + 1).await?.is_none())
 }
 
 /// How a piece of work brings a table's log up to date first.
@@ -1024,6 +1061,47 @@ mod tests {
         eventually("the damaged commit is reported", || {
             store.table_files("spans", None, None).is_err()
         });
+    }
+
+    #[test]
+    fn a_log_without_a_next_commit_is_up_to_date_without_being_listed() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::local(dir.path());
+        let spans = crate::TABLES[0];
+        let first = stored(&store, "00000000000000000003-a-01-000000.parquet");
+        store
+            .commit_flush(spans, std::slice::from_ref(&first), "a", 3)
+            .unwrap();
+        let reader = Store::local(dir.path());
+        assert_eq!(names(&reader).len(), 1);
+        let log = reader.log_of(spans).unwrap();
+        let files = || log.listed().unwrap().files.clone();
+        let before = files();
+
+        // A second later nothing was committed: the log is found up to date as it was.
+        std::thread::sleep(REFRESH_AFTER);
+        assert_eq!(names(&reader).len(), 1);
+        assert!(Arc::ptr_eq(&files(), &before), "the log was listed again");
+        assert!(crate::logs::fresh(log.listed().unwrap().refreshed));
+
+        // Another node's commit is the next one: read a second later.
+        let second = stored(&store, "00000000000000000005-b-02-000000.parquet");
+        store
+            .commit_flush(spans, std::slice::from_ref(&second), "b", 5)
+            .unwrap();
+        std::thread::sleep(REFRESH_AFTER);
+        assert_eq!(names(&reader).len(), 2);
+        let after = files();
+        assert!(!Arc::ptr_eq(&after, &before));
+
+        // Listed long ago: listed again, even with nothing new.
+        log.state.blocking_lock().listed = Instant::now().checked_sub(crate::logs::LIST_AFTER);
+        std::thread::sleep(REFRESH_AFTER);
+        assert_eq!(names(&reader).len(), 2);
+        assert!(
+            !Arc::ptr_eq(&files(), &after),
+            "the log was not listed again"
+        );
     }
 
     /// Waits (30 s at most) until `check` holds, which it must within moments.

@@ -12,6 +12,11 @@ use deltalake_core::logstore::LogStoreRef;
 /// query side lists `_delta_log` at most once a second per table.
 pub(crate) const REFRESH_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
 
+/// A log brought up to date by looking for its next commit only (see
+/// `delta::next_commit_absent`) is listed in full again once it was last listed this long
+/// ago.
+pub(crate) const LIST_AFTER: std::time::Duration = std::time::Duration::from_secs(10 * 60);
+
 /// Whether a log brought up to date at `refreshed` (if ever) is still up to date for reads.
 pub(crate) fn fresh(refreshed: Option<std::time::Instant>) -> bool {
     refreshed.is_some_and(|at| at.elapsed() < REFRESH_AFTER)
@@ -71,7 +76,7 @@ impl Refreshing {
 #[derive(Debug)]
 pub(crate) struct Listed {
     /// Each file with the start of its hour, sorted by path.
-    pub(crate) files: Vec<(i64, object_store::ObjectMeta)>,
+    pub(crate) files: Arc<[(i64, object_store::ObjectMeta)]>,
     /// When the log they come from was last brought up to date (`None`: never, since it
     /// was opened, created or committed to).
     pub(crate) refreshed: Option<std::time::Instant>,
@@ -99,6 +104,9 @@ pub(crate) struct Held {
     pub(crate) table: Option<DeltaTable>,
     /// When it was last brought up to date.
     pub(crate) refreshed: Option<std::time::Instant>,
+    /// When it was last listed in full (opened, created or brought up to date from its
+    /// listing), rather than found up to date by looking for its next commit.
+    pub(crate) listed: Option<std::time::Instant>,
 }
 
 /// The logs of a store's tables, opened on first use.
