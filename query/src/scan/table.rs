@@ -221,7 +221,15 @@ impl TableProvider for StoreTable {
             applied.extend(&computed_filters);
             let columns = self.with_columns_of(&read, &applied)?;
             let limit = limit.filter(|_| applied.is_empty());
-            let buffered = MemTable::try_new(self.stored.clone(), vec![snapshot.batches])?;
+            // The buffered batches in as many partitions as the query runs at once, so that
+            // filtering them (a map lookup, say) uses every core it may.
+            let partitions = state.config().target_partitions().max(1);
+            let mut split = vec![Vec::new(); partitions.min(snapshot.batches.len()).max(1)];
+            let count = split.len();
+            for (n, batch) in snapshot.batches.into_iter().enumerate() {
+                split[n % count].push(batch);
+            }
+            let buffered = MemTable::try_new(self.stored.clone(), split)?;
             let scan = buffered
                 .scan(state, Some(&columns), &filters, limit)
                 .await?;

@@ -709,10 +709,14 @@ async fn value_filters_the_index_answers_do_not_read_the_map() {
     let a = with_operations(&rows[..2000], 0);
     store.write("a.parquet", &a, indexed(&a));
     store.write("b.parquet", &with_operations(&rows[2000..2500], 2000), None);
-    let buffered = with_operations(&rows[2500..], 2500);
+    // Buffered as requests arrive: in batches.
+    let buffered = (2500..3000)
+        .step_by(100)
+        .map(|first| with_operations(&rows[first..first + 100], first))
+        .collect();
     let source = Arc::new(Buffered(
         crate::scan::source::Files(store.store()),
-        vec![buffered],
+        buffered,
     ));
     let engine = crate::Engine::new(source, Default::default(), Default::default())
         .await
@@ -779,6 +783,13 @@ async fn value_filters_the_index_answers_do_not_read_the_map() {
     assert!(
         scan_of("b.parquet").is_some_and(|scan| scan.contains("attributes")),
         "{plan}"
+    );
+    // The buffer's five batches are filtered on as many cores as the query runs on.
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let partitions = format!("partitions={}, partition_sizes", cores.min(5));
+    assert!(
+        scans.iter().any(|scan| scan.contains(&partitions)),
+        "{partitions}: {plan}"
     );
 }
 
