@@ -1007,15 +1007,21 @@ mod tests {
         assert!(names(&reader).is_empty());
     }
 
-    #[test]
-    fn a_read_takes_the_files_published_and_never_waits_for_a_commit() {
+    /// A store in a new directory, whose `spans` holds one file flushed by node `a`.
+    fn flushed_once() -> (tempfile::TempDir, Store, NewFile) {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::local(dir.path());
-        let spans = crate::TABLES[0];
         let first = stored(&store, "00000000000000000003-a-01-000000.parquet");
         store
-            .commit_flush(spans, std::slice::from_ref(&first), "a", 3)
+            .commit_flush(crate::TABLES[0], std::slice::from_ref(&first), "a", 3)
             .unwrap();
+        (dir, store, first)
+    }
+
+    #[test]
+    fn a_read_takes_the_files_published_and_never_waits_for_a_commit() {
+        let (dir, store, first) = flushed_once();
+        let spans = crate::TABLES[0];
         // A read brings the log up to date; another node commits; half a second later, this
         // node's log is held, as a commit holds it across its I/O.
         assert_eq!(names(&store).len(), 1);
@@ -1065,13 +1071,8 @@ mod tests {
 
     #[test]
     fn a_log_without_a_next_commit_is_up_to_date_without_being_listed() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::local(dir.path());
+        let (dir, store, _) = flushed_once();
         let spans = crate::TABLES[0];
-        let first = stored(&store, "00000000000000000003-a-01-000000.parquet");
-        store
-            .commit_flush(spans, std::slice::from_ref(&first), "a", 3)
-            .unwrap();
         let reader = Store::local(dir.path());
         assert_eq!(names(&reader).len(), 1);
         let log = reader.log_of(spans).unwrap();
