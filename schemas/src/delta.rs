@@ -532,24 +532,25 @@ async fn on_log<T: Send + 'static>(
                 .is_some_and(|at| at.elapsed() < crate::logs::LIST_AFTER);
             if !(listed && next_commit_absent(current, &log.log).await?) {
                 current.update_incremental(None).await?;
-                held.listed = Some(Instant::now());
                 changed = true;
             }
         }
         Some(_) => {}
         None if matches!(access, Access::Append | Access::Change) => {
             held.table = Some(create(&store, table, &log.log).await?);
-            held.listed = Some(Instant::now());
             changed = true;
         }
         None => match open(&log.log).await? {
             Some(opened) => {
                 held.table = Some(opened);
-                held.listed = Some(Instant::now());
                 changed = true;
             }
             None => return Ok(None),
         },
+    }
+    // Read from its listing (opened, created or brought up to date).
+    if changed {
+        held.listed = Some(Instant::now());
     }
     if refresh {
         held.refreshed = Some(Instant::now());
@@ -561,17 +562,13 @@ async fn on_log<T: Send + 'static>(
         changed = true;
     }
     let refreshed = held.refreshed;
-    match log.listed() {
+    if changed {
+        let files = listing(&store.table(table.name), current.snapshot()?).into();
+        log.publish(Listed { files, refreshed });
+    } else if let Some(listed) = log.listed().filter(|_| refresh) {
         // Up to date as it was: the same files, as of now.
-        Some(listed) if !changed && refresh => log.publish(Listed {
-            files: listed.files.clone(),
-            refreshed,
-        }),
-        Some(_) if !changed => {}
-        _ => {
-            let files = listing(&store.table(table.name), current.snapshot()?).into();
-            log.publish(Listed { files, refreshed });
-        }
+        let files = listed.files.clone();
+        log.publish(Listed { files, refreshed });
     }
     Ok(Some(done))
 }
