@@ -35,6 +35,7 @@ use deltalake_core::operations::create::CreateBuilder;
 use deltalake_core::protocol::{DeltaOperation, SaveMode};
 use deltalake_core::table::state::DeltaTableState;
 use deltalake_core::{DeltaTable, DeltaTableError};
+use object_store::ObjectStoreExt;
 use object_store::prefix::PrefixStore;
 
 use crate::layout::NANOS_PER_HOUR;
@@ -575,14 +576,19 @@ async fn on_log<T: Send + 'static>(
 
 /// Whether `current` is the log as it stands: the commit after its version is not there.
 /// Commits are numbered one after another and none is ever replaced, so this is one request
-/// where bringing the log up to date lists `_delta_log`. Commits are cleaned up only two days
+/// (a HEAD, no body) where bringing the log up to date lists `_delta_log`. Commits are cleaned up only two days
 /// after a checkpoint follows them (see [`create_with`]), far longer than
 /// [`LIST_AFTER`](crate::logs::LIST_AFTER), after which the log is listed again.
 async fn next_commit_absent(current: &DeltaTable, log: &LogStoreRef) -> Result<bool, DeltaError> {
     let Some(version) = current.version() else {
         return Ok(false);
     };
-    Ok(log.read_commit_entry(version + 1).await?.is_none())
+    let next = deltalake_core::logstore::commit_uri_from_version(Some(version + 1));
+    match log.object_store(None).head(&next).await {
+        Ok(_) => Ok(false),
+        Err(object_store::Error::NotFound { .. }) => Ok(true),
+        Err(error) => Err(DeltaTableError::from(error).into()),
+    }
 }
 
 /// How a piece of work brings a table's log up to date first.
