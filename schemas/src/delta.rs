@@ -576,9 +576,9 @@ async fn on_log<T: Send + 'static>(
 
 /// Whether `current` is the log as it stands: the commit after its version is not there.
 /// Commits are numbered one after another and none is ever replaced, so this is one request
-/// (a HEAD, no body) where bringing the log up to date lists `_delta_log`. Commits are cleaned up only two days
-/// after a checkpoint follows them (see [`create_with`]), far longer than
-/// [`LIST_AFTER`](crate::logs::LIST_AFTER), after which the log is listed again.
+/// (a HEAD, no body) where bringing the log up to date lists `_delta_log`. Commits are
+/// cleaned up only two days after a checkpoint follows them (see [`create_with`]), far
+/// longer than [`LIST_AFTER`](crate::logs::LIST_AFTER), after which the log is listed again.
 async fn next_commit_absent(current: &DeltaTable, log: &LogStoreRef) -> Result<bool, DeltaError> {
     let Some(version) = current.version() else {
         return Ok(false);
