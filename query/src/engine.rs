@@ -2,12 +2,14 @@
 //! [`running`]) and the runtime queries run on.
 
 pub(crate) mod bounds;
+pub mod cluster;
 pub(crate) mod running;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use arrow::array::RecordBatch;
+use ballista_core::extension::SessionConfigHelperExt;
 use datafusion::execution::SessionStateBuilder;
 use datafusion::execution::cache::cache_manager::CacheManagerConfig;
 use datafusion::execution::context::{SQLOptions, SessionConfig, SessionContext};
@@ -21,11 +23,12 @@ use futures::StreamExt;
 use schemas::priority;
 use tokio::sync::Semaphore;
 
+use crate::engine::cluster::Cluster;
 use crate::error::{Error, Result};
 use crate::output::QueryOutput;
 use crate::questions::QuestionSettings;
 use crate::questions::rollups::Rollups;
-use crate::scan::{CATALOG, Source, StoreTable};
+use crate::scan::{CATALOG, Files, ForCluster, Source, StoreTable};
 use running::{Admission, Running};
 
 /// What one query may use, and how many may run at once. Each refusal names its limit.
@@ -118,6 +121,26 @@ impl Engine {
         settings: QuestionSettings,
         limits: QueryLimits,
     ) -> Result<Self> {
+        Self::build(source, settings, limits, None).await
+    }
+
+    /// A session whose statements run on `cluster`, over the committed files of `store`;
+    /// statements that read no stored file are answered here.
+    pub async fn on_cluster(
+        store: schemas::Store,
+        settings: QuestionSettings,
+        limits: QueryLimits,
+        cluster: Cluster,
+    ) -> Result<Self> {
+        Self::build(Arc::new(Files(store)), settings, limits, Some(cluster)).await
+    }
+
+    async fn build(
+        source: Arc<dyn Source>,
+        settings: QuestionSettings,
+        limits: QueryLimits,
+        cluster: Option<Cluster>,
+    ) -> Result<Self> {
         let mut config = SessionConfig::new()
             .with_information_schema(true)
             .with_default_catalog_and_schema(CATALOG, "public");
@@ -134,6 +157,15 @@ impl Engine {
         let parquet = &mut config.options_mut().execution.parquet;
         parquet.pushdown_filters = true;
         parquet.reorder_filters = true;
+        if let Some(cluster) = &cluster {
+            // Plans are cut into as many tasks a stage as the cluster is told to run, with
+            // the settings Ballista plans under itself: no dynamic filters (they do not
+            // cross stages), scalar subqueries as joins, joins that spill.
+            config = config
+                .with_target_partitions(cluster.partitions())
+                .with_extension(Arc::new(ForCluster))
+                .ballista_restricted_configuration();
+        }
         // The shared session (the PostgreSQL front-end runs there) may hold what all the
         // queries allowed at once may hold; an HTTP query gets a pool of its own.
         let total = limits
@@ -151,12 +183,15 @@ impl Engine {
             value: limits.max_value_bytes,
             batch: limits.memory_per_query,
         };
-        let state = SessionStateBuilder::new()
+        let mut state = SessionStateBuilder::new()
             .with_config(config)
             .with_runtime_env(runtime)
             .with_default_features()
-            .with_physical_optimizer_rule(crate::engine::bounds::rule(values))
-            .build();
+            .with_physical_optimizer_rule(crate::engine::bounds::rule(values));
+        if let Some(cluster) = cluster {
+            state = state.with_query_planner(Arc::new(cluster).planner(Arc::default()));
+        }
+        let state = state.build();
         let ctx = SessionContext::new_with_state(state);
         for table in schemas::TABLES {
             let provider = Arc::new(StoreTable::new(table, source.clone()));

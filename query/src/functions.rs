@@ -14,7 +14,9 @@ use arrow::array::{Array, ArrayRef, StringArray};
 use arrow::datatypes::DataType;
 use datafusion::common::cast::as_string_array;
 use datafusion::error::DataFusionError;
-use datafusion::logical_expr::{ColumnarValue, ScalarUDF, Volatility, create_udf};
+use datafusion::logical_expr::{
+    ColumnarValue, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility, create_udf,
+};
 use datafusion::prelude::SessionContext;
 use datafusion::scalar::ScalarValue;
 use schemas::routes::OpenApi;
@@ -25,9 +27,7 @@ pub(crate) fn register(ctx: &SessionContext, openapi: Arc<OpenApi>) {
     ctx.register_udf(text_function("current_setting", |name| {
         setting(name).map(|value| Some(value.to_owned()))
     }));
-    ctx.register_udf(text_function("route_template", move |path| {
-        Ok(Some(openapi.route_of(path)))
-    }));
+    ctx.register_udf(route_template(openapi));
     ctx.register_udf(text_function("route_shape", |route| {
         Ok(Some(schemas::routes::route_shape(route)))
     }));
@@ -54,26 +54,82 @@ fn text_function(
         vec![DataType::Utf8],
         DataType::Utf8,
         Volatility::Immutable,
-        Arc::new(move |args: &[ColumnarValue]| match &args[0] {
-            ColumnarValue::Scalar(ScalarValue::Utf8(Some(text))) => {
-                Ok(ColumnarValue::Scalar(ScalarValue::Utf8(apply(text)?)))
-            }
-            ColumnarValue::Scalar(_) => Ok(ColumnarValue::Scalar(ScalarValue::Utf8(None))),
-            ColumnarValue::Array(texts) => {
-                let texts = as_string_array(texts)?;
-                let mut out = Vec::with_capacity(texts.len());
-                for text in texts.iter() {
-                    out.push(match text {
-                        Some(text) => apply(text)?,
-                        None => None,
-                    });
-                }
-                Ok(ColumnarValue::Array(
-                    Arc::new(StringArray::from(out)) as ArrayRef
-                ))
-            }
-        }),
+        Arc::new(move |args: &[ColumnarValue]| on_text(&args[0], &apply)),
     )
+}
+
+/// `apply` to each text of `value`; NULL in, NULL out.
+fn on_text(
+    value: &ColumnarValue,
+    apply: impl Fn(&str) -> Result<Option<String>, DataFusionError>,
+) -> Result<ColumnarValue, DataFusionError> {
+    match value {
+        ColumnarValue::Scalar(ScalarValue::Utf8(Some(text))) => {
+            Ok(ColumnarValue::Scalar(ScalarValue::Utf8(apply(text)?)))
+        }
+        ColumnarValue::Scalar(_) => Ok(ColumnarValue::Scalar(ScalarValue::Utf8(None))),
+        ColumnarValue::Array(texts) => {
+            let texts = as_string_array(texts)?;
+            let mut out = Vec::with_capacity(texts.len());
+            for text in texts.iter() {
+                out.push(match text {
+                    Some(text) => apply(text)?,
+                    None => None,
+                });
+            }
+            Ok(ColumnarValue::Array(
+                Arc::new(StringArray::from(out)) as ArrayRef
+            ))
+        }
+    }
+}
+
+/// `route_template(path)`: the route of a raw path, by `openapi`'s templates first.
+pub(crate) fn route_template(openapi: Arc<OpenApi>) -> ScalarUDF {
+    ScalarUDF::new_from_impl(RouteTemplate {
+        openapi,
+        signature: Signature::exact(vec![DataType::Utf8], Volatility::Immutable),
+    })
+}
+
+/// `route_template`, holding the documents it templates paths by, so that a plan sent to
+/// the cluster carries them ([`crate::cluster::codec`]).
+#[derive(Debug)]
+pub(crate) struct RouteTemplate {
+    pub(crate) openapi: Arc<OpenApi>,
+    signature: Signature,
+}
+
+impl PartialEq for RouteTemplate {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.openapi, &other.openapi)
+    }
+}
+
+impl Eq for RouteTemplate {}
+
+impl std::hash::Hash for RouteTemplate {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        Arc::as_ptr(&self.openapi).hash(state);
+    }
+}
+
+impl ScalarUDFImpl for RouteTemplate {
+    fn name(&self) -> &str {
+        "route_template"
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, _args: &[DataType]) -> Result<DataType, DataFusionError> {
+        Ok(DataType::Utf8)
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue, DataFusionError> {
+        on_text(&args.args[0], |path| Ok(Some(self.openapi.route_of(path))))
+    }
 }
 
 /// The server settings clients read with `current_setting(name)`: Grafana and drivers ask

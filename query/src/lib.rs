@@ -30,6 +30,7 @@ mod questions;
 mod scan;
 pub mod traces;
 
+pub use engine::cluster::{self, Cluster};
 pub use engine::{Engine, QueryLimits};
 pub use error::{Error, Result};
 pub use output::{QueryOutput, to_json};

@@ -21,3 +21,13 @@ pub(crate) use table::StoreTable;
 
 /// The catalog holding apiscope's tables; also the database name PostgreSQL clients see.
 pub const CATALOG: &str = "apiscope";
+
+/// Marks the session options of a front-end whose statements run on a cluster: its scans
+/// plan only what crosses the wire to the executors (whole files, read as they are).
+#[derive(Debug)]
+pub(crate) struct ForCluster;
+
+/// Whether `session` plans for a cluster.
+pub(crate) fn plans_for_cluster(session: &dyn datafusion::catalog::Session) -> bool {
+    session.config().get_extension::<ForCluster>().is_some()
+}

@@ -168,6 +168,11 @@ impl OpenApi {
                 }
             }
         }
+        Ok(Self::from_operations(operations))
+    }
+
+    /// The documents' operations, as [`OpenApi::operations`] gives them.
+    pub fn from_operations(operations: Vec<Operation>) -> Self {
         let mut templates: Vec<(Vec<String>, String)> = operations
             .iter()
             .map(|op| {
@@ -186,10 +191,35 @@ impl OpenApi {
                 .then(b.0.len().cmp(&a.0.len()))
                 .then(a.1.cmp(&b.1))
         });
-        Ok(Self {
+        Self {
             operations,
             templates,
-        })
+        }
+    }
+
+    /// The operations as JSON (`[[method, route, [status, ...]], ...]`), to send elsewhere.
+    pub fn to_json(&self) -> String {
+        let operations: Vec<serde_json::Value> = self
+            .operations
+            .iter()
+            .map(|op| serde_json::json!([op.method, op.route, op.statuses]))
+            .collect();
+        serde_json::Value::Array(operations).to_string()
+    }
+
+    /// Operations as [`OpenApi::to_json`] writes them.
+    pub fn from_json(text: &str) -> Result<Self, String> {
+        let parsed: Vec<(String, String, Vec<String>)> =
+            serde_json::from_str(text).map_err(|error| format!("OpenAPI operations: {error}"))?;
+        let operations = parsed
+            .into_iter()
+            .map(|(method, route, statuses)| Operation {
+                method,
+                route,
+                statuses,
+            })
+            .collect();
+        Ok(Self::from_operations(operations))
     }
 
     /// Whether any document was given.

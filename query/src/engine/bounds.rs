@@ -513,6 +513,16 @@ impl BoundValues {
     }
 }
 
+/// `inner` checked against `limits` once built, as the rule wraps computed columns.
+pub(crate) fn checked(inner: Arc<dyn PhysicalExpr>, limits: ValueLimits) -> Arc<dyn PhysicalExpr> {
+    Arc::new(Checked { inner, limits })
+}
+
+/// The limits `expr` is checked against, when it is a checked computed column.
+pub(crate) fn limits_of(expr: &dyn PhysicalExpr) -> Option<ValueLimits> {
+    expr.downcast_ref::<Checked>().map(|checked| checked.limits)
+}
+
 /// A computed column, checked against the limits once built. It shows as the expression it
 /// wraps.
 #[derive(Debug, Eq)]

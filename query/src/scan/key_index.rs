@@ -115,6 +115,16 @@ pub(crate) struct ScanFile {
 }
 
 impl ScanFile {
+    /// `file` read whole with its own schema, none of `exact` filters answered.
+    pub(crate) fn whole(file: ObjectMeta, exact: usize) -> Self {
+        Self {
+            file,
+            rows: None,
+            read_as: None,
+            answered: vec![false; exact],
+        }
+    }
+
     /// The schema the file is read with, when it is not the file's own.
     #[cfg(test)]
     pub(crate) fn read_as(&self) -> Option<&SchemaRef> {

@@ -160,14 +160,24 @@ impl TableProvider for StoreTable {
             }
         }
         let exact: Vec<key_index::Exact> = answerable.iter().map(|a| a.exact.clone()).collect();
-        let footers = self.footers.clone();
-        let source = self.source.clone();
-        let files = tokio::task::spawn_blocking(move || {
-            footers.select(source.store(), files, &keys, &exact)
-        })
-        .await
-        .map_err(|error| DataFusionError::External(Box::new(error)))?
-        .map_err(|error| DataFusionError::External(Box::new(error)))?;
+        // A plan for the cluster reads whole files as they are: row selections and read
+        // types do not cross the wire, so no filter is left to the indexes there.
+        let on_cluster = crate::scan::plans_for_cluster(state);
+        let files = if on_cluster {
+            files
+                .into_iter()
+                .map(|file| ScanFile::whole(file, exact.len()))
+                .collect()
+        } else {
+            let footers = self.footers.clone();
+            let source = self.source.clone();
+            tokio::task::spawn_blocking(move || {
+                footers.select(source.store(), files, &keys, &exact)
+            })
+            .await
+            .map_err(|error| DataFusionError::External(Box::new(error)))?
+            .map_err(|error| DataFusionError::External(Box::new(error)))?
+        };
 
         // Files are scanned in groups by which exact filters their indexes answered; each
         // group applies the others to its rows.
@@ -202,10 +212,12 @@ impl TableProvider for StoreTable {
             }
             let options = ListingOptions::new(Arc::new(ParquetFormat::default()))
                 .with_file_extension(".parquet");
-            let config = ListingTableConfig::new_with_multi_paths(urls)
+            let mut config = ListingTableConfig::new_with_multi_paths(urls)
                 .with_listing_options(options)
-                .with_schema(self.stored.clone())
-                .with_expr_adapter_factory(Arc::new(LookupBeforeCast));
+                .with_schema(self.stored.clone());
+            if !on_cluster {
+                config = config.with_expr_adapter_factory(Arc::new(LookupBeforeCast));
+            }
             // File statistics (for planning) are kept across queries in the session's cache,
             // checked against each file's size and modification time.
             let statistics = state.runtime_env().cache_manager.get_file_statistic_cache();
