@@ -217,6 +217,14 @@ pub(crate) struct ServeArgs {
     /// machine's (or the control group's) memory [default: 0].
     #[arg(long, env = "APISCOPE_MEMORY_LIMIT", value_parser = parse_bytes)]
     memory_limit: Option<usize>,
+    /// Send SQL (HTTP, PostgreSQL) to this cluster's scheduler, `df://HOST:PORT`, which
+    /// reads the store's committed files; rows still in a collector's buffer are not seen
+    /// there [default: none, queries run here].
+    #[arg(long, env = "APISCOPE_CLUSTER")]
+    cluster: Option<String>,
+    /// Tasks a stage of a query is cut into on the cluster [default: 8].
+    #[arg(long, env = "APISCOPE_CLUSTER_PARTITIONS")]
+    cluster_partitions: Option<usize>,
 }
 
 /// Settings in force for `apiscope serve`.
@@ -243,6 +251,8 @@ pub(crate) struct Settings {
     pub(crate) listen: Listen,
     /// The daemon's memory ceiling in bytes; `None`: three quarters of the machine's memory.
     pub(crate) memory_limit: Option<u64>,
+    /// The cluster SQL is sent to, if any.
+    pub(crate) cluster: Option<query::Cluster>,
 }
 
 /// How many connections each listener holds, and how long a silent one may stay.
@@ -482,8 +492,25 @@ impl ServeArgs {
                 .memory_limit
                 .filter(|bytes| *bytes > 0)
                 .map(|bytes| bytes as u64),
+            cluster: cluster(self.cluster.as_deref(), self.cluster_partitions)?,
         })
     }
+}
+
+/// The cluster `url` names, with stages cut into `partitions` tasks.
+pub(crate) fn cluster(
+    url: Option<&str>,
+    partitions: Option<usize>,
+) -> Result<Option<query::Cluster>> {
+    let partitions = partitions.unwrap_or(8);
+    if partitions == 0 {
+        return Err(Error::Config("cluster_partitions must be above 0".into()));
+    }
+    url.map(|url| {
+        query::Cluster::new(url, partitions)
+            .map_err(|error| Error::Config(format!("--cluster {error}")))
+    })
+    .transpose()
 }
 
 /// A secret setting: its `Debug` never shows it.
@@ -534,6 +561,13 @@ impl Settings {
             format!("flush_interval = {:?}", c.flush_interval),
             format!("retention = {:?}", c.retention),
             format!("rollup_interval = {:?}", self.rollup_interval),
+            format!(
+                "cluster = {}",
+                match &self.cluster {
+                    Some(cluster) => cluster.to_string(),
+                    None => "none: queries run here".to_owned(),
+                }
+            ),
             format!(
                 "openapi operations = {}",
                 self.questions.openapi.operations().len()

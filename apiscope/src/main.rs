@@ -4,6 +4,7 @@
 mod access;
 mod ceiling;
 mod client;
+mod cluster;
 mod config;
 mod fds;
 mod health;
@@ -81,6 +82,11 @@ enum Command {
     Loadgen(loadgen::LoadgenArgs),
     /// Import access logs (nginx, Envoy, NDJSON) into a running daemon's `requests` table.
     Import(import::ImportArgs),
+    /// Run the cluster's scheduler (Apache DataFusion Ballista), which front-ends started
+    /// with `--cluster` send queries to.
+    Scheduler(cluster::SchedulerArgs),
+    /// Run one of the cluster's executors, which take work from the scheduler.
+    Executor(cluster::ExecutorArgs),
 }
 
 fn main() -> ExitCode {
@@ -125,7 +131,10 @@ fn main() -> ExitCode {
             let format = settings.log_format;
             (Resolved::Serve(Box::new(settings)), format)
         }
-        other => (Resolved::Other(other), config::LogFormat::from_env()),
+        other => (
+            Resolved::Other(Box::new(other)),
+            config::LogFormat::from_env(),
+        ),
     };
     init_logging(log_format);
     // One TLS implementation for the listeners and the client commands.
@@ -143,11 +152,15 @@ fn main() -> ExitCode {
     let outcome = runtime.block_on(async {
         match command {
             Resolved::Serve(settings) => serve::run(*settings).await,
-            Resolved::Other(Command::Sql(args)) => sql::run(args).await,
-            Resolved::Other(Command::Trace(args)) => trace::run(args).await,
-            Resolved::Other(Command::Loadgen(args)) => loadgen::run(args).await,
-            Resolved::Other(Command::Import(args)) => import::run(args).await,
-            Resolved::Other(Command::Serve(_)) => Ok(()),
+            Resolved::Other(other) => match *other {
+                Command::Sql(args) => sql::run(args).await,
+                Command::Trace(args) => trace::run(args).await,
+                Command::Loadgen(args) => loadgen::run(args).await,
+                Command::Import(args) => import::run(args).await,
+                Command::Scheduler(args) => cluster::scheduler(args).await,
+                Command::Executor(args) => cluster::executor(args).await,
+                Command::Serve(_) => Ok(()),
+            },
         }
     });
     match outcome {
@@ -180,7 +193,7 @@ fn say_error(error: &dyn std::fmt::Display) {
 /// A command ready to run.
 enum Resolved {
     Serve(Box<config::Settings>),
-    Other(Command),
+    Other(Box<Command>),
 }
 
 /// Logs go to stderr, filtered by `APISCOPE_LOG` (`info` by default), as text or JSON lines.

@@ -137,6 +137,21 @@ pub(crate) async fn run(mut settings: Settings) -> Result<()> {
         settings.query_limits.clone(),
     )
     .await?;
+    // What answers SQL over HTTP and PostgreSQL: the cluster when there is one. Rollups, the
+    // trace lookups and the memory ceiling stay with the engine over this node's buffer.
+    let answering = match settings.cluster.clone() {
+        Some(cluster) => {
+            tracing::info!(%cluster, "SQL runs on the cluster, over committed files");
+            Engine::on_cluster(
+                settings.collector.store.clone(),
+                settings.questions.clone(),
+                settings.query_limits.clone(),
+                cluster,
+            )
+            .await?
+        }
+        None => engine.clone(),
+    };
 
     // Started before the listeners, so that the ready line is the last line of start-up.
     let stop_ceiling = CancellationToken::new();
@@ -260,7 +275,7 @@ pub(crate) async fn run(mut settings: Settings) -> Result<()> {
         stop_accepting.clone(),
     ));
     let query_routes = guarded(
-        query::http::router(engine.clone()).merge(query::traces::router(engine.clone())),
+        query::http::router(answering.clone()).merge(query::traces::router(engine.clone())),
         Scope::Query,
         "query API",
     )
@@ -289,7 +304,7 @@ pub(crate) async fn run(mut settings: Settings) -> Result<()> {
     });
     front_ends.spawn(query::pg::run(
         pg_connections,
-        engine.clone(),
+        answering,
         guards.pg_auth.clone(),
         guards.tls.as_ref().map(|tls| tls.postgres()),
         listen.pg,

@@ -30,6 +30,13 @@ pub(crate) struct ReadFrom {
     /// daemon (sees flushed rows only).
     #[arg(long)]
     store: Option<String>,
+    /// Run the query on this cluster's scheduler, `df://HOST:PORT`, over the store given
+    /// with --store (committed files only).
+    #[arg(long, env = "APISCOPE_CLUSTER", requires = "store")]
+    cluster: Option<String>,
+    /// Tasks a stage of a query is cut into on the cluster [default: 8].
+    #[arg(long, env = "APISCOPE_CLUSTER_PARTITIONS", requires = "cluster")]
+    cluster_partitions: Option<usize>,
     #[command(flatten)]
     client: crate::client::ClientArgs,
 }
@@ -53,8 +60,9 @@ impl ReadFrom {
             ),
             (None, None) => None,
         };
+        let cluster = crate::config::cluster(self.cluster.as_deref(), self.cluster_partitions)?;
         Ok(match store {
-            Some(store) => Reader::Store(store_engine(store).await?),
+            Some(store) => Reader::Store(store_engine(store, cluster).await?),
             None => Reader::Daemon(
                 self.client.http(timeout)?,
                 self.url.trim_end_matches('/').to_owned(),
@@ -96,11 +104,18 @@ fn local_store(dir: &std::path::Path) -> Result<schemas::Store> {
     Ok(schemas::Store::local(&dir))
 }
 
-/// A query engine over the flushed files of `store`, with default limits.
-async fn store_engine(store: schemas::Store) -> Result<query::Engine> {
-    let source = Arc::new(query::Files(store));
+/// A query engine over the flushed files of `store`, with default limits; its queries run
+/// on `cluster` when there is one.
+async fn store_engine(
+    store: schemas::Store,
+    cluster: Option<query::Cluster>,
+) -> Result<query::Engine> {
     let settings = query::QuestionSettings::default();
-    Ok(query::Engine::new(source, settings, query::QueryLimits::default()).await?)
+    let limits = query::QueryLimits::default();
+    Ok(match cluster {
+        Some(cluster) => query::Engine::on_cluster(store, settings, limits, cluster).await?,
+        None => query::Engine::new(Arc::new(query::Files(store)), settings, limits).await?,
+    })
 }
 
 /// Runs `sql` on the daemon at `url`; its rows.

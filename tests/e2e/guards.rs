@@ -9,7 +9,7 @@ use crate::support::daemon::{Daemon, http};
 use crate::support::otlp::{hex_id, post, span, traces};
 
 /// Eight billion rows, each compared: never done in two seconds.
-const SLOW: &str = "SELECT count(*) FROM (SELECT duration_ns FROM spans) a, \
+pub(crate) const SLOW: &str = "SELECT count(*) FROM (SELECT duration_ns FROM spans) a, \
     (SELECT duration_ns FROM spans) b, (SELECT duration_ns FROM spans) c \
     WHERE a.duration_ns + b.duration_ns > c.duration_ns";
 
@@ -208,6 +208,51 @@ fn one_slot_taken<T>(daemon: &Daemon, mut ask: impl FnMut() -> Option<T>) -> T {
     panic!("the slow query never got the one slot in three tries");
 }
 
+/// Statements that would change something or read what is not a table, each of which every
+/// front-end refuses; `dir` is where the file ones would write or read.
+pub(crate) fn refusal_corpus(dir: &std::path::Path) -> Vec<String> {
+    let written = dir.join("written.csv");
+    let secret = dir.join("secret.csv");
+    std::fs::write(&secret, "a,b\n1,2\n").unwrap();
+    vec![
+        "CREATE TABLE notes AS SELECT 1 AS n".to_owned(),
+        "INSERT INTO spans (trace_id) VALUES ('x')".to_owned(),
+        "DELETE FROM spans".to_owned(),
+        "DROP TABLE spans".to_owned(),
+        "SELECT 1; DROP TABLE spans".to_owned(),
+        format!("COPY (SELECT * FROM spans) TO '{}'", written.display()),
+        format!(
+            "CREATE EXTERNAL TABLE leak STORED AS CSV LOCATION '{}'",
+            secret.display()
+        ),
+        format!("SELECT * FROM '{}'", secret.display()),
+        format!("SELECT * FROM read_csv('{}')", secret.display()),
+        "SET datafusion.execution.batch_size = 1".to_owned(),
+    ]
+}
+
+/// Checks that `daemon` refuses every statement of `corpus` over HTTP and over PostgreSQL
+/// (the simple and the extended protocol).
+pub(crate) fn refuses_all(daemon: &Daemon, corpus: &[String]) {
+    for sql in corpus {
+        let (status, body) = daemon.try_query(sql);
+        assert!((400..500).contains(&status), "HTTP ran {sql}: {body}");
+    }
+    crate::support::pg::runtime().block_on(async {
+        let client = crate::support::pg::connect(daemon, None).await.unwrap();
+        for sql in corpus {
+            assert!(
+                client.simple_query(sql).await.is_err(),
+                "PostgreSQL (simple) ran {sql}"
+            );
+            assert!(
+                client.query(sql.as_str(), &[]).await.is_err(),
+                "PostgreSQL (extended) ran {sql}"
+            );
+        }
+    });
+}
+
 #[test]
 fn the_refusal_corpus_is_refused_over_http_and_postgres() {
     let dir = tempfile::tempdir().unwrap();
@@ -232,33 +277,9 @@ fn the_refusal_corpus_is_refused_over_http_and_postgres() {
     assert_eq!(daemon.wait_for_count("SELECT count(*) FROM spans", 3), 3);
 
     let written = dir.path().join("written.csv");
-    let secret = dir.path().join("secret.csv");
-    std::fs::write(&secret, "a,b\n1,2\n").unwrap();
-    let corpus = [
-        "CREATE TABLE notes AS SELECT 1 AS n".to_owned(),
-        "INSERT INTO spans (trace_id) VALUES ('x')".to_owned(),
-        "DELETE FROM spans".to_owned(),
-        "DROP TABLE spans".to_owned(),
-        "SELECT 1; DROP TABLE spans".to_owned(),
-        format!("COPY (SELECT * FROM spans) TO '{}'", written.display()),
-        format!(
-            "CREATE EXTERNAL TABLE leak STORED AS CSV LOCATION '{}'",
-            secret.display()
-        ),
-        format!("SELECT * FROM '{}'", secret.display()),
-        format!("SELECT * FROM read_csv('{}')", secret.display()),
-        "SET datafusion.execution.batch_size = 1".to_owned(),
-    ];
-    for sql in &corpus {
-        let (status, body) = daemon.try_query(sql);
-        assert!((400..500).contains(&status), "HTTP ran {sql}: {body}");
-    }
+    refuses_all(&daemon, &refusal_corpus(dir.path()));
     crate::support::pg::runtime().block_on(async {
         let client = crate::support::pg::connect(&daemon, None).await.unwrap();
-        for sql in &corpus {
-            assert!(client.simple_query(sql).await.is_err(), "PostgreSQL (simple) ran {sql}");
-            assert!(client.query(sql.as_str(), &[]).await.is_err(), "PostgreSQL (extended) ran {sql}");
-        }
         let tables = client
             .query("SELECT table_name FROM information_schema.tables WHERE table_schema = 'public' ORDER BY 1", &[])
             .await

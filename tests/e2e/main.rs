@@ -6,6 +6,7 @@
 mod abuse;
 mod bad_input;
 mod cli;
+mod cluster;
 mod compose;
 mod crash;
 mod dashboards;
