@@ -14,6 +14,7 @@ use serde_json::Value;
 
 use crate::support::daemon::{Daemon, binary};
 use crate::support::fleet::Fleet;
+use crate::support::rfc3339;
 use crate::support::s3::S3;
 
 /// A cluster role (`scheduler`, `executor`) running, killed when dropped; its log kept.
@@ -133,12 +134,6 @@ impl Cluster {
             executors,
         }
     }
-}
-
-fn rfc3339(s: i64) -> String {
-    chrono::DateTime::from_timestamp(s, 0)
-        .unwrap()
-        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
 }
 
 /// Whether two answers are the same: numbers within a relative 1e-9 (sums of floating-point

@@ -18,6 +18,7 @@ use serde_json::{Value, json};
 use crate::support::daemon::Daemon;
 use crate::support::otlp::{hex_id, post, span, traces};
 use crate::support::prometheus::Scrape;
+use crate::support::rfc3339;
 
 /// One generated server call.
 #[derive(Debug, Clone)]
@@ -372,12 +373,6 @@ fn send_with_sdk(daemon: &Daemon, calls: &[&Call]) {
         server.end_with_timestamp(start + Duration::from_millis(call.duration_ms as u64));
     }
     provider.shutdown().unwrap();
-}
-
-fn rfc3339(s: i64) -> String {
-    chrono::DateTime::from_timestamp(s, 0)
-        .unwrap()
-        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
 }
 
 /// Every file under `dir`.

@@ -16,13 +16,8 @@ use crate::support::daemon::{Daemon, binary, serve};
 use crate::support::fleet::Fleet;
 use crate::support::otlp::{hex_id, post, span, traces};
 use crate::support::prometheus::Scrape;
+use crate::support::rfc3339;
 use crate::support::s3::S3;
-
-fn rfc3339(s: i64) -> String {
-    chrono::DateTime::from_timestamp(s, 0)
-        .unwrap()
-        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
-}
 
 /// A daemon over `data_dir` whose tables are in `store`, on `s3`, with `extra` flags.
 fn on_bucket_with(s3: &S3, data_dir: &std::path::Path, store: &str, extra: &[&str]) -> Command {
