@@ -189,7 +189,7 @@ impl Engine {
             .with_default_features()
             .with_physical_optimizer_rule(crate::engine::bounds::rule(values));
         if let Some(cluster) = cluster {
-            state = state.with_query_planner(Arc::new(cluster).planner(Arc::default()));
+            state = state.with_query_planner(cluster.planner());
         }
         let state = state.build();
         let ctx = SessionContext::new_with_state(state);

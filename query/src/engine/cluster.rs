@@ -17,6 +17,7 @@ use std::sync::Arc;
 
 use arrow::datatypes::SchemaRef;
 use async_trait::async_trait;
+use ballista_core::serde::protobuf::KeyValuePair;
 use datafusion::catalog::Session;
 use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
 use datafusion::datasource::physical_plan::FileScanConfig;
@@ -67,10 +68,10 @@ impl Cluster {
     }
 
     /// The planner of a session whose queries run on this cluster.
-    pub(crate) fn planner(self: &Arc<Self>, codec: Arc<codec::Codec>) -> Arc<ClusterPlanner> {
+    pub(crate) fn planner(self) -> Arc<ClusterPlanner> {
         Arc::new(ClusterPlanner {
-            cluster: self.clone(),
-            codec,
+            cluster: Arc::new(self),
+            codec: Arc::default(),
         })
     }
 }
@@ -185,7 +186,7 @@ pub(crate) struct ClusterExec {
     encoded: Arc<Vec<u8>>,
     cluster: Arc<Cluster>,
     /// The session options the executors run it with.
-    settings: Vec<(String, Option<String>)>,
+    settings: Vec<KeyValuePair>,
     properties: Arc<PlanProperties>,
 }
 
@@ -207,7 +208,12 @@ impl ClusterExec {
             .options()
             .entries()
             .into_iter()
-            .map(|entry| (entry.key, entry.value))
+            .filter_map(|entry| {
+                entry.value.map(|value| KeyValuePair {
+                    key: entry.key,
+                    value: Some(value),
+                })
+            })
             .collect();
         Self {
             plan,

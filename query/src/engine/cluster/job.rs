@@ -32,7 +32,8 @@ pub(super) struct Job {
     pub(super) scheduler: String,
     pub(super) session_id: String,
     pub(super) plan: Arc<Vec<u8>>,
-    pub(super) settings: Vec<(String, Option<String>)>,
+    /// The session options the executors run it with.
+    pub(super) settings: Vec<KeyValuePair>,
 }
 
 impl Job {
@@ -53,19 +54,9 @@ impl Job {
         let mut client = SchedulerGrpcClient::new(channel)
             .max_decoding_message_size(MAX_MESSAGE)
             .max_encoding_message_size(MAX_MESSAGE);
-        let settings = self
-            .settings
-            .iter()
-            .filter_map(|(key, value)| {
-                value.as_ref().map(|value| KeyValuePair {
-                    key: key.clone(),
-                    value: Some(value.clone()),
-                })
-            })
-            .collect();
         let mut request = tonic::Request::new(ExecuteQueryParams {
             query: Some(Query::PhysicalPlan(self.plan.to_vec())),
-            settings,
+            settings: self.settings.clone(),
             session_id: self.session_id.clone(),
             operation_id: format!("{}-{}", self.session_id, super::unique()),
         });
