@@ -3,6 +3,7 @@
 //! and the store's object store, so that the statements a front-end (`serve --cluster`,
 //! `sql --cluster`) sends run there as they would on one node.
 
+mod scheduler;
 mod stop;
 
 use std::net::SocketAddr;
@@ -13,7 +14,6 @@ use ballista_core::registry::BallistaFunctionRegistry;
 use ballista_executor::executor_process::{ExecutorProcessConfig, start_executor_process};
 use ballista_scheduler::cluster::BallistaCluster;
 use ballista_scheduler::config::SchedulerConfig;
-use ballista_scheduler::scheduler_process::start_server;
 use clap::Args;
 use datafusion::execution::SessionStateBuilder;
 use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
@@ -61,6 +61,9 @@ pub(crate) struct ExecutorArgs {
     /// The store the cluster reads (a directory, or `s3://bucket/prefix`).
     #[arg(long, env = "APISCOPE_STORE")]
     store: String,
+    /// Where the executor serves `/metrics` (HTTP; default: the bind address's port + 2).
+    #[arg(long, env = "APISCOPE_EXECUTOR_METRICS_BIND")]
+    metrics_bind: Option<SocketAddr>,
     /// Tasks run at once (default: the machine's cores).
     #[arg(long, env = "APISCOPE_EXECUTOR_CONCURRENCY")]
     concurrency: Option<usize>,
@@ -139,10 +142,10 @@ pub(crate) async fn scheduler(args: SchedulerArgs) -> Result<()> {
     let cluster = BallistaCluster::new_from_config(&config)
         .await
         .map_err(|error| Error::Server(format!("cannot start the scheduler: {error}")))?;
+    let metrics = crate::metrics::install()?;
     tracing::info!(bind = %args.bind, store = %args.store, "apiscope scheduler ready");
     tokio::select! {
-        served = start_server(cluster, args.bind, Arc::new(config)) => served
-            .map_err(|error| Error::Server(format!("the scheduler stopped: {error}"))),
+        served = scheduler::serve(args.bind, config, cluster, metrics) => served,
         () = crate::shutdown::signal() => Ok(()),
     }
 }
@@ -159,6 +162,33 @@ pub(crate) async fn executor(args: ExecutorArgs) -> Result<()> {
             args.bind
         ))
     })?;
+    let metrics_bind = match args.metrics_bind {
+        Some(addr) => addr,
+        None => {
+            let port = grpc_port.checked_add(1).ok_or_else(|| {
+                Error::Config(format!(
+                    "--bind {}: /metrics needs the port after the gRPC service's; pass \
+                     --metrics-bind",
+                    args.bind
+                ))
+            })?;
+            SocketAddr::new(args.bind.ip(), port)
+        }
+    };
+    args.exposure.check("executor's /metrics", &metrics_bind)?;
+    let metrics = crate::metrics::install()?;
+    let listener = tokio::net::TcpListener::bind(metrics_bind)
+        .await
+        .map_err(|error| Error::Server(format!("cannot listen on {metrics_bind}: {error}")))?;
+    let app = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || std::future::ready(crate::metrics::rendered(&metrics))),
+    );
+    tokio::spawn(async move {
+        if let Err(error) = axum::serve(listener, app).await {
+            tracing::error!(%error, "the executor's /metrics stopped");
+        }
+    });
     let work_dir = args.work_dir.as_ref().map(|dir| dir.display().to_string());
     let spill_dir = work_dir.clone();
     let runtime_store = store.clone();
@@ -195,6 +225,7 @@ pub(crate) async fn executor(args: ExecutorArgs) -> Result<()> {
     tracing::info!(
         bind = %args.bind,
         grpc_port,
+        metrics = %metrics_bind,
         scheduler = %args.scheduler,
         store = %args.store,
         "apiscope executor starting"

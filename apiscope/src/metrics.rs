@@ -80,12 +80,17 @@ async fn scrape(State(scrape): State<Scrape>) -> impl IntoResponse {
         let store = scrape.collector.config().store.clone();
         let _ = tokio::task::spawn_blocking(move || store_gauges(&store)).await;
     }
+    rendered(&scrape.handle)
+}
+
+/// The metrics in Prometheus text format, as a response.
+pub(crate) fn rendered(handle: &PrometheusHandle) -> impl IntoResponse + use<> {
     (
         [(
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        scrape.handle.render(),
+        handle.render(),
     )
 }
 

@@ -14,6 +14,7 @@ use serde_json::Value;
 
 use crate::support::daemon::{Daemon, binary};
 use crate::support::fleet::Fleet;
+use crate::support::prometheus::Scrape;
 use crate::support::rfc3339;
 use crate::support::s3::S3;
 
@@ -76,15 +77,17 @@ impl Drop for Role {
     }
 }
 
-/// A free loopback port whose next port is free too (an executor takes both).
-fn free_pair() -> u16 {
+/// A free loopback port whose next two ports are free too (an executor takes all three).
+fn free_ports() -> u16 {
     loop {
         let port = TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
             .unwrap()
             .port();
-        if port < u16::MAX && TcpListener::bind(("127.0.0.1", port + 1)).is_ok() {
+        if port < u16::MAX - 2
+            && (1..=2).all(|next| TcpListener::bind(("127.0.0.1", port + next)).is_ok())
+        {
             return port;
         }
     }
@@ -96,17 +99,25 @@ struct Cluster {
     scheduler: Role,
     /// Each executor, and the directory it writes its tasks' output to.
     executors: Vec<(Role, tempfile::TempDir)>,
+    /// The scheduler's `/metrics`, and each executor's.
+    metrics: (String, Vec<String>),
 }
 
 impl Cluster {
     fn start(s3: &S3, store: &str, executors: usize) -> Cluster {
-        let port = free_pair();
+        let port = free_ports();
         let bind = format!("127.0.0.1:{port}");
         let scheduler = Role::start(s3, &["scheduler", "--bind", &bind, "--store", store]);
         let url = format!("df://127.0.0.1:{port}");
+        let mut metrics = (format!("http://{bind}/metrics"), Vec::new());
         let executors = (0..executors)
             .map(|_| {
-                let bind = format!("127.0.0.1:{}", free_pair());
+                let port = free_ports();
+                let bind = format!("127.0.0.1:{port}");
+                // The default: the port after the gRPC service's.
+                metrics
+                    .1
+                    .push(format!("http://127.0.0.1:{}/metrics", port + 2));
                 let work_dir = tempfile::tempdir().unwrap();
                 let executor = Role::start(
                     s3,
@@ -132,6 +143,46 @@ impl Cluster {
             url,
             scheduler,
             executors,
+            metrics,
+        }
+    }
+}
+
+impl Cluster {
+    /// Each role's `/metrics` (read by Prometheus' parser) counts the work done: jobs,
+    /// stages, tasks and shuffle bytes on the scheduler, the same tasks and bytes on the
+    /// executors.
+    fn metrics_count_the_work(&self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let scheduler = Scrape::at(&self.metrics.0);
+            let executors: Vec<Scrape> = self.metrics.1.iter().map(|url| Scrape::at(url)).collect();
+            assert_eq!(scheduler.get("apiscope_cluster_executors", ""), 2.0);
+            assert!(scheduler.get("apiscope_cluster_jobs_total", "outcome=completed") >= 40.0);
+            assert!(scheduler.get("apiscope_cluster_stages_total", "") >= 40.0);
+            let tasks = scheduler.get("apiscope_cluster_tasks_total", "outcome=succeeded");
+            let bytes = scheduler.get("apiscope_cluster_shuffle_bytes_total", "");
+            assert!(bytes > 0.0);
+            for executor in &executors {
+                assert!(executor.get("apiscope_executor_tasks_total", "outcome=succeeded") > 0.0);
+                assert_eq!(executor.get("apiscope_executor_running_tasks", ""), 0.0);
+            }
+            let sum = |name: &str, labels: &str| -> f64 {
+                executors.iter().map(|e| e.get(name, labels)).sum()
+            };
+            // A task's end reaches the scheduler a moment after the executor counts it.
+            let (done, written) = (
+                sum("apiscope_executor_tasks_total", "outcome=succeeded"),
+                sum("apiscope_executor_shuffle_bytes_written_total", ""),
+            );
+            if (done, written) == (tasks, bytes) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the scheduler counts {tasks} tasks and {bytes} bytes, the executors {done} and {written}"
+            );
+            std::thread::sleep(Duration::from_millis(200));
         }
     }
 }
@@ -303,11 +354,19 @@ fn a_cluster_answers_as_one_node_over_the_same_bucket_and_holds_the_guards() {
     let spans = collector.count("SELECT count(*) FROM spans");
     assert!(spans > 6000, "{spans}");
 
-    let cluster = Cluster::start(&s3, store, 2);
+    let mut cluster = Cluster::start(&s3, store, 2);
     let front = Daemon::start_command(s3.serve(
         front_dir.path(),
         store,
-        &["--openapi", openapi, "--cluster", &cluster.url],
+        &[
+            "--openapi",
+            openapi,
+            "--cluster",
+            &cluster.url,
+            // Room for a query to outlive an executor's loss (see `an_executor_lost`).
+            "--query-timeout",
+            "120s",
+        ],
     ));
     // Everything the collector holds is committed to the bucket.
     assert_eq!(
@@ -359,6 +418,7 @@ fn a_cluster_answers_as_one_node_over_the_same_bucket_and_holds_the_guards() {
         let jobs = std::fs::read_dir(work_dir.path()).unwrap().count();
         assert!(jobs > 0, "an executor ran no task");
     }
+    cluster.metrics_count_the_work();
     // PostgreSQL clients are answered by the cluster too.
     // (A question whose window the rollups answer whole is answered by the front-end.)
     let window = format!("time >= '{from}' AND time < '{to}'");
@@ -388,6 +448,71 @@ fn a_cluster_answers_as_one_node_over_the_same_bucket_and_holds_the_guards() {
     assert_eq!(cluster.scheduler.count("Job submitted"), submitted);
 
     guards_hold(&s3, store, &cluster);
+    an_executor_lost(&collector, &front, &mut cluster);
+}
+
+/// An executor killed while a query runs: the query is answered right (the scheduler fails
+/// the job, and the front-end runs it again), or refused with a reason; the next query is
+/// answered right by the executor left; nothing hangs.
+fn an_executor_lost(collector: &Daemon, front: &Daemon, cluster: &mut Cluster) {
+    // Shuffled twice (the join, the aggregation), a few seconds on two executors.
+    let sql = "SELECT a.endpoint, count(*) AS pairs, sum(b.duration_ns % 1000) AS total \
+        FROM spans a JOIN spans b ON a.service_name = b.service_name AND a.span_kind = b.span_kind \
+        GROUP BY a.endpoint ORDER BY a.endpoint";
+    let expected = collector.rows(sql);
+    assert!(expected.len() > 3, "{expected:?}");
+    let client = reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(150))
+        .build()
+        .unwrap();
+    let ask = |front: &Daemon| -> (u16, Value) {
+        let response = client
+            .post(format!("{}/api/v1/query", front.query_url()))
+            .json(&serde_json::json!({ "sql": sql }))
+            .send()
+            .expect("the front-end answers");
+        (response.status().as_u16(), response.json().unwrap())
+    };
+
+    let submitted = cluster.scheduler.count("Job submitted");
+    let (status, answer) = std::thread::scope(|scope| {
+        let asked = scope.spawn(|| ask(front));
+        // Once the tasks are under way on both executors.
+        cluster.scheduler.wait_for("Job submitted", submitted + 1);
+        std::thread::sleep(Duration::from_millis(700));
+        let (victim, _) = &mut cluster.executors[1];
+        victim.child.kill().unwrap();
+        victim.child.wait().unwrap();
+        asked.join().unwrap()
+    });
+    if status == 200 {
+        assert_eq!(
+            answer["rows"],
+            Value::Array(expected.iter().map(|r| Value::Array(r.clone())).collect()),
+            "the answer of a query that lost an executor"
+        );
+    } else {
+        let detail = answer["detail"].as_str().unwrap_or_default();
+        assert!(
+            detail.contains("executor") && detail.contains("again"),
+            "{status}: {answer}"
+        );
+    }
+    // The executor was lost while the query ran (not after it had been answered), and the
+    // scheduler knows it (at the latest when its heartbeats are 15 s late).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let scheduler = loop {
+        let scheduler = Scrape::at(&cluster.metrics.0);
+        if scheduler.get("apiscope_cluster_executors", "") == 1.0 || Instant::now() > deadline {
+            break scheduler;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    assert_eq!(scheduler.get("apiscope_cluster_executors", ""), 1.0);
+    assert!(scheduler.get("apiscope_cluster_executors_lost_total", "") >= 1.0);
+    assert!(scheduler.get("apiscope_cluster_jobs_total", "outcome=executor_lost") >= 1.0);
+    // The executor left answers the next query, right.
+    assert_eq!(front.rows(sql), expected);
 }
 
 /// Read-only, result rows and time are held by a front-end over the cluster; a query over

@@ -208,6 +208,33 @@ impl fmt::Display for StoppingStage {
     }
 }
 
+/// A task on `/metrics`: running while it lives, then counted by its outcome (stopped
+/// when its run was dropped before it ended).
+struct Counted {
+    started: std::time::Instant,
+    outcome: Option<&'static str>,
+}
+
+impl Counted {
+    fn start() -> Self {
+        metrics::gauge!("apiscope_executor_running_tasks").increment(1.0);
+        Self {
+            started: std::time::Instant::now(),
+            outcome: None,
+        }
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        metrics::gauge!("apiscope_executor_running_tasks").decrement(1.0);
+        metrics::histogram!("apiscope_executor_task_seconds")
+            .record(self.started.elapsed().as_secs_f64());
+        let outcome = self.outcome.unwrap_or("stopped");
+        metrics::counter!("apiscope_executor_tasks_total", "outcome" => outcome).increment(1);
+    }
+}
+
 /// Stops the plan when dropped.
 struct StopOnDrop(Arc<AtomicBool>);
 
@@ -225,7 +252,21 @@ impl QueryStageExecutor for StoppingStage {
         context: Arc<TaskContext>,
     ) -> Result<Vec<ShuffleWritePartition>> {
         let _stop = StopOnDrop(self.stopped.clone());
-        self.stage.execute_query_stage(task_id, context).await
+        let mut counted = Counted::start();
+        let outcome = self.stage.execute_query_stage(task_id, context).await;
+        counted.outcome = Some(match &outcome {
+            Ok(partitions) => {
+                let sum = |of: fn(&ShuffleWritePartition) -> u64| partitions.iter().map(of).sum();
+                metrics::counter!("apiscope_executor_shuffle_bytes_written_total")
+                    .increment(sum(|p| p.num_bytes));
+                metrics::counter!("apiscope_executor_shuffle_rows_written_total")
+                    .increment(sum(|p| p.num_rows));
+                "succeeded"
+            }
+            Err(_) if self.stopped.load(Ordering::Relaxed) => "stopped",
+            Err(_) => "failed",
+        });
+        outcome
     }
 
     fn collect_plan_metrics(&self) -> Vec<MetricsSet> {
@@ -307,8 +348,10 @@ impl ExecutionPlan for Stoppable {
         }))
     }
 
+    /// None: the operator it wraps, its child, reports its own. (Ballista lines up a
+    /// stage's metrics with its plan's operators, and logs an error when they differ.)
     fn metrics(&self) -> Option<MetricsSet> {
-        self.input.metrics()
+        None
     }
 }
 

@@ -39,6 +39,10 @@ use prost::Message;
 
 use crate::error::Error;
 
+/// How apiscope's scheduler begins the error of a job under way when an executor was lost;
+/// the front-end runs such a job again (see `job.rs`).
+pub const EXECUTOR_LOST: &str = "an executor was lost while the query ran";
+
 /// A Ballista scheduler that queries are sent to.
 #[derive(Debug, Clone)]
 pub struct Cluster {

@@ -14,10 +14,12 @@ pub(crate) struct Scrape(pub(crate) BTreeMap<(String, String), f64>);
 
 impl Scrape {
     pub(crate) fn of(daemon: &Daemon) -> Scrape {
-        let response = http()
-            .get(format!("{}/metrics", daemon.query_url()))
-            .send()
-            .unwrap();
+        Scrape::at(&format!("{}/metrics", daemon.query_url()))
+    }
+
+    /// The scrape of `url`.
+    pub(crate) fn at(url: &str) -> Scrape {
+        let response = http().get(url).send().unwrap();
         assert_eq!(response.status().as_u16(), 200);
         let content_type = response.headers()["content-type"]
             .to_str()
@@ -60,7 +62,6 @@ impl Scrape {
         Scrape(samples)
     }
 
-    /// The value of `name` with exactly these labels (`k=v,...`, sorted); 0 when absent.
     /// The sample `name{labels}`, which must be in the scrape: a renamed or vanished series
     /// fails here rather than reading as 0.
     pub(crate) fn get(&self, name: &str, labels: &str) -> f64 {

@@ -5,6 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::EXECUTOR_LOST;
 use arrow::array::RecordBatch;
 use ballista_core::client::BallistaClient;
 use ballista_core::serde::protobuf::execute_query_params::Query;
@@ -27,6 +28,10 @@ const MAX_MESSAGE: usize = 64 * 1024 * 1024;
 const FIRST_POLL: Duration = Duration::from_millis(5);
 const LAST_POLL: Duration = Duration::from_millis(100);
 
+/// How many times a job is run when an executor is lost while it runs (the scheduler fails
+/// such a job rather than answer it with rows possibly counted twice).
+const ATTEMPTS: usize = 3;
+
 /// A statement for the cluster.
 pub(super) struct Job {
     pub(super) scheduler: String,
@@ -39,21 +44,52 @@ pub(super) struct Job {
 impl Job {
     /// Submits the job, waits for it to end, and streams its answer.
     pub(super) async fn run(self) -> Result<impl Stream<Item = Result<RecordBatch>> + Send> {
-        let unreachable = |error: &dyn std::fmt::Display| {
-            DataFusionError::Execution(format!(
-                "cannot reach the cluster's scheduler at {}: {error}",
-                self.scheduler
-            ))
-        };
+        let unreachable = |error: &dyn std::fmt::Display| self.unreachable(error);
         let channel = Channel::from_shared(self.scheduler.clone())
             .map_err(|error| unreachable(&error))?
             .connect_timeout(Duration::from_secs(10))
             .connect()
             .await
             .map_err(|error| unreachable(&error))?;
-        let mut client = SchedulerGrpcClient::new(channel)
+        let client = SchedulerGrpcClient::new(channel)
             .max_decoding_message_size(MAX_MESSAGE)
             .max_encoding_message_size(MAX_MESSAGE);
+        let mut attempt = 1;
+        loop {
+            match self.attempt(client.clone()).await? {
+                Ok(answer) => return Ok(answer),
+                Err(lost) if lost.starts_with(EXECUTOR_LOST) && attempt < ATTEMPTS => {
+                    tracing::warn!(attempt, error = %lost, "running a cluster query again");
+                    attempt += 1;
+                }
+                Err(failed) => {
+                    let again = if failed.starts_with(EXECUTOR_LOST) {
+                        format!(" (it was run {ATTEMPTS} times; run it again)")
+                    } else {
+                        String::new()
+                    };
+                    return Err(DataFusionError::Execution(format!(
+                        "the query failed on the cluster: {failed}{again}"
+                    )));
+                }
+            }
+        }
+    }
+
+    fn unreachable(&self, error: &dyn std::fmt::Display) -> DataFusionError {
+        DataFusionError::Execution(format!(
+            "cannot reach the cluster's scheduler at {}: {error}",
+            self.scheduler
+        ))
+    }
+
+    /// Submits the job once and waits for it to end: its answer, or the error it failed with.
+    async fn attempt(
+        &self,
+        mut client: SchedulerGrpcClient<Channel>,
+    ) -> Result<std::result::Result<impl Stream<Item = Result<RecordBatch>> + Send + use<>, String>>
+    {
+        let unreachable = |error: &dyn std::fmt::Display| self.unreachable(error);
         let mut request = tonic::Request::new(ExecuteQueryParams {
             query: Some(Query::PhysicalPlan(self.plan.to_vec())),
             settings: self.settings.clone(),
@@ -100,17 +136,14 @@ impl Job {
                 }
                 Some(job_status::Status::Failed(failed)) => {
                     running.ended = true;
-                    return Err(DataFusionError::Execution(format!(
-                        "the query failed on the cluster: {}",
-                        failed.error
-                    )));
+                    return Ok(Err(failed.error));
                 }
                 Some(job_status::Status::Successful(done)) => {
                     running.ended = true;
                     let answer = futures::stream::iter(done.partition_location)
                         .then(fetch)
                         .try_flatten();
-                    return Ok(answer);
+                    return Ok(Ok(answer));
                 }
             }
         }
