@@ -44,13 +44,12 @@ pub(super) struct Job {
 impl Job {
     /// Submits the job, waits for it to end, and streams its answer.
     pub(super) async fn run(self) -> Result<impl Stream<Item = Result<RecordBatch>> + Send> {
-        let unreachable = |error: &dyn std::fmt::Display| self.unreachable(error);
         let channel = Channel::from_shared(self.scheduler.clone())
-            .map_err(|error| unreachable(&error))?
+            .map_err(|error| self.unreachable(&error))?
             .connect_timeout(Duration::from_secs(10))
             .connect()
             .await
-            .map_err(|error| unreachable(&error))?;
+            .map_err(|error| self.unreachable(&error))?;
         let client = SchedulerGrpcClient::new(channel)
             .max_decoding_message_size(MAX_MESSAGE)
             .max_encoding_message_size(MAX_MESSAGE);
@@ -76,6 +75,7 @@ impl Job {
         }
     }
 
+    /// The error of a scheduler that cannot be reached.
     fn unreachable(&self, error: &dyn std::fmt::Display) -> DataFusionError {
         DataFusionError::Execution(format!(
             "cannot reach the cluster's scheduler at {}: {error}",
@@ -89,7 +89,6 @@ impl Job {
         mut client: SchedulerGrpcClient<Channel>,
     ) -> Result<std::result::Result<impl Stream<Item = Result<RecordBatch>> + Send + use<>, String>>
     {
-        let unreachable = |error: &dyn std::fmt::Display| self.unreachable(error);
         let mut request = tonic::Request::new(ExecuteQueryParams {
             query: Some(Query::PhysicalPlan(self.plan.to_vec())),
             settings: self.settings.clone(),
@@ -100,7 +99,7 @@ impl Job {
         let submitted = client
             .execute_query(request)
             .await
-            .map_err(|status| unreachable(&status.message()))?
+            .map_err(|status| self.unreachable(&status.message()))?
             .into_inner();
         let job_id = match submitted.result {
             Some(execute_query_result::Result::Success(success)) => success.job_id,
@@ -127,7 +126,7 @@ impl Job {
                     job_id: job_id.clone(),
                 })
                 .await
-                .map_err(|status| unreachable(&status.message()))?
+                .map_err(|status| self.unreachable(&status.message()))?
                 .into_inner();
             match status.status.and_then(|status| status.status) {
                 None | Some(job_status::Status::Queued(_) | job_status::Status::Running(_)) => {
