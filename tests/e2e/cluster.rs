@@ -499,11 +499,20 @@ fn an_executor_lost(collector: &Daemon, front: &Daemon, cluster: &mut Cluster) {
     assert!(expected.as_array().unwrap().len() > 3, "{expected}");
 
     let submitted = cluster.scheduler.count("Job submitted");
+    let tasks_done = || {
+        Scrape::at(&cluster.metrics.0)
+            .get_or_zero("apiscope_cluster_tasks_total", "outcome=succeeded")
+    };
+    let done_before = tasks_done();
     let (status, answer) = std::thread::scope(|scope| {
         let asked = scope.spawn(|| ask(front));
-        // Once the tasks are under way on both executors.
+        // Once the job's first tasks have written their output (on both executors: the scan
+        // is cut into more tasks than one executor runs at once), with more to come.
         cluster.scheduler.wait_for("Job submitted", submitted + 1);
-        std::thread::sleep(Duration::from_millis(700));
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while tasks_done() == done_before && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
         let (victim, _) = &mut cluster.executors[1];
         victim.child.kill().unwrap();
         victim.child.wait().unwrap();
