@@ -64,6 +64,13 @@ pub(crate) struct ExecutorArgs {
     /// Where the executor serves `/metrics` (HTTP; default: the bind address's port + 2).
     #[arg(long, env = "APISCOPE_EXECUTOR_METRICS_BIND")]
     metrics_bind: Option<SocketAddr>,
+    /// Connections `/metrics` holds at once; one more is refused (503).
+    #[arg(
+        long,
+        env = "APISCOPE_EXECUTOR_METRICS_MAX_CONNECTIONS",
+        default_value_t = 16
+    )]
+    metrics_max_connections: usize,
     /// Tasks run at once (default: the machine's cores).
     #[arg(long, env = "APISCOPE_EXECUTOR_CONCURRENCY")]
     concurrency: Option<usize>,
@@ -177,18 +184,28 @@ pub(crate) async fn executor(args: ExecutorArgs) -> Result<()> {
     };
     args.exposure.check("executor's /metrics", &metrics_bind)?;
     let metrics = crate::metrics::install()?;
-    let listener = tokio::net::TcpListener::bind(metrics_bind)
+    let tcp = tokio::net::TcpListener::bind(metrics_bind)
         .await
         .map_err(|error| Error::Server(format!("cannot listen on {metrics_bind}: {error}")))?;
+    // Bounded as the daemon's listeners are: connections, idle time, slow headers.
+    let listener = crate::listen::Listener::new(
+        tcp,
+        crate::listen::EXECUTOR_METRICS,
+        args.metrics_max_connections,
+        Some(std::time::Duration::from_secs(60)),
+        false,
+    );
     let app = axum::Router::new().route(
         "/metrics",
         axum::routing::get(move || std::future::ready(crate::metrics::rendered(&metrics))),
     );
-    tokio::spawn(async move {
-        if let Err(error) = axum::serve(listener, app).await {
-            tracing::error!(%error, "the executor's /metrics stopped");
-        }
-    });
+    tokio::spawn(crate::listen::serve_http(
+        listener,
+        None,
+        app,
+        std::time::Duration::from_secs(10),
+        tokio_util::sync::CancellationToken::new(),
+    ));
     let work_dir = args.work_dir.as_ref().map(|dir| dir.display().to_string());
     let spill_dir = work_dir.clone();
     let runtime_store = store.clone();

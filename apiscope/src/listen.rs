@@ -97,6 +97,14 @@ pub(crate) const POSTGRES: Port = Port {
     protocol: Protocol::Postgres,
 };
 
+/// An executor's `/metrics` (`apiscope executor`).
+pub(crate) const EXECUTOR_METRICS: Port = Port {
+    name: "executor /metrics",
+    label: "executor_metrics",
+    limit_key: "--metrics-max-connections",
+    protocol: Protocol::Http,
+};
+
 /// A bound TCP listener that admits at most `max_connections` at once.
 pub(crate) struct Listener {
     tcp: TcpListener,
