@@ -469,6 +469,7 @@ impl ServeArgs {
                  --insecure-no-auth to let anyone who reaches the port send and query data"
             )));
         }
+        let objectives = objectives(tables.objectives, collector.retention)?;
         Ok(Settings {
             otlp_grpc_addr,
             otlp_http_addr,
@@ -482,6 +483,7 @@ impl ServeArgs {
             questions: query::QuestionSettings {
                 deprecated_versions: self.deprecated_versions.unwrap_or_default(),
                 openapi: routes,
+                objectives: Arc::new(objectives),
             },
             log_format: self.log_format.unwrap_or_default(),
             query_limits,
@@ -576,6 +578,14 @@ impl Settings {
                 "deprecated_versions = {:?}",
                 self.questions.deprecated_versions
             ),
+            format!(
+                "objectives = {:?}",
+                self.questions
+                    .objectives
+                    .iter()
+                    .map(query::Objective::name)
+                    .collect::<Vec<_>>()
+            ),
             format!("log_format = {:?}", self.log_format),
             format!("query limits = {:?}", self.query_limits),
             format!("listeners = {:?}", self.listen),
@@ -601,11 +611,64 @@ fn pick(given: Option<SocketAddr>, default: &str) -> SocketAddr {
     })
 }
 
-/// The config file's tables, which are no flags: `[[auth.tokens]]`.
+/// The config file's tables, which are no flags: `[[auth.tokens]]`, `[[objectives]]`.
 #[derive(Debug, Default, Deserialize)]
 struct FileTables {
     #[serde(default)]
     auth: AuthConfig,
+    #[serde(default)]
+    objectives: Vec<ObjectiveConfig>,
+}
+
+/// One `[[objectives]]` entry, checked by [`query::Objective::new`].
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ObjectiveConfig {
+    name: String,
+    service: String,
+    endpoint: Option<String>,
+    kind: String,
+    threshold_ms: Option<f64>,
+    target: f64,
+    window: Option<String>,
+}
+
+/// An objective's window when it gives none.
+const OBJECTIVE_WINDOW: &str = "28d";
+
+/// The objectives of the config file, each checked; one that cannot be answered (or whose
+/// window retention does not keep) stops the start by name.
+fn objectives(
+    declared: Vec<ObjectiveConfig>,
+    retention: Duration,
+) -> Result<Vec<query::Objective>> {
+    let mut checked = Vec::with_capacity(declared.len());
+    for objective in declared {
+        let name = objective.name.clone();
+        let text = objective.window.as_deref().unwrap_or(OBJECTIVE_WINDOW);
+        let window = parse_duration(text)
+            .map_err(|error| Error::Config(format!("objective {name:?}: `window`: {error}")))?;
+        if window > retention {
+            return Err(Error::Config(format!(
+                "objective {name:?}: its window ({text}) is longer than the data is kept \
+                 (retention {}): raise --retention or shorten the window",
+                humantime::format_duration(retention)
+            )));
+        }
+        let made = query::Objective::new(
+            &objective.name,
+            &objective.service,
+            objective.endpoint.as_deref(),
+            &objective.kind,
+            objective.threshold_ms,
+            objective.target,
+            window,
+        )
+        .map_err(Error::Config)?;
+        checked.push(made);
+    }
+    query::check_objectives(&checked).map_err(Error::Config)?;
+    Ok(checked)
 }
 
 impl FileTables {
@@ -619,7 +682,7 @@ impl FileTables {
 }
 
 /// The keys of the config file that are tables rather than flags.
-const TABLES: &[&str] = &["auth"];
+const TABLES: &[&str] = &["auth", "objectives"];
 
 fn read_table(path: &Path) -> Result<toml::Table> {
     let text = std::fs::read_to_string(path).map_err(|error| {

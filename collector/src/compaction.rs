@@ -403,6 +403,9 @@ impl Collector {
                 rows.push(batch?);
             }
         }
+        if !schemas::rollup_complete(&rows) {
+            return Ok(());
+        }
         let stored = crate::rollup_files::store_rollup(store, &rollup_of(output)?, schema, &rows)
             .map_err(storage)?;
         if store.commit_rollups(&[stored], &rollups).map_err(storage)? == Committed::Done {

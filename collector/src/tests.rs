@@ -1094,6 +1094,15 @@ fn fake_rollup(store: &schemas::Store, file: &Path, calls: i64) {
             Arc::new(BinaryArray::from(vec![&b"sketch"[..]])),
             Arc::new(time()),
             Arc::new(time()),
+            Arc::new(arrow::array::ListArray::from_iter_primitive::<
+                arrow::datatypes::Int64Type,
+                _,
+                _,
+            >(vec![Some(vec![
+                Some(calls);
+                schemas::LATENCY_BOUNDS_MS
+                    .len()
+            ])])),
         ],
     )
     .unwrap();

@@ -5,6 +5,7 @@
 //! The functions that read stored columns (`pairs_map`, `pairs_value`) belong to the scan
 //! and are registered here with the rest.
 
+pub(crate) mod latency_counts;
 pub(crate) mod percentile;
 pub(crate) mod to_json;
 
@@ -42,6 +43,7 @@ pub(crate) fn register(ctx: &SessionContext, openapi: Arc<OpenApi>) {
     ctx.register_udaf(percentile::percentile_sketch());
     ctx.register_udaf(percentile::sketch_merge());
     ctx.register_udaf(percentile::sketch_percentile());
+    ctx.register_udaf(latency_counts::latency_counts());
 }
 
 /// A function from text to text; NULL in, NULL out.

@@ -34,6 +34,10 @@ pub use engine::cluster::{self, Cluster};
 pub use engine::{Engine, QueryLimits};
 pub use error::{Error, Result};
 pub use output::{QueryOutput, to_json};
+pub use questions::objectives::{
+    BURNERS_COLUMNS, OBJECTIVES_COLUMNS, Objective, STATUS_COLUMNS,
+    check_unique as check_objectives,
+};
 pub use questions::rollups::{COLUMNS as API_CALL_MINUTES_COLUMNS, RollupReport};
 pub use questions::{
     API_CALLS, QUESTIONS, Question, QuestionSettings, REGRESSION_MIN_CALLS, RETRY_GAP_S,

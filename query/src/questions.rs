@@ -27,6 +27,7 @@ use datafusion::physical_plan::ExecutionPlan;
 use datafusion::prelude::SessionContext;
 use schemas::routes::OpenApi;
 
+pub(crate) mod objectives;
 pub(crate) mod rollups;
 #[cfg(test)]
 mod slt;
@@ -38,6 +39,8 @@ pub struct QuestionSettings {
     pub deprecated_versions: Vec<String>,
     /// The OpenAPI documents `contract_drift` compares traffic with.
     pub openapi: Arc<OpenApi>,
+    /// The objectives `objectives`, `objective_status` and `budget_burners` answer for.
+    pub objectives: Arc<Vec<objectives::Objective>>,
 }
 
 /// One question: its name, what it answers, its columns and its SQL.
@@ -321,7 +324,7 @@ pub(crate) struct Window {
 }
 
 impl Window {
-    const HOUR_NS: i64 = 3_600_000_000_000;
+    pub(crate) const HOUR_NS: i64 = 3_600_000_000_000;
 
     /// `column` within `from <= column < to`, as SQL.
     pub(crate) fn filter(column: &str, from: i64, to: i64) -> String {
@@ -333,7 +336,7 @@ impl Window {
     }
 
     /// `api_call_minutes` over `from <= time < to`.
-    fn minutes(from: i64, to: i64) -> String {
+    pub(crate) fn minutes(from: i64, to: i64) -> String {
         format!("api_call_minutes('{}', '{}')", rfc3339(from), rfc3339(to))
     }
 
@@ -397,6 +400,7 @@ pub(crate) async fn register(ctx: &SessionContext, settings: &QuestionSettings) 
             }),
         );
     }
+    objectives::register(ctx, &settings.objectives)?;
     Ok(())
 }
 
@@ -448,26 +452,55 @@ impl TableFunctionImpl for QuestionFunction {
 pub(crate) struct WindowArgs {
     name: &'static str,
     args: Vec<Expr>,
+    /// The window's length when no argument gives its start, in nanoseconds.
+    default_ns: i64,
 }
 
 impl WindowArgs {
-    /// `args` of table function `name`, refused now if they name no window.
+    /// `args` of table function `name`, refused now if they name no window; without
+    /// arguments, the last hour.
     pub(crate) fn new(name: &'static str, args: &[Expr], session: &dyn Session) -> Result<Self> {
-        window_of(name, args, session)?;
-        Ok(Self {
+        Self::defaulting(name, args, session, Window::HOUR_NS)
+    }
+
+    /// As [`WindowArgs::new`], with the last `default_ns` nanoseconds for no arguments.
+    pub(crate) fn defaulting(
+        name: &'static str,
+        args: &[Expr],
+        session: &dyn Session,
+        default_ns: i64,
+    ) -> Result<Self> {
+        let given = Self {
             name,
             args: args.to_vec(),
-        })
+            default_ns,
+        };
+        given.window(session)?;
+        Ok(given)
+    }
+
+    /// Whether the arguments give the window (otherwise it is the default one).
+    pub(crate) fn given(&self) -> bool {
+        !self.args.is_empty()
     }
 
     /// The window, with `now()` the time `session`'s statement started running.
     pub(crate) fn window(&self, session: &dyn Session) -> Result<Window> {
-        window_of(self.name, &self.args, session)
+        window_of(self.name, &self.args, session, self.default_ns)
     }
 }
 
-/// The window a table function's arguments name.
-fn window_of(name: &str, args: &[Expr], session: &dyn Session) -> Result<Window> {
+/// The time `session`'s statement started running, in nanoseconds since the epoch.
+pub(crate) fn statement_start(session: &dyn Session) -> i64 {
+    let now = session
+        .execution_props()
+        .query_execution_start_time
+        .unwrap_or_else(Utc::now);
+    now.timestamp_nanos_opt().unwrap_or(i64::MAX)
+}
+
+/// The window a table function's arguments name; `default_ns` long to now without any.
+fn window_of(name: &str, args: &[Expr], session: &dyn Session, default_ns: i64) -> Result<Window> {
     let now = session
         .execution_props()
         .query_execution_start_time
@@ -499,7 +532,7 @@ fn window_of(name: &str, args: &[Expr], session: &dyn Session) -> Result<Window>
     let now_ns = now.timestamp_nanos_opt().unwrap_or(i64::MAX);
     let window = match bounds.as_slice() {
         [] => Window {
-            from: now_ns - Window::HOUR_NS,
+            from: now_ns - default_ns,
             to: now_ns,
         },
         [from] => Window {
@@ -564,22 +597,34 @@ impl TableProvider for QuestionTable {
             Some((window, settings)) => window.window(session)?.sql(self.question, settings),
             None => self.question.sql.to_owned(),
         };
-        let mut plan = LogicalPlanBuilder::from(state.create_logical_plan(&sql).await?);
-        let unqualified: Vec<Expr> = filters
-            .iter()
-            .map(|filter| unqualify(filter.clone()))
-            .collect::<Result<_>>()?;
-        if let Some(filter) = conjunction(unqualified) {
-            plan = plan.filter(filter)?;
-        }
-        if let Some(projection) = projection {
-            let columns = projection.iter().map(|index| {
-                Expr::Column(Column::new_unqualified(self.schema.field(*index).name()))
-            });
-            plan = plan.project(columns)?;
-        }
-        state.create_physical_plan(&plan.build()?).await
+        plan_sql(state, &sql, &self.schema, projection, filters).await
     }
+}
+
+/// `sql`, whose output is `schema`, planned in `state` with `filters` applied above it and
+/// `projection` taken: a table provider's scan of a question.
+pub(crate) async fn plan_sql(
+    state: &SessionState,
+    sql: &str,
+    schema: &SchemaRef,
+    projection: Option<&Vec<usize>>,
+    filters: &[Expr],
+) -> Result<Arc<dyn ExecutionPlan>> {
+    let mut plan = LogicalPlanBuilder::from(state.create_logical_plan(sql).await?);
+    let unqualified: Vec<Expr> = filters
+        .iter()
+        .map(|filter| unqualify(filter.clone()))
+        .collect::<Result<_>>()?;
+    if let Some(filter) = conjunction(unqualified) {
+        plan = plan.filter(filter)?;
+    }
+    if let Some(projection) = projection {
+        let columns = projection
+            .iter()
+            .map(|index| Expr::Column(Column::new_unqualified(schema.field(*index).name())));
+        plan = plan.project(columns)?;
+    }
+    state.create_physical_plan(&plan.build()?).await
 }
 
 /// `expr` with its columns named as the question's output names them.

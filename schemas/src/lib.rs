@@ -31,8 +31,8 @@ pub use layout::{
 };
 pub use store::{ObjectMeta, ObjectPath, RollupWriter, Store, StoreFile};
 pub use tables::{
-    Column, ColumnType, LOGS, MINUTES, REQUESTS, SPANS, Table, conformed, events_field,
-    links_field, string_map_field,
+    Column, ColumnType, LATENCY_BOUNDS_MS, LOGS, MINUTES, REQUESTS, SPANS, Table, conformed,
+    events_field, links_field, rollup_complete, string_map_field,
 };
 
 /// Version of the on-disk schema; stored in every Parquet file's key-value metadata under

@@ -30,6 +30,8 @@ pub enum ColumnType {
     SharedText,
     /// Bytes: a serialized latency sketch.
     Bytes,
+    /// `List<Int64>`: counts of calls at most each of [`LATENCY_BOUNDS_MS`], cumulative.
+    Counts,
 }
 
 impl ColumnType {
@@ -49,6 +51,7 @@ impl ColumnType {
                 DataType::Dictionary(Box::new(DataType::Int32), Box::new(DataType::Utf8))
             }
             ColumnType::Bytes => DataType::Binary,
+            ColumnType::Counts => counts_type(),
         }
     }
 
@@ -66,9 +69,30 @@ impl ColumnType {
             ColumnType::Links => "list<struct<trace_id, span_id, attributes>>",
             ColumnType::SharedText => "text",
             ColumnType::Bytes => "bytea",
+            ColumnType::Counts => "bigint[]",
         }
     }
 }
+
+/// The type of a [`ColumnType::Counts`] column.
+fn counts_type() -> DataType {
+    DataType::List(Arc::new(Field::new("item", DataType::Int64, true)))
+}
+
+/// The durations (ms) that rollups count calls at most of, exactly (the column
+/// `latency_counts`): 1, 1.5, 2, 2.5, 3, 4, 5, 6, 7, 7.5, 8 and 9 times each power of ten from
+/// 1 ms to 10 s, then 100 s. A latency objective's threshold is one of them, so that its good
+/// calls are counted exactly from rollups.
+pub const LATENCY_BOUNDS_MS: [f64; 61] = [
+    1.0, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0, 6.0, 7.0, 7.5, 8.0, 9.0, //
+    10.0, 15.0, 20.0, 25.0, 30.0, 40.0, 50.0, 60.0, 70.0, 75.0, 80.0, 90.0, //
+    100.0, 150.0, 200.0, 250.0, 300.0, 400.0, 500.0, 600.0, 700.0, 750.0, 800.0, 900.0, //
+    1_000.0, 1_500.0, 2_000.0, 2_500.0, 3_000.0, 4_000.0, 5_000.0, 6_000.0, 7_000.0, 7_500.0,
+    8_000.0, 9_000.0, //
+    10_000.0, 15_000.0, 20_000.0, 25_000.0, 30_000.0, 40_000.0, 50_000.0, 60_000.0, 70_000.0,
+    75_000.0, 80_000.0, 90_000.0, //
+    100_000.0,
+];
 
 fn timestamp_type() -> DataType {
     DataType::Timestamp(TimeUnit::Nanosecond, Some("UTC".into()))
@@ -582,6 +606,18 @@ pub fn conformed(
     arrow::array::RecordBatch::try_new(schema.clone(), columns.collect())
 }
 
+/// Whether rollup rows (conformed to [`MINUTES`]) hold everything the questions read: rows
+/// made before `latency_counts` was kept read it as null, and a latency objective cannot be
+/// counted from them, so their file is read instead (and compaction makes its output's
+/// rollup anew rather than carry them).
+pub fn rollup_complete(rows: &[arrow::array::RecordBatch]) -> bool {
+    rows.iter().all(|batch| {
+        batch
+            .column_by_name("latency_counts")
+            .is_some_and(|counts| counts.null_count() == 0)
+    })
+}
+
 /// The per-minute rollups of the data files of `spans`, `requests` and `logs`: one file per
 /// data file, of its calls per minute, service, endpoint and source (what
 /// `api_call_minutes(...)` answers from). A Delta table like the others, but not a table in
@@ -621,6 +657,12 @@ pub static MINUTES: Table = Table {
             Timestamp,
             true,
             "when the last of the calls started (null in rollups made before it was kept)",
+        ),
+        col(
+            "latency_counts",
+            Counts,
+            true,
+            "calls that took at most each of `LATENCY_BOUNDS_MS`, cumulative (null in rollups made before it was kept)",
         ),
     ],
 };

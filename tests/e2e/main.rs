@@ -5,6 +5,7 @@
 
 mod abuse;
 mod bad_input;
+mod budgets;
 mod cli;
 mod cluster;
 mod compose;

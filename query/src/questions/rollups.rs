@@ -98,6 +98,10 @@ pub const COLUMNS: &[(&str, &str)] = &[
         "last_time",
         "when the last of the calls started (null from rollups made before it was kept)",
     ),
+    (
+        "latency_counts",
+        "how many of the calls took at most each of the latency bounds (ms: 1, 1.5, 2, 2.5, 3, 4, 5, 6, 7, 7.5, 8, 9, 10, 15, ... 90000, 100000), cumulative: `latency_counts[k]` for the `k`-th bound, from 1",
+    ),
 ];
 
 /// Fixed files and rows per table: what one part of a rollup reads.
@@ -758,7 +762,7 @@ impl MinutesTable {
 }
 
 /// The rows of the rollup at `path`, from `cache` or read now; `None` when it does not read
-/// as `schema` (gone, or damaged).
+/// as `schema` (gone, or damaged) or lacks what questions need (made by an older release).
 fn load(
     store: &Store,
     cache: &FileCache<Vec<RecordBatch>>,
@@ -777,6 +781,10 @@ fn load(
         Ok(rows)
     };
     match read() {
+        Ok(rows) if !schemas::rollup_complete(&rows) => {
+            tracing::debug!(rollup = %path, "a rollup made before latency counts were kept; its file is read instead");
+            None
+        }
         Ok(rows) => {
             let bytes = rows.iter().map(RecordBatch::get_array_memory_size).sum();
             let rows = Arc::new(rows);
@@ -810,6 +818,11 @@ mod tests {
         let rollup = store.rollup_of("spans", &file).unwrap();
         let schema = Arc::new(arrow::datatypes::Schema::new(vec![
             arrow::datatypes::Field::new("calls", arrow::datatypes::DataType::Int64, false),
+            arrow::datatypes::Field::new(
+                "latency_counts",
+                schemas::ColumnType::Counts.data_type(),
+                true,
+            ),
         ]));
         let cache = FileCache::new(1 << 20);
         assert!(load(&store, &cache, &rollup, &schema).is_none(), "gone");
@@ -817,11 +830,24 @@ mod tests {
         store.put(&rollup, damaged).unwrap();
         assert!(load(&store, &cache, &rollup, &schema).is_none(), "damaged");
 
+        let counts =
+            arrow::array::ListArray::from_iter_primitive::<arrow::datatypes::Int64Type, _, _>(
+                vec![Some(vec![Some(3)]), Some(vec![Some(4)])],
+            );
         let batch = RecordBatch::try_new(
             schema.clone(),
-            vec![Arc::new(arrow::array::Int64Array::from(vec![3, 4]))],
+            vec![
+                Arc::new(arrow::array::Int64Array::from(vec![3, 4])),
+                Arc::new(counts),
+            ],
         )
         .unwrap();
+        // Made by a release before latency counts: no rollup for the questions.
+        let older = batch.project(&[0]).unwrap();
+        collector::RollupFiles::default()
+            .write(&store, &rollup, older.schema(), &[older])
+            .unwrap();
+        assert!(load(&store, &cache, &rollup, &schema).is_none(), "older");
         collector::RollupFiles::default()
             .write(
                 &store,
@@ -912,7 +938,8 @@ mod tests {
 
         let with_times = |first: i64, last: i64| {
             let mut columns = old.columns().to_vec();
-            columns.extend([time(first), time(last)]);
+            let counts = arrow::array::new_null_array(&schemas::ColumnType::Counts.data_type(), 1);
+            columns.extend([time(first), time(last), counts]);
             RecordBatch::try_new(schema.clone(), columns).unwrap()
         };
         let second = 1_000_000_000;

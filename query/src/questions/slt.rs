@@ -19,6 +19,7 @@ use sqllogictest::{AsyncDB, DBOutput, DefaultColumnType};
 use crate::engine::Engine;
 use crate::error::Error;
 use crate::questions::QuestionSettings;
+use crate::questions::objectives::Objective;
 use crate::scan::Files;
 
 fn repository() -> PathBuf {
@@ -60,9 +61,33 @@ impl Fixture {
         let openapi =
             schemas::routes::OpenApi::load(&[repository().join("tests/fixtures/openapi.yaml")])
                 .unwrap();
+        let hour = std::time::Duration::from_secs(3600);
+        let objectives = vec![
+            Objective::new(
+                "orders-writes",
+                "shop",
+                Some("POST /v2/orders"),
+                "availability",
+                None,
+                90.0,
+                hour,
+            )
+            .unwrap(),
+            Objective::new(
+                "orders-reads-fast",
+                "shop",
+                Some("GET /v1/orders/*"),
+                "latency",
+                Some(25.0),
+                50.0,
+                hour,
+            )
+            .unwrap(),
+        ];
         let settings = QuestionSettings {
             deprecated_versions: vec!["v1".to_owned()],
             openapi: Arc::new(openapi),
+            objectives: Arc::new(objectives),
         };
         let source = Arc::new(Files(schemas::Store::local(dir.path())));
         let engine = Engine::new(source, settings, Default::default())
@@ -252,6 +277,7 @@ const FILES: &[&str] = &[
     "endpoint_stats",
     "error_breakdown",
     "latency_regressions",
+    "objectives",
     "refusals",
     "retry_amplification",
     "traffic_shift",
@@ -290,6 +316,7 @@ slt!(
     endpoint_stats,
     error_breakdown,
     latency_regressions,
+    objectives,
     refusals,
     retry_amplification,
     traffic_shift,

@@ -10,8 +10,18 @@ async fn every_question_answers_the_columns_it_documents() {
     let source = Arc::new(Files(schemas::Store::local(dir.path())));
     let document = "openapi: 3.0.0\npaths:\n  /a/{id}:\n    get:\n      responses: {'200': {}}\n";
     let openapi = OpenApi::parse(&[("a.yaml".into(), document.into())]).unwrap();
+    let objective = objectives::Objective::new(
+        "x",
+        "svc",
+        None,
+        "availability",
+        None,
+        99.0,
+        std::time::Duration::from_secs(3600),
+    );
     let settings = QuestionSettings {
         openapi: Arc::new(openapi),
+        objectives: Arc::new(vec![objective.unwrap()]),
         ..QuestionSettings::default()
     };
     let engine = Engine::new(source, settings.clone(), Default::default())
@@ -42,10 +52,24 @@ async fn every_question_answers_the_columns_it_documents() {
     let functions = QUESTIONS
         .iter()
         .map(|q| (format!("{}()", q.name), q.columns));
-    let minutes = std::iter::once((
-        "api_call_minutes()".to_owned(),
-        crate::questions::rollups::COLUMNS,
-    ));
+    let minutes = [
+        (
+            "api_call_minutes()".to_owned(),
+            crate::questions::rollups::COLUMNS,
+        ),
+        (
+            "objectives".to_owned(),
+            crate::questions::objectives::OBJECTIVES_COLUMNS,
+        ),
+        (
+            "objective_status()".to_owned(),
+            crate::questions::objectives::STATUS_COLUMNS,
+        ),
+        (
+            "budget_burners('x')".to_owned(),
+            crate::questions::objectives::BURNERS_COLUMNS,
+        ),
+    ];
     for (from, documented) in view.chain(functions).chain(minutes) {
         let output = engine
             .query(&format!("SELECT * FROM {from}"))
@@ -68,10 +92,24 @@ fn readme_documents_every_question() {
     let documented = std::iter::once(&API_CALLS)
         .chain(QUESTIONS)
         .map(|q| (q.name, q.markdown()))
-        .chain([(
-            "api_call_minutes",
-            columns_markdown(crate::questions::rollups::COLUMNS),
-        )]);
+        .chain([
+            (
+                "api_call_minutes",
+                columns_markdown(crate::questions::rollups::COLUMNS),
+            ),
+            (
+                "objectives",
+                columns_markdown(crate::questions::objectives::OBJECTIVES_COLUMNS),
+            ),
+            (
+                "objective_status",
+                columns_markdown(crate::questions::objectives::STATUS_COLUMNS),
+            ),
+            (
+                "budget_burners",
+                columns_markdown(crate::questions::objectives::BURNERS_COLUMNS),
+            ),
+        ]);
     for (name, markdown) in documented {
         assert!(
             readme.contains(&markdown),
