@@ -222,6 +222,7 @@ fn tokio_postgres_extended_and_simple_protocols() {
             vec![
                 "api_calls",
                 "logs",
+                "objectives",
                 "openapi_operations",
                 "requests",
                 "spans"
