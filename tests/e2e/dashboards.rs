@@ -121,6 +121,7 @@ fn dashboards_and_provisioning_are_valid() {
         "dependencies",
         "errors",
         "daemon",
+        "budgets",
     ];
     assert_eq!(all.len(), wanted.len());
     let mut uids = BTreeSet::new();
@@ -505,6 +506,89 @@ fn check_buckets(
     }
 }
 
+/// The objectives the dashboards' daemon is started with: checkout fails 20% of its calls
+/// (burning a 99% objective 20 times as fast as allowed); catalog's searches all answer
+/// within 150 ms.
+const OBJECTIVES: &str = r#"
+[[objectives]]
+name = "checkout-availability"
+service = "checkout"
+kind = "availability"
+target = 99.0
+window = "1d"
+
+[[objectives]]
+name = "search-fast"
+service = "catalog"
+endpoint = "GET /v2/search"
+kind = "latency"
+threshold_ms = 150
+target = 99.0
+window = "1d"
+"#;
+
+/// An objective of [`OBJECTIVES`] as the test judges the fleet's requests.
+struct Objective {
+    name: &'static str,
+    covers: fn(&Request) -> bool,
+    good: fn(&Request) -> bool,
+}
+
+const FLEET_OBJECTIVES: [Objective; 2] = [
+    Objective {
+        name: "checkout-availability",
+        covers: |r| r.service == "checkout",
+        good: |r| !r.is_error(),
+    },
+    Objective {
+        name: "search-fast",
+        covers: |r| r.service == "catalog" && r.route == "/v2/search",
+        good: |r| r.duration_ms <= 150,
+    },
+];
+
+impl Objective {
+    fn named(name: &str) -> &'static Objective {
+        FLEET_OBJECTIVES.iter().find(|o| o.name == name).unwrap()
+    }
+
+    /// Its (total, good) requests of the fleet in `from_s..to_s`.
+    fn judged(&self, fleet: &Fleet, from_s: i64, to_s: i64) -> (i64, i64) {
+        let mine = fleet
+            .requests
+            .iter()
+            .filter(|r| (self.covers)(r) && r.time_s >= from_s && r.time_s < to_s);
+        let (mut total, mut good) = (0, 0);
+        for request in mine {
+            total += 1;
+            good += i64::from((self.good)(request));
+        }
+        (total, good)
+    }
+
+    /// Its burn rate over the `length_s` seconds before `to_s` (99% allowed good).
+    fn burn(&self, fleet: &Fleet, to_s: i64, length_s: i64) -> f64 {
+        let (total, good) = self.judged(fleet, to_s - length_s, to_s);
+        if total == 0 {
+            return f64::NAN;
+        }
+        (total - good) as f64 / total as f64 / 0.01
+    }
+}
+
+/// The burn-rate windows of `objective_status`, in seconds, by column.
+const BURN_WINDOWS: [(&str, i64); 5] = [
+    ("burn_rate_5m", 300),
+    ("burn_rate_30m", 1800),
+    ("burn_rate_1h", 3600),
+    ("burn_rate_6h", 6 * 3600),
+    ("burn_rate_3d", 3 * 86_400),
+];
+
+fn same_or_both_nan(seen: f64, expected: f64) -> bool {
+    (seen.is_nan() && expected.is_nan()) || (seen - expected).abs() <= 1e-9
+}
+
 /// The values a panel must show over the fleet; false for a panel that has no check here,
 /// which the test refuses.
 fn check_values(dashboard: &str, panel: &str, rows: &[Row], fleet: &Fleet, range: &Range) -> bool {
@@ -772,6 +856,66 @@ fn check_values(dashboard: &str, panel: &str, rows: &[Row], fleet: &Fleet, range
                 .collect();
             assert_eq!(seen, expected, "{what}");
         }
+        ("apiscope-budgets", "Objectives") => {
+            assert_eq!(rows.len(), FLEET_OBJECTIVES.len(), "{what}");
+            for row in rows {
+                let objective = Objective::named(&text(row, "name"));
+                let (from_s, to_s) = (range.from.timestamp(), range.to.timestamp());
+                let (total, good) = objective.judged(fleet, from_s, to_s);
+                assert!(total > 0, "{what}");
+                assert_eq!(number(row, "total"), total as f64, "{what}");
+                assert_eq!(number(row, "good"), good as f64, "{what}");
+                assert_eq!(number(row, "bad"), (total - good) as f64, "{what}");
+                assert_close(
+                    &what,
+                    number(row, "sli"),
+                    good as f64 * 100.0 / total as f64,
+                    1e-9,
+                );
+                let budget = total as f64 * 0.01;
+                assert_close(&what, number(row, "error_budget"), budget, 1e-9);
+                let left = budget - (total - good) as f64;
+                assert_close(&what, number(row, "budget_left_ratio"), left / budget, 1e-9);
+            }
+        }
+        ("apiscope-budgets", "Burn rates") => {
+            assert_eq!(rows.len(), FLEET_OBJECTIVES.len(), "{what}");
+            for row in rows {
+                let name = text(row, "name");
+                let objective = Objective::named(&name);
+                for (column, length_s) in BURN_WINDOWS {
+                    let expected = objective.burn(fleet, range.to.timestamp(), length_s);
+                    let seen = number(row, column);
+                    assert!(
+                        same_or_both_nan(seen, expected),
+                        "{what}: {name} {column} is {seen}, not {expected}"
+                    );
+                }
+            }
+        }
+        ("apiscope-budgets", "Top budget burners") => {
+            // The variable's first objective: checkout's, whose failures are the fleet's 500s.
+            let objective = Objective::named("checkout-availability");
+            let mut expected: BTreeMap<(String, String), (i64, i64)> = BTreeMap::new();
+            for request in fleet.requests.iter().filter(|r| (objective.covers)(r)) {
+                let key = (request.client.to_owned(), request.endpoint());
+                let counts = expected.entry(key).or_default();
+                counts.0 += 1;
+                counts.1 += i64::from(!(objective.good)(request));
+            }
+            expected.retain(|_, (_, bad)| *bad > 0);
+            let seen: BTreeMap<(String, String), (i64, i64)> = rows
+                .iter()
+                .map(|row| {
+                    let key = (text(row, "client_id"), text(row, "endpoint"));
+                    let counts = (number(row, "calls") as i64, number(row, "bad") as i64);
+                    (key, counts)
+                })
+                .collect();
+            assert_eq!(seen, expected, "{what}");
+            let bad: Vec<f64> = rows.iter().map(|row| number(row, "bad")).collect();
+            assert!(bad.windows(2).all(|w| w[0] >= w[1]), "{what}: most first");
+        }
         _ => return false,
     }
     true
@@ -853,7 +997,7 @@ async fn simple_rows(client: &Client, sql: &str) -> usize {
 #[test]
 fn every_panel_query_answers_over_the_postgres_protocol() {
     let dir = tempfile::tempdir().unwrap();
-    let daemon = Daemon::start(dir.path());
+    let daemon = with_objectives(dir.path());
     let fleet = Fleet::new();
     fleet.send(&daemon);
     let range = Range {
@@ -880,6 +1024,10 @@ fn every_panel_query_answers_over_the_postgres_protocol() {
                 .into_keys()
                 .collect(),
         ),
+        (
+            "objective",
+            FLEET_OBJECTIVES.iter().map(|o| o.name.to_owned()).collect(),
+        ),
     ]);
 
     runtime().block_on(async {
@@ -899,6 +1047,10 @@ fn every_panel_query_answers_over_the_postgres_protocol() {
                     expected_variables.get(name.as_str()),
                     "{file}: variable {name}"
                 );
+                // A single-value variable holds its first value, as Grafana picks it.
+                if variable["multi"] == false {
+                    answer.truncate(1);
+                }
                 variables.insert(name, answer);
             }
             for panel in dashboard["panels"].as_array().unwrap() {
@@ -923,4 +1075,90 @@ fn every_panel_query_answers_over_the_postgres_protocol() {
         }
         assert!(panels_checked >= 20, "{panels_checked} panels");
     });
+}
+
+/// A daemon over `data_dir` with [`OBJECTIVES`].
+fn with_objectives(data_dir: &Path) -> Daemon {
+    let config = data_dir.join("objectives.toml");
+    std::fs::create_dir_all(data_dir).unwrap();
+    std::fs::write(&config, OBJECTIVES).unwrap();
+    Daemon::start_with(data_dir, &["--config", config.to_str().unwrap()])
+}
+
+/// The provisioned alert rules: each asks the provisioned data source, its query expanded
+/// as Grafana expands it for an evaluation at the end of the fleet's traffic, and a
+/// threshold on it decides; over the fleet, the fast and slow burn rules fire for
+/// checkout's objective, whose calls fail 20% of the time, and stay silent for the quiet
+/// one. Before the traffic, nothing fires.
+#[test]
+fn alert_rules_fire_for_the_burning_objective_only() {
+    let rules = yaml(&repo().join("dashboards/alerting/objectives.yaml"));
+    assert_eq!(rules["apiVersion"], 1);
+    let group = &rules["groups"][0];
+    assert!(group["interval"].as_str().is_some(), "{group}");
+    let rules: Vec<&Value> = group["rules"].as_array().unwrap().iter().collect();
+    let titles: Vec<&str> = rules.iter().map(|r| r["uid"].as_str().unwrap()).collect();
+    assert_eq!(titles, ["apiscope-fast-burn", "apiscope-slow-burn"]);
+
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = with_objectives(dir.path());
+    let fleet = Fleet::new();
+    fleet.send(&daemon);
+    runtime().block_on(async {
+        let client = connect(&daemon, None).await.unwrap();
+        for rule in rules {
+            let uid = rule["uid"].as_str().unwrap();
+            let data = rule["data"].as_array().unwrap();
+            let query = &data[0];
+            assert_eq!(query["datasourceUid"], DATASOURCE_UID, "{uid}");
+            assert_eq!(query["model"]["format"], "table", "{uid}");
+            // The condition: a threshold above 0 on the query's value.
+            let condition = data
+                .iter()
+                .find(|d| d["refId"] == rule["condition"])
+                .unwrap();
+            assert_eq!(condition["datasourceUid"], "__expr__", "{uid}");
+            assert_eq!(condition["model"]["type"], "threshold", "{uid}");
+            assert_eq!(condition["model"]["expression"], query["refId"], "{uid}");
+            let evaluator = &condition["model"]["conditions"][0]["evaluator"];
+            assert_eq!(evaluator["type"], "gt", "{uid}");
+            assert_eq!(evaluator["params"][0], 0, "{uid}");
+            assert!(rule["annotations"]["summary"].as_str().is_some(), "{uid}");
+
+            let lookback = query["relativeTimeRange"]["from"].as_i64().unwrap();
+            for (at_s, firing) in [
+                (fleet.end_s(), vec!["checkout-availability"]),
+                (fleet.start_s, vec![]),
+            ] {
+                let to = DateTime::from_timestamp(at_s, 0).unwrap();
+                let range = Range {
+                    from: to - chrono::Duration::seconds(lookback),
+                    to,
+                    interval: "1m",
+                };
+                let sql = expand(
+                    query["model"]["rawSql"].as_str().unwrap(),
+                    &range,
+                    &BTreeMap::new(),
+                );
+                let rows = client
+                    .query(&sql, &[])
+                    .await
+                    .unwrap_or_else(|e| panic!("{uid}: {e:?}\n{sql}"));
+                // One row per objective: its name as the label, one number as the value.
+                assert_eq!(rows.len(), FLEET_OBJECTIVES.len(), "{uid}");
+                let mut fired = Vec::new();
+                for row in &rows {
+                    assert_eq!(row.columns().len(), 2, "{uid}");
+                    assert!(is_number(row.columns()[1].type_()), "{uid}");
+                    let value = number(row, row.columns()[1].name());
+                    if value > 0.0 {
+                        fired.push(text(row, "name"));
+                    }
+                }
+                assert_eq!(fired, firing, "{uid} at {range_to}", range_to = rfc3339(to));
+            }
+        }
+    });
+    daemon.stop();
 }
