@@ -399,12 +399,14 @@ impl Collector {
         let schema = schemas::MINUTES.stored_schema();
         let mut rows = Vec::new();
         for rollup in &rollups {
-            for batch in read_conformed(store, rollup, &schema)? {
+            let batches = read_rollup(store, rollup, &schema)?;
+            // An older release's rollup: the rollup pass makes the output's from its file.
+            let Some(batches) = batches else {
+                return Ok(());
+            };
+            for batch in batches {
                 rows.push(batch?);
             }
-        }
-        if !schemas::rollup_complete(&rows) {
-            return Ok(());
         }
         let stored = crate::rollup_files::store_rollup(store, &rollup_of(output)?, schema, &rows)
             .map_err(storage)?;
@@ -550,6 +552,25 @@ fn groups<T>(live: Vec<(T, u64)>) -> Vec<Vec<T>> {
     groups.push(group);
     groups.retain(|group| group.len() > 1);
     groups
+}
+
+/// Reads the rollup at `path` as batches of `schema`; `None` when an older release made it
+/// without some of the columns (see [`schemas::rollup_complete`]).
+fn read_rollup(
+    store: &Store,
+    path: &ObjectPath,
+    schema: &SchemaRef,
+) -> Result<Option<impl Iterator<Item = Result<RecordBatch>> + use<>>> {
+    let file = store.get(path).map_err(storage)?;
+    let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(storage)?;
+    if !schemas::rollup_complete(builder.schema(), schema) {
+        return Ok(None);
+    }
+    let reader = builder.build().map_err(storage)?;
+    let schema = schema.clone();
+    Ok(Some(reader.map(move |batch| {
+        schemas::conformed(&schema, &batch.map_err(storage)?).map_err(storage)
+    })))
 }
 
 /// Reads a Parquet file as batches of `schema` ([`merge::READ_ROWS`](crate::merge::READ_ROWS)

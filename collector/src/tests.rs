@@ -1103,6 +1103,7 @@ fn fake_rollup(store: &schemas::Store, file: &Path, calls: i64) {
                 schemas::LATENCY_BOUNDS_MS
                     .len()
             ])])),
+            text("1.0.0"),
         ],
     )
     .unwrap();

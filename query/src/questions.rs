@@ -54,9 +54,12 @@ pub struct Question {
     pub columns: &'static [(&'static str, &'static str)],
     /// SQL with `{window}` (the window as a filter on `time`; `{window_d}` on `d.time`),
     /// `{previous}` (the window of equal length before it), `{minutes}` and
-    /// `{previous_minutes}` (`api_call_minutes` over either window), `{seconds}` (the window's
-    /// length), `{deprecated}` (the deprecated versions as a SQL list), and the constants
-    /// `{min_calls}` and `{retry_gap_s}`. A view has no placeholders.
+    /// `{previous_minutes}` (`api_call_minutes` over either window), `{lookback_minutes}`
+    /// (from `DEPLOY_LOOKBACK_S` before the window to its end), `{around_minutes}` (the
+    /// window's minutes and `DEPLOY_COMPARED_MINUTES` either side), `{from}` and `{to}` (its
+    /// bounds as text), `{seconds}` (the window's length), `{deprecated}` (the deprecated
+    /// versions as a SQL list), and the constants `{min_calls}`, `{retry_gap_s}` and
+    /// `{compared_minutes}`. A view has no placeholders.
     sql: &'static str,
     /// Whether it answers only with an OpenAPI document (`--openapi`).
     needs_openapi: bool,
@@ -111,6 +114,10 @@ pub static API_CALLS: Question = Question {
             "span_id",
             "the server span, for joining the calls it made (spans only)",
         ),
+        (
+            "service_version",
+            "the version of the service that answered: resource `service.version` (request logs: a `service_version` field)",
+        ),
     ],
     sql: include_str!("questions/sql/api_calls.sql"),
     needs_openapi: false,
@@ -122,6 +129,13 @@ pub const RETRY_GAP_S: u32 = 10;
 
 /// `latency_regressions` ranks an endpoint only with at least this many calls in each window.
 pub const REGRESSION_MIN_CALLS: u32 = 20;
+
+/// A version is deployed in a window when its first call there follows at least this many
+/// seconds without one (7 days).
+pub(crate) const DEPLOY_LOOKBACK_S: i64 = 7 * 86_400;
+
+/// `deploys` compares each endpoint over this many minutes before and after a deploy.
+pub(crate) const DEPLOY_COMPARED_MINUTES: i64 = 30;
 
 /// The table functions.
 pub static QUESTIONS: &[Question] = &[
@@ -215,8 +229,55 @@ pub static QUESTIONS: &[Question] = &[
                 "change_ratio",
                 "p95_ms / previous_p95_ms; ranked by this, largest first",
             ),
+            (
+                "deploys",
+                "the service's versions deployed in the window, as `deploys` finds them (`1.5.0 at 2026-11-27T14:02:10Z, ...`); null when none",
+            ),
         ],
         sql: include_str!("questions/sql/latency_regressions.sql"),
+        needs_openapi: false,
+    },
+    Question {
+        name: "deploys",
+        doc: "what was deployed: each service version first seen in the window, and each of the service's endpoints over the 30 minutes before and after",
+        columns: &[
+            ("service_name", "the service"),
+            (
+                "service_version",
+                "the version deployed: its first call is in the window, after 7 days without one",
+            ),
+            (
+                "previous_version",
+                "the version of the service first seen before it (null when none in the 7 days before)",
+            ),
+            (
+                "deployed_at",
+                "its first call; ranked by this, latest first",
+            ),
+            (
+                "endpoint",
+                "one of the service's endpoints called around the deploy",
+            ),
+            (
+                "calls_before",
+                "its calls in the 30 whole minutes before the deploy's minute",
+            ),
+            (
+                "calls_after",
+                "its calls from the deploy's minute on, 30 minutes",
+            ),
+            ("error_rate_before", "errors / calls before"),
+            ("error_rate_after", "errors / calls after"),
+            (
+                "p95_ms_before",
+                "95th percentile duration before (approximate)",
+            ),
+            (
+                "p95_ms_after",
+                "95th percentile duration after (approximate)",
+            ),
+        ],
+        sql: include_str!("questions/sql/deploys.sql"),
         needs_openapi: false,
     },
     Question {
@@ -325,6 +386,7 @@ pub(crate) struct Window {
 
 impl Window {
     pub(crate) const HOUR_NS: i64 = 3_600_000_000_000;
+    const MINUTE_NS: i64 = 60_000_000_000;
 
     /// `column` within `from <= column < to`, as SQL.
     pub(crate) fn filter(column: &str, from: i64, to: i64) -> String {
@@ -367,6 +429,20 @@ impl Window {
                 &Self::filter("time", self.from - length, self.from),
             )
             .replace("{seconds}", &format!("{:.9}", length as f64 / 1e9))
+            .replace(
+                "{lookback_minutes}",
+                &Self::minutes(self.from - DEPLOY_LOOKBACK_S * 1_000_000_000, self.to),
+            )
+            .replace("{around_minutes}", &{
+                let compared = DEPLOY_COMPARED_MINUTES * Self::MINUTE_NS;
+                let first = self.from.div_euclid(Self::MINUTE_NS) * Self::MINUTE_NS;
+                let end =
+                    (self.to + Self::MINUTE_NS - 1).div_euclid(Self::MINUTE_NS) * Self::MINUTE_NS;
+                Self::minutes(first - compared, end + compared)
+            })
+            .replace("{compared_minutes}", &DEPLOY_COMPARED_MINUTES.to_string())
+            .replace("{from}", &rfc3339(self.from))
+            .replace("{to}", &rfc3339(self.to))
             .replace("{deprecated}", &deprecated)
             .replace("{min_calls}", &REGRESSION_MIN_CALLS.to_string())
             .replace("{retry_gap_s}", &RETRY_GAP_S.to_string())

@@ -606,16 +606,15 @@ pub fn conformed(
     arrow::array::RecordBatch::try_new(schema.clone(), columns.collect())
 }
 
-/// Whether rollup rows (conformed to [`MINUTES`]) hold everything the questions read: rows
-/// made before `latency_counts` was kept read it as null, and a latency objective cannot be
-/// counted from them, so their file is read instead (and compaction makes its output's
-/// rollup anew rather than carry them).
-pub fn rollup_complete(rows: &[arrow::array::RecordBatch]) -> bool {
-    rows.iter().all(|batch| {
-        batch
-            .column_by_name("latency_counts")
-            .is_some_and(|counts| counts.null_count() == 0)
-    })
+/// Whether a rollup file whose columns are `stored` holds every column `wanted` (as
+/// [`MINUTES`]): a rollup made by an older release lacks some (latency counts, versions),
+/// and the questions cannot answer from it, so its file is read instead (and compaction
+/// makes its output's rollup anew rather than carry it).
+pub fn rollup_complete(stored: &Schema, wanted: &Schema) -> bool {
+    wanted
+        .fields()
+        .iter()
+        .all(|field| stored.field_with_name(field.name()).is_ok())
 }
 
 /// The per-minute rollups of the data files of `spans`, `requests` and `logs`: one file per
@@ -662,7 +661,13 @@ pub static MINUTES: Table = Table {
             "latency_counts",
             Counts,
             true,
-            "calls that took at most each of `LATENCY_BOUNDS_MS`, cumulative (null in rollups made before it was kept)",
+            "calls that took at most each of `LATENCY_BOUNDS_MS`, cumulative",
+        ),
+        col(
+            "service_version",
+            Text,
+            true,
+            "the version of the service that served them",
         ),
     ],
 };

@@ -265,7 +265,7 @@ fn send(daemon: &Daemon, calls: &[Call]) {
         let line = json!({
             "time": call.time_s, "method": call.method, "path": "/v2/search?q=boots",
             "status": call.status, "duration_ms": call.duration_ms, "client_id": call.client,
-            "service": call.service,
+            "service": call.service, "service_version": call.version,
         });
         lines.push_str(&format!("{line}\n"));
     }
@@ -461,6 +461,7 @@ fn objectives_count_exactly_burn_and_alert_over_28_days() {
         rfc3339((end_s - 29 * DAY_S) / 60 * 60),
         rfc3339(end_s / 60 * 60 + 60)
     );
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
     loop {
         let plan = format!("EXPLAIN SELECT sum(calls) FROM api_call_minutes({whole})");
         let plan = serde_json::to_string(&daemon.rows(&plan)).unwrap();
@@ -469,7 +470,16 @@ fn objectives_count_exactly_burn_and_alert_over_28_days() {
         }
         assert!(
             std::time::Instant::now() < deadline,
-            "not every file has its rollup: {plan}"
+            "not every file has its rollup: {plan}\n{:?}",
+            {
+                let scrape = Scrape::of(&daemon);
+                [
+                    scrape.get_or_zero("apiscope_rollups_written_total", ""),
+                    scrape.get_or_zero("apiscope_rollup_failures_total", ""),
+                    scrape.get_or_zero("apiscope_rollup_passes_total", "outcome=ok"),
+                    scrape.get_or_zero("apiscope_rollup_passes_total", "outcome=error"),
+                ]
+            }
         );
         std::thread::sleep(Duration::from_millis(200));
     }
@@ -578,6 +588,111 @@ fn objectives_count_exactly_burn_and_alert_over_28_days() {
     // Without a window: the objective's own.
     let own = daemon.rows("SELECT client_id, bad FROM budget_burners('search-latency')");
     assert_eq!(own, [[json!("web"), json!(15)], [json!("ios"), json!(2)]]);
+
+    // What was deployed: each version first seen in the window (after 7 days without it),
+    // and each endpoint of its service over the 30 whole minutes either side of its minute.
+    let from_s = end_s - 28 * DAY_S;
+    let mut first_seen: std::collections::BTreeMap<(&str, &str), i64> = Default::default();
+    for call in calls
+        .iter()
+        .filter(|c| c.time_s >= from_s - 7 * DAY_S && c.time_s < end_s)
+    {
+        let seen = first_seen
+            .entry((call.service, call.version))
+            .or_insert(call.time_s);
+        *seen = (*seen).min(call.time_s);
+    }
+    let mut expected = Vec::new();
+    for (&(service, version), &at_s) in &first_seen {
+        if at_s < from_s {
+            continue;
+        }
+        let previous = first_seen
+            .iter()
+            .filter(|((s, _), t)| *s == service && **t < at_s)
+            .max_by_key(|(_, t)| **t)
+            .map(|((_, v), _)| json!(v))
+            .unwrap_or(Value::Null);
+        let minute_s = at_s / 60 * 60;
+        let mut endpoints: std::collections::BTreeMap<String, (Vec<&Call>, Vec<&Call>)> =
+            Default::default();
+        for call in calls.iter().filter(|c| c.service == service) {
+            let call_minute = call.time_s / 60 * 60;
+            if call_minute >= minute_s - 1800 && call_minute < minute_s {
+                endpoints.entry(call.endpoint()).or_default().0.push(call);
+            } else if call_minute >= minute_s && call_minute < minute_s + 1800 {
+                endpoints.entry(call.endpoint()).or_default().1.push(call);
+            }
+        }
+        for (endpoint, (before, after)) in endpoints {
+            let rate = |calls: &[&Call]| {
+                let failed = calls.iter().filter(|c| c.status >= 500).count();
+                (!calls.is_empty()).then(|| failed as f64 / calls.len() as f64)
+            };
+            let p95 = |calls: &[&Call]| {
+                let durations: Vec<f64> = calls.iter().map(|c| c.duration_ms as f64).collect();
+                (!calls.is_empty()).then(|| crate::support::fleet::quantile(&durations, 0.95))
+            };
+            expected.push((
+                at_s,
+                service,
+                version,
+                previous.clone(),
+                endpoint,
+                (before.len() as i64, after.len() as i64),
+                (rate(&before), rate(&after)),
+                (p95(&before), p95(&after)),
+            ));
+        }
+    }
+    // Latest first, then by service and endpoint.
+    expected.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(b.1)).then(a.4.cmp(&b.4)));
+    let deploys = records(&daemon, &format!("SELECT * FROM deploys({window})"));
+    let versions: Vec<(&str, &str)> = expected.iter().map(|e| (e.1, e.2)).collect();
+    assert!(versions.contains(&("orders", "1.5.0")), "{versions:?}");
+    assert!(versions.contains(&("search", "7.0.0")), "{versions:?}");
+    assert!(
+        !versions.iter().any(|(s, _)| *s == "catalog"),
+        "{versions:?}"
+    );
+    assert_eq!(deploys.len(), expected.len(), "{deploys:?}");
+    for (row, wanted) in deploys.iter().zip(&expected) {
+        let (at_s, service, version, previous, endpoint, calls, rates, p95s) = wanted;
+        let what = format!("{service} {version} {endpoint}");
+        assert_eq!(row["service_name"], *service, "{what}");
+        assert_eq!(row["service_version"], *version, "{what}");
+        assert_eq!(row["previous_version"], *previous, "{what}");
+        assert_eq!(seconds(&row["deployed_at"]), *at_s as f64, "{what}");
+        assert_eq!(row["endpoint"], *endpoint, "{what}");
+        assert_eq!(
+            (&row["calls_before"], &row["calls_after"]),
+            (&json!(calls.0), &json!(calls.1)),
+            "{what}"
+        );
+        close(
+            &row["error_rate_before"],
+            rates.0,
+            &format!("{what} error rate before"),
+        );
+        close(
+            &row["error_rate_after"],
+            rates.1,
+            &format!("{what} error rate after"),
+        );
+        close(&row["p95_ms_before"], p95s.0, &format!("{what} p95 before"));
+        close(&row["p95_ms_after"], p95s.1, &format!("{what} p95 after"));
+    }
+    // The deploy that broke acme: half the calls after it fail, none before.
+    let broke = deploys
+        .iter()
+        .find(|r| r["service_version"] == "1.5.0" && r["endpoint"] == "POST /v2/orders")
+        .unwrap();
+    assert_eq!(broke["previous_version"], "1.4.0");
+    assert_eq!(broke["error_rate_before"], json!(0.0));
+    assert!(
+        broke["error_rate_after"].as_f64().unwrap() > 0.4,
+        "{broke:?}"
+    );
 
     // Mistakes are named.
     let (status, body) = daemon.try_query("SELECT * FROM budget_burners('nope')");

@@ -102,6 +102,10 @@ pub const COLUMNS: &[(&str, &str)] = &[
         "latency_counts",
         "how many of the calls took at most each of the latency bounds (ms: 1, 1.5, 2, 2.5, 3, 4, 5, 6, 7, 7.5, 8, 9, 10, 15, ... 90000, 100000), cumulative: `latency_counts[k]` for the `k`-th bound, from 1",
     ),
+    (
+        "service_version",
+        "the version of the service that served them, as in `api_calls`",
+    ),
 ];
 
 /// Fixed files and rows per table: what one part of a rollup reads.
@@ -772,20 +776,24 @@ fn load(
     if let Some(rows) = cache.get(path) {
         return Some(rows);
     }
-    let read = || -> std::result::Result<Vec<RecordBatch>, Box<dyn std::error::Error>> {
-        let reader = ParquetRecordBatchReaderBuilder::try_new(store.get(path)?)?.build()?;
+    type Read = std::result::Result<Option<Vec<RecordBatch>>, Box<dyn std::error::Error>>;
+    let read = || -> Read {
+        let builder = ParquetRecordBatchReaderBuilder::try_new(store.get(path)?)?;
+        if !schemas::rollup_complete(builder.schema(), schema) {
+            return Ok(None);
+        }
         let mut rows = Vec::new();
-        for batch in reader {
+        for batch in builder.build()? {
             rows.push(schemas::conformed(schema, &batch?)?);
         }
-        Ok(rows)
+        Ok(Some(rows))
     };
     match read() {
-        Ok(rows) if !schemas::rollup_complete(&rows) => {
-            tracing::debug!(rollup = %path, "a rollup made before latency counts were kept; its file is read instead");
+        Ok(None) => {
+            tracing::debug!(rollup = %path, "a rollup made by an older release; its file is read instead");
             None
         }
-        Ok(rows) => {
+        Ok(Some(rows)) => {
             let bytes = rows.iter().map(RecordBatch::get_array_memory_size).sum();
             let rows = Arc::new(rows);
             cache.insert(path, rows.clone(), bytes);
@@ -939,7 +947,7 @@ mod tests {
         let with_times = |first: i64, last: i64| {
             let mut columns = old.columns().to_vec();
             let counts = arrow::array::new_null_array(&schemas::ColumnType::Counts.data_type(), 1);
-            columns.extend([time(first), time(last), counts]);
+            columns.extend([time(first), time(last), counts, text("1.0.0")]);
             RecordBatch::try_new(schema.clone(), columns).unwrap()
         };
         let second = 1_000_000_000;

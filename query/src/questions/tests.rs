@@ -128,7 +128,8 @@ fn windows_become_filters_on_time() {
         deprecated_versions: vec!["v1".into(), "v0'".into()],
         ..QuestionSettings::default()
     };
-    let sql = window.sql(&QUESTIONS[7], &settings);
+    let named = |name: &str| QUESTIONS.iter().find(|q| q.name == name).unwrap();
+    let sql = window.sql(named("version_usage"), &settings);
     assert!(
         sql.contains(
             "time >= '2025-11-24T16:00:00.000000000Z' AND time < '2025-11-24T17:00:00.000000000Z'"
@@ -136,7 +137,7 @@ fn windows_become_filters_on_time() {
         "{sql}"
     );
     assert!(sql.contains("IN ('v1', 'v0''')"), "{sql}");
-    let regressions = window.sql(&QUESTIONS[4], &settings);
+    let regressions = window.sql(named("latency_regressions"), &settings);
     assert!(
         regressions.contains(
             "api_call_minutes('2025-11-24T15:00:00.000000000Z', '2025-11-24T16:00:00.000000000Z')"
@@ -144,4 +145,13 @@ fn windows_become_filters_on_time() {
         "{regressions}"
     );
     assert!(!regressions.contains('{'), "{regressions}");
+    // Deploys look back 7 days for versions, and 30 whole minutes either side for calls.
+    let deploys = window.sql(named("deploys"), &settings);
+    for minutes in [
+        "api_call_minutes('2025-11-17T16:00:00.000000000Z', '2025-11-24T17:00:00.000000000Z')",
+        "api_call_minutes('2025-11-24T15:30:00.000000000Z', '2025-11-24T17:30:00.000000000Z')",
+    ] {
+        assert!(deploys.contains(minutes), "{deploys}");
+    }
+    assert!(!deploys.contains('{'), "{deploys}");
 }

@@ -1,21 +1,23 @@
 SELECT time, service_name, endpoint, http_method, http_route, http_status_code,
 duration_ms, client_id, api_version, is_error, trace_id, 'span' AS source, error_type,
-CAST(attributes['http.request.resend_count'] AS BIGINT) AS resend_count, span_id
+CAST(attributes['http.request.resend_count'] AS BIGINT) AS resend_count, span_id,
+service_version
 FROM spans WHERE span_kind = 'server'
 UNION ALL
 SELECT time, service_name, endpoint, http_method, http_route, http_status_code,
 duration_ms, client_id, api_version, is_error, trace_id, 'request_log' AS source,
 attributes['error_type'] AS error_type,
 CAST(attributes['resend_count'] AS BIGINT) AS resend_count,
-arrow_cast(NULL, 'Utf8') AS span_id
+arrow_cast(NULL, 'Utf8') AS span_id,
+coalesce(attributes['service_version'], attributes['service.version']) AS service_version
 FROM requests
 UNION ALL
 SELECT time, service_name, http_method || ' ' || http_route AS endpoint, http_method,
 http_route, http_status_code, duration_ms, client_id, api_version(http_route) AS api_version,
 http_status_code >= 500 AS is_error, trace_id, 'log' AS source, error_type,
-resend_count, arrow_cast(NULL, 'Utf8') AS span_id
+resend_count, arrow_cast(NULL, 'Utf8') AS span_id, service_version
 FROM (
-SELECT time, service_name, trace_id,
+SELECT time, service_name, trace_id, service_version,
 upper(coalesce(attributes['http.request.method'], attributes['http.method'])) AS http_method,
 coalesce(attributes['http.route'], route_template(coalesce(attributes['url.path'],
 attributes['http.target'], attributes['http.path']))) AS http_route,
