@@ -324,30 +324,6 @@ fn send(daemon: &Daemon, calls: &[Call]) {
     }
 }
 
-/// Rows of `sql` as JSON objects.
-fn records(daemon: &Daemon, sql: &str) -> Vec<serde_json::Map<String, Value>> {
-    let (status, body) = daemon.try_query(sql);
-    assert_eq!(status, 200, "{sql}: {body}");
-    let names: Vec<String> = body["columns"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|c| c["name"].as_str().unwrap().to_owned())
-        .collect();
-    body["rows"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|row| {
-            names
-                .iter()
-                .cloned()
-                .zip(row.as_array().unwrap().iter().cloned())
-                .collect()
-        })
-        .collect()
-}
-
 /// Seconds since the epoch of a time as the HTTP API writes it.
 fn seconds(value: &Value) -> f64 {
     let text = value.as_str().unwrap();
@@ -371,7 +347,7 @@ fn close(found: &Value, expected: Option<f64>, what: &str) {
 }
 
 /// Checks each row of `objective_status` against the calls, over the window it names.
-fn check_status(rows: &[serde_json::Map<String, Value>], calls: &[Call]) {
+fn check_status(rows: &[std::collections::BTreeMap<String, Value>], calls: &[Call]) {
     assert_eq!(rows.len(), OBJECTIVES.len(), "{rows:?}");
     for objective in &OBJECTIVES {
         let row = rows
@@ -505,10 +481,9 @@ fn objectives_count_exactly_burn_and_alert_over_28_days() {
 
     // The window given, and each objective's own up to now.
     let window = format!("'{}', '{}'", rfc3339(end_s - 28 * DAY_S), rfc3339(end_s));
-    let given = records(
-        &daemon,
-        &format!("SELECT * FROM objective_status({window}) ORDER BY name"),
-    );
+    let given = daemon.records(&format!(
+        "SELECT * FROM objective_status({window}) ORDER BY name"
+    ));
     check_status(&given, &calls);
     let by_name = |name: &str| given.iter().find(|r| r["name"] == name).unwrap().clone();
     // The story, as an on-call engineer reads it.
@@ -529,7 +504,7 @@ fn objectives_count_exactly_burn_and_alert_over_28_days() {
     // Exactly 300 ms is good, 301 is not: one in six of the last 3 days' bursts.
     assert!(search["bad"].as_i64().unwrap() >= 16, "{search:?}");
 
-    let own = records(&daemon, "SELECT * FROM objective_status() ORDER BY name");
+    let own = daemon.records("SELECT * FROM objective_status() ORDER BY name");
     check_status(&own, &calls);
     for row in &own {
         let length = seconds(&row["window_end"]) - seconds(&row["window_start"]);
@@ -545,10 +520,9 @@ fn objectives_count_exactly_burn_and_alert_over_28_days() {
     );
 
     // Who burned it: acme, alone, on the endpoint that fails.
-    let burners = records(
-        &daemon,
-        &format!("SELECT * FROM budget_burners('orders-availability', {window})"),
-    );
+    let burners = daemon.records(&format!(
+        "SELECT * FROM budget_burners('orders-availability', {window})"
+    ));
     let objective = &OBJECTIVES[1];
     let (total, good) = objective.judged(&calls, (end_s - 28 * DAY_S) as f64, end_s as f64);
     let acme: Vec<&Call> = calls
@@ -647,7 +621,7 @@ fn objectives_count_exactly_burn_and_alert_over_28_days() {
     }
     // Latest first, then by service and endpoint.
     expected.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(b.1)).then(a.4.cmp(&b.4)));
-    let deploys = records(&daemon, &format!("SELECT * FROM deploys({window})"));
+    let deploys = daemon.records(&format!("SELECT * FROM deploys({window})"));
     let versions: Vec<(&str, &str)> = expected.iter().map(|e| (e.1, e.2)).collect();
     assert!(versions.contains(&("orders", "1.5.0")), "{versions:?}");
     assert!(versions.contains(&("search", "7.0.0")), "{versions:?}");

@@ -389,30 +389,6 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     found
 }
 
-/// Rows of `sql` as maps from column name to value.
-fn records(daemon: &Daemon, sql: &str) -> Vec<BTreeMap<String, Value>> {
-    let (status, body) = daemon.try_query(sql);
-    assert_eq!(status, 200, "{sql}: {body}");
-    let names: Vec<String> = body["columns"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|c| c["name"].as_str().unwrap().to_owned())
-        .collect();
-    body["rows"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|row| {
-            names
-                .iter()
-                .cloned()
-                .zip(row.as_array().unwrap().iter().cloned())
-                .collect()
-        })
-        .collect()
-}
-
 fn count<K: Ord>(calls: &[&Call], key: impl Fn(&Call) -> K) -> BTreeMap<K, i64> {
     let mut counts = BTreeMap::new();
     for call in calls {
@@ -500,10 +476,8 @@ fn api_calls_hold_each_call_once() {
     let sent = &told.sent;
 
     // api_calls: one row per call, whichever way it came.
-    let rows = records(
-        daemon,
-        "SELECT source, count(*) AS n FROM api_calls GROUP BY source ORDER BY source",
-    );
+    let rows = daemon
+        .records("SELECT source, count(*) AS n FROM api_calls GROUP BY source ORDER BY source");
     let by_source: Vec<(String, i64)> = rows
         .iter()
         .map(|r| (s(&r["source"]), r["n"].as_i64().unwrap()))
@@ -527,7 +501,7 @@ fn endpoint_and_client_stats_count_and_rank_the_story() {
     let now = told.now();
 
     // endpoint_stats: exact counts; constant durations make the percentiles exact too.
-    let rows = records(daemon, &format!("SELECT * FROM endpoint_stats({window})"));
+    let rows = daemon.records(&format!("SELECT * FROM endpoint_stats({window})"));
     let calls_by = count(&now, |c| c.endpoint());
     let errors_by = count(
         &now.iter()
@@ -567,7 +541,7 @@ fn endpoint_and_client_stats_count_and_rank_the_story() {
     assert_eq!(&s(&rows[0]["endpoint"]), busiest);
 
     // client_stats: per client calls, errors and the endpoint failing most.
-    let rows = records(daemon, &format!("SELECT * FROM client_stats({window})"));
+    let rows = daemon.records(&format!("SELECT * FROM client_stats({window})"));
     let calls_by = count(&now, |c| c.client.to_owned());
     assert_eq!(rows.len(), calls_by.len());
     for row in &rows {
@@ -592,7 +566,7 @@ fn dependency_stats_and_error_breakdown_answer_the_story() {
     let now = told.now();
 
     // dependency_stats: orders call the database twice, 10 ms each, per 50 ms request.
-    let rows = records(daemon, &format!("SELECT * FROM dependency_stats({window})"));
+    let rows = daemon.records(&format!("SELECT * FROM dependency_stats({window})"));
     assert_eq!(rows.len(), 1, "{rows:?}");
     let orders_with_deps: Vec<&&Call> = now
         .iter()
@@ -607,7 +581,7 @@ fn dependency_stats_and_error_breakdown_answer_the_story() {
     );
 
     // error_breakdown: 5xx and 4xx by endpoint and status.
-    let rows = records(daemon, &format!("SELECT * FROM error_breakdown({window})"));
+    let rows = daemon.records(&format!("SELECT * FROM error_breakdown({window})"));
     let failed: Vec<&Call> = now.iter().copied().filter(|c| c.status >= 400).collect();
     let expected = count(&failed, |c| (c.endpoint(), c.status));
     let seen: BTreeMap<(String, i64), i64> = rows
@@ -633,10 +607,7 @@ fn latency_regressions_and_traffic_shift_compare_with_the_hour_before() {
     let before = told.before();
 
     // latency_regressions: items went from 10 to 30 ms; orders did not change.
-    let rows = records(
-        daemon,
-        &format!("SELECT * FROM latency_regressions({window})"),
-    );
+    let rows = daemon.records(&format!("SELECT * FROM latency_regressions({window})"));
     assert_eq!(rows[0]["endpoint"], "GET /v2/items/{id}", "{rows:?}");
     assert!(
         (f(&rows[0]["previous_p95_ms"]) - 10.0).abs() < 0.5,
@@ -648,7 +619,7 @@ fn latency_regressions_and_traffic_shift_compare_with_the_hour_before() {
     assert!(rows.iter().all(|r| r["endpoint"] != "GET /v1/users/{id}"));
 
     // traffic_shift: shares per client and endpoint in both windows.
-    let rows = records(daemon, &format!("SELECT * FROM traffic_shift({window})"));
+    let rows = daemon.records(&format!("SELECT * FROM traffic_shift({window})"));
     for (dimension, key) in [("client", 0), ("endpoint", 1)] {
         let key_of = |c: &Call| {
             if key == 0 {
@@ -697,10 +668,7 @@ fn retry_amplification_counts_retries_timeouts_and_fan_out() {
     let now = told.now();
 
     // retry_amplification: retries after failures within 10 s, or marked; timeouts; fan-out.
-    let rows = records(
-        daemon,
-        &format!("SELECT * FROM retry_amplification({window})"),
-    );
+    let rows = daemon.records(&format!("SELECT * FROM retry_amplification({window})"));
     let mut expected: BTreeMap<(String, String), (i64, i64, i64, i64)> = BTreeMap::new();
     let mut ordered = now.clone();
     ordered.sort_by_key(|c| c.time_s);
@@ -743,10 +711,9 @@ fn version_usage_and_refusals_name_the_clients() {
     let now = told.now();
 
     // version_usage: who still calls v1 is one query.
-    let rows = records(
-        daemon,
-        &format!("SELECT * FROM version_usage({window}) WHERE deprecated"),
-    );
+    let rows = daemon.records(&format!(
+        "SELECT * FROM version_usage({window}) WHERE deprecated"
+    ));
     assert_eq!(rows.len(), 1, "{rows:?}");
     assert_eq!(rows[0]["client_id"], "legacy");
     let legacy: Vec<&Call> = now
@@ -759,14 +726,14 @@ fn version_usage_and_refusals_name_the_clients() {
     let seen =
         chrono::DateTime::parse_from_rfc3339(rows[0]["last_seen"].as_str().unwrap()).unwrap();
     assert_eq!(seen.timestamp(), last_seen);
-    let all = records(daemon, &format!("SELECT * FROM version_usage({window})"));
+    let all = daemon.records(&format!("SELECT * FROM version_usage({window})"));
     assert_eq!(
         all.len(),
         count(&now, |c| (c.version().to_owned(), c.client.to_owned())).len()
     );
 
     // refusals: 401s and 429s of the partner.
-    let rows = records(daemon, &format!("SELECT * FROM refusals({window})"));
+    let rows = daemon.records(&format!("SELECT * FROM refusals({window})"));
     let refused: Vec<&Call> = now
         .iter()
         .copied()
@@ -797,8 +764,7 @@ fn windows_default_to_the_last_hour_and_bad_ones_are_refused() {
 
     // Windows: the default is the last hour; one argument runs to now; bad ones are refused.
     // (One statement, so that both sides see the same now().)
-    let last_hour = records(
-        daemon,
+    let last_hour = daemon.records(
         "SELECT (SELECT sum(calls) FROM endpoint_stats()) AS a, \
          (SELECT count(*) FROM api_calls \
           WHERE time >= now() - interval '1 hour' AND time < now()) AS b",
@@ -810,18 +776,13 @@ fn windows_default_to_the_last_hour_and_bad_ones_are_refused() {
         (a - recent).abs() <= 2,
         "{a} calls in the last hour, about {recent} expected"
     );
-    let from_start = records(
-        daemon,
-        &format!(
-            "SELECT sum(calls) AS n FROM endpoint_stats('{}')",
-            rfc3339(start_s)
-        ),
-    );
+    let from_start = daemon.records(&format!(
+        "SELECT sum(calls) AS n FROM endpoint_stats('{}')",
+        rfc3339(start_s)
+    ));
     assert_eq!(from_start[0]["n"], now.len());
-    let relative = records(
-        daemon,
-        "SELECT sum(calls) AS n FROM endpoint_stats(now() - interval '2 hours', now())",
-    );
+    let relative = daemon
+        .records("SELECT sum(calls) AS n FROM endpoint_stats(now() - interval '2 hours', now())");
     assert_eq!(relative[0]["n"], calls.len());
     for bad in [
         "endpoint_stats('yesterday')",
@@ -876,7 +837,7 @@ fn questions_count_each_call_once_while_calls_arrive_and_flush() {
             let expected = count(&inside, |c| c.endpoint());
             // Twice: the buffered rows' rollups may be made between the two.
             for _ in 0..2 {
-                let rows = records(&daemon, &format!("SELECT * FROM endpoint_stats({window})"));
+                let rows = daemon.records(&format!("SELECT * FROM endpoint_stats({window})"));
                 let answered: BTreeMap<String, i64> = rows
                     .iter()
                     .map(|row| (s(&row["endpoint"]), row["calls"].as_i64().unwrap()))

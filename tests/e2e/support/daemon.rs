@@ -159,6 +159,27 @@ impl Daemon {
             .collect()
     }
 
+    /// The rows of `sql`, which must succeed, each as a map from column name to value.
+    pub(crate) fn records(&self, sql: &str) -> Vec<std::collections::BTreeMap<String, Value>> {
+        let (status, body) = self.try_query(sql);
+        assert_eq!(status, 200, "{sql}: {body}");
+        let names: Vec<String> = body["columns"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["name"].as_str().unwrap().to_owned())
+            .collect();
+        body["rows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|row| {
+                let cells = row.as_array().unwrap().iter().cloned();
+                names.iter().cloned().zip(cells).collect()
+            })
+            .collect()
+    }
+
     /// The single number `sql` answers.
     pub(crate) fn count(&self, sql: &str) -> i64 {
         self.rows(sql)[0][0].as_i64().unwrap()
