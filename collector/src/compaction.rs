@@ -561,16 +561,11 @@ fn read_rollup(
     path: &ObjectPath,
     schema: &SchemaRef,
 ) -> Result<Option<impl Iterator<Item = Result<RecordBatch>> + use<>>> {
-    let file = store.get(path).map_err(storage)?;
-    let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(storage)?;
+    let builder = open_parquet(store, path)?;
     if !schemas::rollup_complete(builder.schema(), schema) {
         return Ok(None);
     }
-    let reader = builder.build().map_err(storage)?;
-    let schema = schema.clone();
-    Ok(Some(reader.map(move |batch| {
-        schemas::conformed(&schema, &batch.map_err(storage)?).map_err(storage)
-    })))
+    conformed_batches(builder, schema).map(Some)
 }
 
 /// Reads a Parquet file as batches of `schema` ([`merge::READ_ROWS`](crate::merge::READ_ROWS)
@@ -580,10 +575,25 @@ fn read_conformed(
     path: &ObjectPath,
     schema: &SchemaRef,
 ) -> Result<impl Iterator<Item = Result<RecordBatch>> + use<>> {
+    conformed_batches(open_parquet(store, path)?, schema)
+}
+
+fn open_parquet(
+    store: &Store,
+    path: &ObjectPath,
+) -> Result<ParquetRecordBatchReaderBuilder<bytes::Bytes>> {
     let file = store.get(path).map_err(storage)?;
-    let reader = ParquetRecordBatchReaderBuilder::try_new(file)
-        .map(|builder| builder.with_batch_size(crate::merge::READ_ROWS))
-        .and_then(|builder| builder.build())
+    ParquetRecordBatchReaderBuilder::try_new(file).map_err(storage)
+}
+
+/// The batches `builder` reads, as `schema`.
+fn conformed_batches(
+    builder: ParquetRecordBatchReaderBuilder<bytes::Bytes>,
+    schema: &SchemaRef,
+) -> Result<impl Iterator<Item = Result<RecordBatch>> + use<>> {
+    let reader = builder
+        .with_batch_size(crate::merge::READ_ROWS)
+        .build()
         .map_err(storage)?;
     let schema = schema.clone();
     Ok(reader

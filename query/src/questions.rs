@@ -386,7 +386,7 @@ pub(crate) struct Window {
 
 impl Window {
     pub(crate) const HOUR_NS: i64 = 3_600_000_000_000;
-    const MINUTE_NS: i64 = 60_000_000_000;
+    pub(crate) const MINUTE_NS: i64 = 60_000_000_000;
 
     /// `column` within `from <= column < to`, as SQL.
     pub(crate) fn filter(column: &str, from: i64, to: i64) -> String {
@@ -411,7 +411,7 @@ impl Window {
             let quoted: Vec<String> = settings
                 .deprecated_versions
                 .iter()
-                .map(|v| format!("'{}'", v.replace('\'', "''")))
+                .map(|v| sql_text(v))
                 .collect();
             quoted.join(", ")
         };
@@ -447,6 +447,11 @@ impl Window {
             .replace("{min_calls}", &REGRESSION_MIN_CALLS.to_string())
             .replace("{retry_gap_s}", &RETRY_GAP_S.to_string())
     }
+}
+
+/// `text` as a SQL string literal.
+pub(crate) fn sql_text(text: &str) -> String {
+    format!("'{}'", text.replace('\'', "''"))
 }
 
 fn rfc3339(ns: i64) -> String {
@@ -555,24 +560,19 @@ impl WindowArgs {
         Ok(given)
     }
 
-    /// Whether the arguments give the window (otherwise it is the default one).
-    pub(crate) fn given(&self) -> bool {
-        !self.args.is_empty()
-    }
-
     /// The window, with `now()` the time `session`'s statement started running.
     pub(crate) fn window(&self, session: &dyn Session) -> Result<Window> {
-        window_of(self.name, &self.args, session, self.default_ns)
+        self.window_defaulting(session, self.default_ns)
     }
-}
 
-/// The time `session`'s statement started running, in nanoseconds since the epoch.
-pub(crate) fn statement_start(session: &dyn Session) -> i64 {
-    let now = session
-        .execution_props()
-        .query_execution_start_time
-        .unwrap_or_else(Utc::now);
-    now.timestamp_nanos_opt().unwrap_or(i64::MAX)
+    /// The window, the last `default_ns` nanoseconds when the arguments give none.
+    pub(crate) fn window_defaulting(
+        &self,
+        session: &dyn Session,
+        default_ns: i64,
+    ) -> Result<Window> {
+        window_of(self.name, &self.args, session, default_ns)
+    }
 }
 
 /// The window a table function's arguments name; `default_ns` long to now without any.

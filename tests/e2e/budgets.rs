@@ -12,7 +12,7 @@ use opentelemetry_sdk::trace::SdkTracerProvider;
 use serde_json::{Value, json};
 
 use crate::support::daemon::{Daemon, serve};
-use crate::support::otlp::post;
+use crate::support::otlp::post_request_lines;
 use crate::support::prometheus::Scrape;
 use crate::support::rfc3339;
 
@@ -178,9 +178,9 @@ fn story(end_s: i64) -> Vec<Call> {
         status,
         duration_ms,
     };
-    for (time_s, i, part) in schedule(end_s) {
-        // Quiet: always fast.
-        calls.push(call(
+    // Quiet: always fast.
+    let quiet = |time_s| {
+        call(
             time_s,
             "catalog",
             "3.2.0",
@@ -189,7 +189,10 @@ fn story(end_s: i64) -> Vec<Call> {
             "web",
             200,
             40,
-        ));
+        )
+    };
+    for (time_s, i, part) in schedule(end_s) {
+        calls.push(quiet(time_s));
         // Orders: all good until the deploy; after it, acme's calls fail.
         let after = time_s >= deploy_s;
         let version = if after { "1.5.0" } else { "1.4.0" };
@@ -243,16 +246,7 @@ fn story(end_s: i64) -> Vec<Call> {
     }
     // Right around the window's start.
     for offset in [-5, 5] {
-        calls.push(call(
-            end_s - 28 * DAY_S + offset,
-            "catalog",
-            "3.2.0",
-            "GET",
-            "/v2/items/{id}",
-            "web",
-            200,
-            40,
-        ));
+        calls.push(quiet(end_s - 28 * DAY_S + offset));
     }
     calls
 }
@@ -269,14 +263,7 @@ fn send(daemon: &Daemon, calls: &[Call]) {
         });
         lines.push_str(&format!("{line}\n"));
     }
-    let (status, answer) = post(
-        daemon,
-        "/api/v1/requests",
-        "application/x-ndjson",
-        None,
-        lines.into_bytes(),
-    );
-    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&answer));
+    post_request_lines(daemon, lines);
 
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let _entered = runtime.enter();

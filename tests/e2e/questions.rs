@@ -16,7 +16,7 @@ use opentelemetry_sdk::trace::SdkTracerProvider;
 use serde_json::{Value, json};
 
 use crate::support::daemon::Daemon;
-use crate::support::otlp::{hex_id, post, span, traces};
+use crate::support::otlp::{hex_id, post, post_request_lines, span, traces};
 use crate::support::prometheus::Scrape;
 use crate::support::rfc3339;
 
@@ -286,14 +286,7 @@ fn send(daemon: &Daemon, calls: &[Call]) -> Sent {
         let (status, answer) = post(daemon, "/v1/traces", "application/json", None, body);
         assert_eq!(status, 200, "{}", String::from_utf8_lossy(&answer));
     }
-    let (status, answer) = post(
-        daemon,
-        "/api/v1/requests",
-        "application/x-ndjson",
-        None,
-        lines.into_bytes(),
-    );
-    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&answer));
+    post_request_lines(daemon, lines);
     let resource_logs: Vec<Value> = records
         .into_iter()
         .map(|(service, records)| {

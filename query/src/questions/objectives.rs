@@ -20,7 +20,7 @@ use arrow::array::{
     ArrayRef, AsArray, BooleanArray, Float64Array, Int64Array, RecordBatch, StringArray,
     TimestampNanosecondArray,
 };
-use arrow::datatypes::{DataType, Field, Int64Type, Schema, SchemaRef, TimeUnit};
+use arrow::datatypes::{DataType, Field, Int64Type, Schema, SchemaRef};
 use async_trait::async_trait;
 use datafusion::catalog::{Session, TableFunctionArgs, TableFunctionImpl, TableProvider};
 use datafusion::common::plan_err;
@@ -31,8 +31,9 @@ use datafusion::logical_expr::Expr;
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::prelude::SessionContext;
 
-use super::{Window, WindowArgs, statement_start};
+use super::{Window, WindowArgs, sql_text};
 use crate::functions::latency_counts::bound_index;
+use schemas::ColumnType::Timestamp;
 
 mod burners;
 pub use burners::BURNERS_COLUMNS;
@@ -142,11 +143,6 @@ impl Objective {
         &self.name
     }
 
-    /// Its window.
-    pub fn window(&self) -> Duration {
-        self.window
-    }
-
     /// Whether `service`'s `endpoint` is one of its calls'.
     fn covers(&self, service: &str, endpoint: &str) -> bool {
         service == self.service
@@ -163,14 +159,17 @@ impl Objective {
 
     /// SQL true for its calls in `api_calls`.
     fn calls_sql(&self) -> String {
-        let mut filter = format!("service_name = {}", quoted(&self.service));
+        let mut filter = format!("service_name = {}", sql_text(&self.service));
         if let Some(endpoint) = &self.endpoint {
             let like = endpoint
                 .replace('\\', "\\\\")
                 .replace('%', "\\%")
                 .replace('_', "\\_")
                 .replace('*', "%");
-            filter.push_str(&format!(" AND endpoint LIKE {} ESCAPE '\\'", quoted(&like)));
+            filter.push_str(&format!(
+                " AND endpoint LIKE {} ESCAPE '\\'",
+                sql_text(&like)
+            ));
         }
         filter
     }
@@ -225,10 +224,6 @@ fn glob(pattern: &str, text: &str) -> bool {
     rest.len() >= last.len() && rest.ends_with(last)
 }
 
-fn quoted(text: &str) -> String {
-    format!("'{}'", text.replace('\'', "''"))
-}
-
 /// How a window's length reads in the `objectives` table: `28d`, `6h`, `90m`, `30s`.
 fn human(window: Duration) -> String {
     let seconds = window.as_secs();
@@ -242,14 +237,12 @@ fn human(window: Duration) -> String {
 
 /// The burn-rate windows, ending where the objective's window ends, with their columns.
 const BURN_WINDOWS: [(&str, i64); 5] = [
-    ("burn_rate_5m", 5 * MINUTE_NS),
-    ("burn_rate_30m", 30 * MINUTE_NS),
-    ("burn_rate_1h", 60 * MINUTE_NS),
-    ("burn_rate_6h", 360 * MINUTE_NS),
-    ("burn_rate_3d", 3 * 1440 * MINUTE_NS),
+    ("burn_rate_5m", 5 * Window::MINUTE_NS),
+    ("burn_rate_30m", 30 * Window::MINUTE_NS),
+    ("burn_rate_1h", 60 * Window::MINUTE_NS),
+    ("burn_rate_6h", 360 * Window::MINUTE_NS),
+    ("burn_rate_3d", 3 * 1440 * Window::MINUTE_NS),
 ];
-
-const MINUTE_NS: i64 = 60_000_000_000;
 
 /// Fast burn: 2% of a 30-day budget in an hour; both windows above it (SRE workbook).
 pub(crate) const FAST_BURN: f64 = 14.4;
@@ -346,10 +339,6 @@ pub(crate) fn register(ctx: &SessionContext, objectives: &Arc<Vec<Objective>>) -
     Ok(())
 }
 
-fn time_type() -> DataType {
-    DataType::Timestamp(TimeUnit::Nanosecond, Some("UTC".into()))
-}
-
 /// The `objectives` table.
 fn listed(objectives: &[Objective]) -> Result<MemTable> {
     let schema = Arc::new(Schema::new(vec![
@@ -430,8 +419,8 @@ fn status_schema() -> SchemaRef {
         Field::new("kind", DataType::Utf8, false),
         float("threshold_ms"),
         Field::new("target", DataType::Float64, false),
-        Field::new("window_start", time_type(), false),
-        Field::new("window_end", time_type(), false),
+        Field::new("window_start", Timestamp.data_type(), false),
+        Field::new("window_end", Timestamp.data_type(), false),
         Field::new("total", DataType::Int64, false),
         Field::new("good", DataType::Int64, false),
         Field::new("bad", DataType::Int64, false),
@@ -563,19 +552,14 @@ impl TableProvider for StatusTable {
         let Some(state) = session.as_any().downcast_ref::<SessionState>() else {
             return plan_err!("objective_status runs inside a DataFusion session");
         };
-        let given = self.window.given().then(|| self.window.window(session));
-        let given = given.transpose()?;
-        let now = statement_start(session);
         let windows: Vec<Window> = self
             .objectives
             .iter()
             .map(|objective| {
-                given.unwrap_or(Window {
-                    from: now - objective.window_ns(),
-                    to: now,
-                })
+                self.window
+                    .window_defaulting(session, objective.window_ns())
             })
-            .collect();
+            .collect::<Result<_>>()?;
         let indexes: Vec<usize> = self
             .objectives
             .iter()

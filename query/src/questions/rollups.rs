@@ -62,7 +62,7 @@ use buffered::BufferedRollups;
 /// once compacted), so some days of a busy fleet.
 const BUDGET: usize = 256 << 20;
 
-const MINUTE_NS: i64 = 60_000_000_000;
+const MINUTE_NS: i64 = Window::MINUTE_NS;
 
 /// The calls of `api_calls` matching `{filter}`, per minute, service and endpoint: the rows
 /// of a rollup, and of the parts `api_call_minutes` reads from the calls themselves.

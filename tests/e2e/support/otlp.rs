@@ -101,3 +101,15 @@ pub(crate) fn post(
 pub(crate) fn hex_id(n: u64, bytes: usize) -> String {
     format!("{n:0width$x}", width = bytes * 2)
 }
+
+/// Posts request-log `lines` (NDJSON) to `/api/v1/requests`, which must accept them.
+pub(crate) fn post_request_lines(daemon: &Daemon, lines: String) {
+    let (status, answer) = post(
+        daemon,
+        "/api/v1/requests",
+        "application/x-ndjson",
+        None,
+        lines.into_bytes(),
+    );
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&answer));
+}
