@@ -149,6 +149,12 @@ impl SpanDecoder {
         c.http_route.append_option(route.as_deref());
         c.http_status_code
             .append_option(http_status.and_then(|s| i32::try_from(s).ok()));
+        c.http_request_body_size.append_option(
+            attrs.first_int(&["http.request.body.size", "http.request_content_length"]),
+        );
+        c.http_response_body_size.append_option(
+            attrs.first_int(&["http.response.body.size", "http.response_content_length"]),
+        );
         c.url_path.append_option(path.as_deref());
         c.server_address.append_option(server_address.as_deref());
         c.server_port
@@ -418,6 +424,8 @@ struct SpanColumns {
     http_method: StringBuilder,
     http_route: StringBuilder,
     http_status_code: Int32Builder,
+    http_request_body_size: Int64Builder,
+    http_response_body_size: Int64Builder,
     url_path: StringBuilder,
     server_address: StringBuilder,
     server_port: Int32Builder,
@@ -455,6 +463,8 @@ impl Default for SpanColumns {
             http_method: StringBuilder::new(),
             http_route: StringBuilder::new(),
             http_status_code: Int32Builder::new(),
+            http_request_body_size: Int64Builder::new(),
+            http_response_body_size: Int64Builder::new(),
             url_path: StringBuilder::new(),
             server_address: StringBuilder::new(),
             server_port: Int32Builder::new(),
@@ -493,6 +503,8 @@ impl SpanColumns {
             Arc::new(self.http_method.finish()),
             Arc::new(self.http_route.finish()),
             Arc::new(self.http_status_code.finish()),
+            Arc::new(self.http_request_body_size.finish()),
+            Arc::new(self.http_response_body_size.finish()),
             Arc::new(self.url_path.finish()),
             Arc::new(self.server_address.finish()),
             Arc::new(self.server_port.finish()),

@@ -1104,6 +1104,7 @@ fn fake_rollup(store: &schemas::Store, file: &Path, calls: i64) {
                     .len()
             ])])),
             text("1.0.0"),
+            text("production"),
         ],
     )
     .unwrap();

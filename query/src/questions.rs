@@ -56,8 +56,9 @@ pub struct Question {
     /// `{previous}` (the window of equal length before it), `{minutes}` and
     /// `{previous_minutes}` (`api_call_minutes` over either window), `{lookback_minutes}`
     /// (from `DEPLOY_LOOKBACK_S` before the window to its end), `{around_minutes}` (the
-    /// window's minutes and `DEPLOY_COMPARED_MINUTES` either side), `{from}` and `{to}` (its
-    /// bounds as text), `{seconds}` (the window's length), `{deprecated}` (the deprecated
+    /// window's minutes and `DEPLOY_COMPARED_MINUTES` either side), `{versions}` (see
+    /// [`VERSIONS`]), `{from}` and `{to}` (its bounds as text; `{previous_from}` the start of
+    /// the window before), `{seconds}` (the window's length), `{deprecated}` (the deprecated
     /// versions as a SQL list), and the constants `{min_calls}`, `{retry_gap_s}` and
     /// `{compared_minutes}`. A view has no placeholders.
     sql: &'static str,
@@ -118,6 +119,18 @@ pub static API_CALLS: Question = Question {
             "service_version",
             "the version of the service that answered: resource `service.version` (request logs: a `service_version` field)",
         ),
+        (
+            "request_bytes",
+            "the request body's size in bytes, when known: `http.request.body.size` (or the older `http.request_content_length`); request logs: `request_bytes`",
+        ),
+        (
+            "response_bytes",
+            "the response body's size in bytes, when known: `http.response.body.size` (or the older `http.response_content_length`); request logs: `response_bytes`",
+        ),
+        (
+            "deployment_environment",
+            "the environment of the service that answered: resource `deployment.environment.name`, else `deployment.environment` (request logs: a `deployment_environment` field)",
+        ),
     ],
     sql: include_str!("questions/sql/api_calls.sql"),
     needs_openapi: false,
@@ -136,6 +149,11 @@ pub(crate) const DEPLOY_LOOKBACK_S: i64 = 7 * 86_400;
 
 /// `deploys` compares each endpoint over this many minutes before and after a deploy.
 pub(crate) const DEPLOY_COMPARED_MINUTES: i64 = 30;
+
+/// Each version of each service and environment first seen within 7 days before a window and
+/// the window, with when (`first_seen`): what `deploys` and the deploys named by
+/// `latency_regressions` and `traffic_shift` come from. In a question's SQL as `{versions}`.
+const VERSIONS: &str = include_str!("questions/sql/versions.sql");
 
 /// The table functions.
 pub static QUESTIONS: &[Question] = &[
@@ -231,7 +249,7 @@ pub static QUESTIONS: &[Question] = &[
             ),
             (
                 "deploys",
-                "the service's versions deployed in the window, as `deploys` finds them (`1.5.0 at 2026-11-27T14:02:10Z, ...`); null when none",
+                "the service's versions deployed in the window, as `deploys` finds them (`1.5.0 (production) at 2026-11-27T14:02:10Z, ...`, without the environment when the calls name none); null when none",
             ),
         ],
         sql: include_str!("questions/sql/latency_regressions.sql"),
@@ -239,7 +257,7 @@ pub static QUESTIONS: &[Question] = &[
     },
     Question {
         name: "deploys",
-        doc: "what was deployed: each service version first seen in the window, and each of the service's endpoints over the 30 minutes before and after",
+        doc: "what was deployed: each service version first seen in the window (per environment), and each of the service's endpoints over the 30 minutes before and after",
         columns: &[
             ("service_name", "the service"),
             (
@@ -276,6 +294,10 @@ pub static QUESTIONS: &[Question] = &[
                 "p95_ms_after",
                 "95th percentile duration after (approximate)",
             ),
+            (
+                "deployment_environment",
+                "the environment deployed to (null for calls that name none)",
+            ),
         ],
         sql: include_str!("questions/sql/deploys.sql"),
         needs_openapi: false,
@@ -293,6 +315,10 @@ pub static QUESTIONS: &[Question] = &[
             (
                 "share_change",
                 "share - previous_share; ranked by its size, largest first",
+            ),
+            (
+                "deploys",
+                "the deploys in the window of the services this client called or this endpoint is served by, as `deploys` finds them (`shop 1.5.0 (production) at 2026-11-27T14:02:10Z, ...`); null when none",
             ),
         ],
         sql: include_str!("questions/sql/traffic_shift.sql"),
@@ -336,6 +362,43 @@ pub static QUESTIONS: &[Question] = &[
             ),
         ],
         sql: include_str!("questions/sql/version_usage.sql"),
+        needs_openapi: false,
+    },
+    Question {
+        name: "payload_stats",
+        doc: "who asks for more than they need: response sizes per endpoint and client, against the endpoint's",
+        columns: &[
+            ("service_name", "the service"),
+            ("endpoint", "`METHOD route`"),
+            ("client_id", "the client"),
+            (
+                "calls",
+                "calls in the window whose request or response size is known",
+            ),
+            (
+                "response_bytes_p50",
+                "median response body size in bytes (approximate)",
+            ),
+            (
+                "response_bytes_p95",
+                "95th percentile response body size in bytes (approximate)",
+            ),
+            ("response_bytes_max", "the largest response body"),
+            (
+                "response_bytes_total",
+                "bytes of response bodies sent to this client here; ranked by this, largest first",
+            ),
+            ("request_bytes_total", "bytes of request bodies received"),
+            (
+                "share_of_endpoint_bytes",
+                "response_bytes_total / the endpoint's response bytes for every client",
+            ),
+            (
+                "endpoint_response_bytes_p95",
+                "the endpoint's 95th percentile response size for every client, to compare with",
+            ),
+        ],
+        sql: include_str!("questions/sql/payload_stats.sql"),
         needs_openapi: false,
     },
     Question {
@@ -417,6 +480,7 @@ impl Window {
         };
         question
             .sql
+            .replace("{versions}", VERSIONS.trim_end())
             .replace("{minutes}", &Self::minutes(self.from, self.to))
             .replace(
                 "{previous_minutes}",
@@ -443,6 +507,7 @@ impl Window {
             .replace("{compared_minutes}", &DEPLOY_COMPARED_MINUTES.to_string())
             .replace("{from}", &rfc3339(self.from))
             .replace("{to}", &rfc3339(self.to))
+            .replace("{previous_from}", &rfc3339(self.from - length))
             .replace("{deprecated}", &deprecated)
             .replace("{min_calls}", &REGRESSION_MIN_CALLS.to_string())
             .replace("{retry_gap_s}", &RETRY_GAP_S.to_string())

@@ -29,7 +29,7 @@ use deltalake_core::kernel::engine::arrow_conversion::TryIntoKernel;
 use deltalake_core::kernel::transaction::{
     CommitBuilder, CommitProperties, FinalizedCommit, TransactionError,
 };
-use deltalake_core::kernel::{Action, Add, Remove, StructType, Transaction};
+use deltalake_core::kernel::{Action, Add, Remove, StructField, StructType, Transaction};
 use deltalake_core::logstore::{LogStoreRef, StorageConfig, default_logstore};
 use deltalake_core::operations::create::CreateBuilder;
 use deltalake_core::protocol::{DeltaOperation, SaveMode};
@@ -715,13 +715,49 @@ async fn create(
     log: &LogStoreRef,
 ) -> Result<DeltaTable, DeltaError> {
     if let Some(opened) = open(log).await? {
-        return Ok(opened);
+        return with_every_column(table, opened).await;
     }
     let store = store.clone();
     let legacy = tokio::task::spawn_blocking(move || legacy_files(&store, table))
         .await
         .map_err(|error| DeltaError::Io(io::Error::other(error)))??;
     create_with(table, log, legacy).await
+}
+
+/// `opened` with every column of `table` in its log's schema. Columns are only ever added
+/// (nullable, see [`conformed`](crate::tables::conformed)): the log of a table created by an
+/// older release gets those it lacks in one commit, so that other Delta readers see them
+/// too. Another writer adding them first is no error.
+async fn with_every_column(
+    table: &'static Table,
+    opened: DeltaTable,
+) -> Result<DeltaTable, DeltaError> {
+    let wanted = delta_schema(table)?;
+    let missing = |log: &DeltaTable| -> Result<Vec<StructField>, DeltaError> {
+        let schema = log.snapshot()?.schema();
+        Ok(wanted
+            .fields()
+            .filter(|field| schema.field(field.name()).is_none())
+            .cloned()
+            .collect())
+    };
+    let fields = missing(&opened)?;
+    if fields.is_empty() {
+        return Ok(opened);
+    }
+    let log = opened.log_store();
+    match opened.add_columns().with_fields(fields).await {
+        Ok(evolved) => Ok(evolved),
+        Err(error) => {
+            let mut reloaded = DeltaTable::new(log);
+            reloaded.load().await?;
+            if missing(&reloaded)?.is_empty() {
+                Ok(reloaded)
+            } else {
+                Err(error.into())
+            }
+        }
+    }
 }
 
 /// Creates the log of `table` with `actions` in its first commit; another writer creating it
@@ -1008,6 +1044,66 @@ mod tests {
         assert_eq!(store.commit_drop(spans, HOUR).unwrap(), 1);
         std::thread::sleep(REFRESH_AFTER);
         assert!(names(&reader).is_empty());
+    }
+
+    #[test]
+    fn a_log_made_by_an_older_release_gets_the_columns_added_since() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::local(dir.path());
+        let spans = crate::TABLES[0];
+        let added = ["http_request_body_size", "http_response_body_size"];
+        let older: Vec<_> = spans
+            .columns
+            .iter()
+            .filter(|column| !added.contains(&column.name))
+            .cloned()
+            .collect();
+        let older: &'static Table = Box::leak(Box::new(Table {
+            columns: Box::leak(older.into_boxed_slice()),
+            ..*spans
+        }));
+        let log = store.log_of(spans).unwrap().log;
+        let columns = |log: &LogStoreRef| {
+            let log = log.clone();
+            store
+                .block("test", &store.table("spans"), async move {
+                    let opened = open(&log).await?.expect("a log");
+                    let schema = opened.snapshot()?.schema();
+                    Ok(schema
+                        .fields()
+                        .map(|f| f.name().clone())
+                        .collect::<Vec<_>>())
+                })
+                .unwrap()
+        };
+        store
+            .block("test", &store.table("spans"), {
+                let log = log.clone();
+                async move { create_with(older, &log, Vec::new()).await.map(drop) }
+            })
+            .unwrap();
+        assert!(!columns(&log).iter().any(|c| added.contains(&c.as_str())));
+
+        let first = stored(&store, "00000000000000000003-a-01-000000.parquet");
+        let writer = Store::local(dir.path());
+        writer
+            .commit_flush(spans, std::slice::from_ref(&first), "a", 3)
+            .unwrap();
+        let evolved = columns(&log);
+        assert_eq!(evolved[evolved.len() - 2..], added, "added at the end");
+        let mut every = evolved.clone();
+        every.sort();
+        let mut wanted: Vec<String> = delta_schema(spans)
+            .unwrap_or_else(|_| panic!("the schema of spans"))
+            .fields()
+            .map(|f| f.name().clone())
+            .collect();
+        wanted.sort();
+        assert_eq!(every, wanted, "every column");
+        assert_eq!(names(&writer), [first.path.filename().unwrap()]);
+        // A second writer opening the evolved log changes nothing.
+        Store::local(dir.path()).create_table(spans).unwrap();
+        assert_eq!(columns(&log), evolved);
     }
 
     /// A store in a new directory, whose `spans` holds one file flushed by node `a`.

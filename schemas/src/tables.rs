@@ -367,6 +367,18 @@ pub static SPANS: Table = Table {
             "`http.response.status_code`, else `http.status_code`",
         ),
         col(
+            "http_request_body_size",
+            Int64,
+            true,
+            "`http.request.body.size`, else `http.request_content_length` (bytes)",
+        ),
+        col(
+            "http_response_body_size",
+            Int64,
+            true,
+            "`http.response.body.size`, else `http.response_content_length` (bytes)",
+        ),
+        col(
             "url_path",
             Text,
             true,
@@ -668,6 +680,12 @@ pub static MINUTES: Table = Table {
             Text,
             true,
             "the version of the service that served them",
+        ),
+        col(
+            "deployment_environment",
+            Text,
+            true,
+            "the environment of the service that served them",
         ),
     ],
 };

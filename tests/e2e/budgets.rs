@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 use crate::support::daemon::{Daemon, serve};
 use crate::support::otlp::post_request_lines;
 use crate::support::prometheus::Scrape;
-use crate::support::rfc3339;
+use crate::support::{rfc3339, seconds};
 
 const DAY_S: i64 = 86_400;
 
@@ -309,15 +309,6 @@ fn send(daemon: &Daemon, calls: &[Call]) {
         }
         provider.shutdown().unwrap();
     }
-}
-
-/// Seconds since the epoch of a time as the HTTP API writes it.
-fn seconds(value: &Value) -> f64 {
-    let text = value.as_str().unwrap();
-    let time = chrono::DateTime::parse_from_rfc3339(text).unwrap_or_else(|_| {
-        chrono::DateTime::parse_from_rfc3339(&format!("{}Z", text.replace(' ', "T"))).unwrap()
-    });
-    time.timestamp_nanos_opt().unwrap() as f64 / 1e9
 }
 
 fn close(found: &Value, expected: Option<f64>, what: &str) {

@@ -18,6 +18,7 @@ mod limits;
 mod metrics;
 mod openapi;
 mod otlp_json;
+mod payloads;
 mod pg;
 mod python_sdk;
 mod questions;

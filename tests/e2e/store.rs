@@ -97,6 +97,8 @@ fn a_bucket_store_answers_as_a_local_directory_does() {
         "retry_amplification",
         "version_usage",
         "refusals",
+        "payload_stats",
+        "deploys",
         "api_call_minutes",
     ]
     .iter()

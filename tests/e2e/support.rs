@@ -16,3 +16,12 @@ pub(crate) fn rfc3339(s: i64) -> String {
         .unwrap()
         .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
 }
+
+/// Seconds since the epoch of a time as the HTTP API writes it.
+pub(crate) fn seconds(value: &serde_json::Value) -> f64 {
+    let text = value.as_str().unwrap();
+    let time = chrono::DateTime::parse_from_rfc3339(text).unwrap_or_else(|_| {
+        chrono::DateTime::parse_from_rfc3339(&format!("{}Z", text.replace(' ', "T"))).unwrap()
+    });
+    time.timestamp_nanos_opt().unwrap() as f64 / 1e9
+}

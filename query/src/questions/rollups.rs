@@ -106,6 +106,10 @@ pub const COLUMNS: &[(&str, &str)] = &[
         "service_version",
         "the version of the service that served them, as in `api_calls`",
     ),
+    (
+        "deployment_environment",
+        "the environment of the service that served them, as in `api_calls`",
+    ),
 ];
 
 /// Fixed files and rows per table: what one part of a rollup reads.
@@ -947,7 +951,13 @@ mod tests {
         let with_times = |first: i64, last: i64| {
             let mut columns = old.columns().to_vec();
             let counts = arrow::array::new_null_array(&schemas::ColumnType::Counts.data_type(), 1);
-            columns.extend([time(first), time(last), counts, text("1.0.0")]);
+            columns.extend([
+                time(first),
+                time(last),
+                counts,
+                text("1.0.0"),
+                text("production"),
+            ]);
             RecordBatch::try_new(schema.clone(), columns).unwrap()
         };
         let second = 1_000_000_000;

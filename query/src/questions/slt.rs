@@ -120,8 +120,10 @@ fn attribute(key: &str, value: Value) -> KeyValue {
     }
 }
 
-/// Two calls of `GET /v2/stock` at 15:00 and 15:01 (20 and 40 ms), each waiting on one
-/// query of PostgreSQL database `shop` (4 ms, and 10 ms that failed), as an OTLP export.
+/// Two calls of `GET /v2/stock` at 15:00 and 15:01 (20 and 40 ms; request and response
+/// bodies of 10 and 700 bytes, then a 300-byte response under the older attribute name), each
+/// waiting on one query of PostgreSQL database `shop` (4 ms, and 10 ms that failed), as an
+/// OTLP export.
 pub(crate) fn traces() -> bytes::Bytes {
     use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
     use opentelemetry_proto::tonic::resource::v1::Resource;
@@ -130,8 +132,18 @@ pub(crate) fn traces() -> bytes::Bytes {
 
     const AT_15: u64 = 1_795_791_600_000_000_000; // 2026-11-27T15:00:00Z
     let mut spans = Vec::new();
-    for (n, (server_ms, db_ms, db_failed)) in
-        [(20, 4, false), (40, 10, true)].into_iter().enumerate()
+    // Body sizes under the current names, then under the older ones.
+    let sizes = [
+        vec![
+            number("http.request.body.size", 10),
+            number("http.response.body.size", 700),
+        ],
+        vec![number("http.response_content_length", 300)],
+    ];
+    for (n, ((server_ms, db_ms, db_failed), sizes)) in [(20, 4, false), (40, 10, true)]
+        .into_iter()
+        .zip(sizes)
+        .enumerate()
     {
         let start = AT_15 + n as u64 * 60_000_000_000;
         let trace_id = vec![n as u8 + 1; 16];
@@ -143,12 +155,15 @@ pub(crate) fn traces() -> bytes::Bytes {
             kind: 2,
             start_time_unix_nano: start,
             end_time_unix_nano: start + server_ms * 1_000_000,
-            attributes: vec![
+            attributes: [
                 text("http.request.method", "GET"),
                 text("http.route", "/v2/stock"),
                 number("http.response.status_code", 200),
                 text("client.id", "web"),
-            ],
+            ]
+            .into_iter()
+            .chain(sizes)
+            .collect(),
             ..Span::default()
         });
         spans.push(Span {
@@ -279,6 +294,7 @@ const FILES: &[&str] = &[
     "error_breakdown",
     "latency_regressions",
     "objectives",
+    "payload_stats",
     "refusals",
     "retry_amplification",
     "traffic_shift",
@@ -319,6 +335,7 @@ slt!(
     error_breakdown,
     latency_regressions,
     objectives,
+    payload_stats,
     refusals,
     retry_amplification,
     traffic_shift,

@@ -1,11 +1,8 @@
-WITH versions AS (
-SELECT service_name, service_version, min(first_time) AS first_seen
-FROM {lookback_minutes} WHERE service_version IS NOT NULL
-GROUP BY service_name, service_version),
+WITH versions AS ({versions}),
 deployed AS (
 SELECT service_name,
-string_agg(service_version || ' at ' || to_char(first_seen, '%Y-%m-%dT%H:%M:%SZ'), ', '
-ORDER BY first_seen) AS deploys
+string_agg(service_version || coalesce(' (' || deployment_environment || ')', '') || ' at '
+|| to_char(first_seen, '%Y-%m-%dT%H:%M:%SZ'), ', ' ORDER BY first_seen) AS deploys
 FROM versions WHERE first_seen >= '{from}' AND first_seen < '{to}'
 GROUP BY service_name),
 now_ AS (
