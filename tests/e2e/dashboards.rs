@@ -18,6 +18,8 @@ use crate::support::fleet::{Fleet, Request, percentile_tolerance, quantile};
 use crate::support::pg::{connect, runtime};
 use crate::support::python::python;
 
+mod questions;
+
 const DATASOURCE_UID: &str = "apiscope";
 const DATASOURCE_TYPE: &str = "grafana-postgresql-datasource";
 /// The provisioned trace data sources (Jaeger, Tempo) that trace ids link to.
@@ -122,6 +124,8 @@ fn dashboards_and_provisioning_are_valid() {
         "errors",
         "daemon",
         "budgets",
+        "changes",
+        "contract",
     ];
     assert_eq!(all.len(), wanted.len());
     let mut uids = BTreeSet::new();
@@ -675,13 +679,24 @@ fn check_values(dashboard: &str, panel: &str, rows: &[Row], fleet: &Fleet, range
             check_calls_and_errors(&what, rows, "client_id", fleet, |r| r.client.to_owned());
             for row in rows {
                 let client = text(row, "client_id");
-                let endpoints: BTreeSet<String> = fleet
-                    .requests
+                let failures = fleet.errors_by(|r| {
+                    if r.client == client {
+                        r.endpoint()
+                    } else {
+                        String::new()
+                    }
+                });
+                // Most failures first, then the first endpoint by name.
+                let top = failures
                     .iter()
-                    .filter(|r| r.client == client)
-                    .map(|r| r.endpoint())
-                    .collect();
-                assert_eq!(number(row, "endpoints"), endpoints.len() as f64, "{what}");
+                    .filter(|(endpoint, _)| !endpoint.is_empty())
+                    .max_by(|a, b| a.1.cmp(b.1).then(b.0.cmp(a.0)))
+                    .map(|(endpoint, _)| endpoint.clone());
+                assert_eq!(
+                    row.get::<_, Option<String>>("top_failing_endpoint"),
+                    top,
+                    "{what}: {client}"
+                );
             }
         }
         ("apiscope-clients", "Client and endpoint") => {
@@ -718,6 +733,18 @@ fn check_values(dashboard: &str, panel: &str, rows: &[Row], fleet: &Fleet, range
                     .map(|r| r.dependency_ms as f64)
                     .collect();
                 assert_percentile(&what, number(row, "p95_ms"), &own, 0.95);
+                let callers: i64 = fleet
+                    .requests
+                    .iter()
+                    .filter(|r| r.dependency == dependency)
+                    .map(|r| r.duration_ms)
+                    .sum();
+                assert_close(
+                    &what,
+                    number(row, "share_of_caller_time"),
+                    own.iter().sum::<f64>() / callers as f64,
+                    1e-9,
+                );
             }
         }
         ("apiscope-errors", "Failed requests by status code") => {
@@ -916,7 +943,7 @@ fn check_values(dashboard: &str, panel: &str, rows: &[Row], fleet: &Fleet, range
             let bad: Vec<f64> = rows.iter().map(|row| number(row, "bad")).collect();
             assert!(bad.windows(2).all(|w| w[0] >= w[1]), "{what}: most first");
         }
-        _ => return false,
+        _ => return questions::check(dashboard, panel, rows, fleet, range),
     }
     true
 }
@@ -1000,11 +1027,12 @@ fn every_panel_query_answers_over_the_postgres_protocol() {
     let daemon = with_objectives(dir.path());
     let fleet = Fleet::new();
     fleet.send(&daemon);
-    let range = Range {
+    let whole = Range {
         from: DateTime::from_timestamp(fleet.start_s - 300, 0).unwrap(),
         to: DateTime::from_timestamp(fleet.end_s() + 300, 0).unwrap(),
         interval: "1m",
     };
+    let changes = questions::changes_range(&fleet);
     let expected_variables: BTreeMap<&str, Vec<String>> = BTreeMap::from([
         (
             "service",
@@ -1033,13 +1061,19 @@ fn every_panel_query_answers_over_the_postgres_protocol() {
     runtime().block_on(async {
         let client = connect(&daemon, None).await.unwrap();
         let mut panels_checked = 0;
-        for (file, dashboard) in dashboards() {
+        let all = dashboards();
+        for (file, dashboard) in &all {
             let uid = dashboard["uid"].as_str().unwrap();
+            let range = if uid == "apiscope-changes" {
+                &changes
+            } else {
+                &whole
+            };
             // Variables resolve in order, each seeing the ones before it ("All" selected).
             let mut variables = BTreeMap::new();
             for variable in dashboard["templating"]["list"].as_array().unwrap() {
                 let name = variable["name"].as_str().unwrap().to_owned();
-                let sql = expand(variable["query"].as_str().unwrap(), &range, &variables);
+                let sql = expand(variable["query"].as_str().unwrap(), range, &variables);
                 let mut answer = values(&client, &sql).await;
                 answer.sort();
                 assert_eq!(
@@ -1056,7 +1090,7 @@ fn every_panel_query_answers_over_the_postgres_protocol() {
             for panel in dashboard["panels"].as_array().unwrap() {
                 let title = panel["title"].as_str().unwrap();
                 for target in panel["targets"].as_array().unwrap() {
-                    let sql = expand(target["rawSql"].as_str().unwrap(), &range, &variables);
+                    let sql = expand(target["rawSql"].as_str().unwrap(), range, &variables);
                     let what = format!("{file} / {title}");
                     let rows = client
                         .query(&sql, &[])
@@ -1064,25 +1098,59 @@ fn every_panel_query_answers_over_the_postgres_protocol() {
                         .unwrap_or_else(|e| panic!("{what}: {e:?}\n{sql}"));
                     let format = target["format"].as_str().unwrap_or("time_series");
                     check_shape(&what, format, &rows);
+                    questions::check_links(&what, panel, &rows, &all);
                     assert!(
-                        check_values(uid, title, &rows, &fleet, &range),
+                        check_values(uid, title, &rows, &fleet, range),
                         "{what}: no check of this panel's values; add one to check_values"
                     );
                     assert_eq!(simple_rows(&client, &sql).await, rows.len(), "{what}");
                     panels_checked += 1;
                 }
             }
+            for annotation in dashboard["annotations"]["list"].as_array().unwrap() {
+                let name = annotation["name"].as_str().unwrap();
+                let what = format!("{file} / annotation {name}");
+                assert_eq!(annotation["datasource"]["uid"], DATASOURCE_UID, "{what}");
+                let sql = expand(
+                    annotation["target"]["rawSql"].as_str().unwrap(),
+                    range,
+                    &variables,
+                );
+                let rows = client
+                    .query(&sql, &[])
+                    .await
+                    .unwrap_or_else(|e| panic!("{what}: {e:?}\n{sql}"));
+                assert_eq!(
+                    (uid, name),
+                    ("apiscope-endpoints", "Deploys"),
+                    "{what}: no check"
+                );
+                questions::check_annotation(&what, &rows, &fleet);
+            }
         }
         assert!(panels_checked >= 20, "{panels_checked} panels");
     });
 }
 
-/// A daemon over `data_dir` with [`OBJECTIVES`].
+/// A daemon over `data_dir` with [`OBJECTIVES`], the fleet's OpenAPI document and `v1`
+/// deprecated.
 fn with_objectives(data_dir: &Path) -> Daemon {
     let config = data_dir.join("objectives.toml");
+    let openapi = data_dir.join("openapi.yaml");
     std::fs::create_dir_all(data_dir).unwrap();
     std::fs::write(&config, OBJECTIVES).unwrap();
-    Daemon::start_with(data_dir, &["--config", config.to_str().unwrap()])
+    std::fs::write(&openapi, questions::OPENAPI).unwrap();
+    Daemon::start_with(
+        data_dir,
+        &[
+            "--config",
+            config.to_str().unwrap(),
+            "--openapi",
+            openapi.to_str().unwrap(),
+            "--deprecated-version",
+            questions::DEPRECATED,
+        ],
+    )
 }
 
 /// The provisioned alert rules: each asks the provisioned data source, its query expanded

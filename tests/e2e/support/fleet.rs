@@ -1,6 +1,7 @@
 //! A small, fully known fleet sent as OTLP/JSON: two services, four endpoints, three
-//! clients, two dependencies, failures and error logs, over twenty minutes of the recent
-//! past. The expected answers of the SQL front-ends are computed here from what was sent.
+//! clients, two dependencies, failures, refusals and error logs, response sizes, and a deploy
+//! of checkout halfway (1.0.0 to 1.1.0), over twenty minutes of the recent past. The
+//! expected answers of the SQL front-ends are computed here from what was sent.
 
 use std::collections::BTreeMap;
 
@@ -26,6 +27,10 @@ pub(crate) struct Request {
     pub(crate) duration_ms: i64,
     pub(crate) dependency: &'static str,
     pub(crate) dependency_ms: i64,
+    /// `service.version` of the service that served it.
+    pub(crate) version: &'static str,
+    /// `http.response.body.size`.
+    pub(crate) response_bytes: i64,
 }
 
 impl Request {
@@ -57,21 +62,35 @@ impl Fleet {
                     2 => ("checkout", "POST", "/v1/orders", "postgresql/shop"),
                     _ => ("catalog", "GET", "/v2/search", "redis"),
                 };
-                let status = match k % 10 {
-                    0 => 500,
+                let status = match k % 20 {
+                    0 | 10 => 500,
                     5 => 404,
+                    15 => 429,
                     _ => 200,
+                };
+                let client = ["web", "ios", "partner-a"][(k % 3) as usize];
+                let version = match (service, k < REQUESTS / 2) {
+                    ("checkout", true) => "1.0.0",
+                    ("checkout", false) => "1.1.0",
+                    _ => "3.2.0",
+                };
+                // partner-a pulls far more than the others.
+                let response_bytes = match client {
+                    "partner-a" => 20_000 + (k % 7) * 1000,
+                    _ => 500 + (k % 7) * 100,
                 };
                 Request {
                     time_s: start_s + k * STEP_S,
                     service,
                     method,
                     route,
-                    client: ["web", "ios", "partner-a"][(k % 3) as usize],
+                    client,
                     status,
                     duration_ms: 5 + (k % 50) * 2,
                     dependency,
                     dependency_ms: 1 + k % 4,
+                    version,
+                    response_bytes,
                 }
             })
             .collect();
@@ -87,7 +106,7 @@ impl Fleet {
     /// Sends every span (server and client) and one error log per failed request over
     /// OTLP/HTTP JSON, then waits until all are queryable.
     pub(crate) fn send(&self, daemon: &Daemon) {
-        let mut by_service: BTreeMap<&str, Vec<Value>> = BTreeMap::new();
+        let mut by_service: BTreeMap<(&str, &str), Vec<Value>> = BTreeMap::new();
         let mut logs = Vec::new();
         for (k, request) in self.requests.iter().enumerate() {
             let k = k as u64;
@@ -107,6 +126,7 @@ impl Fleet {
                     {"key": "url.path", "value": {"stringValue": request.route.replace("{id}", &k.to_string())}},
                     {"key": "http.response.status_code", "value": {"intValue": request.status}},
                     {"key": "client.id", "value": {"stringValue": request.client}},
+                    {"key": "http.response.body.size", "value": {"intValue": request.response_bytes}},
                 ]),
             );
             let (system, namespace) = match request.dependency.split_once('/') {
@@ -127,7 +147,9 @@ impl Fleet {
                 Value::Array(db),
             );
             client["parentSpanId"] = json!(server_id);
-            let spans = by_service.entry(request.service).or_default();
+            let spans = by_service
+                .entry((request.service, request.version))
+                .or_default();
             spans.push(server);
             spans.push(client);
             if request.is_error() {
@@ -141,8 +163,13 @@ impl Fleet {
                 }));
             }
         }
-        for (service, spans) in by_service {
-            let body = serde_json::to_vec(&traces(service, spans)).unwrap();
+        for ((service, version), spans) in by_service {
+            let mut body = traces(service, spans);
+            body["resourceSpans"][0]["resource"]["attributes"]
+                .as_array_mut()
+                .unwrap()
+                .push(json!({"key": "service.version", "value": {"stringValue": version}}));
+            let body = serde_json::to_vec(&body).unwrap();
             let (status, answer) = post(daemon, "/v1/traces", "application/json", None, body);
             assert_eq!(status, 200, "{}", String::from_utf8_lossy(&answer));
         }
