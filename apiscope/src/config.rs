@@ -469,7 +469,14 @@ impl ServeArgs {
                  --insecure-no-auth to let anyone who reaches the port send and query data"
             )));
         }
-        let objectives = objectives(tables.objectives, collector.retention)?;
+        let mut declared = tables.objectives;
+        for (source, keys) in routes.objectives() {
+            let objective = serde_json::from_value(keys.clone()).map_err(|error| {
+                Error::Config(format!("{source}: `x-apiscope-objectives`: {error}"))
+            })?;
+            declared.push(objective);
+        }
+        let objectives = objectives(declared, collector.retention)?;
         Ok(Settings {
             otlp_grpc_addr,
             otlp_http_addr,
@@ -620,7 +627,8 @@ struct FileTables {
     objectives: Vec<ObjectiveConfig>,
 }
 
-/// One `[[objectives]]` entry, checked by [`query::Objective::new`].
+/// One `[[objectives]]` entry (or one of an OpenAPI operation's `x-apiscope-objectives`),
+/// checked by [`query::Objective::new`].
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ObjectiveConfig {

@@ -80,6 +80,42 @@ mod tests {
     }
 }
 
+/// The objectives of an operation's `x-apiscope-objectives` (a list of tables with the keys
+/// of `[[objectives]]`), each given the operation as its `endpoint` and `service` (the
+/// document's `x-apiscope-service`) unless it names one.
+fn declared_objectives(
+    source: &str,
+    declared: &serde_json::Value,
+    endpoint: &str,
+    service: &serde_json::Value,
+) -> Result<Vec<serde_json::Value>, String> {
+    let Some(list) = declared.as_array() else {
+        return Err(format!(
+            "{source}: `x-apiscope-objectives` must be a list of objectives"
+        ));
+    };
+    let mut objectives = Vec::with_capacity(list.len());
+    for (n, objective) in list.iter().enumerate() {
+        let Some(keys) = objective.as_object() else {
+            return Err(format!(
+                "{source}: `x-apiscope-objectives` item {n} is no table of keys"
+            ));
+        };
+        if keys.contains_key("endpoint") {
+            return Err(format!(
+                "{source}: `x-apiscope-objectives` item {n} names an `endpoint`; the operation is its endpoint"
+            ));
+        }
+        let mut keys = keys.clone();
+        keys.insert("endpoint".to_owned(), endpoint.into());
+        if !keys.contains_key("service") && service.is_string() {
+            keys.insert("service".to_owned(), service.clone());
+        }
+        objectives.push(serde_json::Value::Object(keys));
+    }
+    Ok(objectives)
+}
+
 /// A route with its parameters blanked (`/users/{userId}` and `/users/:id` both give
 /// `/users/{}`), so that routes named by different tools compare equal.
 pub fn route_shape(route: &str) -> String {
@@ -109,6 +145,11 @@ pub struct Operation {
 #[derive(Debug, Clone, Default)]
 pub struct OpenApi {
     operations: Vec<Operation>,
+    /// The objectives declared on operations (`x-apiscope-objectives`): where each was
+    /// declared (document and operation), and its keys as `[[objectives]]` has them, with
+    /// the operation as its `endpoint` and the document's `x-apiscope-service` as its
+    /// `service` unless it names one.
+    objectives: Vec<(String, serde_json::Value)>,
     /// Distinct templates, most specific first (fewer parameters, then longer).
     templates: Vec<(Vec<String>, String)>,
 }
@@ -133,6 +174,7 @@ impl OpenApi {
     /// Parses `(name, text)` documents.
     pub fn parse(documents: &[(String, String)]) -> Result<Self, String> {
         let mut operations = Vec::new();
+        let mut objectives = Vec::new();
         for (name, text) in documents {
             let document: serde_json::Value = serde_norway::from_str(text)
                 .map_err(|error| format!("OpenAPI document {name}: {error}"))?;
@@ -160,6 +202,15 @@ impl OpenApi {
                         .as_object()
                         .map(|responses| responses.keys().map(|k| k.to_ascii_uppercase()).collect())
                         .unwrap_or_default();
+                    let endpoint = format!("{} {route}", method.to_ascii_uppercase());
+                    if let Some(declared) = operation.get("x-apiscope-objectives") {
+                        let source = format!("OpenAPI document {name}: {endpoint}");
+                        let service = &document["x-apiscope-service"];
+                        for objective in declared_objectives(&source, declared, &endpoint, service)?
+                        {
+                            objectives.push((source.clone(), objective));
+                        }
+                    }
                     operations.push(Operation {
                         method: method.to_ascii_uppercase(),
                         route: route.clone(),
@@ -168,7 +219,15 @@ impl OpenApi {
                 }
             }
         }
-        Ok(Self::from_operations(operations))
+        let mut parsed = Self::from_operations(operations);
+        parsed.objectives = objectives;
+        Ok(parsed)
+    }
+
+    /// The objectives declared on operations, each with where it was declared: see
+    /// [`OpenApi::parse`].
+    pub fn objectives(&self) -> &[(String, serde_json::Value)] {
+        &self.objectives
     }
 
     /// The documents' operations, as [`OpenApi::operations`] gives them.
@@ -194,6 +253,7 @@ impl OpenApi {
         Self {
             operations,
             templates,
+            objectives: Vec::new(),
         }
     }
 

@@ -34,6 +34,7 @@ use datafusion::prelude::SessionContext;
 use super::{Window, WindowArgs, sql_text};
 use crate::functions::latency_counts::bound_index;
 use schemas::ColumnType::Timestamp;
+use schemas::routes::route_shape;
 
 mod burners;
 pub use burners::BURNERS_COLUMNS;
@@ -56,7 +57,8 @@ pub(crate) enum Kind {
 pub struct Objective {
     name: String,
     service: String,
-    /// `METHOD route`, or a pattern where `*` stands for any text; `None`: every endpoint.
+    /// `METHOD route` (its parameters match any parameter's name: `{id}`, `{orderId}` and
+    /// `:id` are one), or a pattern where `*` stands for any text; `None`: every endpoint.
     endpoint: Option<String>,
     kind: Kind,
     /// Percent of calls that must be good, as `99.9`.
@@ -146,10 +148,13 @@ impl Objective {
     /// Whether `service`'s `endpoint` is one of its calls'.
     fn covers(&self, service: &str, endpoint: &str) -> bool {
         service == self.service
-            && self
-                .endpoint
-                .as_deref()
-                .is_none_or(|pattern| glob(pattern, endpoint))
+            && self.endpoint.as_deref().is_none_or(|pattern| {
+                if pattern.contains('*') {
+                    glob(pattern, endpoint)
+                } else {
+                    route_shape(pattern) == route_shape(endpoint)
+                }
+            })
     }
 
     /// The share of calls that may be bad, from 0 to 1.
@@ -160,7 +165,12 @@ impl Objective {
     /// SQL true for its calls in `api_calls`.
     fn calls_sql(&self) -> String {
         let mut filter = format!("service_name = {}", sql_text(&self.service));
-        if let Some(endpoint) = &self.endpoint {
+        if let Some(endpoint) = self.endpoint.as_ref().filter(|e| !e.contains('*')) {
+            filter.push_str(&format!(
+                " AND route_shape(endpoint) = {}",
+                sql_text(&route_shape(endpoint))
+            ));
+        } else if let Some(endpoint) = &self.endpoint {
             let like = endpoint
                 .replace('\\', "\\\\")
                 .replace('%', "\\%")

@@ -14,6 +14,23 @@ fn endpoint_patterns_match_as_globs() {
 }
 
 #[test]
+fn an_endpoint_covers_its_route_whatever_its_parameters_are_called() {
+    let day = Duration::from_secs(86_400);
+    let objective = |endpoint: &str| {
+        Objective::new("o", "shop", Some(endpoint), "availability", None, 99.0, day).unwrap()
+    };
+    let documented = objective("GET /v2/orders/{orderId}");
+    assert!(documented.covers("shop", "GET /v2/orders/{id}"));
+    assert!(documented.covers("shop", "GET /v2/orders/:id"));
+    assert!(!documented.covers("shop", "GET /v2/orders/{id}/items"));
+    assert!(!documented.covers("shop", "GET /v2/orders/latest"));
+    assert!(!documented.covers("other", "GET /v2/orders/{id}"));
+    assert!(objective("POST /v2/orders").covers("shop", "POST /v2/orders"));
+    assert!(!objective("POST /v2/orders").covers("shop", "POST /v2/orders/{id}"));
+    assert!(objective("GET /v2/*").covers("shop", "GET /v2/orders/{id}/items"));
+}
+
+#[test]
 fn a_bad_objective_is_refused_by_name_with_the_reason() {
     let day = Duration::from_secs(86_400);
     let make = |kind: &str, threshold: Option<f64>, target: f64, endpoint: Option<&str>| {
