@@ -24,7 +24,6 @@ import os
 import shutil
 import tempfile
 import time
-import urllib.error
 
 import pyarrow.parquet as pq
 from chdb import session as chdb_session
@@ -140,14 +139,6 @@ def agree(expected, got, what):
                 (what, name, label, burn, seen)
 
 
-def ask(daemon, sql):
-    """`daemon`'s answer to `sql`; its error message when it refuses."""
-    try:
-        return daemon.query(sql)
-    except urllib.error.HTTPError as error:
-        raise RuntimeError(f"{error}: {error.read().decode()}\n{sql}") from None
-
-
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--binary", required=True)
@@ -174,10 +165,10 @@ def main():
     start = end - DAYS * 86400
 
     status_sql = f"SELECT * FROM objective_status('{iso(start)}', '{iso(end)}') ORDER BY name"
-    answer = ask(daemon, status_sql)
+    answer = daemon.query(status_sql)
     from_rollups = status_judged(answer["rows"], [c["name"] for c in answer["columns"]])
     apiscope_raw = raw_sql("apiscope", start, end)
-    from_spans = judged(ask(daemon, apiscope_raw)["rows"])
+    from_spans = judged(daemon.query(apiscope_raw)["rows"])
     agree(from_spans, from_rollups, "objective_status against the raw spans")
 
     peers = os.path.join(work, "peers")
@@ -194,8 +185,8 @@ def main():
     agree(from_spans, from_chdb, "chdb against apiscope's raw spans")
 
     timings = {
-        "apiscope objective_status (rollups)": run.hot_median(lambda: ask(daemon, status_sql)),
-        "apiscope raw SQL over spans": run.hot_median(lambda: ask(daemon, apiscope_raw)),
+        "apiscope objective_status (rollups)": run.hot_median(lambda: daemon.query(status_sql)),
+        "apiscope raw SQL over spans": run.hot_median(lambda: daemon.query(apiscope_raw)),
         "chdb over otel_traces": run.hot_median(lambda: ch.query(chdb_sql, "JSONCompact")),
     }
     calls = sum(total for total, _, _ in from_spans.values())

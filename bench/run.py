@@ -36,6 +36,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -234,11 +235,15 @@ class Daemon:
         return int(re.search(r"VmHWM:\s+(\d+) kB", status).group(1)) * 1024
 
     def query(self, sql):
+        """Its answer to `sql`; a refusal raises with the daemon's message and the SQL."""
         request = urllib.request.Request(
             self.http + "/api/v1/query", data=sql.encode(),
             headers={"content-type": "application/sql"})
-        with urllib.request.urlopen(request, timeout=300) as response:
-            return json.load(response)
+        try:
+            with urllib.request.urlopen(request, timeout=300) as response:
+                return json.load(response)
+        except urllib.error.HTTPError as error:
+            raise RuntimeError(f"{error}: {error.read().decode()}\n{sql}") from None
 
     def metric(self, name):
         with urllib.request.urlopen(self.http + "/metrics", timeout=30) as response:

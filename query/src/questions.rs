@@ -53,12 +53,12 @@ pub struct Question {
     /// Its columns, with what each holds.
     pub columns: &'static [(&'static str, &'static str)],
     /// SQL with `{window}` (the window as a filter on `time`; `{window_d}` on `d.time`),
-    /// `{previous}` (the window of equal length before it), `{minutes}` and
+    /// `{previous}` (the window of equal length before it; `{previous_and_window}` both),
+    /// `{minutes}` and
     /// `{previous_minutes}` (`api_call_minutes` over either window), `{lookback_minutes}`
     /// (from `DEPLOY_LOOKBACK_S` before the window to its end), `{around_minutes}` (the
     /// window's minutes and `DEPLOY_COMPARED_MINUTES` either side), `{versions}` (see
-    /// [`VERSIONS`]), `{from}` and `{to}` (its bounds as text; `{previous_from}` the start of
-    /// the window before), `{seconds}` (the window's length), `{deprecated}` (the deprecated
+    /// [`VERSIONS`]), `{from}` and `{to}` (its bounds as text), `{seconds}` (the window's length), `{deprecated}` (the deprecated
     /// versions as a SQL list), and the constants `{min_calls}`, `{retry_gap_s}` and
     /// `{compared_minutes}`. A view has no placeholders.
     sql: &'static str,
@@ -151,7 +151,8 @@ pub(crate) const DEPLOY_LOOKBACK_S: i64 = 7 * 86_400;
 pub(crate) const DEPLOY_COMPARED_MINUTES: i64 = 30;
 
 /// Each version of each service and environment first seen within 7 days before a window and
-/// the window, with when (`first_seen`): what `deploys` and the deploys named by
+/// the window, with when (`first_seen`) and as the questions name it (`deploy`: `1.5.0
+/// (production) at 2026-11-27T14:02:10Z`): what `deploys` and the deploys named by
 /// `latency_regressions` and `traffic_shift` come from. In a question's SQL as `{versions}`.
 const VERSIONS: &str = include_str!("questions/sql/versions.sql");
 
@@ -492,6 +493,10 @@ impl Window {
                 "{previous}",
                 &Self::filter("time", self.from - length, self.from),
             )
+            .replace(
+                "{previous_and_window}",
+                &Self::filter("time", self.from - length, self.to),
+            )
             .replace("{seconds}", &format!("{:.9}", length as f64 / 1e9))
             .replace(
                 "{lookback_minutes}",
@@ -507,7 +512,6 @@ impl Window {
             .replace("{compared_minutes}", &DEPLOY_COMPARED_MINUTES.to_string())
             .replace("{from}", &rfc3339(self.from))
             .replace("{to}", &rfc3339(self.to))
-            .replace("{previous_from}", &rfc3339(self.from - length))
             .replace("{deprecated}", &deprecated)
             .replace("{min_calls}", &REGRESSION_MIN_CALLS.to_string())
             .replace("{retry_gap_s}", &RETRY_GAP_S.to_string())

@@ -31,13 +31,20 @@ paths:
         "204": {description: deleted}
 "#;
 
+/// A daemon over `dir/data` given `text` as its OpenAPI document (`dir/shop.yaml`).
+fn with_document(dir: &std::path::Path, text: &str) -> Daemon {
+    let document = dir.join("shop.yaml");
+    std::fs::write(&document, text).unwrap();
+    Daemon::start_with(
+        &dir.join("data"),
+        &["--openapi", document.to_str().unwrap()],
+    )
+}
+
 #[test]
 fn openapi_templates_and_contract_drift() {
     let dir = tempfile::tempdir().unwrap();
-    let document = dir.path().join("shop.yaml");
-    std::fs::write(&document, DOCUMENT).unwrap();
-    let data = dir.path().join("data");
-    let daemon = Daemon::start_with(&data, &["--openapi", document.to_str().unwrap()]);
+    let daemon = with_document(dir.path(), DOCUMENT);
     let now_s = crate::now_ns() / 1_000_000_000;
 
     // Request logs with raw paths: the document names them, where the usual templating
@@ -178,12 +185,7 @@ paths:
 #[test]
 fn objectives_declared_on_operations_are_judged_as_the_config_files_are() {
     let dir = tempfile::tempdir().unwrap();
-    let document = dir.path().join("shop.yaml");
-    std::fs::write(&document, WITH_OBJECTIVES).unwrap();
-    let daemon = Daemon::start_with(
-        &dir.path().join("data"),
-        &["--openapi", document.to_str().unwrap()],
-    );
+    let daemon = with_document(dir.path(), WITH_OBJECTIVES);
     let listed =
         daemon.rows("SELECT name, service_name, endpoint, kind FROM objectives ORDER BY name");
     assert_eq!(

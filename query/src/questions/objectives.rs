@@ -165,21 +165,23 @@ impl Objective {
     /// SQL true for its calls in `api_calls`.
     fn calls_sql(&self) -> String {
         let mut filter = format!("service_name = {}", sql_text(&self.service));
-        if let Some(endpoint) = self.endpoint.as_ref().filter(|e| !e.contains('*')) {
-            filter.push_str(&format!(
+        match &self.endpoint {
+            Some(endpoint) if !endpoint.contains('*') => filter.push_str(&format!(
                 " AND route_shape(endpoint) = {}",
                 sql_text(&route_shape(endpoint))
-            ));
-        } else if let Some(endpoint) = &self.endpoint {
-            let like = endpoint
-                .replace('\\', "\\\\")
-                .replace('%', "\\%")
-                .replace('_', "\\_")
-                .replace('*', "%");
-            filter.push_str(&format!(
-                " AND endpoint LIKE {} ESCAPE '\\'",
-                sql_text(&like)
-            ));
+            )),
+            Some(pattern) => {
+                let like = pattern
+                    .replace('\\', "\\\\")
+                    .replace('%', "\\%")
+                    .replace('_', "\\_")
+                    .replace('*', "%");
+                filter.push_str(&format!(
+                    " AND endpoint LIKE {} ESCAPE '\\'",
+                    sql_text(&like)
+                ));
+            }
+            None => {}
         }
         filter
     }

@@ -1,8 +1,6 @@
 WITH versions AS ({versions}),
 deployed AS (
-SELECT service_name,
-string_agg(service_version || coalesce(' (' || deployment_environment || ')', '') || ' at '
-|| to_char(first_seen, '%Y-%m-%dT%H:%M:%SZ'), ', ' ORDER BY first_seen) AS deploys
+SELECT service_name, string_agg(deploy, ', ' ORDER BY first_seen) AS deploys
 FROM versions WHERE first_seen >= '{from}' AND first_seen < '{to}'
 GROUP BY service_name),
 now_ AS (

@@ -1,6 +1,6 @@
 WITH calls AS (
 SELECT service_name, client_id, endpoint, time >= '{from}' AS in_window, count(*) AS calls
-FROM api_calls WHERE time >= '{previous_from}' AND time < '{to}'
+FROM api_calls WHERE {previous_and_window}
 GROUP BY service_name, client_id, endpoint, time >= '{from}'),
 keyed AS (
 SELECT 'client' AS dimension, client_id AS value, service_name, in_window, calls FROM calls
@@ -16,9 +16,7 @@ SELECT sum(CASE WHEN in_window THEN calls ELSE 0 END) AS now_total,
 sum(CASE WHEN in_window THEN 0 ELSE calls END) AS before_total
 FROM calls),
 deployed AS (
-SELECT service_name, first_seen,
-service_name || ' ' || service_version || coalesce(' (' || deployment_environment || ')', '')
-|| ' at ' || to_char(first_seen, '%Y-%m-%dT%H:%M:%SZ') AS deploy
+SELECT service_name, first_seen, service_name || ' ' || deploy AS deploy
 FROM ({versions}) WHERE first_seen >= '{from}' AND first_seen < '{to}'),
 named AS (
 SELECT dimension, value, string_agg(deploy, ', ' ORDER BY first_seen, deploy) AS deploys
